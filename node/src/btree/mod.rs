@@ -1,0 +1,911 @@
+//! A copy-on-write B+tree in one file per partition replica.
+//!
+//! # Copy-on-write and checkpoints
+//!
+//! The durable tree is the one the newest valid meta page points to. It is
+//! never modified in place: the first change to a clean page in an epoch
+//! copies it to a newly allocated page (and its parent, up to the root), and
+//! the old page is only *pending* free. A checkpoint writes every dirty page,
+//! the free list, fdatasync, then the meta page (alternating between pages 0
+//! and 1), fdatasync. Only then do pending-free pages become reusable, so a
+//! crash at any point leaves the previous checkpoint intact. Between
+//! checkpoints the tree's changes exist only in memory; the shard WAL holds
+//! them durably and replays them on open.
+//!
+//! # Detecting bad pages
+//!
+//! Parents store `(page, seq)` for each child, where `seq` is the write
+//! sequence the child carried when it was written. Together with the page
+//! header (checksum, own page number, file id) this tells bit rot,
+//! misdirected writes, pages of another file and lost (stale) writes apart;
+//! each becomes [`BTreeError::Corrupt`], never wrong data.
+//!
+//! # Memory
+//!
+//! Clean pages live, decoded, in the shard's [`PageCache`]. Dirty pages stay
+//! in the tree until the next checkpoint; callers bound them by
+//! checkpointing when [`BTree::dirty_bytes`] crosses their budget.
+
+pub mod cache;
+pub mod node;
+pub mod page;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::io::{DiskFile, IoError};
+pub use cache::PageCache;
+use node::{Node, PageRef, Value, fits_inline};
+use page::{
+    FREELIST_ENTRIES_MAX, KEY_MAX_BYTES, Kind, META_MAGIC, MetaBody, OVERFLOW_DATA_BYTES, PAGE_BYTES,
+    PAGE_HEADER_BYTES, PageFault, Reader, VALUE_MAX_BYTES,
+};
+
+/// First page number used for nodes (0 and 1 are the meta pages).
+const FIRST_DATA_PAGE: u64 = 2;
+/// Nodes smaller than this try to merge with a sibling after a delete.
+const UNDERFULL_BYTES: usize = PAGE_BYTES / 4;
+/// Two nodes merge only if the result stays below this, so that the next
+/// insert does not split it again at once.
+const MERGE_MAX_BYTES: usize = PAGE_BYTES * 3 / 4;
+/// Largest single write request at checkpoint (runs of adjacent pages).
+const WRITE_RUN_MAX_BYTES: usize = 1024 * 1024;
+
+/// B-tree failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BTreeError {
+    /// The disk failed.
+    #[error("B-tree I/O: {0}")]
+    Io(#[from] IoError),
+    /// A page failed verification.
+    #[error("B-tree {path} page {page}: {fault}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The page number.
+        page: u64,
+        /// What was wrong.
+        fault: PageFault,
+    },
+    /// Neither meta page is valid.
+    #[error("B-tree {path}: no valid meta page (page 0: {first}; page 1: {second})")]
+    NoValidMeta {
+        /// The file.
+        path: PathBuf,
+        /// Why page 0 was rejected.
+        first: PageFault,
+        /// Why page 1 was rejected.
+        second: PageFault,
+    },
+    /// Key longer than [`KEY_MAX_BYTES`] or empty.
+    #[error("key of {len} bytes is outside 1..={max} bytes")]
+    KeySize {
+        /// Key length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Value longer than [`VALUE_MAX_BYTES`].
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Value length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An earlier checkpoint failed; the tree must be reopened.
+    #[error("B-tree {path} is poisoned by a failed checkpoint; reopen it")]
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending keys.
+    Forward,
+    /// Descending keys.
+    Reverse,
+}
+
+/// A copy-on-write B+tree over one file. See the module docs.
+#[derive(Debug)]
+pub struct BTree<F: DiskFile> {
+    file: F,
+    file_id: u64,
+    cache: Rc<RefCell<PageCache>>,
+    /// Nodes changed since the last checkpoint, by (new) page number.
+    dirty: HashMap<u64, Rc<Node>>,
+    /// Pages allocated since the last checkpoint: not referenced by the
+    /// durable tree, so they may be freed and reused at once.
+    fresh: HashSet<u64>,
+    root: PageRef,
+    page_count: u64,
+    free: BTreeSet<u64>,
+    /// Durable pages released since the last checkpoint.
+    pending_free: Vec<u64>,
+    /// Pages holding the durable free list.
+    freelist_pages: Vec<u64>,
+    next_seq: u64,
+    generation: u64,
+    applied_index: u64,
+    entries: u64,
+    poisoned: bool,
+}
+
+impl<F: DiskFile> BTree<F> {
+    /// Initialises an empty tree in a new (empty) file and checkpoints it.
+    pub async fn create(file: F, file_id: u64, cache: Rc<RefCell<PageCache>>) -> Result<Self, BTreeError> {
+        let mut tree = Self {
+            file,
+            file_id,
+            cache,
+            dirty: HashMap::new(),
+            fresh: HashSet::new(),
+            root: PageRef { page: FIRST_DATA_PAGE, seq: 0 },
+            page_count: FIRST_DATA_PAGE + 1,
+            free: BTreeSet::new(),
+            pending_free: Vec::new(),
+            freelist_pages: Vec::new(),
+            next_seq: 1,
+            generation: 0,
+            applied_index: 0,
+            entries: 0,
+            poisoned: false,
+        };
+        tree.dirty.insert(FIRST_DATA_PAGE, Rc::new(Node::Leaf(Vec::new())));
+        tree.fresh.insert(FIRST_DATA_PAGE);
+        tree.checkpoint(0).await?;
+        Ok(tree)
+    }
+
+    /// Opens a tree: the newest valid meta page wins.
+    pub async fn open(file: F, file_id: u64, cache: Rc<RefCell<PageCache>>) -> Result<Self, BTreeError> {
+        let buf = file.read_at(0, 2 * PAGE_BYTES).await?;
+        let mut best: Option<MetaBody> = None;
+        let mut faults = [PageFault::Short; 2];
+        for (slot, fault) in (0u64..2).zip(faults.iter_mut()) {
+            let start = usize::try_from(slot).unwrap_or(0) * PAGE_BYTES;
+            let page = buf.get(start..start + PAGE_BYTES).unwrap_or(&[]);
+            match parse_meta(page, slot, file_id) {
+                Ok(meta) => {
+                    if best.is_none_or(|b| meta.generation.get() > b.generation.get()) {
+                        best = Some(meta);
+                    }
+                }
+                Err(f) => *fault = f,
+            }
+        }
+        let [first, second] = faults;
+        let path = file.path().to_path_buf();
+        let meta = best.ok_or_else(|| BTreeError::NoValidMeta { path: path.clone(), first, second })?;
+        let page_count = meta.page_count.get();
+        let corrupt = |page, fault| BTreeError::Corrupt { path: path.clone(), page, fault };
+        let root = PageRef { page: meta.root_page.get(), seq: meta.root_seq.get() };
+        if root.page < FIRST_DATA_PAGE || root.page >= page_count {
+            return Err(corrupt(1, PageFault::Malformed));
+        }
+        let mut tree = Self {
+            file,
+            file_id,
+            cache,
+            dirty: HashMap::new(),
+            fresh: HashSet::new(),
+            root,
+            page_count,
+            free: BTreeSet::new(),
+            pending_free: Vec::new(),
+            freelist_pages: Vec::new(),
+            next_seq: meta.next_seq.get(),
+            generation: meta.generation.get(),
+            applied_index: meta.applied_index.get(),
+            entries: meta.entries.get(),
+            poisoned: false,
+        };
+        let mut next = PageRef { page: meta.freelist_page.get(), seq: meta.freelist_seq.get() };
+        while next.page != 0 {
+            if next.page < FIRST_DATA_PAGE || next.page >= page_count || tree.freelist_pages.contains(&next.page) {
+                return Err(corrupt(next.page, PageFault::Malformed));
+            }
+            let buf = tree.read_page(next.page).await?;
+            let (_, body) = page::verify(&buf, &[Kind::Freelist], next.page, file_id, Some(next.seq))
+                .map_err(|f| corrupt(next.page, f))?;
+            let mut r = Reader::new(body);
+            let parsed: Result<_, PageFault> = (|| {
+                let following = PageRef { page: r.u64()?, seq: r.u64()? };
+                let count = r.u32()? as usize;
+                if count > FREELIST_ENTRIES_MAX {
+                    return Err(PageFault::Malformed);
+                }
+                let mut pages = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let p = r.u64()?;
+                    if !(FIRST_DATA_PAGE..page_count).contains(&p) {
+                        return Err(PageFault::Malformed);
+                    }
+                    pages.push(p);
+                }
+                Ok((following, pages))
+            })();
+            let (following, pages) = parsed.map_err(|f| corrupt(next.page, f))?;
+            tree.freelist_pages.push(next.page);
+            tree.free.extend(pages);
+            next = following;
+        }
+        Ok(tree)
+    }
+
+    async fn read_page(&self, page: u64) -> Result<Vec<u8>, BTreeError> {
+        Ok(self.file.read_at(page * PAGE_BYTES as u64, PAGE_BYTES).await?)
+    }
+
+    fn corrupt(&self, page: u64, fault: PageFault) -> BTreeError {
+        BTreeError::Corrupt { path: self.file.path().to_path_buf(), page, fault }
+    }
+
+    /// Loads a node: dirty set, then cache, then disk (verified).
+    async fn load(&self, r: PageRef) -> Result<Rc<Node>, BTreeError> {
+        if let Some(node) = self.dirty.get(&r.page) {
+            return Ok(Rc::clone(node));
+        }
+        let key = (self.file_id, r.page);
+        if let Some(node) = self.cache.borrow_mut().get(key) {
+            return Ok(node);
+        }
+        if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
+            return Err(self.corrupt(r.page, PageFault::Malformed));
+        }
+        let buf = self.read_page(r.page).await?;
+        let (header, body) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq))
+            .map_err(|f| self.corrupt(r.page, f))?;
+        let kind = Kind::from_u8(header.kind).ok_or_else(|| self.corrupt(r.page, PageFault::WrongKind))?;
+        let node = Rc::new(Node::decode(kind, body).map_err(|f| self.corrupt(r.page, f))?);
+        self.cache.borrow_mut().insert(key, Rc::clone(&node));
+        Ok(node)
+    }
+
+    fn check_usable(&self) -> Result<(), BTreeError> {
+        if self.poisoned {
+            return Err(BTreeError::Poisoned { path: self.file.path().to_path_buf() });
+        }
+        Ok(())
+    }
+
+    /// The value stored under `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BTreeError> {
+        self.check_usable()?;
+        let mut node = self.load(self.root).await?;
+        loop {
+            let child = match &*node {
+                Node::Branch { keys, children } => {
+                    *children.get(Node::child_index(keys, key)).ok_or_else(|| self.corrupt(0, PageFault::Malformed))?
+                }
+                Node::Leaf(entries) => {
+                    return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                        Ok(i) => match entries.get(i) {
+                            Some((_, value)) => Ok(Some(self.read_value(value).await?)),
+                            None => Ok(None),
+                        },
+                        Err(_) => Ok(None),
+                    };
+                }
+            };
+            node = self.load(child).await?;
+        }
+    }
+
+    /// Inserts or replaces `key`.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), BTreeError> {
+        self.check_usable()?;
+        if key.is_empty() || key.len() > KEY_MAX_BYTES {
+            return Err(BTreeError::KeySize { len: key.len(), max: KEY_MAX_BYTES });
+        }
+        if value.len() > VALUE_MAX_BYTES {
+            return Err(BTreeError::ValueTooLarge { len: value.len(), max: VALUE_MAX_BYTES });
+        }
+        let stored = if fits_inline(key.len(), value.len()) {
+            Value::Inline(value.to_vec())
+        } else {
+            self.write_overflow(value).await?
+        };
+        let (mut path, leaf) = self.descend_mut(key).await?;
+        let replaced = {
+            let Node::Leaf(entries) = self.dirty_node_mut(leaf) else { unreachable!("descend_mut ends at a leaf") };
+            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                Ok(i) => entries.get_mut(i).map(|slot| std::mem::replace(&mut slot.1, stored)),
+                Err(i) => {
+                    entries.insert(i, (key.to_vec(), stored));
+                    None
+                }
+            }
+        };
+        match replaced {
+            Some(old) => self.free_value(&old).await?,
+            None => self.entries += 1,
+        }
+        self.split_up(&mut path, leaf);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<bool, BTreeError> {
+        self.check_usable()?;
+        // Look first, so that deleting a missing key copies nothing.
+        if self.get(key).await?.is_none() {
+            return Ok(false);
+        }
+        let (mut path, leaf) = self.descend_mut(key).await?;
+        let removed = {
+            let Node::Leaf(entries) = self.dirty_node_mut(leaf) else { unreachable!("descend_mut ends at a leaf") };
+            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                Ok(i) => Some(entries.remove(i).1),
+                Err(_) => None,
+            }
+        };
+        let Some(old) = removed else { return Ok(false) };
+        self.entries -= 1;
+        self.free_value(&old).await?;
+        self.rebalance_up(&mut path, leaf).await?;
+        Ok(true)
+    }
+
+    /// Up to `limit` entries with keys between `lo` and `hi`, in `direction`
+    /// order.
+    pub async fn scan(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BTreeError> {
+        self.check_usable()?;
+        let mut out = Vec::new();
+        let mut stack = vec![self.root];
+        let below_hi = |k: &[u8]| match hi {
+            Bound::Unbounded => true,
+            Bound::Included(h) => k <= h,
+            Bound::Excluded(h) => k < h,
+        };
+        let above_lo = |k: &[u8]| match lo {
+            Bound::Unbounded => true,
+            Bound::Included(l) => k >= l,
+            Bound::Excluded(l) => k > l,
+        };
+        while let Some(r) = stack.pop() {
+            if out.len() >= limit {
+                break;
+            }
+            let node = self.load(r).await?;
+            match &*node {
+                Node::Branch { keys, children } => {
+                    let first = match lo {
+                        Bound::Unbounded => 0,
+                        Bound::Included(k) | Bound::Excluded(k) => Node::child_index(keys, k),
+                    };
+                    let last = match hi {
+                        Bound::Unbounded => children.len().saturating_sub(1),
+                        Bound::Included(k) | Bound::Excluded(k) => Node::child_index(keys, k),
+                    };
+                    let range = children.get(first..=last.max(first)).unwrap_or(&[]);
+                    // The stack pops last-in first: push in reverse visiting order.
+                    match direction {
+                        Direction::Forward => stack.extend(range.iter().rev()),
+                        Direction::Reverse => stack.extend(range.iter()),
+                    }
+                }
+                Node::Leaf(entries) => {
+                    let in_order: Box<dyn Iterator<Item = &(Vec<u8>, Value)>> = match direction {
+                        Direction::Forward => Box::new(entries.iter()),
+                        Direction::Reverse => Box::new(entries.iter().rev()),
+                    };
+                    for (key, value) in in_order {
+                        let (inside_lo, inside_hi) = (above_lo(key), below_hi(key));
+                        if inside_lo && inside_hi {
+                            out.push((key.clone(), self.read_value(value).await?));
+                            if out.len() >= limit {
+                                break;
+                            }
+                        } else if (direction == Direction::Forward && !inside_hi)
+                            || (direction == Direction::Reverse && !inside_lo)
+                        {
+                            return Ok(out); // past the far bound: nothing more can match
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes every dirty page, the free list and then the meta page with
+    /// `applied_index`, syncing in between. On failure the tree is poisoned.
+    pub async fn checkpoint(&mut self, applied_index: u64) -> Result<(), BTreeError> {
+        self.check_usable()?;
+        let result = self.checkpoint_inner(applied_index).await;
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    async fn checkpoint_inner(&mut self, applied_index: u64) -> Result<(), BTreeError> {
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        // 1. Dirty nodes, children before parents (post-order), so each
+        //    parent records the write sequence of its children.
+        if self.dirty.contains_key(&self.root.page) {
+            let mut written: HashMap<u64, u64> = HashMap::new();
+            let mut stack = vec![(self.root.page, false)];
+            while let Some((p, expanded)) = stack.pop() {
+                if !expanded {
+                    stack.push((p, true));
+                    if let Node::Branch { children, .. } = &**self.dirty.get(&p).expect("only dirty pages are stacked") {
+                        stack.extend(children.iter().filter(|c| self.dirty.contains_key(&c.page)).map(|c| (c.page, false)));
+                    }
+                    continue;
+                }
+                let node = Rc::make_mut(self.dirty.get_mut(&p).expect("only dirty pages are stacked"));
+                if let Node::Branch { children, .. } = node {
+                    for child in children.iter_mut() {
+                        if let Some(seq) = written.get(&child.page) {
+                            child.seq = *seq;
+                        }
+                    }
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                writes.push((p, node.encode(p, self.file_id, seq)));
+                written.insert(p, seq);
+            }
+            assert_eq!(written.len(), self.dirty.len(), "every dirty page is reachable from the root");
+            self.root.seq = *written.get(&self.root.page).expect("root was written");
+        }
+        // 2. The free list as it will be once this checkpoint is durable,
+        //    in new pages at the end of the file.
+        let mut list: Vec<u64> = self.free.iter().copied().collect();
+        list.extend(&self.pending_free);
+        list.extend(&self.freelist_pages);
+        list.sort_unstable();
+        let chain_len = list.len().div_ceil(FREELIST_ENTRIES_MAX) as u64;
+        let chain: Vec<u64> = (self.page_count..self.page_count + chain_len).collect();
+        let mut next = PageRef { page: 0, seq: 0 };
+        for (page, chunk) in chain.iter().zip(list.chunks(FREELIST_ENTRIES_MAX)).rev() {
+            let mut buf = Vec::with_capacity(PAGE_BYTES);
+            buf.resize(PAGE_HEADER_BYTES, 0);
+            buf.extend_from_slice(&next.page.to_le_bytes());
+            buf.extend_from_slice(&next.seq.to_le_bytes());
+            buf.extend_from_slice(&u32::try_from(chunk.len()).expect("bounded").to_le_bytes());
+            for p in chunk {
+                buf.extend_from_slice(&p.to_le_bytes());
+            }
+            buf.resize(PAGE_BYTES, 0);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            page::seal(&mut buf, Kind::Freelist, *page, self.file_id, seq);
+            writes.push((*page, buf));
+            next = PageRef { page: *page, seq };
+        }
+        let page_count = self.page_count + chain_len;
+        self.write_runs(writes).await?;
+        self.file.sync_data().await?;
+        // 3. The meta page, in the slot the previous checkpoint did not use.
+        let generation = self.generation + 1;
+        let slot = generation % 2;
+        let meta = MetaBody {
+            magic: META_MAGIC,
+            page_size: U32::new(u32::try_from(PAGE_BYTES).expect("16 KiB")),
+            reserved: U32::new(0),
+            generation: U64::new(generation),
+            root_page: U64::new(self.root.page),
+            root_seq: U64::new(self.root.seq),
+            page_count: U64::new(page_count),
+            next_seq: U64::new(self.next_seq + 1),
+            applied_index: U64::new(applied_index),
+            freelist_page: U64::new(next.page),
+            freelist_seq: U64::new(next.seq),
+            entries: U64::new(self.entries),
+        };
+        let mut buf = Vec::with_capacity(PAGE_BYTES);
+        buf.resize(PAGE_HEADER_BYTES, 0);
+        buf.extend_from_slice(meta.as_bytes());
+        buf.resize(PAGE_BYTES, 0);
+        page::seal(&mut buf, Kind::Meta, slot, self.file_id, self.next_seq);
+        self.next_seq += 1;
+        self.file.write_at(slot * PAGE_BYTES as u64, &buf).await?;
+        self.file.sync_data().await?;
+        // 4. Durable: released pages become reusable, dirty pages clean.
+        self.generation = generation;
+        self.applied_index = applied_index;
+        self.page_count = page_count;
+        self.free = list.into_iter().collect();
+        self.pending_free.clear();
+        self.freelist_pages = chain;
+        self.fresh.clear();
+        let mut cache = self.cache.borrow_mut();
+        for (p, node) in self.dirty.drain() {
+            cache.insert((self.file_id, p), node);
+        }
+        Ok(())
+    }
+
+    /// Writes pages, merging runs of adjacent pages into single requests.
+    async fn write_runs(&self, mut writes: Vec<(u64, Vec<u8>)>) -> Result<(), IoError> {
+        writes.sort_unstable_by_key(|(p, _)| *p);
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0;
+        for (p, buf) in writes {
+            let contiguous = !run.is_empty() && run_start + (run.len() / PAGE_BYTES) as u64 == p;
+            if !contiguous || run.len() + buf.len() > WRITE_RUN_MAX_BYTES {
+                if !run.is_empty() {
+                    self.file.write_at(run_start * PAGE_BYTES as u64, &run).await?;
+                }
+                run.clear();
+                run_start = p;
+            }
+            run.extend_from_slice(&buf);
+        }
+        if !run.is_empty() {
+            self.file.write_at(run_start * PAGE_BYTES as u64, &run).await?;
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> u64 {
+        let page = self.free.pop_first().unwrap_or_else(|| {
+            self.page_count += 1;
+            self.page_count - 1
+        });
+        self.fresh.insert(page);
+        page
+    }
+
+    fn free_page(&mut self, page: u64) {
+        debug_assert!(page >= FIRST_DATA_PAGE);
+        self.cache.borrow_mut().remove((self.file_id, page));
+        self.dirty.remove(&page);
+        if self.fresh.remove(&page) {
+            self.free.insert(page);
+        } else {
+            self.pending_free.push(page);
+        }
+    }
+
+    fn dirty_node_mut(&mut self, page: u64) -> &mut Node {
+        Rc::make_mut(self.dirty.get_mut(&page).expect("page is dirty"))
+    }
+
+    /// Makes the page behind `r` dirty (copying it to a new page if it is
+    /// durable) and returns the page number to use from now on.
+    async fn make_dirty(&mut self, r: PageRef) -> Result<u64, BTreeError> {
+        if self.dirty.contains_key(&r.page) {
+            return Ok(r.page);
+        }
+        let node = self.load(r).await?;
+        let copy = self.alloc();
+        self.dirty.insert(copy, Rc::new((*node).clone()));
+        self.free_page(r.page);
+        Ok(copy)
+    }
+
+    /// Makes the path from the root to the leaf for `key` dirty. Returns the
+    /// branch pages with the child index taken in each, and the leaf page.
+    async fn descend_mut(&mut self, key: &[u8]) -> Result<(Vec<(u64, usize)>, u64), BTreeError> {
+        let root = self.make_dirty(self.root).await?;
+        self.root = PageRef { page: root, seq: 0 };
+        let mut path = Vec::new();
+        let mut cur = root;
+        loop {
+            let (idx, child) = match &**self.dirty.get(&cur).expect("dirty") {
+                Node::Leaf(_) => return Ok((path, cur)),
+                Node::Branch { keys, children } => {
+                    let i = Node::child_index(keys, key);
+                    (i, *children.get(i).ok_or_else(|| self.corrupt(cur, PageFault::Malformed))?)
+                }
+            };
+            let new_child = self.make_dirty(child).await?;
+            if let Node::Branch { children, .. } = self.dirty_node_mut(cur)
+                && let Some(slot) = children.get_mut(idx)
+            {
+                *slot = PageRef { page: new_child, seq: 0 };
+            }
+            path.push((cur, idx));
+            cur = new_child;
+        }
+    }
+
+    /// Splits `cur` and its ancestors while they overflow their page.
+    fn split_up(&mut self, path: &mut Vec<(u64, usize)>, mut cur: u64) {
+        loop {
+            if self.dirty.get(&cur).expect("dirty").encoded_bytes() <= PAGE_BYTES {
+                return;
+            }
+            let (separator, right_node) = split_node(self.dirty_node_mut(cur));
+            let right = self.alloc();
+            self.dirty.insert(right, Rc::new(right_node));
+            let right_ref = PageRef { page: right, seq: 0 };
+            match path.pop() {
+                Some((parent, idx)) => {
+                    if let Node::Branch { keys, children } = self.dirty_node_mut(parent) {
+                        keys.insert(idx, separator);
+                        children.insert(idx + 1, right_ref);
+                    }
+                    cur = parent;
+                }
+                None => {
+                    let root = self.alloc();
+                    let left_ref = PageRef { page: cur, seq: 0 };
+                    let node = Node::Branch { keys: vec![separator], children: vec![left_ref, right_ref] };
+                    self.dirty.insert(root, Rc::new(node));
+                    self.root = PageRef { page: root, seq: 0 };
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a delete: drops empty leaves, merges small nodes with a sibling,
+    /// and shortens the tree while the root has a single child.
+    async fn rebalance_up(&mut self, path: &mut Vec<(u64, usize)>, mut cur: u64) -> Result<(), BTreeError> {
+        while let Some((parent, idx)) = path.pop() {
+            let (size, empty_leaf) = {
+                let node = self.dirty.get(&cur).expect("dirty");
+                (node.encoded_bytes(), matches!(&**node, Node::Leaf(e) if e.is_empty()))
+            };
+            let siblings = match &**self.dirty.get(&parent).expect("dirty") {
+                Node::Branch { children, .. } => children.len(),
+                Node::Leaf(_) => unreachable!("parents are branches"),
+            };
+            if siblings < 2 {
+                cur = parent;
+                continue;
+            }
+            if empty_leaf {
+                if let Node::Branch { keys, children } = self.dirty_node_mut(parent) {
+                    children.remove(idx);
+                    keys.remove(idx.saturating_sub(1));
+                }
+                self.free_page(cur);
+            } else if size < UNDERFULL_BYTES {
+                let (left_idx, right_idx) = if idx + 1 < siblings { (idx, idx + 1) } else { (idx - 1, idx) };
+                let (left_ref, right_ref, separator) = match &**self.dirty.get(&parent).expect("dirty") {
+                    Node::Branch { keys, children } => (
+                        *children.get(left_idx).expect("index checked"),
+                        *children.get(right_idx).expect("index checked"),
+                        keys.get(left_idx).expect("index checked").clone(),
+                    ),
+                    Node::Leaf(_) => unreachable!("parents are branches"),
+                };
+                let left = self.make_dirty(left_ref).await?;
+                let right = self.make_dirty(right_ref).await?;
+                let merged_bytes = self.dirty.get(&left).expect("dirty").encoded_bytes()
+                    + self.dirty.get(&right).expect("dirty").encoded_bytes()
+                    + separator.len()
+                    + 18;
+                if let Node::Branch { children, .. } = self.dirty_node_mut(parent) {
+                    if let Some(slot) = children.get_mut(left_idx) {
+                        *slot = PageRef { page: left, seq: 0 };
+                    }
+                    if let Some(slot) = children.get_mut(right_idx) {
+                        *slot = PageRef { page: right, seq: 0 };
+                    }
+                }
+                if merged_bytes <= MERGE_MAX_BYTES {
+                    let right_node = Rc::unwrap_or_clone(self.dirty.remove(&right).expect("dirty"));
+                    merge_into(self.dirty_node_mut(left), right_node, separator);
+                    if let Node::Branch { keys, children } = self.dirty_node_mut(parent) {
+                        keys.remove(left_idx);
+                        children.remove(right_idx);
+                    }
+                    self.free_page(right);
+                }
+            }
+            cur = parent;
+        }
+        // The root: while it is a branch with one child, that child is the root.
+        loop {
+            let only_child = match &**self.dirty.get(&self.root.page).expect("root is dirty after a delete") {
+                Node::Branch { keys, children } if keys.is_empty() => *children.first().expect("one child"),
+                _ => return Ok(()),
+            };
+            let old = self.root.page;
+            self.root = only_child;
+            self.free_page(old);
+            if !self.dirty.contains_key(&self.root.page) {
+                let page = self.make_dirty(self.root).await?;
+                self.root = PageRef { page, seq: 0 };
+            }
+        }
+    }
+
+    async fn write_overflow(&mut self, value: &[u8]) -> Result<Value, BTreeError> {
+        let chunks: Vec<&[u8]> = value.chunks(OVERFLOW_DATA_BYTES).collect();
+        let pages: Vec<u64> = chunks.iter().map(|_| self.alloc()).collect();
+        let mut next = PageRef { page: 0, seq: 0 };
+        let mut writes = Vec::with_capacity(pages.len());
+        for (page, chunk) in pages.iter().zip(&chunks).rev() {
+            let mut buf = Vec::with_capacity(PAGE_BYTES);
+            buf.resize(PAGE_HEADER_BYTES, 0);
+            buf.extend_from_slice(&next.page.to_le_bytes());
+            buf.extend_from_slice(&next.seq.to_le_bytes());
+            buf.extend_from_slice(&u32::try_from(chunk.len()).expect("bounded").to_le_bytes());
+            buf.extend_from_slice(chunk);
+            buf.resize(PAGE_BYTES, 0);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            page::seal(&mut buf, Kind::Overflow, *page, self.file_id, seq);
+            writes.push((*page, buf));
+            next = PageRef { page: *page, seq };
+        }
+        self.write_runs(writes).await?;
+        Ok(Value::Overflow { len: u32::try_from(value.len()).expect("value limit"), first: next })
+    }
+
+    /// Walks an overflow chain; returns its pages and, if `collect`, its data.
+    async fn walk_overflow(&self, len: u32, first: PageRef, collect: bool) -> Result<(Vec<u64>, Vec<u8>), BTreeError> {
+        let total = len as usize;
+        let mut data = Vec::with_capacity(if collect { total } else { 0 });
+        let mut pages = Vec::new();
+        let mut seen = 0usize;
+        let mut next = first;
+        let chain_max = total.div_ceil(OVERFLOW_DATA_BYTES);
+        while next.page != 0 {
+            if pages.len() >= chain_max || next.page < FIRST_DATA_PAGE || next.page >= self.page_count {
+                return Err(self.corrupt(next.page, PageFault::Malformed));
+            }
+            let buf = self.read_page(next.page).await?;
+            let (_, body) = page::verify(&buf, &[Kind::Overflow], next.page, self.file_id, Some(next.seq))
+                .map_err(|f| self.corrupt(next.page, f))?;
+            let mut r = Reader::new(body);
+            let parsed: Result<_, PageFault> = (|| {
+                let following = PageRef { page: r.u64()?, seq: r.u64()? };
+                let n = r.u32()? as usize;
+                Ok((following, r.bytes(n)?))
+            })();
+            let (following, chunk) = parsed.map_err(|f| self.corrupt(next.page, f))?;
+            seen += chunk.len();
+            if collect {
+                data.extend_from_slice(chunk);
+            }
+            pages.push(next.page);
+            next = following;
+        }
+        if seen != total {
+            return Err(self.corrupt(first.page, PageFault::Malformed));
+        }
+        Ok((pages, data))
+    }
+
+    async fn read_value(&self, value: &Value) -> Result<Vec<u8>, BTreeError> {
+        match value {
+            Value::Inline(v) => Ok(v.clone()),
+            Value::Overflow { len, first } => Ok(self.walk_overflow(*len, *first, true).await?.1),
+        }
+    }
+
+    async fn free_value(&mut self, value: &Value) -> Result<(), BTreeError> {
+        if let Value::Overflow { len, first } = value {
+            let (pages, _) = self.walk_overflow(*len, *first, false).await?;
+            for page in pages {
+                self.free_page(page);
+            }
+        }
+        Ok(())
+    }
+
+    /// Log index recorded by the last checkpoint.
+    #[must_use]
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Number of live entries.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.entries
+    }
+
+    /// Whether the tree is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Memory held by dirty pages (bounded by checkpointing).
+    #[must_use]
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.len() * PAGE_BYTES
+    }
+
+    /// Pages in the file (in use or free).
+    #[must_use]
+    pub fn page_count(&self) -> u64 {
+        self.page_count
+    }
+
+    /// Free pages reusable now.
+    #[must_use]
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The file id written into every page.
+    #[must_use]
+    pub fn file_id(&self) -> u64 {
+        self.file_id
+    }
+
+    /// Checkpoint generation.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+fn parse_meta(buf: &[u8], slot: u64, file_id: u64) -> Result<MetaBody, PageFault> {
+    let (_, body) = page::verify(buf, &[Kind::Meta], slot, file_id, None)?;
+    let meta = MetaBody::read_from_prefix(body).map_err(|_| PageFault::Malformed)?.0;
+    if meta.magic != META_MAGIC || meta.page_size.get() as usize != PAGE_BYTES || meta.generation.get() % 2 != slot {
+        return Err(PageFault::Malformed);
+    }
+    Ok(meta)
+}
+
+/// Splits an overflowing node in two by encoded size; returns the separator
+/// and the right half.
+fn split_node(node: &mut Node) -> (Vec<u8>, Node) {
+    match node {
+        Node::Leaf(entries) => {
+            assert!(entries.len() >= 2, "an overflowing leaf holds at least two entries");
+            let total: usize = entries.iter().map(|(k, v)| node::leaf_entry_bytes(k, v)).sum();
+            let mut acc = 0;
+            let mut at = entries.len() - 1;
+            for (i, (k, v)) in entries.iter().enumerate() {
+                acc += node::leaf_entry_bytes(k, v);
+                if acc >= total / 2 {
+                    at = (i + 1).clamp(1, entries.len() - 1);
+                    break;
+                }
+            }
+            let right = entries.split_off(at);
+            let separator = right.first().expect("non-empty half").0.clone();
+            (separator, Node::Leaf(right))
+        }
+        Node::Branch { keys, children } => {
+            assert!(keys.len() >= 3, "an overflowing branch holds at least three keys");
+            let total: usize = keys.iter().map(|k| k.len() + 18).sum();
+            let mut acc = 0;
+            let mut at = keys.len() / 2;
+            for (i, k) in keys.iter().enumerate() {
+                acc += k.len() + 18;
+                if acc >= total / 2 {
+                    at = i.clamp(1, keys.len() - 2);
+                    break;
+                }
+            }
+            let right_keys = keys.split_off(at + 1);
+            let separator = keys.pop().expect("at >= 1");
+            let right_children = children.split_off(at + 1);
+            (separator, Node::Branch { keys: right_keys, children: right_children })
+        }
+    }
+}
+
+/// Appends `right` (the next sibling) to `left`.
+fn merge_into(left: &mut Node, right: Node, separator: Vec<u8>) {
+    match (left, right) {
+        (Node::Leaf(l), Node::Leaf(r)) => l.extend(r),
+        (Node::Branch { keys, children }, Node::Branch { keys: rk, children: rc }) => {
+            keys.push(separator);
+            keys.extend(rk);
+            children.extend(rc);
+        }
+        _ => unreachable!("siblings are at the same level"),
+    }
+}
