@@ -1,0 +1,540 @@
+//! One shard's storage: the shard WAL, the page cache, and the partition
+//! replicas (each a B-tree file plus its records in the WAL).
+//!
+//! # Durability order of a write
+//!
+//! 1. The mutation is validated (sizes) so that every logged record can be
+//!    replayed.
+//! 2. It is encoded into the shard WAL's pending batch ([`ShardStore::submit`]).
+//! 3. Group commit writes the batch and fdatasyncs it; only then is the write
+//!    durable ([`Wal::wait_durable`]).
+//! 4. It is applied to the replica's B-tree in memory, in log-index order
+//!    ([`ShardStore::apply_durable`]); readers see it from here on, and the
+//!    caller may acknowledge it.
+//! 5. A later checkpoint writes the tree's dirty pages and a meta page
+//!    recording the last applied index.
+//! 6. Only after every replica on the shard has checkpointed past a WAL
+//!    segment is that segment reclaimed.
+//!
+//! Opening replays, for each replica, the WAL records whose index is above
+//! the index its meta page records.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
+use crate::btree::{BTree, BTreeError, Direction, PageCache};
+use crate::io::{Disk, IoError};
+use crate::wal::{Lsn, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
+
+/// WAL record kind of a put.
+pub const KIND_PUT: u8 = USER_KIND_MIN;
+/// WAL record kind of a delete.
+pub const KIND_DELETE: u8 = USER_KIND_MIN + 1;
+
+/// Settings of one shard's storage.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The shard's data directory (`wal/` and `partitions/` live inside).
+    pub dir: PathBuf,
+    /// WAL settings.
+    pub wal: WalConfig,
+    /// Bytes of clean pages cached for all replicas of the shard.
+    pub page_cache_bytes: usize,
+    /// A replica checkpoints when its dirty pages exceed this.
+    pub dirty_bytes_max: usize,
+    /// When the WAL holds more segments than this, the replicas holding the
+    /// oldest one checkpoint so it can be reclaimed.
+    pub wal_segments_max: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a shard storing in `dir`.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            wal: WalConfig::default(),
+            page_cache_bytes: 256 * 1024 * 1024,
+            dirty_bytes_max: 32 * 1024 * 1024,
+            wal_segments_max: 8,
+        }
+    }
+}
+
+/// A change to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation<'a> {
+    /// Insert or replace.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value (opaque bytes; later the verified FlatBuffers item).
+        value: &'a [u8],
+    },
+    /// Remove.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
+impl<'a> Mutation<'a> {
+    fn key(&self) -> &'a [u8] {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key } => key,
+        }
+    }
+
+    /// WAL kind and payload: put = `[u16 key_len LE][key][value]`, delete =
+    /// `[key]` (see `docs/format/wal.md`).
+    fn encode(&self) -> (u8, Vec<u8>) {
+        match self {
+            Self::Put { key, value } => {
+                let mut payload = Vec::with_capacity(2 + key.len() + value.len());
+                payload.extend_from_slice(&u16::try_from(key.len()).expect("key size validated").to_le_bytes());
+                payload.extend_from_slice(key);
+                payload.extend_from_slice(value);
+                (KIND_PUT, payload)
+            }
+            Self::Delete { key } => (KIND_DELETE, key.to_vec()),
+        }
+    }
+
+    fn decode(kind: u8, payload: &'a [u8]) -> Result<Self, &'static str> {
+        match kind {
+            KIND_PUT => {
+                let len_bytes = payload.get(..2).ok_or("put record shorter than its key length")?;
+                let key_len = usize::from(u16::from_le_bytes([
+                    *len_bytes.first().ok_or("short")?,
+                    *len_bytes.get(1).ok_or("short")?,
+                ]));
+                let key = payload.get(2..2 + key_len).ok_or("put record shorter than its key")?;
+                let value = payload.get(2 + key_len..).ok_or("put record shorter than its key")?;
+                Ok(Self::Put { key, value })
+            }
+            KIND_DELETE => Ok(Self::Delete { key: payload }),
+            _ => Err("unknown record kind"),
+        }
+    }
+}
+
+/// Failure to open the shard store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    /// The WAL could not be recovered.
+    #[error(transparent)]
+    Wal(#[from] WalOpenError),
+    /// A replica's B-tree could not be opened or replayed into.
+    #[error("open partition {partition}: {source}")]
+    Replica {
+        /// Partition id.
+        partition: u64,
+        /// Cause.
+        #[source]
+        source: BTreeError,
+    },
+    /// A WAL record could not be replayed.
+    #[error("replay WAL record at {lsn} for partition {partition}: {reason}")]
+    Replay {
+        /// Partition id.
+        partition: u64,
+        /// Where the record is.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk failed.
+    #[error("open shard store: {0}")]
+    Io(#[from] IoError),
+}
+
+/// Failure to write.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreWriteError {
+    /// The WAL refused or failed.
+    #[error(transparent)]
+    Wal(#[from] WalAppendError),
+    /// The B-tree failed.
+    #[error(transparent)]
+    BTree(#[from] BTreeError),
+    /// The disk failed.
+    #[error("write: {0}")]
+    Io(#[from] IoError),
+    /// No such partition on this shard.
+    #[error("partition {0} is not on this shard")]
+    UnknownPartition(u64),
+    /// The partition exists already.
+    #[error("partition {0} exists already")]
+    PartitionExists(u64),
+    /// Indexes must follow each other.
+    #[error("partition {partition}: log index {got} does not follow {last}")]
+    OutOfOrder {
+        /// Partition id.
+        partition: u64,
+        /// Last index submitted.
+        last: u64,
+        /// Index offered.
+        got: u64,
+    },
+    /// Key empty or above the limit.
+    #[error("key of {len} bytes is outside 1..={max} bytes")]
+    KeySize {
+        /// Key length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Value above the limit.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Value length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+/// A submitted, not yet applied write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// Partition id.
+    pub partition: u64,
+    /// Log index.
+    pub index: u64,
+    /// WAL position; durable once `wal.wait_durable(lsn)` resolves.
+    pub lsn: Lsn,
+}
+
+#[derive(Debug)]
+struct Replica<D: Disk> {
+    tree: BTree<D::File>,
+    /// Last index submitted to the WAL.
+    last_index: u64,
+    /// Last index applied to the tree.
+    applied_index: u64,
+    /// Submitted records waiting (in index order) to be applied.
+    queued: BTreeMap<u64, (u8, Vec<u8>, Lsn)>,
+    /// WAL position of the oldest record applied since the last checkpoint.
+    oldest_unflushed: Option<Lsn>,
+}
+
+/// One shard's storage. See the module docs.
+#[derive(Debug)]
+pub struct ShardStore<D: Disk> {
+    disk: D,
+    config: StoreConfig,
+    wal: Rc<Wal<D>>,
+    cache: Rc<RefCell<PageCache>>,
+    replicas: BTreeMap<u64, Replica<D>>,
+}
+
+fn partition_file_name(partition: u64) -> String {
+    format!("p-{partition:016x}.btree")
+}
+
+fn parse_partition_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("p-")?.strip_suffix(".btree")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn validate(mutation: &Mutation<'_>) -> Result<(), StoreWriteError> {
+    let key = mutation.key();
+    if key.is_empty() || key.len() > KEY_MAX_BYTES {
+        return Err(StoreWriteError::KeySize { len: key.len(), max: KEY_MAX_BYTES });
+    }
+    if let Mutation::Put { value, .. } = mutation
+        && value.len() > VALUE_MAX_BYTES
+    {
+        return Err(StoreWriteError::ValueTooLarge { len: value.len(), max: VALUE_MAX_BYTES });
+    }
+    Ok(())
+}
+
+impl<D: Disk> ShardStore<D> {
+    /// Opens (or creates) the shard's storage and replays the WAL.
+    pub async fn open(disk: D, config: StoreConfig) -> Result<Self, StoreOpenError> {
+        let partitions_dir = config.dir.join("partitions");
+        disk.create_dir_all(&partitions_dir).await?;
+        let (wal, records) = Wal::open(disk.clone(), &config.dir.join("wal"), config.wal.clone()).await?;
+        let cache = Rc::new(RefCell::new(PageCache::new(config.page_cache_bytes)));
+        let mut replicas = BTreeMap::new();
+        for name in disk.list(&partitions_dir).await? {
+            let Some(partition) = parse_partition_file_name(&name) else { continue };
+            let file = disk.open(&partitions_dir.join(&name), false).await?;
+            let tree = BTree::open(file, partition, Rc::clone(&cache))
+                .await
+                .map_err(|source| StoreOpenError::Replica { partition, source })?;
+            let applied = tree.applied_index();
+            let replica = Replica {
+                tree,
+                last_index: applied,
+                applied_index: applied,
+                queued: BTreeMap::new(),
+                oldest_unflushed: None,
+            };
+            replicas.insert(partition, replica);
+        }
+        let mut store = Self { disk, config, wal: Rc::new(wal), cache, replicas };
+        for record in records {
+            store.replay(record).await?;
+        }
+        Ok(store)
+    }
+
+    async fn replay(&mut self, record: crate::wal::Record) -> Result<(), StoreOpenError> {
+        let partition = record.meta.partition;
+        let Some(replica) = self.replicas.get_mut(&partition) else {
+            // A partition's file is durable before any of its records is
+            // acknowledged, so records without a file belong to a dropped
+            // partition.
+            tracing::debug!(partition, lsn = %record.lsn, "skipping WAL record of an absent partition");
+            return Ok(());
+        };
+        let index = record.meta.index;
+        if index <= replica.applied_index {
+            return Ok(()); // already in the checkpointed tree
+        }
+        let replay_error = |reason: String| StoreOpenError::Replay { partition, lsn: record.lsn, reason };
+        if index != replica.applied_index + 1 {
+            return Err(replay_error(format!("index {index} does not follow {}", replica.applied_index)));
+        }
+        let mutation = Mutation::decode(record.meta.kind, &record.payload).map_err(|r| replay_error(r.to_owned()))?;
+        apply_to_tree(&mut replica.tree, mutation)
+            .await
+            .map_err(|source| StoreOpenError::Replica { partition, source })?;
+        replica.applied_index = index;
+        replica.last_index = index;
+        replica.oldest_unflushed.get_or_insert(record.lsn);
+        Ok(())
+    }
+
+    /// Creates an empty partition replica on this shard; durable on return.
+    pub async fn create_partition(&mut self, partition: u64) -> Result<(), StoreWriteError> {
+        if self.replicas.contains_key(&partition) {
+            return Err(StoreWriteError::PartitionExists(partition));
+        }
+        let dir = self.config.dir.join("partitions");
+        let path = dir.join(partition_file_name(partition));
+        if self.disk.exists(&path).await? {
+            return Err(StoreWriteError::PartitionExists(partition));
+        }
+        let file = self.disk.open(&path, true).await?;
+        let tree = BTree::create(file, partition, Rc::clone(&self.cache)).await?;
+        // The file's directory entry must be durable before any record of
+        // the partition is acknowledged.
+        self.disk.sync_dir(&dir).await?;
+        let replica = Replica { tree, last_index: 0, applied_index: 0, queued: BTreeMap::new(), oldest_unflushed: None };
+        self.replicas.insert(partition, replica);
+        Ok(())
+    }
+
+    /// Steps 1–2 of the durability order: validates and logs a mutation at
+    /// `index` (which must follow the last one submitted). Wait for
+    /// `ticket.lsn` with [`Wal::wait_durable`], then call
+    /// [`ShardStore::apply_durable`].
+    pub fn submit(&mut self, partition: u64, term: u64, index: u64, mutation: Mutation<'_>) -> Result<Ticket, StoreWriteError> {
+        validate(&mutation)?;
+        let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        if index != replica.last_index + 1 {
+            return Err(StoreWriteError::OutOfOrder { partition, last: replica.last_index, got: index });
+        }
+        let (kind, payload) = mutation.encode();
+        let lsn = self.wal.submit(RecordMeta { partition, term, index, kind }, &payload)?;
+        replica.last_index = index;
+        replica.queued.insert(index, (kind, payload, lsn));
+        Ok(Ticket { partition, index, lsn })
+    }
+
+    /// Step 4: applies every durable, queued record of the ticket's partition
+    /// up to the ticket, in index order.
+    pub async fn apply_durable(&mut self, ticket: Ticket) -> Result<(), StoreWriteError> {
+        assert!(self.wal.durable_lsn() > ticket.lsn, "apply_durable before the record is durable");
+        let replica = self.replicas.get_mut(&ticket.partition).ok_or(StoreWriteError::UnknownPartition(ticket.partition))?;
+        while replica.applied_index < ticket.index {
+            let Some((index, (kind, payload, lsn))) = replica.queued.pop_first() else { break };
+            assert_eq!(index, replica.applied_index + 1, "queued records are consecutive");
+            let mutation = Mutation::decode(kind, &payload).expect("we encoded it");
+            apply_to_tree(&mut replica.tree, mutation).await?;
+            replica.applied_index = index;
+            replica.oldest_unflushed.get_or_insert(lsn);
+        }
+        if replica.tree.dirty_bytes() > self.config.dirty_bytes_max {
+            self.checkpoint(ticket.partition).await?;
+        }
+        if self.wal.segments().len() > self.config.wal_segments_max {
+            self.checkpoint_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Logs, waits for durability, and applies one mutation. Returns when the
+    /// write is durable and visible.
+    pub async fn apply(&mut self, partition: u64, term: u64, index: u64, mutation: Mutation<'_>) -> Result<(), StoreWriteError> {
+        let ticket = self.submit(partition, term, index, mutation)?;
+        self.wal.wait_durable(ticket.lsn).await?;
+        self.apply_durable(ticket).await
+    }
+
+    /// Logs several mutations of one partition and commits them with one
+    /// WAL write (group commit). Returns the last index.
+    pub async fn apply_batch(&mut self, partition: u64, term: u64, mutations: &[Mutation<'_>]) -> Result<u64, StoreWriteError> {
+        let mut last = None;
+        for mutation in mutations {
+            let index = self.last_index(partition)? + 1;
+            last = Some(self.submit(partition, term, index, *mutation)?);
+        }
+        let Some(ticket) = last else { return self.last_index(partition) };
+        self.wal.wait_durable(ticket.lsn).await?;
+        self.apply_durable(ticket).await?;
+        Ok(ticket.index)
+    }
+
+    /// Convenience for a standalone replica: put at the next index.
+    pub async fn put(&mut self, partition: u64, key: &[u8], value: &[u8]) -> Result<u64, StoreWriteError> {
+        let index = self.last_index(partition)? + 1;
+        self.apply(partition, 0, index, Mutation::Put { key, value }).await?;
+        Ok(index)
+    }
+
+    /// Convenience for a standalone replica: delete at the next index.
+    pub async fn delete(&mut self, partition: u64, key: &[u8]) -> Result<u64, StoreWriteError> {
+        let index = self.last_index(partition)? + 1;
+        self.apply(partition, 0, index, Mutation::Delete { key }).await?;
+        Ok(index)
+    }
+
+    /// Checkpoints one replica, then reclaims WAL segments nobody needs.
+    pub async fn checkpoint(&mut self, partition: u64) -> Result<(), StoreWriteError> {
+        let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        replica.tree.checkpoint(replica.applied_index).await?;
+        replica.oldest_unflushed = None;
+        self.reclaim_wal().await
+    }
+
+    /// Checkpoints every replica.
+    pub async fn checkpoint_all(&mut self) -> Result<(), StoreWriteError> {
+        let partitions: Vec<u64> = self.replicas.keys().copied().collect();
+        for partition in partitions {
+            let replica = self.replicas.get_mut(&partition).expect("listed above");
+            replica.tree.checkpoint(replica.applied_index).await?;
+            replica.oldest_unflushed = None;
+        }
+        self.reclaim_wal().await
+    }
+
+    async fn checkpoint_oldest(&mut self) -> Result<(), StoreWriteError> {
+        let oldest_segment = self.wal.segments().first().copied().unwrap_or(0);
+        let holders: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.oldest_unflushed.is_some_and(|lsn| lsn.segment() <= oldest_segment))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in holders {
+            let replica = self.replicas.get_mut(&partition).expect("listed above");
+            replica.tree.checkpoint(replica.applied_index).await?;
+            replica.oldest_unflushed = None;
+        }
+        self.reclaim_wal().await
+    }
+
+    async fn reclaim_wal(&mut self) -> Result<(), StoreWriteError> {
+        // Records submitted but not yet applied are needed too: they are in
+        // no tree yet.
+        let queued = self.replicas.values().filter_map(|r| r.queued.first_key_value().map(|(_, (_, _, lsn))| *lsn));
+        let watermark = self
+            .replicas
+            .values()
+            .filter_map(|r| r.oldest_unflushed)
+            .chain(queued)
+            .min()
+            .unwrap_or_else(|| self.wal.next_lsn());
+        self.wal.reclaim_below(watermark).await?;
+        Ok(())
+    }
+
+    /// The value under `key` in `partition`.
+    pub async fn get(&self, partition: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreReadError> {
+        let replica = self.replicas.get(&partition).ok_or(StoreReadError::UnknownPartition(partition))?;
+        Ok(replica.tree.get(key).await?)
+    }
+
+    /// Up to `limit` entries of `partition` between the bounds.
+    pub async fn scan(
+        &self,
+        partition: u64,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreReadError> {
+        let replica = self.replicas.get(&partition).ok_or(StoreReadError::UnknownPartition(partition))?;
+        Ok(replica.tree.scan(lo, hi, direction, limit).await?)
+    }
+
+    /// Last index submitted for `partition`.
+    pub fn last_index(&self, partition: u64) -> Result<u64, StoreWriteError> {
+        self.replicas.get(&partition).map(|r| r.last_index).ok_or(StoreWriteError::UnknownPartition(partition))
+    }
+
+    /// Last index applied (visible) for `partition`.
+    #[must_use]
+    pub fn applied_index(&self, partition: u64) -> Option<u64> {
+        self.replicas.get(&partition).map(|r| r.applied_index)
+    }
+
+    /// Partitions on this shard.
+    #[must_use]
+    pub fn partitions(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
+    }
+
+    /// The shard WAL (for waiting on tickets).
+    #[must_use]
+    pub fn wal(&self) -> Rc<Wal<D>> {
+        Rc::clone(&self.wal)
+    }
+
+    /// The shard page cache.
+    #[must_use]
+    pub fn cache(&self) -> Rc<RefCell<PageCache>> {
+        Rc::clone(&self.cache)
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Path of a partition's B-tree file.
+    #[must_use]
+    pub fn partition_path(&self, partition: u64) -> PathBuf {
+        self.config.dir.join("partitions").join(partition_file_name(partition))
+    }
+}
+
+/// Failure to read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreReadError {
+    /// The B-tree failed (I/O or a corrupt page).
+    #[error(transparent)]
+    BTree(#[from] BTreeError),
+    /// No such partition on this shard.
+    #[error("partition {0} is not on this shard")]
+    UnknownPartition(u64),
+}
+
+async fn apply_to_tree<F: crate::io::DiskFile>(tree: &mut BTree<F>, mutation: Mutation<'_>) -> Result<(), BTreeError> {
+    match mutation {
+        Mutation::Put { key, value } => tree.put(key, value).await,
+        Mutation::Delete { key } => tree.delete(key).await.map(|_| ()),
+    }
+}

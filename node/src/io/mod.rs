@@ -60,7 +60,7 @@ impl IoError {
 /// Methods are `async` without `Send` bounds on purpose: a disk belongs to one
 /// shard (one thread), as everything in a thread-per-core design does.
 #[allow(async_fn_in_trait)]
-pub trait Disk: Clone + 'static {
+pub trait Disk: Clone + std::fmt::Debug + 'static {
     /// An open file on this disk.
     type File: DiskFile + 'static;
 
@@ -83,7 +83,7 @@ pub trait Disk: Clone + 'static {
 
 /// One open file. Offsets and lengths must be multiples of [`IO_ALIGN_BYTES`].
 #[allow(async_fn_in_trait)]
-pub trait DiskFile {
+pub trait DiskFile: std::fmt::Debug {
     /// Reads `len` bytes at `offset`. Returns fewer bytes only at end of file.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError>;
     /// Writes `data` at `offset`, extending the file if needed.

@@ -1,0 +1,224 @@
+//! The storage model test: random put/delete/get/scan/checkpoint sequences on
+//! two partition replicas sharing one WAL, checked against `BTreeMap`s, with
+//! the simulated disk crashing at *every* mutating I/O (write, sync, create,
+//! rename, remove, directory sync) of each run in turn. After each crash the
+//! store is reopened and must hold exactly the acknowledged writes (plus, at
+//! most, the one write in flight), return nothing corrupt, scan in order, and
+//! keep working.
+//!
+//! `KEEL_MODEL_SEEDS` (default 1000) sets the number of seeds and
+//! `KEEL_MODEL_OPS` (default 24) the operations per run. A failure prints
+//! `KEEL_MODEL_SEED=<seed> KEEL_MODEL_CRASH=<point>`, which replays exactly it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use futures_lite::future::block_on;
+use keel_node::btree::Direction;
+use keel_node::io::sim::SimDisk;
+use keel_node::replica::{ShardStore, StoreConfig};
+use keel_node::wal::WalConfig;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const PARTITIONS: [u64; 2] = [1, 2];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { partition: u64, key: Vec<u8>, value: Vec<u8> },
+    Delete { partition: u64, key: Vec<u8> },
+    Get { partition: u64, key: Vec<u8> },
+    Scan { partition: u64, lo: Vec<u8>, hi: Vec<u8>, reverse: bool },
+    Checkpoint { partition: u64 },
+}
+
+type Model = BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn config() -> StoreConfig {
+    let mut config = StoreConfig::new("/shard");
+    config.wal = WalConfig { segment_size_bytes: 32 * 1024, payload_max_bytes: 20 * 1024, recycle_pool_max: 1, zero_fill: false };
+    config.page_cache_bytes = 16 * 16 * 1024;
+    config.dirty_bytes_max = 4 * 16 * 1024;
+    config.wal_segments_max = 3;
+    config
+}
+
+fn generate(seed: u64, count: u64) -> Vec<Op> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+    let key = |rng: &mut SmallRng| format!("k{:03}", rng.random_range(0..40u32)).into_bytes();
+    (0..count)
+        .map(|_| {
+            let partition = PARTITIONS[rng.random_range(0..PARTITIONS.len())];
+            match rng.random_range(0..20u8) {
+                0..=8 => {
+                    let len = if rng.random_bool(0.1) { rng.random_range(5000..12_000) } else { rng.random_range(0..200) };
+                    let fill: u8 = rng.random();
+                    let value = (0..len).map(|i: usize| fill.wrapping_add((i % 253) as u8)).collect();
+                    Op::Put { partition, key: key(&mut rng), value }
+                }
+                9..=12 => Op::Delete { partition, key: key(&mut rng) },
+                13..=15 => Op::Get { partition, key: key(&mut rng) },
+                16..=17 => {
+                    let (a, b) = (key(&mut rng), key(&mut rng));
+                    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                    Op::Scan { partition, lo, hi, reverse: rng.random_bool(0.5) }
+                }
+                _ => Op::Checkpoint { partition },
+            }
+        })
+        .collect()
+}
+
+fn setup(seed: u64) -> (SimDisk, ShardStore<SimDisk>) {
+    let disk = SimDisk::new(seed);
+    let mut store = block_on(ShardStore::open(disk.clone(), config())).expect("open new store");
+    for p in PARTITIONS {
+        block_on(store.create_partition(p)).expect("create partition");
+    }
+    (disk, store)
+}
+
+/// Runs one op; `Err` means the disk went down during it.
+fn run_op(store: &mut ShardStore<SimDisk>, model: &Model, op: &Op, ctx: &str) -> Result<(), String> {
+    block_on(async {
+        match op {
+            Op::Put { partition, key, value } => store.put(*partition, key, value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Op::Delete { partition, key } => store.delete(*partition, key).await.map(|_| ()).map_err(|e| e.to_string()),
+            Op::Checkpoint { partition } => store.checkpoint(*partition).await.map_err(|e| e.to_string()),
+            Op::Get { partition, key } => {
+                let got = store.get(*partition, key).await.map_err(|e| e.to_string())?;
+                let want = model.get(partition).and_then(|m| m.get(key));
+                assert_eq!(got.as_ref(), want, "{ctx}: get {key:?} in partition {partition}");
+                Ok(())
+            }
+            Op::Scan { partition, lo, hi, reverse } => {
+                let dir = if *reverse { Direction::Reverse } else { Direction::Forward };
+                let range = (Bound::Included(lo.as_slice()), Bound::Included(hi.as_slice()));
+                let got = store.scan(*partition, range.0, range.1, dir, 10).await.map_err(|e| e.to_string())?;
+                let empty = BTreeMap::new();
+                let m = model.get(partition).unwrap_or(&empty);
+                let iter = m.range::<[u8], _>(range).map(|(k, v)| (k.clone(), v.clone()));
+                let want: Vec<_> = if *reverse { iter.rev().take(10).collect() } else { iter.take(10).collect() };
+                assert!(got == want, "{ctx}: scan {lo:?}..={hi:?} reverse={reverse} in partition {partition}");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn apply_to_model(model: &mut Model, op: &Op) {
+    match op {
+        Op::Put { partition, key, value } => {
+            model.entry(*partition).or_default().insert(key.clone(), value.clone());
+        }
+        Op::Delete { partition, key } => {
+            model.entry(*partition).or_default().remove(key);
+        }
+        _ => {}
+    }
+}
+
+fn contents(store: &ShardStore<SimDisk>, ctx: &str) -> Model {
+    let mut out = Model::new();
+    for p in PARTITIONS {
+        let all = block_on(store.scan(p, Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX))
+            .unwrap_or_else(|e| panic!("{ctx}: full scan of partition {p} failed: {e}"));
+        assert!(all.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)), "{ctx}: scan out of order");
+        for (k, v) in &all {
+            let got = block_on(store.get(p, k)).unwrap_or_else(|e| panic!("{ctx}: get failed: {e}"));
+            assert_eq!(got.as_ref(), Some(v), "{ctx}: get disagrees with scan");
+        }
+        out.insert(p, all.into_iter().collect());
+    }
+    out
+}
+
+fn normalise(model: &Model) -> Model {
+    PARTITIONS.iter().map(|p| (*p, model.get(p).cloned().unwrap_or_default())).collect()
+}
+
+/// Runs `ops` with a crash at mutating I/O number `crash_at` (counted from
+/// the end of setup) and checks recovery. Returns the mutating I/O count of
+/// the run when it did not crash.
+fn check(seed: u64, ops: &[Op], crash_at: Option<u64>) -> u64 {
+    let ctx = format!("KEEL_MODEL_SEED={seed} KEEL_MODEL_CRASH={}", crash_at.map_or(-1, |c| c as i64));
+    let (disk, mut store) = setup(seed);
+    let start = disk.mutating_ops();
+    if let Some(k) = crash_at {
+        disk.crash_at_op(k);
+    }
+    let mut model = Model::new();
+    let mut in_flight = None;
+    for op in ops {
+        match run_op(&mut store, &model, op, &ctx) {
+            Ok(()) => apply_to_model(&mut model, op),
+            Err(e) => {
+                assert!(disk.is_crashed(), "{ctx}: op failed without a crash: {e}");
+                in_flight = Some(op.clone());
+                break;
+            }
+        }
+    }
+    let used = disk.mutating_ops() - start;
+    if crash_at.is_none() {
+        return used;
+    }
+    drop(store);
+    disk.crash();
+    let mut store = block_on(ShardStore::open(disk.clone(), config())).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+    let found = contents(&store, &ctx);
+    let acked = normalise(&model);
+    let matches_acked = found == acked;
+    let matches_in_flight = in_flight.as_ref().is_some_and(|op| {
+        let mut with = model.clone();
+        apply_to_model(&mut with, op);
+        found == normalise(&with)
+    });
+    assert!(matches_acked || matches_in_flight, "{ctx}: recovered state is neither the acknowledged state nor it plus the write in flight");
+    if matches_in_flight && !matches_acked {
+        apply_to_model(&mut model, in_flight.as_ref().expect("checked"));
+    }
+    // The store keeps working after recovery.
+    for (i, op) in ops.iter().take(6).enumerate() {
+        run_op(&mut store, &model, op, &format!("{ctx} (after recovery, op {i})")).unwrap_or_else(|e| panic!("{ctx}: op after recovery failed: {e}"));
+        apply_to_model(&mut model, op);
+    }
+    assert_eq!(contents(&store, &ctx), normalise(&model), "{ctx}: state after post-recovery ops");
+    used
+}
+
+#[test]
+fn model_survives_a_crash_at_every_write_and_sync_point() {
+    let seeds = env_u64("KEEL_MODEL_SEEDS", 1000);
+    let op_count = env_u64("KEEL_MODEL_OPS", 24);
+    let only_seed = std::env::var("KEEL_MODEL_SEED").ok().and_then(|v| v.parse::<u64>().ok());
+    let only_crash = std::env::var("KEEL_MODEL_CRASH").ok().and_then(|v| v.parse::<u64>().ok());
+    let seed_list: Vec<u64> = match only_seed {
+        Some(s) => vec![s],
+        None => (0..seeds).collect(),
+    };
+    let mut crash_runs = 0u64;
+    for seed in seed_list {
+        let ops = generate(seed, op_count);
+        let points = check(seed, &ops, None);
+        assert!(points > 0, "seed {seed}: the run did no I/O");
+        match only_crash {
+            Some(k) => {
+                check(seed, &ops, Some(k));
+                crash_runs += 1;
+            }
+            None => {
+                for k in 0..points {
+                    check(seed, &ops, Some(k));
+                    crash_runs += 1;
+                }
+            }
+        }
+    }
+    eprintln!("model: {crash_runs} crash points checked");
+    assert!(crash_runs > 0);
+}
