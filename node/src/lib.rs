@@ -6,4 +6,5 @@
 pub mod btree;
 pub mod io;
 pub mod replica;
+pub mod testing;
 pub mod wal;
