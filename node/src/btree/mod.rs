@@ -56,6 +56,8 @@ const UNDERFULL_BYTES: usize = PAGE_BYTES / 4;
 const MERGE_MAX_BYTES: usize = PAGE_BYTES * 3 / 4;
 /// Largest single write request at checkpoint (runs of adjacent pages).
 const WRITE_RUN_MAX_BYTES: usize = 1024 * 1024;
+/// Page writes of one checkpoint in flight at once.
+const WRITES_IN_FLIGHT_MAX: usize = 32;
 
 /// B-tree failures.
 #[derive(Debug, thiserror::Error)]
@@ -535,25 +537,28 @@ impl<F: DiskFile> BTree<F> {
         Ok(())
     }
 
-    /// Writes pages, merging runs of adjacent pages into single requests.
+    /// Writes pages, merging runs of adjacent pages into single requests and
+    /// keeping up to [`WRITES_IN_FLIGHT_MAX`] requests in flight.
     async fn write_runs(&self, mut writes: Vec<(u64, Vec<u8>)>) -> Result<(), IoError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
         writes.sort_unstable_by_key(|(p, _)| *p);
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0;
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         for (p, buf) in writes {
-            let contiguous = !run.is_empty() && run_start + (run.len() / PAGE_BYTES) as u64 == p;
-            if !contiguous || run.len() + buf.len() > WRITE_RUN_MAX_BYTES {
-                if !run.is_empty() {
-                    self.file.write_at(run_start * PAGE_BYTES as u64, &run).await?;
+            match runs.last_mut() {
+                Some((start, run))
+                    if *start + (run.len() / PAGE_BYTES) as u64 == p && run.len() + buf.len() <= WRITE_RUN_MAX_BYTES =>
+                {
+                    run.extend_from_slice(&buf);
                 }
-                run.clear();
-                run_start = p;
+                _ => runs.push((p, buf)),
             }
-            run.extend_from_slice(&buf);
         }
-        if !run.is_empty() {
-            self.file.write_at(run_start * PAGE_BYTES as u64, &run).await?;
-        }
+        let file = &self.file;
+        stream::iter(runs)
+            .map(|(start, run)| async move { file.write_at(start * PAGE_BYTES as u64, &run).await })
+            .buffer_unordered(WRITES_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
