@@ -64,7 +64,7 @@ fn btree(c: &mut Criterion) {
                     version += 1;
                     n = (n + 7919) % KEYS;
                     tree.put(&common::key(n), &common::value(version)).await.unwrap();
-                    if version % CHECKPOINT_EVERY == 0 {
+                    if version.is_multiple_of(CHECKPOINT_EVERY) {
                         tree.checkpoint(version).await.unwrap();
                     }
                 }
@@ -80,7 +80,8 @@ fn btree(c: &mut Criterion) {
                 for _ in 0..iters {
                     n = (n + 7919) % KEYS;
                     let from = common::key(n);
-                    let got = tree.scan(Bound::Included(&from), Bound::Unbounded, Direction::Forward, 100).await.unwrap();
+                    let got =
+                        tree.scan(Bound::Included(&from), Bound::Unbounded, Direction::Forward, 100).await.unwrap();
                     assert!(!got.is_empty());
                 }
                 start.elapsed()

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 /// A fresh directory on the filesystem of the target dir (ext4 here; never
 /// tmpfs, which fakes O_DIRECT and fsync). `KEEL_BENCH_DIR` overrides it.
 pub fn bench_dir(name: &str) -> tempfile::TempDir {
-    let base = std::env::var_os("KEEL_BENCH_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
-        PathBuf::from,
-    );
+    let base = std::env::var_os("KEEL_BENCH_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"), PathBuf::from);
     std::fs::create_dir_all(&base).expect("bench dir");
     tempfile::Builder::new().prefix(name).tempdir_in(base).expect("temp dir")
 }

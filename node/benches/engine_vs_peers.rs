@@ -147,7 +147,11 @@ fn main() {
     // `cargo test --benches` runs bench binaries with `--bench` absent: do a
     // tiny run then, so the harness stays cheap but exercised.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let n: u64 = std::env::var("KEEL_PEERS_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 1000 } else { 100_000 });
+    let n: u64 = std::env::var("KEEL_PEERS_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick {
+        1000
+    } else {
+        100_000
+    });
     let only = std::env::var("KEEL_PEERS_ONLY").ok();
     let mut results = BTreeMap::new();
     for (name, engine) in [("keel", keel as fn(&Path, u64) -> Rates), ("redb", redb), ("fjall", fjall)] {

@@ -11,10 +11,7 @@ use glommio::LocalExecutorBuilder;
 use keel_node::io::glommio_disk::GlommioDisk;
 use keel_node::wal::{RecordMeta, USER_KIND_MIN, Wal, WalConfig};
 
-fn run<T: 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T
-where
-    T: Send,
-{
+fn run<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
     LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap()
 }
 

@@ -330,7 +330,8 @@ impl<D: Disk> ShardStore<D> {
         // The file's directory entry must be durable before any record of
         // the partition is acknowledged.
         self.disk.sync_dir(&dir).await?;
-        let replica = Replica { tree, last_index: 0, applied_index: 0, queued: BTreeMap::new(), oldest_unflushed: None };
+        let replica =
+            Replica { tree, last_index: 0, applied_index: 0, queued: BTreeMap::new(), oldest_unflushed: None };
         self.replicas.insert(partition, replica);
         Ok(())
     }
@@ -339,7 +340,13 @@ impl<D: Disk> ShardStore<D> {
     /// `index` (which must follow the last one submitted). Wait for
     /// `ticket.lsn` with [`Wal::wait_durable`], then call
     /// [`ShardStore::apply_durable`].
-    pub fn submit(&mut self, partition: u64, term: u64, index: u64, mutation: Mutation<'_>) -> Result<Ticket, StoreWriteError> {
+    pub fn submit(
+        &mut self,
+        partition: u64,
+        term: u64,
+        index: u64,
+        mutation: Mutation<'_>,
+    ) -> Result<Ticket, StoreWriteError> {
         validate(&mutation)?;
         let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
         if index != replica.last_index + 1 {
@@ -356,7 +363,8 @@ impl<D: Disk> ShardStore<D> {
     /// up to the ticket, in index order.
     pub async fn apply_durable(&mut self, ticket: Ticket) -> Result<(), StoreWriteError> {
         assert!(self.wal.durable_lsn() > ticket.lsn, "apply_durable before the record is durable");
-        let replica = self.replicas.get_mut(&ticket.partition).ok_or(StoreWriteError::UnknownPartition(ticket.partition))?;
+        let replica =
+            self.replicas.get_mut(&ticket.partition).ok_or(StoreWriteError::UnknownPartition(ticket.partition))?;
         while replica.applied_index < ticket.index {
             let Some((index, (kind, payload, lsn))) = replica.queued.pop_first() else { break };
             assert_eq!(index, replica.applied_index + 1, "queued records are consecutive");
@@ -376,7 +384,13 @@ impl<D: Disk> ShardStore<D> {
 
     /// Logs, waits for durability, and applies one mutation. Returns when the
     /// write is durable and visible.
-    pub async fn apply(&mut self, partition: u64, term: u64, index: u64, mutation: Mutation<'_>) -> Result<(), StoreWriteError> {
+    pub async fn apply(
+        &mut self,
+        partition: u64,
+        term: u64,
+        index: u64,
+        mutation: Mutation<'_>,
+    ) -> Result<(), StoreWriteError> {
         let ticket = self.submit(partition, term, index, mutation)?;
         self.wal.wait_durable(ticket.lsn).await?;
         self.apply_durable(ticket).await
@@ -384,7 +398,12 @@ impl<D: Disk> ShardStore<D> {
 
     /// Logs several mutations of one partition and commits them with one
     /// WAL write (group commit). Returns the last index.
-    pub async fn apply_batch(&mut self, partition: u64, term: u64, mutations: &[Mutation<'_>]) -> Result<u64, StoreWriteError> {
+    pub async fn apply_batch(
+        &mut self,
+        partition: u64,
+        term: u64,
+        mutations: &[Mutation<'_>],
+    ) -> Result<u64, StoreWriteError> {
         let mut last = None;
         for mutation in mutations {
             let index = self.last_index(partition)? + 1;

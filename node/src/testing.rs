@@ -18,7 +18,12 @@ pub const CRASH_VALUE_BYTES: usize = 1024;
 #[must_use]
 pub fn crash_config(dir: &Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
-    config.wal = WalConfig { segment_size_bytes: 1024 * 1024, payload_max_bytes: 64 * 1024, recycle_pool_max: 2, zero_fill: true };
+    config.wal = WalConfig {
+        segment_size_bytes: 1024 * 1024,
+        payload_max_bytes: 64 * 1024,
+        recycle_pool_max: 2,
+        zero_fill: true,
+    };
     config.page_cache_bytes = 4 * 1024 * 1024;
     config.dirty_bytes_max = 1024 * 1024;
     config.wal_segments_max = 4;

@@ -1,5 +1,12 @@
 //! B-tree behaviour on the simulated disk, checked against a `BTreeMap`.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -38,7 +45,7 @@ fn reopen(disk: &SimDisk, pages: usize) -> Result<BTree<SimFile>, BTreeError> {
 fn random_key(rng: &mut SmallRng) -> Vec<u8> {
     let n: u32 = rng.random_range(0..2000);
     let mut key = format!("key{n:05}").into_bytes();
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         key.extend(std::iter::repeat_n(b'x', usize::try_from(n).unwrap_or(0))); // long keys
     }
     key

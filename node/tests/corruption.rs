@@ -2,6 +2,13 @@
 //! WAL segments: every one becomes a typed error or is survived; none causes
 //! a panic or returns wrong data.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -19,12 +26,17 @@ const PARTITION: u64 = 9;
 
 fn store_config() -> StoreConfig {
     let mut config = StoreConfig::new("/shard");
-    config.wal = WalConfig { segment_size_bytes: 256 * 1024, payload_max_bytes: 64 * 1024, recycle_pool_max: 1, zero_fill: false };
+    config.wal = WalConfig {
+        segment_size_bytes: 256 * 1024,
+        payload_max_bytes: 64 * 1024,
+        recycle_pool_max: 1,
+        zero_fill: false,
+    };
     config
 }
 
 fn value_for(i: u32) -> Vec<u8> {
-    let len = if i % 50 == 0 { 30_000 } else { 100 + (i % 7) as usize * 40 };
+    let len = if i.is_multiple_of(50) { 30_000 } else { 100 + (i % 7) as usize * 40 };
     (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
 }
 
@@ -51,7 +63,9 @@ fn populated() -> (SimDisk, BTreeMap<Vec<u8>, Vec<u8>>, PathBuf) {
 fn read_back(disk: &SimDisk, model: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
     let store = match block_on(ShardStore::open(disk.clone(), store_config())) {
         Ok(store) => store,
-        Err(StoreOpenError::Replica { source: BTreeError::Corrupt { .. } | BTreeError::NoValidMeta { .. }, .. }) => {
+        Err(StoreOpenError::Replica {
+            source: BTreeError::Corrupt { .. } | BTreeError::NoValidMeta { .. }, ..
+        }) => {
             return model.len();
         }
         // A rotten newest meta page makes the older one win; the WAL records
@@ -110,7 +124,8 @@ fn btree_misdirected_page_write_is_reported_as_misdirected() {
     let store = block_on(ShardStore::open(disk.clone(), store_config())).expect("meta pages intact");
     let mut saw_misdirected = false;
     for key in model.keys() {
-        if let Err(StoreReadError::BTree(BTreeError::Corrupt { fault, page, .. })) = block_on(store.get(PARTITION, key)) {
+        if let Err(StoreReadError::BTree(BTreeError::Corrupt { fault, page, .. })) = block_on(store.get(PARTITION, key))
+        {
             assert_eq!(page, 3);
             assert!(matches!(fault, keel_node::btree::page::PageFault::Misdirected { found: 2 }), "got {fault:?}");
             saw_misdirected = true;
@@ -180,7 +195,8 @@ fn copy_tree(from: &SimDisk, to: &SimDisk) {
 
 #[test]
 fn wal_bit_flips_yield_a_prefix_or_a_corruption_error() {
-    let config = WalConfig { segment_size_bytes: 64 * 1024, payload_max_bytes: 8 * 1024, recycle_pool_max: 1, zero_fill: true };
+    let config =
+        WalConfig { segment_size_bytes: 64 * 1024, payload_max_bytes: 8 * 1024, recycle_pool_max: 1, zero_fill: true };
     let payload = |i: u64| -> Vec<u8> { (0..(i * 13 % 900)).map(|j| (i + j) as u8).collect() };
     let mut rng = SmallRng::seed_from_u64(7);
     let (mut prefixes, mut errors) = (0, 0);

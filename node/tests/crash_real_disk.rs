@@ -4,6 +4,13 @@
 //! and check that it holds exactly a prefix of the log that includes every
 //! acknowledged write.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,13 +34,23 @@ fn verify(dir: &Path, max_acked: u64, run: u64) -> u64 {
                 .await
                 .unwrap_or_else(|e| panic!("run {run}: reopen after kill -9 failed: {e}"));
             let applied = store.applied_index(CRASH_PARTITION).unwrap_or(0);
-            assert!(applied >= max_acked, "run {run}: acknowledged index {max_acked} lost; store holds up to {applied}");
+            assert!(
+                applied >= max_acked,
+                "run {run}: acknowledged index {max_acked} lost; store holds up to {applied}"
+            );
             for k in 0..CRASH_KEYS {
                 // The last index up to `applied` that wrote key k.
-                let last_write = (applied >= k.max(1)).then(|| applied - (applied - k) % CRASH_KEYS).filter(|&v| v >= 1);
+                let last_write =
+                    (applied >= k.max(1)).then(|| applied - (applied - k) % CRASH_KEYS).filter(|&v| v >= 1);
                 let expected = last_write.filter(|v| v % 7 != 0).map(crash_value);
-                let got = store.get(CRASH_PARTITION, &crash_key(k)).await.unwrap_or_else(|e| panic!("run {run}: read failed: {e}"));
-                assert!(got == expected, "run {run}: key {k} holds the wrong version (applied {applied}, last write {last_write:?})");
+                let got = store
+                    .get(CRASH_PARTITION, &crash_key(k))
+                    .await
+                    .unwrap_or_else(|e| panic!("run {run}: read failed: {e}"));
+                assert!(
+                    got == expected,
+                    "run {run}: key {k} holds the wrong version (applied {applied}, last write {last_write:?})"
+                );
             }
             applied
         })
@@ -47,7 +64,8 @@ fn real_disk_kill_9_never_loses_an_acknowledged_write() {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let tmp = tempfile::tempdir_in(base).expect("temp dir on the repo's filesystem");
     let dir = tmp.path().join("shard");
-    let mut rng = SmallRng::seed_from_u64(std::env::var("KEEL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1));
+    let mut rng =
+        SmallRng::seed_from_u64(std::env::var("KEEL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1));
     let mut max_acked = 0;
     let mut total_acks = 0;
     for run in 0..KILLS {

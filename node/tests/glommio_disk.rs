@@ -1,6 +1,13 @@
 //! The glommio backend on the real disk (never tmpfs: it hides alignment and
 //! durability bugs).
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::path::{Path, PathBuf};
 
 use glommio::LocalExecutorBuilder;

@@ -10,6 +10,13 @@
 //! `KEEL_MODEL_OPS` (default 24) the operations per run. A failure prints
 //! `KEEL_MODEL_SEED=<seed> KEEL_MODEL_CRASH=<point>`, which replays exactly it.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -40,7 +47,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn config() -> StoreConfig {
     let mut config = StoreConfig::new("/shard");
-    config.wal = WalConfig { segment_size_bytes: 32 * 1024, payload_max_bytes: 20 * 1024, recycle_pool_max: 1, zero_fill: false };
+    config.wal = WalConfig {
+        segment_size_bytes: 32 * 1024,
+        payload_max_bytes: 20 * 1024,
+        recycle_pool_max: 1,
+        zero_fill: false,
+    };
     config.page_cache_bytes = 16 * 16 * 1024;
     config.dirty_bytes_max = 4 * 16 * 1024;
     config.wal_segments_max = 3;
@@ -55,7 +67,8 @@ fn generate(seed: u64, count: u64) -> Vec<Op> {
             let partition = PARTITIONS[rng.random_range(0..PARTITIONS.len())];
             match rng.random_range(0..20u8) {
                 0..=8 => {
-                    let len = if rng.random_bool(0.1) { rng.random_range(5000..12_000) } else { rng.random_range(0..200) };
+                    let len =
+                        if rng.random_bool(0.1) { rng.random_range(5000..12_000) } else { rng.random_range(0..200) };
                     let fill: u8 = rng.random();
                     let value = (0..len).map(|i: usize| fill.wrapping_add((i % 253) as u8)).collect();
                     Op::Put { partition, key: key(&mut rng), value }
@@ -86,7 +99,9 @@ fn setup(seed: u64) -> (SimDisk, ShardStore<SimDisk>) {
 fn run_op(store: &mut ShardStore<SimDisk>, model: &Model, op: &Op, ctx: &str) -> Result<(), String> {
     block_on(async {
         match op {
-            Op::Put { partition, key, value } => store.put(*partition, key, value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Op::Put { partition, key, value } => {
+                store.put(*partition, key, value).await.map(|_| ()).map_err(|e| e.to_string())
+            }
             Op::Delete { partition, key } => store.delete(*partition, key).await.map(|_| ()).map_err(|e| e.to_string()),
             Op::Checkpoint { partition } => store.checkpoint(*partition).await.map_err(|e| e.to_string()),
             Op::Get { partition, key } => {
@@ -169,7 +184,8 @@ fn check(seed: u64, ops: &[Op], crash_at: Option<u64>) -> u64 {
     }
     drop(store);
     disk.crash();
-    let mut store = block_on(ShardStore::open(disk.clone(), config())).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+    let mut store =
+        block_on(ShardStore::open(disk.clone(), config())).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
     let found = contents(&store, &ctx);
     let acked = normalise(&model);
     let matches_acked = found == acked;
@@ -178,13 +194,17 @@ fn check(seed: u64, ops: &[Op], crash_at: Option<u64>) -> u64 {
         apply_to_model(&mut with, op);
         found == normalise(&with)
     });
-    assert!(matches_acked || matches_in_flight, "{ctx}: recovered state is neither the acknowledged state nor it plus the write in flight");
+    assert!(
+        matches_acked || matches_in_flight,
+        "{ctx}: recovered state is neither the acknowledged state nor it plus the write in flight"
+    );
     if matches_in_flight && !matches_acked {
         apply_to_model(&mut model, in_flight.as_ref().expect("checked"));
     }
     // The store keeps working after recovery.
     for (i, op) in ops.iter().take(6).enumerate() {
-        run_op(&mut store, &model, op, &format!("{ctx} (after recovery, op {i})")).unwrap_or_else(|e| panic!("{ctx}: op after recovery failed: {e}"));
+        run_op(&mut store, &model, op, &format!("{ctx} (after recovery, op {i})"))
+            .unwrap_or_else(|e| panic!("{ctx}: op after recovery failed: {e}"));
         apply_to_model(&mut model, op);
     }
     assert_eq!(contents(&store, &ctx), normalise(&model), "{ctx}: state after post-recovery ops");

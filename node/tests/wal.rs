@@ -1,6 +1,13 @@
 //! WAL behaviour on the simulated disk: recovery, torn tails, corruption,
 //! rotation, reclaim and group commit.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::indexing_slicing
+)]
+
 use std::path::PathBuf;
 
 use futures_lite::future::block_on;

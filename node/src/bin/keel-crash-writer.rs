@@ -18,9 +18,9 @@ fn main() {
         eprintln!("usage: keel-crash-writer DIR");
         std::process::exit(2);
     };
-    let result = LocalExecutorBuilder::default()
-        .spawn(move || async move { run(dir).await })
-        .and_then(|handle| handle.join().map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(format!("{e:?}")))));
+    let result = LocalExecutorBuilder::default().spawn(move || async move { run(dir).await }).and_then(|handle| {
+        handle.join().map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(format!("{e:?}"))))
+    });
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -52,9 +52,11 @@ async fn run(dir: PathBuf) -> Result<(), String> {
         let values: Vec<Vec<u8>> = (first..first + count).map(keel_node::testing::crash_value).collect();
         let mutations: Vec<Mutation<'_>> = (first..first + count)
             .zip(keys.iter().zip(&values))
-            .map(|(index, (key, value))| {
-                if index % 7 == 0 { Mutation::Delete { key } } else { Mutation::Put { key, value } }
-            })
+            .map(
+                |(index, (key, value))| {
+                    if index % 7 == 0 { Mutation::Delete { key } } else { Mutation::Put { key, value } }
+                },
+            )
             .collect();
         let last = store.apply_batch(partition, 1, &mutations).await.map_err(|e| e.to_string())?;
         for index in first..=last {

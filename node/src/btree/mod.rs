@@ -448,8 +448,11 @@ impl<F: DiskFile> BTree<F> {
             while let Some((p, expanded)) = stack.pop() {
                 if !expanded {
                     stack.push((p, true));
-                    if let Node::Branch { children, .. } = &**self.dirty.get(&p).expect("only dirty pages are stacked") {
-                        stack.extend(children.iter().filter(|c| self.dirty.contains_key(&c.page)).map(|c| (c.page, false)));
+                    if let Node::Branch { children, .. } = &**self.dirty.get(&p).expect("only dirty pages are stacked")
+                    {
+                        stack.extend(
+                            children.iter().filter(|c| self.dirty.contains_key(&c.page)).map(|c| (c.page, false)),
+                        );
                     }
                     continue;
                 }
@@ -546,7 +549,8 @@ impl<F: DiskFile> BTree<F> {
         for (p, buf) in writes {
             match runs.last_mut() {
                 Some((start, run))
-                    if *start + (run.len() / PAGE_BYTES) as u64 == p && run.len() + buf.len() <= WRITE_RUN_MAX_BYTES =>
+                    if *start + (run.len() / PAGE_BYTES) as u64 == p
+                        && run.len() + buf.len() <= WRITE_RUN_MAX_BYTES =>
                 {
                     run.extend_from_slice(&buf);
                 }

@@ -51,10 +51,12 @@ const LEAF_FLAG_OVERFLOW: u8 = 1;
 /// Encoded size of one leaf entry.
 #[must_use]
 pub fn leaf_entry_bytes(key: &[u8], value: &Value) -> usize {
-    2 + key.len() + 1 + match value {
-        Value::Inline(v) => 4 + v.len(),
-        Value::Overflow { .. } => 4 + 16,
-    }
+    2 + key.len()
+        + 1
+        + match value {
+            Value::Inline(v) => 4 + v.len(),
+            Value::Overflow { .. } => 4 + 16,
+        }
 }
 
 /// Whether a value of this size stays in the leaf.

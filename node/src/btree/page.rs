@@ -35,7 +35,7 @@ pub const FREELIST_ENTRIES_MAX: usize = (PAGE_BYTES - PAGE_HEADER_BYTES - 20) / 
 pub const META_MAGIC: [u8; 8] = *b"KEELBTR\0";
 
 const _: () = assert!(KEY_MAX_BYTES * 3 + 3 * 20 + 64 < PAGE_BYTES);
-const _: () = assert!(PAGE_BYTES % crate::io::IO_ALIGN_BYTES == 0);
+const _: () = assert!(PAGE_BYTES.is_multiple_of(crate::io::IO_ALIGN_BYTES));
 
 /// Page kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +231,8 @@ impl<'a> Reader<'a> {
     }
     /// The next `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], PageFault> {
-        let out = self.buf.get(self.pos..self.pos.checked_add(n).ok_or(PageFault::Malformed)?).ok_or(PageFault::Malformed)?;
+        let out =
+            self.buf.get(self.pos..self.pos.checked_add(n).ok_or(PageFault::Malformed)?).ok_or(PageFault::Malformed)?;
         self.pos += n;
         Ok(out)
     }
@@ -289,7 +290,10 @@ mod tests {
         assert!(verify(&page, &[Kind::Leaf], 7, 42, Some(9)).is_ok());
         assert_eq!(verify(&page, &[Kind::Leaf], 8, 42, Some(9)).err(), Some(PageFault::Misdirected { found: 7 }));
         assert_eq!(verify(&page, &[Kind::Leaf], 7, 43, Some(9)).err(), Some(PageFault::ForeignFile { found: 42 }));
-        assert_eq!(verify(&page, &[Kind::Leaf], 7, 42, Some(10)).err(), Some(PageFault::Stale { expected: 10, found: 9 }));
+        assert_eq!(
+            verify(&page, &[Kind::Leaf], 7, 42, Some(10)).err(),
+            Some(PageFault::Stale { expected: 10, found: 9 })
+        );
         assert_eq!(verify(&page, &[Kind::Branch], 7, 42, Some(9)).err(), Some(PageFault::WrongKind));
         if let Some(b) = page.get_mut(5000) {
             *b ^= 0x10;

@@ -175,7 +175,11 @@ impl DiskFile for GlommioFile {
         while out.len() < len {
             let want = (len - out.len()).min(self.request_max_bytes);
             let at = offset + out.len() as u64;
-            let got = self.file.read_at_aligned(at, want).await.map_err(|e| IoError::new("read file", &self.path, e.into()))?;
+            let got = self
+                .file
+                .read_at_aligned(at, want)
+                .await
+                .map_err(|e| IoError::new("read file", &self.path, e.into()))?;
             out.extend_from_slice(&got);
             if got.len() < want {
                 break; // end of file
@@ -193,7 +197,10 @@ impl DiskFile for GlommioFile {
             let written =
                 self.file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
             if written != chunk.len() {
-                let short = std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {}", chunk.len()));
+                let short = std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {}", chunk.len()),
+                );
                 return Err(IoError::new("write file", &self.path, short));
             }
         }

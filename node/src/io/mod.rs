@@ -34,7 +34,7 @@ pub const IO_ALIGN_BYTES: usize = 4096;
 /// The unit a crash can tear a write at; disks guarantee sector atomicity.
 pub const SECTOR_BYTES: usize = 512;
 
-const _: () = assert!(IO_ALIGN_BYTES % SECTOR_BYTES == 0);
+const _: () = assert!(IO_ALIGN_BYTES.is_multiple_of(SECTOR_BYTES));
 
 /// An I/O failure, with the operation and the path it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -109,5 +109,5 @@ pub const fn align_up(value: u64) -> u64 {
 /// Whether `value` is a multiple of [`IO_ALIGN_BYTES`].
 #[must_use]
 pub const fn is_aligned(value: u64) -> bool {
-    value % (IO_ALIGN_BYTES as u64) == 0
+    value.is_multiple_of(IO_ALIGN_BYTES as u64)
 }

@@ -45,11 +45,11 @@ use std::rc::Rc;
 
 use crate::io::{Disk, DiskFile, IO_ALIGN_BYTES, IoError, align_up};
 use notify::Notify;
-pub use record::{Lsn, RecordMeta, USER_KIND_MIN};
 use record::{
     KIND_PADDING, KIND_SEGMENT_END, RECORD_HEADER_BYTES, RecordFault, SEGMENT_HEADER_BYTES, encode_record,
     encode_segment_header, parse_record, parse_segment_header,
 };
+pub use record::{Lsn, RecordMeta, USER_KIND_MIN};
 
 /// Size of the zero-fill writes that preallocate a new segment.
 const ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
@@ -82,14 +82,14 @@ impl Default for WalConfig {
 
 impl WalConfig {
     fn validate(&self) -> Result<(), WalOpenError> {
-        if self.segment_size_bytes % IO_ALIGN_BYTES as u64 != 0 {
+        if !self.segment_size_bytes.is_multiple_of(IO_ALIGN_BYTES as u64) {
             return Err(WalOpenError::Config("segment size must be a multiple of 4 KiB"));
         }
         if self.segment_size_bytes > u64::from(u32::MAX) {
             return Err(WalOpenError::Config("segment size must be at most 4 GiB"));
         }
         let record_max = (RECORD_HEADER_BYTES + self.payload_max_bytes) as u64;
-        if SEGMENT_HEADER_BYTES + record_max + IO_ALIGN_BYTES as u64 > self.segment_size_bytes {
+        if u64::from(SEGMENT_HEADER_BYTES) + record_max + IO_ALIGN_BYTES as u64 > self.segment_size_bytes {
             return Err(WalOpenError::Config("segment too small for the largest record"));
         }
         if u32::try_from(self.payload_max_bytes).is_err() {
@@ -261,9 +261,8 @@ impl<D: Disk> Wal<D> {
         let wal_dir = dir.to_path_buf();
         let (records, tail) = Self::recover(&config, &images)?;
         // A tail segment whose header never became durable is recreated.
-        let tail_header_torn = images
-            .iter()
-            .any(|(seq, _, image)| *seq == tail.segment() && parse_segment_header(image, *seq).is_err());
+        let tail_header_torn =
+            images.iter().any(|(seq, _, image)| *seq == tail.segment() && parse_segment_header(image, *seq).is_err());
         let mut state = empty_state(tail);
         state.segments = seqs.iter().copied().collect();
         state.free_pool = free_pool;
@@ -294,7 +293,7 @@ impl<D: Disk> Wal<D> {
             if let Err(reason) = header_ok {
                 if i == last {
                     // A segment whose creation was torn: it held nothing yet.
-                    return Ok((records, Lsn::new(*seq, SEGMENT_HEADER_BYTES as u32)));
+                    return Ok((records, Lsn::new(*seq, SEGMENT_HEADER_BYTES)));
                 }
                 return Err(WalOpenError::Corrupt { segment: path.clone(), offset: 0, reason: reason.to_owned() });
             }
@@ -315,7 +314,7 @@ impl<D: Disk> Wal<D> {
             }
         }
         let next_seq = images.last().map_or(1, |(seq, _, _)| seq + 1);
-        Ok((records, Lsn::new(next_seq, SEGMENT_HEADER_BYTES as u32)))
+        Ok((records, Lsn::new(next_seq, SEGMENT_HEADER_BYTES)))
     }
 
     fn scan_segment(config: &WalConfig, seq: u64, image: &[u8], batch_floor: &mut Lsn, out: &mut Vec<Record>) -> Scan {
@@ -369,7 +368,7 @@ impl<D: Disk> Wal<D> {
             let first = if *seq == bad.segment() {
                 align_up(u64::from(bad.offset()) + 1)
             } else {
-                SEGMENT_HEADER_BYTES
+                u64::from(SEGMENT_HEADER_BYTES)
             };
             let mut block = first;
             while block + RECORD_HEADER_BYTES as u64 <= size {
@@ -413,7 +412,7 @@ impl<D: Disk> Wal<D> {
                 Batch { start: here, bytes: Vec::new(), seal: None }
             } else {
                 let room = pos + RECORD_HEADER_BYTES as u64 <= size;
-                let next = Lsn::new(seq + 1, SEGMENT_HEADER_BYTES as u32);
+                let next = Lsn::new(seq + 1, SEGMENT_HEADER_BYTES);
                 Batch { start: next, bytes: Vec::new(), seal: room.then_some(here) }
             };
             st.pending.push(batch);

@@ -8,7 +8,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Size of the segment header block at offset 0 of every segment file.
-pub const SEGMENT_HEADER_BYTES: u64 = 4096;
+pub const SEGMENT_HEADER_BYTES: u32 = 4096;
 
 /// `KEELWAL` + NUL.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
@@ -176,7 +176,11 @@ pub fn parse_record(buf: &[u8], at: usize, lsn: Lsn, payload_max: usize) -> Resu
     if header.lsn.get() != lsn.0 {
         return Err(RecordFault::WrongLsn);
     }
-    if header.version != FORMAT_VERSION || header.reserved != [0; 6] || header.kind == 0 || header.batch_lsn.get() > lsn.0 {
+    if header.version != FORMAT_VERSION
+        || header.reserved != [0; 6]
+        || header.kind == 0
+        || header.batch_lsn.get() > lsn.0
+    {
         return Err(RecordFault::BadField);
     }
     Ok((header, payload))
