@@ -69,6 +69,7 @@ fn glommio_disk_lists_renames_and_removes_durably() {
         assert!(disk.exists(&nested.join("y")).await.expect("exists"));
         disk.remove(&nested.join("y")).await.expect("remove");
         assert!(!disk.exists(&nested.join("y")).await.expect("exists"));
+        disk.sync_dir(Path::new(".")).await.expect("relative directory paths work");
         let missing = disk.open(Path::new(&nested.join("nope")), false).await;
         assert!(missing.is_err());
     });

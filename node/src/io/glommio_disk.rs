@@ -157,6 +157,8 @@ impl Disk for GlommioDisk {
     }
 
     async fn sync_dir(&self, dir: &Path) -> Result<(), IoError> {
+        // glommio fails to open relative directory paths such as "." (EBADF).
+        let dir = &std::path::absolute(dir).map_err(|e| IoError::new("resolve directory", dir, e))?;
         let handle = Directory::open(dir).await.map_err(|e| IoError::new("open directory", dir, e.into()))?;
         let synced = handle.sync().await;
         let _ = handle.close().await;
