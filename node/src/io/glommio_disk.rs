@@ -34,6 +34,9 @@ use super::{Disk, DiskFile, IO_ALIGN_BYTES, IoError, is_aligned};
 /// Upper bound on one read or write request handed to the kernel.
 pub const IO_REQUEST_MAX_BYTES: usize = 1024 * 1024;
 
+/// Requests of one large write in flight at once.
+pub const WRITES_IN_FLIGHT_MAX: usize = 4;
+
 const PROBE_FILE_NAME: &str = ".keel-dma-probe";
 
 thread_local! {
@@ -191,21 +194,30 @@ impl DiskFile for GlommioFile {
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
         assert!(is_aligned(offset) && is_aligned(data.len() as u64), "unaligned write");
-        for (i, chunk) in data.chunks(self.request_max_bytes).enumerate() {
-            let mut buf = self.file.alloc_dma_buffer(chunk.len());
-            buf.as_bytes_mut().copy_from_slice(chunk);
-            let at = offset + (i * self.request_max_bytes) as u64;
-            let written =
-                self.file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
-            if written != chunk.len() {
-                let short = std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write: {written} of {}", chunk.len()),
-                );
-                return Err(IoError::new("write file", &self.path, short));
-            }
-        }
+        // Large writes go out as several requests in flight at once, so that
+        // copying into DMA buffers overlaps with the device's work.
+        stream::iter(data.chunks(self.request_max_bytes).enumerate())
+            .map(|(i, chunk)| async move {
+                let mut buf = self.file.alloc_dma_buffer(chunk.len());
+                buf.as_bytes_mut().copy_from_slice(chunk);
+                let at = offset + (i * self.request_max_bytes) as u64;
+                let written =
+                    self.file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
+                if written == chunk.len() {
+                    Ok(())
+                } else {
+                    let short = std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {written} of {}", chunk.len()),
+                    );
+                    Err(IoError::new("write file", &self.path, short))
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 

@@ -193,8 +193,14 @@ struct State<F> {
     segments: BTreeSet<u64>,
     free_pool: Vec<PathBuf>,
     free_next: u64,
+    /// Buffers of flushed batches, kept to avoid reallocating (and page
+    /// faulting) a batch buffer for every write.
+    spare_buffers: Vec<Vec<u8>>,
     stats: WalStats,
 }
+
+/// Spare batch buffers kept for reuse.
+const SPARE_BUFFERS_MAX: usize = 4;
 
 /// The shard write-ahead log. See the module docs.
 #[derive(Debug)]
@@ -408,12 +414,13 @@ impl<D: Disk> Wal<D> {
                 None => (st.tail.segment(), u64::from(st.tail.offset())),
             };
             let here = Lsn::new(seq, u32::try_from(pos).expect("segment size fits u32"));
+            let bytes = st.spare_buffers.pop().unwrap_or_default();
             let batch = if fits(here, 0) {
-                Batch { start: here, bytes: Vec::new(), seal: None }
+                Batch { start: here, bytes, seal: None }
             } else {
                 let room = pos + RECORD_HEADER_BYTES as u64 <= size;
                 let next = Lsn::new(seq + 1, SEGMENT_HEADER_BYTES);
-                Batch { start: next, bytes: Vec::new(), seal: room.then_some(here) }
+                Batch { start: next, bytes, seal: room.then_some(here) }
             };
             st.pending.push(batch);
         }
@@ -486,6 +493,12 @@ impl<D: Disk> Wal<D> {
                     st.stats.batch_bytes += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
                 }
                 Err(e) => st.poisoned = Some(e.to_string()),
+            }
+            for mut batch in batches {
+                if st.spare_buffers.len() < SPARE_BUFFERS_MAX {
+                    batch.bytes.clear();
+                    st.spare_buffers.push(batch.bytes);
+                }
             }
         }
         self.notify.notify_all();
@@ -639,6 +652,7 @@ fn empty_state<F>(tail: Lsn) -> State<F> {
         segments: BTreeSet::new(),
         free_pool: Vec::new(),
         free_next: 0,
+        spare_buffers: Vec::new(),
         stats: WalStats::default(),
     }
 }
