@@ -1,13 +1,18 @@
 //! The per-shard page cache: clean, verified, decoded nodes of every B-tree
-//! on the shard, bounded in bytes, evicted least-recently-used first.
+//! on the shard, bounded in bytes, evicted by CLOCK (second chance).
 //!
 //! O_DIRECT bypasses the kernel's page cache, so this is the only cache on
 //! the read path. Each entry is charged one page ([`PAGE_BYTES`]): a decoded
 //! node holds about as many bytes as its page. Dirty nodes are not here; each
 //! tree keeps its own until the next checkpoint writes them.
+//!
+//! CLOCK instead of strict LRU: a hit only sets a flag (no list or tree
+//! update on the read path), and eviction sweeps a hand over the slots,
+//! sparing once each page that was used since the last sweep.
 
-use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 use super::node::Node;
 use super::page::PAGE_BYTES;
@@ -26,13 +31,20 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+#[derive(Debug)]
+struct Slot {
+    key: CacheKey,
+    node: Rc<Node>,
+    referenced: bool,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct PageCache {
     capacity_pages: usize,
-    entries: HashMap<CacheKey, (Rc<Node>, u64)>,
-    lru: BTreeMap<u64, CacheKey>,
-    tick: u64,
+    index: FxHashMap<CacheKey, usize>,
+    slots: Vec<Slot>,
+    hand: usize,
     stats: CacheStats,
 }
 
@@ -41,20 +53,16 @@ impl PageCache {
     #[must_use]
     pub fn new(capacity_bytes: usize) -> Self {
         let capacity_pages = (capacity_bytes / PAGE_BYTES).max(16);
-        Self { capacity_pages, entries: HashMap::new(), lru: BTreeMap::new(), tick: 0, stats: CacheStats::default() }
+        Self { capacity_pages, index: FxHashMap::default(), slots: Vec::new(), hand: 0, stats: CacheStats::default() }
     }
 
-    /// Looks a page up, marking it recently used.
+    /// Looks a page up, marking it used.
     pub fn get(&mut self, key: CacheKey) -> Option<Rc<Node>> {
-        self.tick += 1;
-        let tick = self.tick;
-        match self.entries.get_mut(&key) {
-            Some((node, used)) => {
-                self.lru.remove(used);
-                *used = tick;
-                self.lru.insert(tick, key);
+        match self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
+            Some(slot) => {
+                slot.referenced = true;
                 self.stats.hits += 1;
-                Some(Rc::clone(node))
+                Some(Rc::clone(&slot.node))
             }
             None => {
                 self.stats.misses += 1;
@@ -63,31 +71,51 @@ impl PageCache {
         }
     }
 
-    /// Inserts a clean page, evicting the least recently used beyond capacity.
+    /// Inserts a clean page, evicting by CLOCK when full.
     pub fn insert(&mut self, key: CacheKey, node: Rc<Node>) {
-        self.tick += 1;
-        if let Some((_, used)) = self.entries.insert(key, (node, self.tick)) {
-            self.lru.remove(&used);
+        if let Some(slot) = self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
+            slot.node = node;
+            slot.referenced = true;
+            return;
         }
-        self.lru.insert(self.tick, key);
-        while self.entries.len() > self.capacity_pages {
-            let Some((_, victim)) = self.lru.pop_first() else { break };
-            self.entries.remove(&victim);
+        if self.slots.len() < self.capacity_pages {
+            self.index.insert(key, self.slots.len());
+            self.slots.push(Slot { key, node, referenced: false });
+            return;
+        }
+        // Sweep: clear reference bits until an unreferenced slot comes up.
+        // Terminates within two turns of the hand.
+        loop {
+            self.hand = (self.hand + 1) % self.slots.len();
+            let slot = self.slots.get_mut(self.hand).expect("hand is within slots");
+            if slot.referenced {
+                slot.referenced = false;
+                continue;
+            }
+            self.index.remove(&slot.key);
+            self.index.insert(key, self.hand);
+            *slot = Slot { key, node, referenced: false };
             self.stats.evictions += 1;
+            break;
         }
-        debug_assert_eq!(self.entries.len(), self.lru.len());
+        debug_assert_eq!(self.index.len(), self.slots.len());
     }
 
     /// Drops a page (it was freed or rewritten elsewhere).
     pub fn remove(&mut self, key: CacheKey) {
-        if let Some((_, used)) = self.entries.remove(&key) {
-            self.lru.remove(&used);
+        let Some(i) = self.index.remove(&key) else { return };
+        self.slots.swap_remove(i);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.key, i);
+        }
+        if self.hand >= self.slots.len() {
+            self.hand = 0;
         }
     }
 
     /// Drops every page of one file.
     pub fn remove_file(&mut self, file_id: u64) {
-        let keys: Vec<CacheKey> = self.entries.keys().filter(|(f, _)| *f == file_id).copied().collect();
+        let keys: Vec<CacheKey> = self.index.keys().filter(|(f, _)| *f == file_id).copied().collect();
         for key in keys {
             self.remove(key);
         }
@@ -96,13 +124,13 @@ impl PageCache {
     /// Pages cached now.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     /// Whether nothing is cached.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// Capacity in pages.
@@ -122,18 +150,32 @@ impl PageCache {
 mod tests {
     use super::*;
 
+    fn leaf() -> Rc<Node> {
+        Rc::new(Node::Leaf(Vec::new()))
+    }
+
     #[test]
-    fn cache_never_exceeds_its_capacity_and_evicts_least_recently_used() {
+    fn cache_never_exceeds_its_capacity_and_spares_recently_used_pages() {
         let mut cache = PageCache::new(16 * PAGE_BYTES);
         for page in 0..16 {
-            cache.insert((1, page), Rc::new(Node::Leaf(Vec::new())));
+            cache.insert((1, page), leaf());
         }
-        assert!(cache.get((1, 0)).is_some()); // 0 is now the most recent
-        cache.insert((1, 100), Rc::new(Node::Leaf(Vec::new())));
+        // Touch every page but 5: the sweep must pick 5.
+        for page in (0..16).filter(|&p| p != 5) {
+            assert!(cache.get((1, page)).is_some());
+        }
+        cache.insert((1, 100), leaf());
         assert_eq!(cache.len(), 16);
-        assert!(cache.get((1, 1)).is_none(), "page 1 was least recently used");
-        assert!(cache.get((1, 0)).is_some());
-        cache.remove_file(1);
-        assert!(cache.is_empty());
+        assert!(cache.get((1, 5)).is_none(), "page 5 was the only one not used");
+        assert!(cache.get((1, 100)).is_some());
+        for page in 200..1000 {
+            cache.insert((2, page), leaf());
+            assert!(cache.len() <= 16);
+        }
+        cache.remove_file(2);
+        assert!(cache.len() < 16);
+        cache.remove((1, 100));
+        assert!(cache.get((1, 100)).is_none());
+        assert_eq!(cache.stats().evictions, 801);
     }
 }

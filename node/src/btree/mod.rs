@@ -31,7 +31,9 @@ pub mod node;
 pub mod page;
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -125,10 +127,10 @@ pub struct BTree<F: DiskFile> {
     file_id: u64,
     cache: Rc<RefCell<PageCache>>,
     /// Nodes changed since the last checkpoint, by (new) page number.
-    dirty: HashMap<u64, Rc<Node>>,
+    dirty: FxHashMap<u64, Rc<Node>>,
     /// Pages allocated since the last checkpoint: not referenced by the
     /// durable tree, so they may be freed and reused at once.
-    fresh: HashSet<u64>,
+    fresh: FxHashSet<u64>,
     root: PageRef,
     page_count: u64,
     free: BTreeSet<u64>,
@@ -150,8 +152,8 @@ impl<F: DiskFile> BTree<F> {
             file,
             file_id,
             cache,
-            dirty: HashMap::new(),
-            fresh: HashSet::new(),
+            dirty: FxHashMap::default(),
+            fresh: FxHashSet::default(),
             root: PageRef { page: FIRST_DATA_PAGE, seq: 0 },
             page_count: FIRST_DATA_PAGE + 1,
             free: BTreeSet::new(),
@@ -199,8 +201,8 @@ impl<F: DiskFile> BTree<F> {
             file,
             file_id,
             cache,
-            dirty: HashMap::new(),
-            fresh: HashSet::new(),
+            dirty: FxHashMap::default(),
+            fresh: FxHashSet::default(),
             root,
             page_count,
             free: BTreeSet::new(),
