@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
-use super::node::Node;
+use super::node::PageNode;
 use super::page::PAGE_BYTES;
 
 /// Key of a cached page: `(file id, page number)`.
@@ -34,7 +34,7 @@ pub struct CacheStats {
 #[derive(Debug)]
 struct Slot {
     key: CacheKey,
-    node: Rc<Node>,
+    node: Rc<PageNode>,
     referenced: bool,
 }
 
@@ -57,7 +57,7 @@ impl PageCache {
     }
 
     /// Looks a page up, marking it used.
-    pub fn get(&mut self, key: CacheKey) -> Option<Rc<Node>> {
+    pub fn get(&mut self, key: CacheKey) -> Option<Rc<PageNode>> {
         match self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
             Some(slot) => {
                 slot.referenced = true;
@@ -72,7 +72,7 @@ impl PageCache {
     }
 
     /// Inserts a clean page, evicting by CLOCK when full.
-    pub fn insert(&mut self, key: CacheKey, node: Rc<Node>) {
+    pub fn insert(&mut self, key: CacheKey, node: Rc<PageNode>) {
         if let Some(slot) = self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
             slot.node = node;
             slot.referenced = true;
@@ -150,8 +150,9 @@ impl PageCache {
 mod tests {
     use super::*;
 
-    fn leaf() -> Rc<Node> {
-        Rc::new(Node::Leaf(Vec::new()))
+    fn leaf() -> Rc<PageNode> {
+        let page = crate::btree::node::Node::Leaf(Vec::new()).encode(2, 1, 1);
+        Rc::new(PageNode::parse(crate::btree::page::Kind::Leaf, page).expect("valid page"))
     }
 
     #[test]

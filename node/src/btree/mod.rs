@@ -43,7 +43,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::io::{DiskFile, IoError};
 pub use cache::PageCache;
-use node::{Node, PageRef, Value, fits_inline};
+use node::{Node, PageNode, PageRef, Value, ValueRef, fits_inline};
 use page::{
     FREELIST_ENTRIES_MAX, KEY_MAX_BYTES, Kind, META_MAGIC, MetaBody, OVERFLOW_DATA_BYTES, PAGE_BYTES,
     PAGE_HEADER_BYTES, PageFault, Reader, VALUE_MAX_BYTES,
@@ -109,6 +109,75 @@ pub enum BTreeError {
         /// The file.
         path: PathBuf,
     },
+}
+
+/// A node as loaded for reading: dirty (decoded, in this tree) or clean (a
+/// verified page, shared through the page cache).
+#[derive(Debug)]
+enum Loaded {
+    Dirty(Rc<Node>),
+    Clean(Rc<PageNode>),
+}
+
+impl Loaded {
+    fn is_leaf(&self) -> bool {
+        match self {
+            Self::Dirty(node) => matches!(&**node, Node::Leaf(_)),
+            Self::Clean(page) => page.is_leaf(),
+        }
+    }
+
+    /// Entries of a leaf, separators of a branch.
+    fn key_count(&self) -> usize {
+        match self {
+            Self::Dirty(node) => match &**node {
+                Node::Leaf(entries) => entries.len(),
+                Node::Branch { keys, .. } => keys.len(),
+            },
+            Self::Clean(page) => page.len(),
+        }
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        match self {
+            Self::Dirty(node) => match &**node {
+                Node::Leaf(entries) => entries.get(i).map_or(&[][..], |(k, _)| k),
+                Node::Branch { keys, .. } => keys.get(i).map_or(&[][..], |k| k),
+            },
+            Self::Clean(page) => page.key(i),
+        }
+    }
+
+    fn value(&self, i: usize) -> ValueRef<'_> {
+        match self {
+            Self::Dirty(node) => match &**node {
+                Node::Leaf(entries) => entries.get(i).map_or(ValueRef::Inline(&[]), |(_, v)| v.as_ref()),
+                Node::Branch { .. } => unreachable!("values live in leaves"),
+            },
+            Self::Clean(page) => page.value(i),
+        }
+    }
+
+    fn child(&self, i: usize) -> PageRef {
+        match self {
+            Self::Dirty(node) => match &**node {
+                Node::Branch { children, .. } => children.get(i).copied().unwrap_or(PageRef { page: 0, seq: 0 }),
+                Node::Leaf(_) => unreachable!("children live in branches"),
+            },
+            Self::Clean(page) => page.child(i),
+        }
+    }
+
+    /// Index of the child that holds `key`.
+    fn upper_bound(&self, key: &[u8]) -> usize {
+        match self {
+            Self::Dirty(node) => match &**node {
+                Node::Branch { keys, .. } => Node::child_index(keys, key),
+                Node::Leaf(_) => unreachable!("children live in branches"),
+            },
+            Self::Clean(page) => page.upper_bound(key),
+        }
+    }
 }
 
 /// Scan direction.
@@ -256,24 +325,24 @@ impl<F: DiskFile> BTree<F> {
     }
 
     /// Loads a node: dirty set, then cache, then disk (verified).
-    async fn load(&self, r: PageRef) -> Result<Rc<Node>, BTreeError> {
+    async fn load(&self, r: PageRef) -> Result<Loaded, BTreeError> {
         if let Some(node) = self.dirty.get(&r.page) {
-            return Ok(Rc::clone(node));
+            return Ok(Loaded::Dirty(Rc::clone(node)));
         }
         let key = (self.file_id, r.page);
         if let Some(node) = self.cache.borrow_mut().get(key) {
-            return Ok(node);
+            return Ok(Loaded::Clean(node));
         }
         if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
             return Err(self.corrupt(r.page, PageFault::Malformed));
         }
         let buf = self.read_page(r.page).await?;
-        let (header, body) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq))
+        let (header, _) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq))
             .map_err(|f| self.corrupt(r.page, f))?;
         let kind = Kind::from_u8(header.kind).ok_or_else(|| self.corrupt(r.page, PageFault::WrongKind))?;
-        let node = Rc::new(Node::decode(kind, body).map_err(|f| self.corrupt(r.page, f))?);
+        let node = Rc::new(PageNode::parse(kind, buf).map_err(|f| self.corrupt(r.page, f))?);
         self.cache.borrow_mut().insert(key, Rc::clone(&node));
-        Ok(node)
+        Ok(Loaded::Clean(node))
     }
 
     fn check_usable(&self) -> Result<(), BTreeError> {
@@ -288,19 +357,28 @@ impl<F: DiskFile> BTree<F> {
         self.check_usable()?;
         let mut node = self.load(self.root).await?;
         loop {
-            let child = match &*node {
-                Node::Branch { keys, children } => {
-                    *children.get(Node::child_index(keys, key)).ok_or_else(|| self.corrupt(0, PageFault::Malformed))?
-                }
-                Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                        Ok(i) => match entries.get(i) {
-                            Some((_, value)) => Ok(Some(self.read_value(value).await?)),
-                            None => Ok(None),
-                        },
+            let child = match &node {
+                Loaded::Clean(page) if page.is_leaf() => {
+                    return match page.search(key) {
+                        Ok(i) => Ok(Some(self.read_value(page.value(i)).await?)),
                         Err(_) => Ok(None),
                     };
                 }
+                Loaded::Clean(page) => page.child(page.upper_bound(key)),
+                Loaded::Dirty(dirty) => match &**dirty {
+                    Node::Branch { keys, children } => *children
+                        .get(Node::child_index(keys, key))
+                        .ok_or_else(|| self.corrupt(0, PageFault::Malformed))?,
+                    Node::Leaf(entries) => {
+                        return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                            Ok(i) => match entries.get(i) {
+                                Some((_, value)) => Ok(Some(self.read_value(value.as_ref()).await?)),
+                                None => Ok(None),
+                            },
+                            Err(_) => Ok(None),
+                        };
+                    }
+                },
             };
             node = self.load(child).await?;
         }
@@ -388,41 +466,39 @@ impl<F: DiskFile> BTree<F> {
                 break;
             }
             let node = self.load(r).await?;
-            match &*node {
-                Node::Branch { keys, children } => {
-                    let first = match lo {
-                        Bound::Unbounded => 0,
-                        Bound::Included(k) | Bound::Excluded(k) => Node::child_index(keys, k),
-                    };
-                    let last = match hi {
-                        Bound::Unbounded => children.len().saturating_sub(1),
-                        Bound::Included(k) | Bound::Excluded(k) => Node::child_index(keys, k),
-                    };
-                    let range = children.get(first..=last.max(first)).unwrap_or(&[]);
-                    // The stack pops last-in first: push in reverse visiting order.
-                    match direction {
-                        Direction::Forward => stack.extend(range.iter().rev()),
-                        Direction::Reverse => stack.extend(range.iter()),
-                    }
+            let count = node.key_count();
+            if !node.is_leaf() {
+                let first = match lo {
+                    Bound::Unbounded => 0,
+                    Bound::Included(k) | Bound::Excluded(k) => node.upper_bound(k),
+                };
+                let last = match hi {
+                    Bound::Unbounded => count,
+                    Bound::Included(k) | Bound::Excluded(k) => node.upper_bound(k),
+                };
+                // The stack pops last-in first: push in reverse visiting order.
+                match direction {
+                    Direction::Forward => stack.extend((first..=last.max(first)).rev().map(|i| node.child(i))),
+                    Direction::Reverse => stack.extend((first..=last.max(first)).map(|i| node.child(i))),
                 }
-                Node::Leaf(entries) => {
-                    let in_order: Box<dyn Iterator<Item = &(Vec<u8>, Value)>> = match direction {
-                        Direction::Forward => Box::new(entries.iter()),
-                        Direction::Reverse => Box::new(entries.iter().rev()),
-                    };
-                    for (key, value) in in_order {
-                        let (inside_lo, inside_hi) = (above_lo(key), below_hi(key));
-                        if inside_lo && inside_hi {
-                            out.push((key.clone(), self.read_value(value).await?));
-                            if out.len() >= limit {
-                                break;
-                            }
-                        } else if (direction == Direction::Forward && !inside_hi)
-                            || (direction == Direction::Reverse && !inside_lo)
-                        {
-                            return Ok(out); // past the far bound: nothing more can match
-                        }
+                continue;
+            }
+            let in_order: Box<dyn Iterator<Item = usize>> = match direction {
+                Direction::Forward => Box::new(0..count),
+                Direction::Reverse => Box::new((0..count).rev()),
+            };
+            for i in in_order {
+                let key = node.key(i);
+                let (inside_lo, inside_hi) = (above_lo(key), below_hi(key));
+                if inside_lo && inside_hi {
+                    out.push((key.to_vec(), self.read_value(node.value(i)).await?));
+                    if out.len() >= limit {
+                        break;
                     }
+                } else if (direction == Direction::Forward && !inside_hi)
+                    || (direction == Direction::Reverse && !inside_lo)
+                {
+                    return Ok(out); // past the far bound: nothing more can match
                 }
             }
         }
@@ -500,7 +576,7 @@ impl<F: DiskFile> BTree<F> {
             next = PageRef { page: *page, seq };
         }
         let page_count = self.page_count + chain_len;
-        self.write_runs(writes).await?;
+        self.write_runs(&mut writes).await?;
         self.file.sync_data().await?;
         // 3. The meta page, in the slot the previous checkpoint did not use.
         let generation = self.generation + 1;
@@ -535,28 +611,36 @@ impl<F: DiskFile> BTree<F> {
         self.pending_free.clear();
         self.freelist_pages = chain;
         self.fresh.clear();
+        // The written node pages become the clean cached copies.
         let mut cache = self.cache.borrow_mut();
-        for (p, node) in self.dirty.drain() {
-            cache.insert((self.file_id, p), node);
+        for (p, buf) in writes {
+            let kind = match self.dirty.get(&p).map(|node| &**node) {
+                Some(Node::Leaf(_)) => Kind::Leaf,
+                Some(Node::Branch { .. }) => Kind::Branch,
+                None => continue, // a free-list page
+            };
+            let page = PageNode::parse(kind, buf).expect("a page we just encoded parses");
+            cache.insert((self.file_id, p), Rc::new(page));
         }
+        self.dirty.clear();
         Ok(())
     }
 
     /// Writes pages, merging runs of adjacent pages into single requests and
     /// keeping up to [`WRITES_IN_FLIGHT_MAX`] requests in flight.
-    async fn write_runs(&self, mut writes: Vec<(u64, Vec<u8>)>) -> Result<(), IoError> {
+    async fn write_runs(&self, writes: &mut [(u64, Vec<u8>)]) -> Result<(), IoError> {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
         writes.sort_unstable_by_key(|(p, _)| *p);
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        for (p, buf) in writes {
+        for (p, buf) in writes.iter() {
             match runs.last_mut() {
                 Some((start, run))
-                    if *start + (run.len() / PAGE_BYTES) as u64 == p
+                    if *start + (run.len() / PAGE_BYTES) as u64 == *p
                         && run.len() + buf.len() <= WRITE_RUN_MAX_BYTES =>
                 {
-                    run.extend_from_slice(&buf);
+                    run.extend_from_slice(buf);
                 }
-                _ => runs.push((p, buf)),
+                _ => runs.push((*p, buf.clone())),
             }
         }
         let file = &self.file;
@@ -598,9 +682,12 @@ impl<F: DiskFile> BTree<F> {
         if self.dirty.contains_key(&r.page) {
             return Ok(r.page);
         }
-        let node = self.load(r).await?;
+        let node = match self.load(r).await? {
+            Loaded::Dirty(node) => (*node).clone(),
+            Loaded::Clean(page) => page.to_node(),
+        };
         let copy = self.alloc();
-        self.dirty.insert(copy, Rc::new((*node).clone()));
+        self.dirty.insert(copy, Rc::new(node));
         self.free_page(r.page);
         Ok(copy)
     }
@@ -754,7 +841,7 @@ impl<F: DiskFile> BTree<F> {
             writes.push((*page, buf));
             next = PageRef { page: *page, seq };
         }
-        self.write_runs(writes).await?;
+        self.write_runs(&mut writes).await?;
         Ok(Value::Overflow { len: u32::try_from(value.len()).expect("value limit"), first: next })
     }
 
@@ -793,10 +880,10 @@ impl<F: DiskFile> BTree<F> {
         Ok((pages, data))
     }
 
-    async fn read_value(&self, value: &Value) -> Result<Vec<u8>, BTreeError> {
+    async fn read_value(&self, value: ValueRef<'_>) -> Result<Vec<u8>, BTreeError> {
         match value {
-            Value::Inline(v) => Ok(v.clone()),
-            Value::Overflow { len, first } => Ok(self.walk_overflow(*len, *first, true).await?.1),
+            ValueRef::Inline(v) => Ok(v.to_vec()),
+            ValueRef::Overflow { len, first } => Ok(self.walk_overflow(len, first, true).await?.1),
         }
     }
 

@@ -236,6 +236,11 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(out)
     }
+    /// Bytes consumed so far.
+    #[must_use]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
     /// A byte.
     pub fn u8(&mut self) -> Result<u8, PageFault> {
         self.bytes(1)?.first().copied().ok_or(PageFault::Malformed)
