@@ -32,18 +32,21 @@ pub struct CacheStats {
 }
 
 #[derive(Debug)]
-struct Slot {
-    key: CacheKey,
+struct Entry {
     node: Rc<PageNode>,
     referenced: bool,
+    /// Position of the key in the clock ring.
+    slot: usize,
 }
 
 /// See the module docs.
 #[derive(Debug)]
 pub struct PageCache {
     capacity_pages: usize,
-    index: FxHashMap<CacheKey, usize>,
-    slots: Vec<Slot>,
+    /// The page itself sits in the map entry: a hit costs one probe.
+    index: FxHashMap<CacheKey, Entry>,
+    /// Keys in clock order, for the eviction sweep.
+    ring: Vec<CacheKey>,
     hand: usize,
     stats: CacheStats,
 }
@@ -53,16 +56,16 @@ impl PageCache {
     #[must_use]
     pub fn new(capacity_bytes: usize) -> Self {
         let capacity_pages = (capacity_bytes / PAGE_BYTES).max(16);
-        Self { capacity_pages, index: FxHashMap::default(), slots: Vec::new(), hand: 0, stats: CacheStats::default() }
+        Self { capacity_pages, index: FxHashMap::default(), ring: Vec::new(), hand: 0, stats: CacheStats::default() }
     }
 
     /// Looks a page up, marking it used.
     pub fn get(&mut self, key: CacheKey) -> Option<Rc<PageNode>> {
-        match self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
-            Some(slot) => {
-                slot.referenced = true;
+        match self.index.get_mut(&key) {
+            Some(entry) => {
+                entry.referenced = true;
                 self.stats.hits += 1;
-                Some(Rc::clone(&slot.node))
+                Some(Rc::clone(&entry.node))
             }
             None => {
                 self.stats.misses += 1;
@@ -73,42 +76,45 @@ impl PageCache {
 
     /// Inserts a clean page, evicting by CLOCK when full.
     pub fn insert(&mut self, key: CacheKey, node: Rc<PageNode>) {
-        if let Some(slot) = self.index.get(&key).and_then(|&i| self.slots.get_mut(i)) {
-            slot.node = node;
-            slot.referenced = true;
+        if let Some(entry) = self.index.get_mut(&key) {
+            entry.node = node;
+            entry.referenced = true;
             return;
         }
-        if self.slots.len() < self.capacity_pages {
-            self.index.insert(key, self.slots.len());
-            self.slots.push(Slot { key, node, referenced: false });
+        if self.ring.len() < self.capacity_pages {
+            self.index.insert(key, Entry { node, referenced: false, slot: self.ring.len() });
+            self.ring.push(key);
             return;
         }
-        // Sweep: clear reference bits until an unreferenced slot comes up.
+        // Sweep: clear reference bits until an unreferenced page comes up.
         // Terminates within two turns of the hand.
         loop {
-            self.hand = (self.hand + 1) % self.slots.len();
-            let slot = self.slots.get_mut(self.hand).expect("hand is within slots");
-            if slot.referenced {
-                slot.referenced = false;
+            self.hand = (self.hand + 1) % self.ring.len();
+            let victim = *self.ring.get(self.hand).expect("hand is within the ring");
+            let entry = self.index.get_mut(&victim).expect("ring and index agree");
+            if entry.referenced {
+                entry.referenced = false;
                 continue;
             }
-            self.index.remove(&slot.key);
-            self.index.insert(key, self.hand);
-            *slot = Slot { key, node, referenced: false };
+            self.index.remove(&victim);
+            self.index.insert(key, Entry { node, referenced: false, slot: self.hand });
+            *self.ring.get_mut(self.hand).expect("hand is within the ring") = key;
             self.stats.evictions += 1;
             break;
         }
-        debug_assert_eq!(self.index.len(), self.slots.len());
+        debug_assert_eq!(self.index.len(), self.ring.len());
     }
 
     /// Drops a page (it was freed or rewritten elsewhere).
     pub fn remove(&mut self, key: CacheKey) {
-        let Some(i) = self.index.remove(&key) else { return };
-        self.slots.swap_remove(i);
-        if let Some(moved) = self.slots.get(i) {
-            self.index.insert(moved.key, i);
+        let Some(entry) = self.index.remove(&key) else { return };
+        self.ring.swap_remove(entry.slot);
+        if let Some(moved) = self.ring.get(entry.slot)
+            && let Some(moved_entry) = self.index.get_mut(moved)
+        {
+            moved_entry.slot = entry.slot;
         }
-        if self.hand >= self.slots.len() {
+        if self.hand >= self.ring.len() {
             self.hand = 0;
         }
     }
@@ -124,13 +130,13 @@ impl PageCache {
     /// Pages cached now.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.ring.len()
     }
 
     /// Whether nothing is cached.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.ring.is_empty()
     }
 
     /// Capacity in pages.
