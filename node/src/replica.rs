@@ -44,7 +44,8 @@ pub struct StoreConfig {
     pub wal: WalConfig,
     /// Bytes of clean pages cached for all replicas of the shard.
     pub page_cache_bytes: usize,
-    /// A replica checkpoints when its dirty pages exceed this.
+    /// When the dirty B-tree pages of all replicas on the shard exceed this,
+    /// the replica with the most dirty pages checkpoints.
     pub dirty_bytes_max: usize,
     /// When the WAL holds more segments than this, the replicas holding the
     /// oldest one checkpoint so it can be reclaimed.
@@ -59,8 +60,8 @@ impl StoreConfig {
             dir: dir.into(),
             wal: WalConfig::default(),
             page_cache_bytes: 256 * 1024 * 1024,
-            dirty_bytes_max: 32 * 1024 * 1024,
-            wal_segments_max: 8,
+            dirty_bytes_max: 128 * 1024 * 1024,
+            wal_segments_max: 16,
         }
     }
 }
@@ -373,8 +374,12 @@ impl<D: Disk> ShardStore<D> {
             replica.applied_index = index;
             replica.oldest_unflushed.get_or_insert(lsn);
         }
-        if replica.tree.dirty_bytes() > self.config.dirty_bytes_max {
-            self.checkpoint(ticket.partition).await?;
+        let dirty_bytes: usize = self.replicas.values().map(|r| r.tree.dirty_bytes()).sum();
+        if dirty_bytes > self.config.dirty_bytes_max {
+            let dirtiest = self.replicas.iter().max_by_key(|(_, r)| r.tree.dirty_bytes()).map(|(p, _)| *p);
+            if let Some(partition) = dirtiest {
+                self.checkpoint(partition).await?;
+            }
         }
         if self.wal.segments().len() > self.config.wal_segments_max {
             self.checkpoint_oldest().await?;
