@@ -25,6 +25,8 @@ struct Rates {
     commit_each: f64,
     commit_64: f64,
     get_warm: f64,
+    /// Keel only: warm gets after a checkpoint (no dirty pages).
+    get_warm_clean: f64,
 }
 
 fn rate(n: u64, start: Instant) -> f64 {
@@ -65,6 +67,14 @@ fn keel(dir: &Path, n: u64) -> Rates {
                             assert!(store.get(1, &common::key(i)).await.unwrap().is_some());
                         }
                         rates.get_warm = rate(n, start);
+                    }
+                    store.checkpoint_all().await.unwrap();
+                    for _pass in 0..2 {
+                        let start = Instant::now();
+                        for i in 0..n {
+                            assert!(store.get(1, &common::key(i)).await.unwrap().is_some());
+                        }
+                        rates.get_warm_clean = rate(n, start);
                     }
                 }
             }
@@ -161,8 +171,11 @@ fn main() {
         let dir = common::bench_dir(name);
         let rates = engine(dir.path(), n);
         println!(
-            "{name:6} puts/s commit-each {:>9.0}  commit-64 {:>9.0}  warm gets/s {:>10.0}",
-            rates.commit_each, rates.commit_64, rates.get_warm
+            "{name:6} puts/s commit-each {:>9.0}  commit-64 {:>9.0}  warm gets/s {:>10.0}{}",
+            rates.commit_each,
+            rates.commit_64,
+            rates.get_warm,
+            if name == "keel" { format!("  (after checkpoint {:.0})", rates.get_warm_clean) } else { String::new() }
         );
         results.insert(name, rates);
     }
@@ -172,6 +185,7 @@ fn main() {
         println!("ratio put_commit_each keel/{peer} = {:.2}", keel.commit_each / p.commit_each);
         println!("ratio put_commit_64 keel/{peer} = {:.2}", keel.commit_64 / p.commit_64);
         println!("ratio get_warm keel/{peer} = {:.2}", keel.get_warm / p.get_warm);
+        println!("ratio get_warm_after_checkpoint keel/{peer} = {:.2}", keel.get_warm_clean / p.get_warm);
     }
     println!("ratio put_group_commit_64_vs_commit_each keel/redb = {:.2}", keel.commit_64 / redb.commit_each);
 }
