@@ -43,7 +43,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::io::{DiskFile, IoError};
 pub use cache::PageCache;
-use node::{Node, PageNode, PageRef, Value, ValueRef, fits_inline};
+use node::{Key, Node, PageNode, PageRef, Value, ValueRef, fits_inline};
 use page::{
     FREELIST_ENTRIES_MAX, KEY_MAX_BYTES, Kind, META_MAGIC, MetaBody, OVERFLOW_DATA_BYTES, PAGE_BYTES,
     PAGE_HEADER_BYTES, PageFault, Reader, VALUE_MAX_BYTES,
@@ -141,8 +141,8 @@ impl Loaded {
     fn key(&self, i: usize) -> &[u8] {
         match self {
             Self::Dirty(node) => match &**node {
-                Node::Leaf(entries) => entries.get(i).map_or(&[][..], |(k, _)| k),
-                Node::Branch { keys, .. } => keys.get(i).map_or(&[][..], |k| k),
+                Node::Leaf(entries) => entries.get(i).map_or(&[][..], |(k, _)| k.as_bytes()),
+                Node::Branch { keys, .. } => keys.get(i).map_or(&[][..], |k| k.as_bytes()),
             },
             Self::Clean(page) => page.key(i),
         }
@@ -370,7 +370,7 @@ impl<F: DiskFile> BTree<F> {
                         .get(Node::child_index(keys, key))
                         .ok_or_else(|| self.corrupt(0, PageFault::Malformed))?,
                     Node::Leaf(entries) => {
-                        return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                        return match Node::search_leaf(entries, key) {
                             Ok(i) => match entries.get(i) {
                                 Some((_, value)) => Ok(Some(self.read_value(value.as_ref()).await?)),
                                 None => Ok(None),
@@ -401,10 +401,10 @@ impl<F: DiskFile> BTree<F> {
         let (mut path, leaf) = self.descend_mut(key).await?;
         let replaced = {
             let Node::Leaf(entries) = self.dirty_node_mut(leaf) else { unreachable!("descend_mut ends at a leaf") };
-            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            match Node::search_leaf(entries, key) {
                 Ok(i) => entries.get_mut(i).map(|slot| std::mem::replace(&mut slot.1, stored)),
                 Err(i) => {
-                    entries.insert(i, (key.to_vec(), stored));
+                    entries.insert(i, (Key::from(key), stored));
                     None
                 }
             }
@@ -427,7 +427,7 @@ impl<F: DiskFile> BTree<F> {
         let (mut path, leaf) = self.descend_mut(key).await?;
         let removed = {
             let Node::Leaf(entries) = self.dirty_node_mut(leaf) else { unreachable!("descend_mut ends at a leaf") };
-            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            match Node::search_leaf(entries, key) {
                 Ok(i) => Some(entries.remove(i).1),
                 Err(_) => None,
             }
@@ -957,7 +957,7 @@ fn parse_meta(buf: &[u8], slot: u64, file_id: u64) -> Result<MetaBody, PageFault
 
 /// Splits an overflowing node in two by encoded size; returns the separator
 /// and the right half.
-fn split_node(node: &mut Node) -> (Vec<u8>, Node) {
+fn split_node(node: &mut Node) -> (Key, Node) {
     match node {
         Node::Leaf(entries) => {
             assert!(entries.len() >= 2, "an overflowing leaf holds at least two entries");
@@ -996,7 +996,7 @@ fn split_node(node: &mut Node) -> (Vec<u8>, Node) {
 }
 
 /// Appends `right` (the next sibling) to `left`.
-fn merge_into(left: &mut Node, right: Node, separator: Vec<u8>) {
+fn merge_into(left: &mut Node, right: Node, separator: Key) {
     match (left, right) {
         (Node::Leaf(l), Node::Leaf(r)) => l.extend(r),
         (Node::Branch { keys, children }, Node::Branch { keys: rk, children: rc }) => {

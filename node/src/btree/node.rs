@@ -16,6 +16,64 @@ pub struct PageRef {
     pub seq: u64,
 }
 
+/// A key in a decoded node, with its 8-byte prefix inline: a binary search
+/// over a node compares prefixes stored next to each other and follows the
+/// pointer to the key bytes only on a tie (Keel keys start with an 8-byte
+/// hash, so ties are rare). Orders exactly like the key bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    prefix: u64,
+    bytes: Vec<u8>,
+}
+
+impl Key {
+    /// Wraps key bytes.
+    #[must_use]
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { prefix: key_prefix(&bytes), bytes }
+    }
+
+    /// The key bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Compares this key with `other`, whose prefix is `other_prefix`.
+    #[must_use]
+    pub fn cmp_probe(&self, other: &[u8], other_prefix: u64) -> std::cmp::Ordering {
+        match self.prefix.cmp(&other_prefix) {
+            std::cmp::Ordering::Equal => self.bytes.as_slice().cmp(other),
+            decided => decided,
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(bytes: &[u8]) -> Self {
+        Self::new(bytes.to_vec())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.cmp_probe(&other.bytes, other.prefix)
+    }
+}
+
 /// A leaf value: inline bytes or a chain of overflow pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -34,12 +92,12 @@ pub enum Value {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// Sorted entries.
-    Leaf(Vec<(Vec<u8>, Value)>),
+    Leaf(Vec<(Key, Value)>),
     /// `children.len() == keys.len() + 1`; child `i` holds keys in
     /// `[keys[i-1], keys[i])`.
     Branch {
         /// Separators.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Key>,
         /// Children.
         children: Vec<PageRef>,
     },
@@ -50,7 +108,7 @@ const LEAF_FLAG_OVERFLOW: u8 = 1;
 
 /// Encoded size of one leaf entry.
 #[must_use]
-pub fn leaf_entry_bytes(key: &[u8], value: &Value) -> usize {
+pub fn leaf_entry_bytes(key: &Key, value: &Value) -> usize {
     2 + key.len()
         + 1
         + match value {
@@ -129,8 +187,15 @@ impl Node {
 
     /// Index of the child that holds `key`.
     #[must_use]
-    pub fn child_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
-        keys.partition_point(|k| k.as_slice() <= key)
+    pub fn child_index(keys: &[Key], key: &[u8]) -> usize {
+        let prefix = key_prefix(key);
+        keys.partition_point(|k| k.cmp_probe(key, prefix) != std::cmp::Ordering::Greater)
+    }
+
+    /// Position of `key` in leaf entries, or where it would be inserted.
+    pub fn search_leaf(entries: &[(Key, Value)], key: &[u8]) -> Result<usize, usize> {
+        let prefix = key_prefix(key);
+        entries.binary_search_by(|(k, _)| k.cmp_probe(key, prefix))
     }
 }
 
@@ -142,8 +207,8 @@ mod tests {
     #[test]
     fn nodes_roundtrip_through_pages() {
         let leaf = Node::Leaf(vec![
-            (b"a".to_vec(), Value::Inline(b"1".to_vec())),
-            (b"b".to_vec(), Value::Overflow { len: 99_999, first: PageRef { page: 5, seq: 8 } }),
+            (Key::from(&b"a"[..]), Value::Inline(b"1".to_vec())),
+            (Key::from(&b"b"[..]), Value::Overflow { len: 99_999, first: PageRef { page: 5, seq: 8 } }),
         ]);
         let buf = leaf.encode(3, 1, 2);
         verify(&buf, &[Kind::Leaf], 3, 1, Some(2)).expect("valid");
@@ -154,7 +219,7 @@ mod tests {
         assert_eq!(page.search(b"a"), Ok(0));
         assert_eq!(page.search(b"a\0"), Err(1), "zero padding must not make keys equal");
         let branch = Node::Branch {
-            keys: vec![b"m".to_vec()],
+            keys: vec![Key::from(&b"m"[..])],
             children: vec![PageRef { page: 2, seq: 1 }, PageRef { page: 4, seq: 3 }],
         };
         let buf = branch.encode(6, 1, 7);
@@ -354,6 +419,11 @@ impl PageNode {
         self.bytes.get(at + 2..at + 2 + len).unwrap_or(&[])
     }
 
+    fn owned_key(&self, i: usize) -> Key {
+        let prefix = self.prefixes.get(i).copied().unwrap_or(0);
+        Key { prefix, bytes: self.key(i).to_vec() }
+    }
+
     /// Leaf value `i`.
     #[must_use]
     pub fn value(&self, i: usize) -> ValueRef<'_> {
@@ -425,10 +495,10 @@ impl PageNode {
     #[must_use]
     pub fn to_node(&self) -> Node {
         if self.leaf {
-            Node::Leaf((0..self.len()).map(|i| (self.key(i).to_vec(), self.value(i).to_value())).collect())
+            Node::Leaf((0..self.len()).map(|i| (self.owned_key(i), self.value(i).to_value())).collect())
         } else {
             Node::Branch {
-                keys: (0..self.len()).map(|i| self.key(i).to_vec()).collect(),
+                keys: (0..self.len()).map(|i| self.owned_key(i)).collect(),
                 children: (0..=self.len()).map(|i| self.child(i)).collect(),
             }
         }
