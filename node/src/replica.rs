@@ -490,6 +490,18 @@ impl<D: Disk> ShardStore<D> {
         Ok(replica.tree.get(key).await?)
     }
 
+    /// Calls `f` with the value under `key`, borrowed from the page cache when
+    /// possible (no copy).
+    pub async fn get_with<R>(
+        &self,
+        partition: u64,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StoreReadError> {
+        let replica = self.replicas.get(&partition).ok_or(StoreReadError::UnknownPartition(partition))?;
+        Ok(replica.tree.get_with(key, f).await?)
+    }
+
     /// Up to `limit` entries of `partition` between the bounds.
     pub async fn scan(
         &self,

@@ -91,6 +91,8 @@ fn btree_matches_a_btreemap_model_through_checkpoints_and_reopens() {
                 8 => {
                     let got = block_on(tree.get(&key)).expect("get");
                     assert_eq!(got.as_ref(), model.get(&key), "seed {seed} step {step}: get");
+                    let borrowed = block_on(tree.get_with(&key, |v| v == model.get(&key).map(Vec::as_slice)));
+                    assert!(borrowed.expect("get_with"), "seed {seed} step {step}: get_with");
                 }
                 _ => {
                     let hi = random_key(&mut rng);

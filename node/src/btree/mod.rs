@@ -354,14 +354,21 @@ impl<F: DiskFile> BTree<F> {
 
     /// The value stored under `key`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BTreeError> {
+        self.get_with(key, |value| value.map(<[u8]>::to_vec)).await
+    }
+
+    /// Calls `f` with the value stored under `key`, borrowed from the cached
+    /// page when it is stored inline: the zero-copy read path (a server can
+    /// copy the bytes straight into its response).
+    pub async fn get_with<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, BTreeError> {
         self.check_usable()?;
         let mut node = self.load(self.root).await?;
         loop {
             let child = match &node {
                 Loaded::Clean(page) if page.is_leaf() => {
                     return match page.search(key) {
-                        Ok(i) => Ok(Some(self.read_value(page.value(i)).await?)),
-                        Err(_) => Ok(None),
+                        Ok(i) => self.with_value(page.value(i), f).await,
+                        Err(_) => Ok(f(None)),
                     };
                 }
                 Loaded::Clean(page) => page.child(page.upper_bound(key)),
@@ -370,17 +377,21 @@ impl<F: DiskFile> BTree<F> {
                         .get(Node::child_index(keys, key))
                         .ok_or_else(|| self.corrupt(0, PageFault::Malformed))?,
                     Node::Leaf(entries) => {
-                        return match Node::search_leaf(entries, key) {
-                            Ok(i) => match entries.get(i) {
-                                Some((_, value)) => Ok(Some(self.read_value(value.as_ref()).await?)),
-                                None => Ok(None),
-                            },
-                            Err(_) => Ok(None),
+                        return match Node::search_leaf(entries, key).ok().and_then(|i| entries.get(i)) {
+                            Some((_, value)) => self.with_value(value.as_ref(), f).await,
+                            None => Ok(f(None)),
                         };
                     }
                 },
             };
             node = self.load(child).await?;
+        }
+    }
+
+    async fn with_value<R>(&self, value: ValueRef<'_>, f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, BTreeError> {
+        match value {
+            ValueRef::Inline(v) => Ok(f(Some(v))),
+            ValueRef::Overflow { len, first } => Ok(f(Some(&self.walk_overflow(len, first, true).await?.1))),
         }
     }
 
