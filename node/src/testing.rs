@@ -23,6 +23,7 @@ pub fn crash_config(dir: &Path) -> StoreConfig {
         payload_max_bytes: 64 * 1024,
         recycle_pool_max: 2,
         zero_fill: true,
+        ..WalConfig::default()
     };
     config.page_cache_bytes = 4 * 1024 * 1024;
     config.dirty_bytes_max = 1024 * 1024;

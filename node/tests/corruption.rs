@@ -31,6 +31,7 @@ fn store_config() -> StoreConfig {
         payload_max_bytes: 64 * 1024,
         recycle_pool_max: 1,
         zero_fill: false,
+        ..WalConfig::default()
     };
     config
 }
@@ -195,8 +196,13 @@ fn copy_tree(from: &SimDisk, to: &SimDisk) {
 
 #[test]
 fn wal_bit_flips_yield_a_prefix_or_a_corruption_error() {
-    let config =
-        WalConfig { segment_size_bytes: 64 * 1024, payload_max_bytes: 8 * 1024, recycle_pool_max: 1, zero_fill: true };
+    let config = WalConfig {
+        segment_size_bytes: 64 * 1024,
+        payload_max_bytes: 8 * 1024,
+        recycle_pool_max: 1,
+        zero_fill: true,
+        ..WalConfig::default()
+    };
     let payload = |i: u64| -> Vec<u8> { (0..(i * 13 % 900)).map(|j| (i + j) as u8).collect() };
     let mut rng = SmallRng::seed_from_u64(7);
     let (mut prefixes, mut errors) = (0, 0);

@@ -52,6 +52,7 @@ fn config() -> StoreConfig {
         payload_max_bytes: 20 * 1024,
         recycle_pool_max: 1,
         zero_fill: false,
+        ..WalConfig::default()
     };
     config.page_cache_bytes = 16 * 16 * 1024;
     config.dirty_bytes_max = 4 * 16 * 1024;

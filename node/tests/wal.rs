@@ -15,7 +15,13 @@ use keel_node::io::sim::SimDisk;
 use keel_node::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
 
 fn config() -> WalConfig {
-    WalConfig { segment_size_bytes: 64 * 1024, payload_max_bytes: 16 * 1024, recycle_pool_max: 2, zero_fill: true }
+    WalConfig {
+        segment_size_bytes: 64 * 1024,
+        payload_max_bytes: 16 * 1024,
+        recycle_pool_max: 2,
+        zero_fill: true,
+        ..WalConfig::default()
+    }
 }
 
 fn dir() -> PathBuf {
@@ -213,4 +219,24 @@ fn wal_rejects_oversized_and_reserved_records() {
     assert!(matches!(wal.submit(meta(0), &big), Err(WalAppendError::TooLarge { .. })));
     let reserved = RecordMeta { kind: 2, ..meta(0) };
     assert!(matches!(wal.submit(reserved, b"x"), Err(WalAppendError::ReservedKind(2))));
+}
+
+#[test]
+fn wal_refuses_submissions_beyond_its_backlog_limit() {
+    let disk = SimDisk::new(11);
+    let config = WalConfig { pending_bytes_max: 8 * 1024, ..config() };
+    let (wal, _) = block_on(Wal::open(disk.clone(), &dir(), config)).expect("open");
+    let record = vec![1u8; 2000];
+    let mut accepted = Vec::new();
+    let refused = loop {
+        match wal.submit(meta(accepted.len() as u64), &record) {
+            Ok(lsn) => accepted.push(lsn),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(refused, WalAppendError::Backlog { max: 8192, .. }), "got {refused:?}");
+    assert_eq!(accepted.len(), 3, "3 records of 2056 bytes fit in 8 KiB, a 4th does not");
+    // Once the backlog is written, submissions are accepted again.
+    block_on(wal.wait_durable(*accepted.last().expect("some accepted"))).expect("durable");
+    assert!(wal.submit(meta(3), &record).is_ok());
 }

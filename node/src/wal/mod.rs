@@ -67,6 +67,9 @@ pub struct WalConfig {
     /// Write zeros over new segments so that later writes overwrite allocated
     /// blocks instead of converting unwritten extents on every fdatasync.
     pub zero_fill: bool,
+    /// Bytes of submitted records not yet written; beyond it `submit` fails
+    /// with [`WalAppendError::Backlog`] instead of growing without bound.
+    pub pending_bytes_max: usize,
 }
 
 impl Default for WalConfig {
@@ -76,6 +79,7 @@ impl Default for WalConfig {
             payload_max_bytes: 1024 * 1024,
             recycle_pool_max: 4,
             zero_fill: true,
+            pending_bytes_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -148,6 +152,14 @@ pub enum WalAppendError {
     /// Kinds below [`USER_KIND_MIN`] belong to the WAL.
     #[error("WAL record kind {0} is reserved")]
     ReservedKind(u8),
+    /// Too many bytes wait for the disk; retry after pending appends resolve.
+    #[error("WAL backlog of {pending} bytes reached its limit of {max} bytes")]
+    Backlog {
+        /// Bytes waiting.
+        pending: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A record found by recovery.
@@ -405,6 +417,10 @@ impl<D: Disk> Wal<D> {
             return Err(WalAppendError::Poisoned(reason.clone()));
         }
         let record_len = RECORD_HEADER_BYTES + payload.len();
+        let pending: usize = st.pending.iter().map(|b| b.bytes.len()).sum();
+        if pending + record_len > self.config.pending_bytes_max {
+            return Err(WalAppendError::Backlog { pending, max: self.config.pending_bytes_max });
+        }
         let size = self.config.segment_size_bytes;
         let fits = |start: Lsn, used: usize| u64::from(start.offset()) + (used + record_len) as u64 <= size;
         let reuse = st.pending.last().is_some_and(|b| fits(b.start, b.bytes.len()));
