@@ -161,11 +161,27 @@ fn normalise(model: &Model) -> Model {
 /// the end of setup) and checks recovery. Returns the mutating I/O count of
 /// the run when it did not crash.
 fn check(seed: u64, ops: &[Op], crash_at: Option<u64>) -> u64 {
-    let ctx = format!("KEEL_MODEL_SEED={seed} KEEL_MODEL_CRASH={}", crash_at.map_or(-1, |c| c as i64));
+    check_fault(seed, ops, crash_at, Fault::Crash)
+}
+
+/// What goes wrong at the fault point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Power loss at the n-th mutating I/O.
+    Crash,
+    /// The n-th I/O (reads included) fails with EIO; the process restarts
+    /// without power loss.
+    Eio,
+}
+
+fn check_fault(seed: u64, ops: &[Op], crash_at: Option<u64>, fault: Fault) -> u64 {
+    let ctx = format!("KEEL_MODEL_SEED={seed} KEEL_MODEL_CRASH={} ({fault:?})", crash_at.map_or(-1, |c| c as i64));
     let (disk, mut store) = setup(seed);
     let start = disk.mutating_ops();
-    if let Some(k) = crash_at {
-        disk.crash_at_op(k);
+    match (crash_at, fault) {
+        (Some(k), Fault::Crash) => disk.crash_at_op(k),
+        (Some(k), Fault::Eio) => disk.fail_after(k),
+        (None, _) => {}
     }
     let mut model = Model::new();
     let mut in_flight = None;
@@ -173,7 +189,7 @@ fn check(seed: u64, ops: &[Op], crash_at: Option<u64>) -> u64 {
         match run_op(&mut store, &model, op, &ctx) {
             Ok(()) => apply_to_model(&mut model, op),
             Err(e) => {
-                assert!(disk.is_crashed(), "{ctx}: op failed without a crash: {e}");
+                assert!(fault == Fault::Eio || disk.is_crashed(), "{ctx}: op failed without a crash: {e}");
                 in_flight = Some(op.clone());
                 break;
             }
@@ -242,4 +258,21 @@ fn model_survives_a_crash_at_every_write_and_sync_point() {
     }
     eprintln!("model: {crash_runs} crash points checked");
     assert!(crash_runs > 0);
+}
+
+#[test]
+fn model_recovers_from_eio_at_every_io_by_restarting() {
+    let seeds = env_u64("KEEL_MODEL_SEEDS", 1000) / 5;
+    let op_count = env_u64("KEEL_MODEL_OPS", 24);
+    let mut runs = 0u64;
+    for seed in 0..seeds {
+        let ops = generate(seed, op_count);
+        let points = check(seed, &ops, None);
+        for k in 0..points {
+            check_fault(seed, &ops, Some(k), Fault::Eio);
+            runs += 1;
+        }
+    }
+    eprintln!("model: {runs} EIO points checked");
+    assert!(runs > 0);
 }
