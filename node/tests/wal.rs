@@ -240,3 +240,18 @@ fn wal_refuses_submissions_beyond_its_backlog_limit() {
     block_on(wal.wait_durable(*accepted.last().expect("some accepted"))).expect("durable");
     assert!(wal.submit(meta(3), &record).is_ok());
 }
+
+#[test]
+fn wal_refuses_to_open_with_another_segment_size() {
+    let disk = SimDisk::new(12);
+    let (wal, _) = open(&disk).expect("open");
+    append_all(&wal, 0, 5);
+    drop(wal);
+    let other = WalConfig { segment_size_bytes: 128 * 1024, ..config() };
+    let reopened = block_on(Wal::open(disk.clone(), &dir(), other));
+    assert!(
+        matches!(reopened, Err(WalOpenError::SegmentSizeMismatch { found: 65_536, configured: 131_072, .. })),
+        "got {:?}",
+        reopened.map(|(_, r)| r.len())
+    );
+}

@@ -130,6 +130,18 @@ pub enum WalOpenError {
     /// The configuration is unusable.
     #[error("invalid WAL configuration: {0}")]
     Config(&'static str),
+    /// Existing segments were written with another segment size.
+    #[error(
+        "WAL segment {segment} has size {found} bytes but the configured size is {configured}; keep the size a WAL was created with"
+    )]
+    SegmentSizeMismatch {
+        /// The segment file.
+        segment: PathBuf,
+        /// Size recorded in its header.
+        found: u64,
+        /// `WalConfig::segment_size_bytes`.
+        configured: u64,
+    },
 }
 
 /// Failure to append to the WAL.
@@ -307,13 +319,20 @@ impl<D: Disk> Wal<D> {
         let mut batch_floor = Lsn(0);
         let last = images.len().saturating_sub(1);
         for (i, (seq, path, image)) in images.iter().enumerate() {
-            let header_ok = parse_segment_header(image, *seq);
-            if let Err(reason) = header_ok {
-                if i == last {
-                    // A segment whose creation was torn: it held nothing yet.
-                    return Ok((records, Lsn::new(*seq, SEGMENT_HEADER_BYTES)));
+            match parse_segment_header(image, *seq) {
+                Ok(size) if size != config.segment_size_bytes => {
+                    return Err(WalOpenError::SegmentSizeMismatch {
+                        segment: path.clone(),
+                        found: size,
+                        configured: config.segment_size_bytes,
+                    });
                 }
-                return Err(WalOpenError::Corrupt { segment: path.clone(), offset: 0, reason: reason.to_owned() });
+                Ok(_) => {}
+                // A segment whose creation was torn: it held nothing yet.
+                Err(_) if i == last => return Ok((records, Lsn::new(*seq, SEGMENT_HEADER_BYTES))),
+                Err(reason) => {
+                    return Err(WalOpenError::Corrupt { segment: path.clone(), offset: 0, reason: reason.to_owned() });
+                }
             }
             match Self::scan_segment(config, *seq, image, &mut batch_floor, &mut records) {
                 Scan::Complete => {}
