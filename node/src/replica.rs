@@ -263,7 +263,9 @@ impl<D: Disk> ShardStore<D> {
     pub async fn open(disk: D, config: StoreConfig) -> Result<Self, StoreOpenError> {
         let partitions_dir = config.dir.join("partitions");
         disk.create_dir_all(&partitions_dir).await?;
-        let (wal, records) = Wal::open(disk.clone(), &config.dir.join("wal"), config.wal.clone()).await?;
+        // Replay one WAL segment at a time, so recovery memory is bounded by
+        // a segment, not by the whole log.
+        let mut recovery = Wal::recover(disk.clone(), &config.dir.join("wal"), config.wal.clone()).await?;
         let cache = Rc::new(RefCell::new(PageCache::new(config.page_cache_bytes)));
         let mut replicas = BTreeMap::new();
         for name in disk.list(&partitions_dir).await? {
@@ -282,16 +284,25 @@ impl<D: Disk> ShardStore<D> {
             };
             replicas.insert(partition, replica);
         }
-        let mut store = Self { disk, config, wal: Rc::new(wal), cache, replicas };
-        for record in records {
-            store.replay(record).await?;
+        while let Some(records) = recovery.next_segment().await? {
+            for record in records {
+                replay(&mut replicas, record).await?;
+            }
         }
-        Ok(store)
+        let wal = recovery.finish().await?;
+        Ok(Self { disk, config, wal: Rc::new(wal), cache, replicas })
     }
+}
 
-    async fn replay(&mut self, record: crate::wal::Record) -> Result<(), StoreOpenError> {
+/// Applies one recovered WAL record to its replica, if it is newer than the
+/// replica's checkpoint.
+async fn replay<D: Disk>(
+    replicas: &mut BTreeMap<u64, Replica<D>>,
+    record: crate::wal::Record,
+) -> Result<(), StoreOpenError> {
+    {
         let partition = record.meta.partition;
-        let Some(replica) = self.replicas.get_mut(&partition) else {
+        let Some(replica) = replicas.get_mut(&partition) else {
             // A partition's file is durable before any of its records is
             // acknowledged, so records without a file belong to a dropped
             // partition.
@@ -315,7 +326,9 @@ impl<D: Disk> ShardStore<D> {
         replica.oldest_unflushed.get_or_insert(record.lsn);
         Ok(())
     }
+}
 
+impl<D: Disk> ShardStore<D> {
     /// Creates an empty partition replica on this shard; durable on return.
     pub async fn create_partition(&mut self, partition: u64) -> Result<(), StoreWriteError> {
         if self.replicas.contains_key(&partition) {

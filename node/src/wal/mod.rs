@@ -259,7 +259,21 @@ enum Scan {
 impl<D: Disk> Wal<D> {
     /// Opens the WAL in `dir`, recovering it. Returns the WAL, ready for
     /// appends after the recovered tail, and every valid record in order.
+    /// Holds the whole log in memory; the shard store uses [`Wal::recover`]
+    /// to replay one segment at a time instead.
     pub async fn open(disk: D, dir: &Path, config: WalConfig) -> Result<(Self, Vec<Record>), WalOpenError> {
+        let mut recovery = Self::recover(disk, dir, config).await?;
+        let mut records = Vec::new();
+        while let Some(segment) = recovery.next_segment().await? {
+            records.extend(segment);
+        }
+        Ok((recovery.finish().await?, records))
+    }
+
+    /// Starts recovering the WAL in `dir`: lists and checks the segments.
+    /// Read the records with [`Recovery::next_segment`] (one segment in
+    /// memory at a time), then get the WAL from [`Recovery::finish`].
+    pub async fn recover(disk: D, dir: &Path, config: WalConfig) -> Result<Recovery<D>, WalOpenError> {
         config.validate()?;
         disk.create_dir_all(dir).await?;
         let mut seqs = Vec::new();
@@ -281,77 +295,27 @@ impl<D: Disk> Wal<D> {
                 return Err(WalOpenError::MissingSegment { missing: a + 1, found: seqs.clone() });
             }
         }
-        let mut images = Vec::with_capacity(seqs.len());
-        for &seq in &seqs {
-            let path = dir.join(segment_name(seq));
-            let file = disk.open(&path, false).await?;
-            let size = usize::try_from(align_up(file.size().await?)).unwrap_or(usize::MAX);
-            images.push((seq, path, file.read_at(0, size).await?));
-        }
-        let wal_dir = dir.to_path_buf();
-        let (records, tail) = Self::recover(&config, &images)?;
-        // A tail segment whose header never became durable is recreated.
-        let tail_header_torn =
-            images.iter().any(|(seq, _, image)| *seq == tail.segment() && parse_segment_header(image, *seq).is_err());
-        let mut state = empty_state(tail);
-        state.segments = seqs.iter().copied().collect();
-        state.free_pool = free_pool;
-        state.free_next = free_next;
-        let wal = Self { disk, dir: wal_dir, config, state: RefCell::new(state), notify: Notify::default() };
-        // Segments after the tail hold nothing durable: recycle them.
-        let stale: Vec<u64> =
-            seqs.iter().copied().filter(|&s| s > tail.segment() || (s == tail.segment() && tail_header_torn)).collect();
-        for seq in stale {
-            wal.retire_segment(seq).await?;
-        }
-        if wal.state.borrow().segments.contains(&tail.segment()) {
-            let path = wal.dir.join(segment_name(tail.segment()));
-            let file = wal.disk.open(&path, false).await?;
-            wal.state.borrow_mut().active = Some((tail.segment(), Rc::new(file)));
-        }
-        Ok((wal, records))
+        Ok(Recovery {
+            disk,
+            dir: dir.to_path_buf(),
+            config,
+            seqs,
+            next: 0,
+            batch_floor: Lsn(0),
+            tail: None,
+            tail_header_torn: false,
+            free_pool,
+            free_next,
+        })
     }
 
-    /// Scans segment images; returns the records and the LSN where the next
-    /// batch must start.
-    fn recover(config: &WalConfig, images: &[(u64, PathBuf, Vec<u8>)]) -> Result<(Vec<Record>, Lsn), WalOpenError> {
-        let mut records = Vec::new();
-        let mut batch_floor = Lsn(0);
-        let last = images.len().saturating_sub(1);
-        for (i, (seq, path, image)) in images.iter().enumerate() {
-            match parse_segment_header(image, *seq) {
-                Ok(size) if size != config.segment_size_bytes => {
-                    return Err(WalOpenError::SegmentSizeMismatch {
-                        segment: path.clone(),
-                        found: size,
-                        configured: config.segment_size_bytes,
-                    });
-                }
-                Ok(_) => {}
-                // A segment whose creation was torn: it held nothing yet.
-                Err(_) if i == last => return Ok((records, Lsn::new(*seq, SEGMENT_HEADER_BYTES))),
-                Err(reason) => {
-                    return Err(WalOpenError::Corrupt { segment: path.clone(), offset: 0, reason: reason.to_owned() });
-                }
-            }
-            match Self::scan_segment(config, *seq, image, &mut batch_floor, &mut records) {
-                Scan::Complete => {}
-                Scan::Tail { offset, fault } => {
-                    let bad = Lsn::new(*seq, u32::try_from(offset).unwrap_or(u32::MAX));
-                    if let Some((later_seq, later_offset)) = Self::find_later_batch(config, bad, images) {
-                        let segment = path.clone();
-                        let reason = format!(
-                            "record fails verification ({fault:?}) but a later batch is intact at segment {later_seq} offset {later_offset}"
-                        );
-                        return Err(WalOpenError::Corrupt { segment, offset: offset as u64, reason });
-                    }
-                    let next = align_up(offset as u64).min(config.segment_size_bytes);
-                    return Ok((records, Lsn::new(*seq, u32::try_from(next).unwrap_or(u32::MAX))));
-                }
-            }
-        }
-        let next_seq = images.last().map_or(1, |(seq, _, _)| seq + 1);
-        Ok((records, Lsn::new(next_seq, SEGMENT_HEADER_BYTES)))
+    /// Reads a whole segment file.
+    async fn read_segment(disk: &D, dir: &Path, seq: u64) -> Result<(PathBuf, Vec<u8>), WalOpenError> {
+        let path = dir.join(segment_name(seq));
+        let file = disk.open(&path, false).await?;
+        let size = usize::try_from(align_up(file.size().await?)).unwrap_or(usize::MAX);
+        let image = file.read_at(0, size).await?;
+        Ok((path, image))
     }
 
     fn scan_segment(config: &WalConfig, seq: u64, image: &[u8], batch_floor: &mut Lsn, out: &mut Vec<Record>) -> Scan {
@@ -396,28 +360,24 @@ impl<D: Disk> Wal<D> {
         }
     }
 
-    /// Looks for a verified record, at a 4 KiB boundary after `bad`, that
-    /// belongs to a batch that began after `bad`: proof that the write
-    /// containing `bad` had completed, so `bad` is damage, not a torn tail.
-    fn find_later_batch(config: &WalConfig, bad: Lsn, images: &[(u64, PathBuf, Vec<u8>)]) -> Option<(u64, u64)> {
+    /// Looks, in one segment image, for a verified record at a 4 KiB boundary
+    /// after `bad` that belongs to a batch that began after `bad`: proof
+    /// that the write containing `bad` had completed, so `bad` is damage, not
+    /// a torn tail. Returns its offset.
+    fn later_batch_in(config: &WalConfig, bad: Lsn, seq: u64, image: &[u8]) -> Option<u64> {
         let size = config.segment_size_bytes;
-        for (seq, _, image) in images.iter().filter(|(seq, _, _)| *seq >= bad.segment()) {
-            let first = if *seq == bad.segment() {
-                align_up(u64::from(bad.offset()) + 1)
-            } else {
-                u64::from(SEGMENT_HEADER_BYTES)
-            };
-            let mut block = first;
-            while block + RECORD_HEADER_BYTES as u64 <= size {
-                let lsn = Lsn::new(*seq, u32::try_from(block).unwrap_or(u32::MAX));
-                let at = usize::try_from(block).unwrap_or(usize::MAX);
-                if let Ok((header, _)) = parse_record(image, at, lsn, config.payload_max_bytes.max(IO_ALIGN_BYTES))
-                    && header.batch_lsn.get() > bad.0
-                {
-                    return Some((*seq, block));
-                }
-                block += IO_ALIGN_BYTES as u64;
+        let first =
+            if seq == bad.segment() { align_up(u64::from(bad.offset()) + 1) } else { u64::from(SEGMENT_HEADER_BYTES) };
+        let mut block = first;
+        while block + RECORD_HEADER_BYTES as u64 <= size {
+            let lsn = Lsn::new(seq, u32::try_from(block).unwrap_or(u32::MAX));
+            let at = usize::try_from(block).unwrap_or(usize::MAX);
+            if let Ok((header, _)) = parse_record(image, at, lsn, config.payload_max_bytes.max(IO_ALIGN_BYTES))
+                && header.batch_lsn.get() > bad.0
+            {
+                return Some(block);
             }
+            block += IO_ALIGN_BYTES as u64;
         }
         None
     }
@@ -705,5 +665,117 @@ fn pad_batch(batch: &mut Batch) {
         encode_record(&mut batch.bytes, lsn, batch.start, meta, zeros.get(..gap - RECORD_HEADER_BYTES).unwrap_or(&[]));
     } else {
         batch.bytes.resize(batch.bytes.len() + gap, 0);
+    }
+}
+
+/// An open WAL being recovered: yields the records segment by segment. See
+/// [`Wal::recover`].
+#[derive(Debug)]
+pub struct Recovery<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    config: WalConfig,
+    seqs: Vec<u64>,
+    /// Index into `seqs` of the next segment to read.
+    next: usize,
+    batch_floor: Lsn,
+    /// Where the next batch will start, once the end of the log is found.
+    tail: Option<Lsn>,
+    tail_header_torn: bool,
+    free_pool: Vec<PathBuf>,
+    free_next: u64,
+}
+
+impl<D: Disk> Recovery<D> {
+    /// The verified records of the next segment, in order; `None` once the
+    /// end of the log is reached.
+    pub async fn next_segment(&mut self) -> Result<Option<Vec<Record>>, WalOpenError> {
+        if self.tail.is_some() {
+            return Ok(None);
+        }
+        let Some(&seq) = self.seqs.get(self.next) else {
+            let next_seq = self.seqs.last().map_or(1, |s| s + 1);
+            self.tail = Some(Lsn::new(next_seq, SEGMENT_HEADER_BYTES));
+            return Ok(None);
+        };
+        self.next += 1;
+        let is_last = self.next == self.seqs.len();
+        let (path, image) = Wal::read_segment(&self.disk, &self.dir, seq).await?;
+        match parse_segment_header(&image, seq) {
+            Ok(size) if size != self.config.segment_size_bytes => {
+                return Err(WalOpenError::SegmentSizeMismatch {
+                    segment: path,
+                    found: size,
+                    configured: self.config.segment_size_bytes,
+                });
+            }
+            Ok(_) => {}
+            // A segment whose creation was torn: it held nothing yet.
+            Err(_) if is_last => {
+                self.tail = Some(Lsn::new(seq, SEGMENT_HEADER_BYTES));
+                self.tail_header_torn = true;
+                return Ok(Some(Vec::new()));
+            }
+            Err(reason) => {
+                return Err(WalOpenError::Corrupt { segment: path, offset: 0, reason: reason.to_owned() });
+            }
+        }
+        let mut records = Vec::new();
+        match Wal::<D>::scan_segment(&self.config, seq, &image, &mut self.batch_floor, &mut records) {
+            Scan::Complete => {}
+            Scan::Tail { offset, fault } => {
+                let bad = Lsn::new(seq, u32::try_from(offset).unwrap_or(u32::MAX));
+                let mut later = Wal::<D>::later_batch_in(&self.config, bad, seq, &image).map(|o| (seq, o));
+                // Later segments are read one at a time, only on this path.
+                for &other in self.seqs.get(self.next..).unwrap_or(&[]) {
+                    if later.is_some() {
+                        break;
+                    }
+                    let (_, other_image) = Wal::read_segment(&self.disk, &self.dir, other).await?;
+                    later = Wal::<D>::later_batch_in(&self.config, bad, other, &other_image).map(|o| (other, o));
+                }
+                if let Some((later_seq, later_offset)) = later {
+                    let reason = format!(
+                        "record fails verification ({fault:?}) but a later batch is intact at segment {later_seq} offset {later_offset}"
+                    );
+                    return Err(WalOpenError::Corrupt { segment: path, offset: offset as u64, reason });
+                }
+                let next = align_up(offset as u64).min(self.config.segment_size_bytes);
+                self.tail = Some(Lsn::new(seq, u32::try_from(next).unwrap_or(u32::MAX)));
+            }
+        }
+        Ok(Some(records))
+    }
+
+    /// Reads any remaining records (discarding them) and returns the WAL,
+    /// ready for appends after the recovered tail.
+    pub async fn finish(mut self) -> Result<Wal<D>, WalOpenError> {
+        while self.next_segment().await?.is_some() {}
+        let tail = self.tail.expect("next_segment sets the tail before returning None");
+        let mut state = empty_state(tail);
+        state.segments = self.seqs.iter().copied().collect();
+        state.free_pool = self.free_pool;
+        state.free_next = self.free_next;
+        let wal = Wal {
+            disk: self.disk,
+            dir: self.dir,
+            config: self.config,
+            state: RefCell::new(state),
+            notify: Notify::default(),
+        };
+        // Segments after the tail hold nothing durable, and a tail segment
+        // whose header never became durable is recreated: recycle them.
+        let torn = self.tail_header_torn;
+        let stale: Vec<u64> =
+            self.seqs.iter().copied().filter(|&s| s > tail.segment() || (s == tail.segment() && torn)).collect();
+        for seq in stale {
+            wal.retire_segment(seq).await?;
+        }
+        if wal.state.borrow().segments.contains(&tail.segment()) {
+            let path = wal.dir.join(segment_name(tail.segment()));
+            let file = wal.disk.open(&path, false).await?;
+            wal.state.borrow_mut().active = Some((tail.segment(), Rc::new(file)));
+        }
+        Ok(wal)
     }
 }
