@@ -642,21 +642,32 @@ impl<F: DiskFile> BTree<F> {
     async fn write_runs(&self, writes: &mut [(u64, Vec<u8>)]) -> Result<(), IoError> {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
         writes.sort_unstable_by_key(|(p, _)| *p);
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        for (p, buf) in writes.iter() {
+        // Runs of adjacent pages, as index ranges into `writes`.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, (p, _)) in writes.iter().enumerate() {
             match runs.last_mut() {
-                Some((start, run))
-                    if *start + (run.len() / PAGE_BYTES) as u64 == *p
-                        && run.len() + buf.len() <= WRITE_RUN_MAX_BYTES =>
+                Some(run)
+                    if writes.get(run.start).is_some_and(|(start, _)| start + (run.len() as u64) == *p)
+                        && (run.len() + 1) * PAGE_BYTES <= WRITE_RUN_MAX_BYTES =>
                 {
-                    run.extend_from_slice(buf);
+                    run.end = i + 1;
                 }
-                _ => runs.push((*p, buf.clone())),
+                _ => runs.push(i..i + 1),
             }
         }
         let file = &self.file;
+        let writes = &*writes;
         stream::iter(runs)
-            .map(|(start, run)| async move { file.write_at(start * PAGE_BYTES as u64, &run).await })
+            .map(|run| async move {
+                let start = writes.get(run.start).map_or(0, |(p, _)| *p) * PAGE_BYTES as u64;
+                match writes.get(run.clone()).unwrap_or(&[]) {
+                    [(_, single)] => file.write_at(start, single).await,
+                    pages => {
+                        file.write_at(start, &pages.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>().concat())
+                            .await
+                    }
+                }
+            })
             .buffer_unordered(WRITES_IN_FLIGHT_MAX)
             .try_collect::<Vec<()>>()
             .await?;
