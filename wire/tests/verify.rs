@@ -1,0 +1,140 @@
+//! Building, framing and verifying protocol buffers; malformed input becomes
+//! typed errors.
+
+use flatbuffers::FlatBufferBuilder;
+use keel_wire::fb;
+use keel_wire::frame::{FrameDecoder, encode_frame};
+use keel_wire::verify;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// An item `{"id": S(id), "n": N("42"), "nested": L[L[…depth…]]}`.
+fn item_bytes(id: &str, depth: usize) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let mut nested = {
+        let s = b.create_string("leaf");
+        let s = fb::S::create(&mut b, &fb::SArgs { value: Some(s) });
+        fb::AttributeValue::create(
+            &mut b,
+            &fb::AttributeValueArgs { value_type: fb::Value::S, value: Some(s.as_union_value()) },
+        )
+    };
+    for _ in 0..depth {
+        let values = b.create_vector(&[nested]);
+        let l = fb::L::create(&mut b, &fb::LArgs { values: Some(values) });
+        nested = fb::AttributeValue::create(
+            &mut b,
+            &fb::AttributeValueArgs { value_type: fb::Value::L, value: Some(l.as_union_value()) },
+        );
+    }
+    let id_value = {
+        let s = b.create_string(id);
+        let s = fb::S::create(&mut b, &fb::SArgs { value: Some(s) });
+        fb::AttributeValue::create(
+            &mut b,
+            &fb::AttributeValueArgs { value_type: fb::Value::S, value: Some(s.as_union_value()) },
+        )
+    };
+    let n_value = {
+        let s = b.create_string("42");
+        let n = fb::N::create(&mut b, &fb::NArgs { value: Some(s) });
+        fb::AttributeValue::create(
+            &mut b,
+            &fb::AttributeValueArgs { value_type: fb::Value::N, value: Some(n.as_union_value()) },
+        )
+    };
+    let mut attributes = Vec::new();
+    for (name, value) in [("id", id_value), ("n", n_value), ("nested", nested)] {
+        let name = b.create_string(name);
+        attributes.push(fb::Attribute::create(&mut b, &fb::AttributeArgs { name: Some(name), value: Some(value) }));
+    }
+    let attributes = b.create_vector(&attributes);
+    let item = fb::Item::create(&mut b, &fb::ItemArgs { attributes: Some(attributes) });
+    b.finish(item, None);
+    b.finished_data().to_vec()
+}
+
+fn put_request(request_id: u64, item: &[u8]) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let bytes = b.create_vector(item);
+    let item = fb::ItemBytes::create(&mut b, &fb::ItemBytesArgs { bytes: Some(bytes) });
+    let table = b.create_string("users");
+    let condition = b.create_string("attribute_not_exists(id)");
+    let put = fb::PutItemRequest::create(
+        &mut b,
+        &fb::PutItemRequestArgs {
+            table_name: Some(table),
+            item: Some(item),
+            condition_expression: Some(condition),
+            ..Default::default()
+        },
+    );
+    let envelope = fb::RequestEnvelope::create(
+        &mut b,
+        &fb::RequestEnvelopeArgs {
+            request_id,
+            timeout_ms: 0,
+            body_type: fb::Request::PutItemRequest,
+            body: Some(put.as_union_value()),
+        },
+    );
+    fb::finish_request_envelope_buffer(&mut b, envelope);
+    b.finished_data().to_vec()
+}
+
+#[test]
+fn a_framed_put_request_verifies_and_its_item_is_usable_in_place() {
+    let item = item_bytes("u1", 3);
+    let mut stream = Vec::new();
+    encode_frame(&put_request(7, &item), &mut stream);
+    let span = FrameDecoder::default().decode(&stream).expect("valid frame").expect("complete");
+    let body = stream.get(span.body_start..span.end).expect("span in buffer");
+    let request = verify::request(body).expect("verifies");
+    assert_eq!(request.request_id(), 7);
+    let put = request.body_as_put_item_request().expect("a PutItem");
+    assert_eq!(put.table_name(), "users");
+    assert_eq!(put.condition_expression(), Some("attribute_not_exists(id)"));
+    let carried = put.item().bytes().bytes();
+    assert_eq!(carried, item.as_slice(), "the item bytes arrive unchanged (zero-copy path)");
+    let parsed = verify::item(carried).expect("item verifies");
+    let id = parsed.attributes().iter().find(|a| a.name() == "id").expect("id attribute");
+    assert_eq!(id.value().value_as_s().map(|s| s.value()), Some("u1"));
+}
+
+#[test]
+fn items_nested_deeper_than_dynamodb_allows_are_rejected() {
+    assert!(verify::item(&item_bytes("ok", 30)).is_ok(), "30 levels are allowed");
+    let too_deep = item_bytes("deep", 60);
+    let err = verify::item(&too_deep).expect_err("60 levels exceed the depth limit");
+    assert_eq!(err.what, "item");
+}
+
+#[test]
+fn garbage_and_bit_flips_never_panic() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let valid = put_request(1, &item_bytes("x", 2));
+    let mut rejected = 0;
+    for _ in 0..20_000 {
+        let mut buf = valid.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..buf.len());
+            if let Some(byte) = buf.get_mut(at) {
+                *byte = rng.random();
+            }
+        }
+        match verify::request(&buf) {
+            Ok(request) => {
+                // Whatever verifies must be fully readable without panics.
+                if let Some(put) = request.body_as_put_item_request() {
+                    let _ = verify::item(put.item().bytes().bytes());
+                    let _ = put.table_name().len();
+                }
+            }
+            Err(_) => rejected += 1,
+        }
+    }
+    assert!(rejected > 1000, "corrupted buffers should mostly be rejected, got {rejected}");
+    let random: Vec<u8> = (0..512).map(|_| rng.random()).collect();
+    assert!(verify::request(&random).is_err());
+    assert!(verify::response(&[]).is_err());
+}
