@@ -8,6 +8,7 @@
 //!   including the standalone `Item` buffers carried in `ItemBytes`.
 
 pub mod frame;
+pub mod item;
 pub mod number;
 pub mod verify;
 

@@ -1,0 +1,98 @@
+//! Items: DynamoDB JSON ↔ values ↔ FlatBuffers, and DynamoDB's rules.
+
+use keel_wire::item::{self, AttributeValue, ITEM_BYTES_MAX, Item, ItemError};
+use serde_json::json;
+
+fn sample_json() -> serde_json::Value {
+    json!({
+        "id": {"S": "user#1"},
+        "age": {"N": "42.50"},
+        "avatar": {"B": "AAEC/w=="},
+        "active": {"BOOL": true},
+        "nothing": {"NULL": true},
+        "tags": {"SS": ["a", "b"]},
+        "scores": {"NS": ["1", "2.5", "-3"]},
+        "blobs": {"BS": ["AA==", "AQ=="]},
+        "history": {"L": [{"S": "x"}, {"N": "1"}, {"M": {"k": {"BOOL": false}}}]},
+        "address": {"M": {"city": {"S": "Oslo"}, "zip": {"N": "150"}}}
+    })
+}
+
+#[test]
+fn items_roundtrip_through_json_and_flatbuffers() {
+    let parsed = item::from_json(&sample_json()).expect("valid DynamoDB JSON");
+    assert_eq!(parsed.get("avatar"), Some(&AttributeValue::B(vec![0, 1, 2, 255])));
+    let size = item::validate(&parsed).expect("valid item");
+    assert!(size > 50 && size < 300, "size {size}");
+    let bytes = item::encode(&parsed);
+    let decoded = item::decode(&bytes).expect("decodes");
+    assert_eq!(decoded, parsed);
+    assert_eq!(item::to_json(&decoded), sample_json());
+}
+
+fn nested(depth: usize) -> Item {
+    let mut value = AttributeValue::S("leaf".to_owned());
+    for _ in 0..depth {
+        value = AttributeValue::L(vec![value]);
+    }
+    Item::from([("deep".to_owned(), value)])
+}
+
+#[test]
+fn dynamodb_rules_are_enforced() {
+    assert!(item::validate(&nested(32)).is_ok(), "32 levels are allowed");
+    assert!(matches!(item::validate(&nested(33)), Err(ItemError::TooDeep { .. })));
+    let set = |v: AttributeValue| Item::from([("s".to_owned(), v)]);
+    assert!(matches!(item::validate(&set(AttributeValue::SS(vec![]))), Err(ItemError::Set { .. })));
+    let dup = AttributeValue::SS(vec!["a".into(), "a".into()]);
+    assert!(matches!(item::validate(&set(dup)), Err(ItemError::Set { .. })));
+    let dup_numbers = AttributeValue::NS(vec!["1.0".into(), "1".into()]);
+    assert!(matches!(item::validate(&set(dup_numbers)), Err(ItemError::Set { .. })), "1.0 and 1 are equal");
+    assert!(matches!(item::validate(&set(AttributeValue::N("1e200".into()))), Err(ItemError::Number { .. })));
+    let big = Item::from([("v".to_owned(), AttributeValue::B(vec![0; ITEM_BYTES_MAX]))]);
+    assert!(matches!(item::validate(&big), Err(ItemError::TooLarge { size }) if size == ITEM_BYTES_MAX + 1));
+    let empty_name = Item::from([(String::new(), AttributeValue::Null)]);
+    assert!(matches!(item::validate(&empty_name), Err(ItemError::Name { .. })));
+}
+
+#[test]
+fn malformed_dynamodb_json_names_the_attribute() {
+    for (bad, path) in [
+        (json!({"a": {"S": 1}}), "a"),
+        (json!({"a": {"X": "1"}}), "a"),
+        (json!({"a": {"S": "1", "N": "1"}}), "a"),
+        (json!({"m": {"M": {"b": {"B": "not base64!"}}}}), "m.b"),
+        (json!({"l": {"L": [{"S": "ok"}, {"NULL": false}]}}), "l[1]"),
+    ] {
+        match item::from_json(&bad) {
+            Err(ItemError::Json { path: p, .. }) => assert_eq!(p, path, "{bad}"),
+            other => panic!("{bad}: expected a JSON error, got {other:?}"),
+        }
+    }
+    assert!(item::from_json(&json!([1, 2])).is_err());
+}
+
+#[test]
+fn decoding_rejects_garbage_and_duplicate_names() {
+    assert!(matches!(item::decode(b"not a flatbuffer"), Err(ItemError::Verify(_))));
+    // Build an item with the same name twice by hand.
+    let mut b = flatbuffers::FlatBufferBuilder::new();
+    let mut attributes = Vec::new();
+    for _ in 0..2 {
+        let s = b.create_string("x");
+        let s = keel_wire::fb::S::create(&mut b, &keel_wire::fb::SArgs { value: Some(s) });
+        let v = keel_wire::fb::AttributeValue::create(
+            &mut b,
+            &keel_wire::fb::AttributeValueArgs { value_type: keel_wire::fb::Value::S, value: Some(s.as_union_value()) },
+        );
+        let name = b.create_string("dup");
+        attributes.push(keel_wire::fb::Attribute::create(
+            &mut b,
+            &keel_wire::fb::AttributeArgs { name: Some(name), value: Some(v) },
+        ));
+    }
+    let attributes = b.create_vector(&attributes);
+    let root = keel_wire::fb::Item::create(&mut b, &keel_wire::fb::ItemArgs { attributes: Some(attributes) });
+    b.finish(root, None);
+    assert!(matches!(item::decode(b.finished_data()), Err(ItemError::Name { reason: "appears twice", .. })));
+}
