@@ -9,6 +9,7 @@
 
 pub mod frame;
 pub mod item;
+pub mod key;
 pub mod number;
 pub mod verify;
 

@@ -90,6 +90,24 @@ impl Decimal {
         Ok(Self { negative, digits, exponent })
     }
 
+    /// Whether this is negative (zero is not).
+    #[must_use]
+    pub fn is_negative(&self) -> bool {
+        self.negative
+    }
+
+    /// The significant digits (0..=9), without leading or trailing zeros.
+    #[must_use]
+    pub fn digits(&self) -> &[u8] {
+        &self.digits
+    }
+
+    /// The exponent: the value is `0.d1d2… × 10^exponent`.
+    #[must_use]
+    pub fn exponent(&self) -> i32 {
+        self.exponent
+    }
+
     /// Whether this is zero.
     #[must_use]
     pub fn is_zero(&self) -> bool {
