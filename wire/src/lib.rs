@@ -7,6 +7,7 @@
 //! - [`verify`]: verification of every incoming buffer with explicit limits,
 //!   including the standalone `Item` buffers carried in `ItemBytes`.
 
+pub mod expr;
 pub mod frame;
 pub mod item;
 pub mod key;
