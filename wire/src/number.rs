@@ -139,6 +139,106 @@ impl Decimal {
     }
 }
 
+impl Decimal {
+    /// `self + other`, exactly; fails when the result needs more than 38
+    /// significant digits or leaves DynamoDB's range.
+    pub fn add(&self, other: &Self) -> Result<Self, NumberError> {
+        if self.is_zero() {
+            return Ok(other.clone());
+        }
+        if other.is_zero() {
+            return Ok(self.clone());
+        }
+        // value = coefficient × 10^scale, with scale = exponent − digits.
+        let scale = |d: &Self| d.exponent - i32::try_from(d.digits.len()).unwrap_or(i32::MAX);
+        let low = scale(self).min(scale(other));
+        let widen = |d: &Self| {
+            let mut c = d.digits.clone();
+            c.resize(d.digits.len() + usize::try_from(scale(d) - low).unwrap_or(0), 0);
+            c
+        };
+        let (a, b) = (widen(self), widen(other));
+        let (negative, magnitude) = if self.negative == other.negative {
+            (self.negative, add_magnitudes(&a, &b))
+        } else {
+            match compare_magnitudes(&a, &b) {
+                Ordering::Equal => return Ok(Self { negative: false, digits: Vec::new(), exponent: 0 }),
+                Ordering::Greater => (self.negative, sub_magnitudes(&a, &b)),
+                Ordering::Less => (other.negative, sub_magnitudes(&b, &a)),
+            }
+        };
+        let mut digits = magnitude;
+        let leading = digits.iter().take_while(|&&d| d == 0).count();
+        digits.drain(..leading);
+        let exponent = low + i32::try_from(digits.len()).unwrap_or(i32::MAX);
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        let result = Self { negative, digits, exponent };
+        let text = || result.to_canonical();
+        if result.digits.len() > DIGITS_MAX {
+            return Err(NumberError::Precision(text()));
+        }
+        if result.exponent - 1 < EXPONENT_MIN || result.exponent - 1 > EXPONENT_MAX {
+            return Err(NumberError::Range(text()));
+        }
+        Ok(result)
+    }
+
+    /// `-self`.
+    #[must_use]
+    pub fn negated(&self) -> Self {
+        Self { negative: !self.negative && !self.is_zero(), digits: self.digits.clone(), exponent: self.exponent }
+    }
+}
+
+/// Compares two digit strings of the same scale as integers.
+fn compare_magnitudes(a: &[u8], b: &[u8]) -> Ordering {
+    let (a, b) = (strip_leading_zeros(a), strip_leading_zeros(b));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+fn strip_leading_zeros(x: &[u8]) -> &[u8] {
+    x.iter().position(|&d| d != 0).map_or(&[][..], |i| x.get(i..).unwrap_or(&[]))
+}
+
+fn add_magnitudes(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()) + 1);
+    let (mut i, mut j, mut carry) = (a.len(), b.len(), 0u8);
+    while i > 0 || j > 0 || carry > 0 {
+        let x = if i > 0 { a.get(i - 1).copied().unwrap_or(0) } else { 0 };
+        let y = if j > 0 { b.get(j - 1).copied().unwrap_or(0) } else { 0 };
+        let sum = x + y + carry;
+        out.push(sum % 10);
+        carry = sum / 10;
+        i = i.saturating_sub(1);
+        j = j.saturating_sub(1);
+    }
+    out.reverse();
+    out
+}
+
+/// `a − b` for `a ≥ b` (same scale).
+fn sub_magnitudes(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len());
+    let (mut i, mut j, mut borrow) = (a.len(), b.len(), 0i8);
+    while i > 0 {
+        let x = i8::try_from(a.get(i - 1).copied().unwrap_or(0)).unwrap_or(0);
+        let y = if j > 0 { i8::try_from(b.get(j - 1).copied().unwrap_or(0)).unwrap_or(0) } else { 0 };
+        let mut diff = x - y - borrow;
+        borrow = 0;
+        if diff < 0 {
+            diff += 10;
+            borrow = 1;
+        }
+        out.push(u8::try_from(diff).unwrap_or(0));
+        i -= 1;
+        j = j.saturating_sub(1);
+    }
+    out.reverse();
+    out
+}
+
 impl Ord for Decimal {
     fn cmp(&self, other: &Self) -> Ordering {
         let sign = |d: &Self| {
@@ -189,6 +289,22 @@ mod tests {
         assert_eq!(d("-0.0012").to_canonical(), "-0.0012");
         assert_eq!(d("1200").to_canonical(), "1200");
         assert_eq!(d("1.5E100").to_canonical(), "1.5E100");
+    }
+
+    #[test]
+    fn addition_is_exact() {
+        let sum = |a: &str, b: &str| d(a).add(&d(b)).map(|x| x.to_canonical());
+        assert_eq!(sum("1", "2"), Ok("3".to_owned()));
+        assert_eq!(sum("0.1", "0.2"), Ok("0.3".to_owned()));
+        assert_eq!(sum("99.5", "0.5"), Ok("100".to_owned()));
+        assert_eq!(sum("1", "-1.5"), Ok("-0.5".to_owned()));
+        assert_eq!(sum("-2", "-3.25"), Ok("-5.25".to_owned()));
+        assert_eq!(sum("5", "-5"), Ok("0".to_owned()));
+        assert_eq!(sum("1e20", "1"), Ok("100000000000000000001".to_owned()));
+        assert_eq!(sum("0", "-7"), Ok("-7".to_owned()));
+        assert!(matches!(sum("1e37", "1e-5"), Err(NumberError::Precision(_))), "43 digits");
+        assert!(matches!(sum("9e125", "9e125"), Err(NumberError::Range(_))));
+        assert_eq!(d("3").negated().add(&d("3")).map(|x| x.is_zero()), Ok(true));
     }
 
     #[test]
