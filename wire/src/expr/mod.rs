@@ -6,10 +6,12 @@
 //! of the same type (numbers numerically, strings and binaries bytewise); a
 //! comparison involving a missing attribute or mixed types is false (except
 //! `<>` across types, which is true); `size` is the length of a string or
-//! binary, or the number of elements of a set, list or map. Not yet here:
-//! UpdateExpression and KeyConditionExpression (the serve issue).
+//! binary, or the number of elements of a set, list or map. UpdateExpression
+//! lives in `update.rs`. Not yet here: KeyConditionExpression (the serve
+//! issue).
 
 mod lexer;
+mod update;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
@@ -17,6 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::item::{AttributeValue, Item};
 use crate::number::Decimal;
 pub use lexer::{EXPRESSION_BYTES_MAX, Token, tokenize};
+pub use update::{Action, SetValue, Update, apply as apply_update, parse_update};
 
 /// Most operators and functions in one expression (DynamoDB: 300).
 pub const OPERATORS_MAX: usize = 300;
@@ -50,6 +53,9 @@ pub enum ExprError {
     /// A definition the expression does not use.
     #[error("{0} is defined but not used in the expression")]
     Unused(String),
+    /// A well-formed expression that cannot apply (types, paths).
+    #[error("{0}")]
+    Invalid(String),
     /// More operators than [`OPERATORS_MAX`], or too deeply nested.
     #[error("expression is too complex: {0}")]
     TooComplex(&'static str),
