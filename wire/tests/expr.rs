@@ -136,3 +136,35 @@ fn projections_keep_only_the_named_paths() {
         })
     );
 }
+
+#[test]
+fn key_conditions_accept_only_key_comparisons() {
+    use keel_wire::expr::{Comparator, SortKeyCondition};
+    let values = values();
+    let parse = |text: &str| {
+        let mut placeholders = Placeholders::new(&[], &values);
+        expr::parse_key_condition(text, &mut placeholders, "id", Some("age"))
+    };
+    let key = parse("id = :user AND age BETWEEN :forty AND :fifty").expect("valid");
+    assert_eq!(key.partition_key, AttributeValue::S("user#".into()));
+    assert_eq!(
+        key.sort_key,
+        Some(SortKeyCondition::Between(AttributeValue::N("40.0".into()), AttributeValue::N("50".into())))
+    );
+    let reversed = parse("age >= :forty AND id = :user").expect("either order");
+    assert_eq!(reversed.sort_key, Some(SortKeyCondition::Compare(Comparator::Ge, AttributeValue::N("40.0".into()))));
+    assert!(parse("id = :user").expect("pk only").sort_key.is_none());
+    assert!(matches!(parse("begins_with(age, :user) AND id = :user"), Ok(_)));
+    for bad in [
+        "age = :forty",
+        "id < :user",
+        "id = :user OR age = :forty",
+        "id = :user AND age <> :forty",
+        "id = :user AND name = :ada",
+        "id = :user AND id = :user",
+        "id = :user AND age = :forty AND age = :fifty",
+        "begins_with(age, :two) AND id = :user",
+    ] {
+        assert!(parse(bad).is_err(), "{bad} must be rejected");
+    }
+}

@@ -566,3 +566,81 @@ fn insert_at(map: &mut Item, path: &[PathElement], value: AttributeValue) {
         _ => {}
     }
 }
+
+/// The sort-key part of a KeyConditionExpression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortKeyCondition {
+    /// `sk = v`, `sk < v`, `sk <= v`, `sk > v`, `sk >= v` (not `<>`).
+    Compare(Comparator, AttributeValue),
+    /// `sk BETWEEN lo AND hi`.
+    Between(AttributeValue, AttributeValue),
+    /// `begins_with(sk, prefix)` (S or B).
+    BeginsWith(AttributeValue),
+}
+
+/// A parsed KeyConditionExpression: one partition key, optionally a
+/// condition on the sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCondition {
+    /// The partition key value.
+    pub partition_key: AttributeValue,
+    /// The sort-key condition.
+    pub sort_key: Option<SortKeyCondition>,
+}
+
+/// Parses a KeyConditionExpression for a table keyed by `pk_name` (and
+/// `sk_name`): `pk = :v [AND <sort-key condition>]`, in either order.
+pub fn parse_key_condition(
+    text: &str,
+    placeholders: &mut Placeholders<'_>,
+    pk_name: &str,
+    sk_name: Option<&str>,
+) -> Result<KeyCondition, ExprError> {
+    let invalid = |reason: &str| ExprError::Invalid(format!("invalid KeyConditionExpression: {reason}"));
+    let is_key = |path: &Path, name: &str| matches!(path.0.as_slice(), [PathElement::Name(n)] if n == name);
+    let condition = parse_condition(text, placeholders)?;
+    let parts = match condition {
+        Condition::And(a, b) => vec![*a, *b],
+        single => vec![single],
+    };
+    let mut partition_key = None;
+    let mut sort_key = None;
+    for part in parts {
+        match part {
+            Condition::Compare(Operand::Path(p), Comparator::Eq, Operand::Value(v)) if is_key(&p, pk_name) => {
+                if partition_key.replace(v).is_some() {
+                    return Err(invalid("the partition key appears twice"));
+                }
+            }
+            Condition::Compare(Operand::Path(p), cmp, Operand::Value(v))
+                if sk_name.is_some_and(|sk| is_key(&p, sk)) && cmp != Comparator::Ne =>
+            {
+                if sort_key.replace(SortKeyCondition::Compare(cmp, v)).is_some() {
+                    return Err(invalid("more than one sort key condition"));
+                }
+            }
+            Condition::Between(Operand::Path(p), Operand::Value(lo), Operand::Value(hi))
+                if sk_name.is_some_and(|sk| is_key(&p, sk)) =>
+            {
+                if sort_key.replace(SortKeyCondition::Between(lo, hi)).is_some() {
+                    return Err(invalid("more than one sort key condition"));
+                }
+            }
+            Condition::BeginsWith(Operand::Path(p), Operand::Value(prefix))
+                if sk_name.is_some_and(|sk| is_key(&p, sk))
+                    && matches!(prefix, AttributeValue::S(_) | AttributeValue::B(_)) =>
+            {
+                if sort_key.replace(SortKeyCondition::BeginsWith(prefix)).is_some() {
+                    return Err(invalid("more than one sort key condition"));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "use `pk = :v` and optionally one of =, <, <=, >, >=, BETWEEN or begins_with on the sort key",
+                ));
+            }
+        }
+    }
+    let partition_key = partition_key.ok_or_else(|| invalid("the partition key must be compared with ="))?;
+    Ok(KeyCondition { partition_key, sort_key })
+}
