@@ -4,6 +4,7 @@
 //! ([`replica`]). See `ARCHITECTURE.md` at the repository root.
 
 pub mod btree;
+pub mod engine;
 pub mod io;
 pub mod replica;
 pub mod testing;

@@ -350,6 +350,19 @@ impl<D: Disk> ShardStore<D> {
         Ok(())
     }
 
+    /// Removes a partition replica and its file, durably. Its records left in
+    /// the WAL are skipped on replay (partition ids are never reused).
+    pub async fn drop_partition(&mut self, partition: u64) -> Result<(), StoreWriteError> {
+        if self.replicas.remove(&partition).is_none() {
+            return Err(StoreWriteError::UnknownPartition(partition));
+        }
+        self.cache.borrow_mut().remove_file(partition);
+        let dir = self.config.dir.join("partitions");
+        self.disk.remove(&dir.join(partition_file_name(partition))).await?;
+        self.disk.sync_dir(&dir).await?;
+        self.reclaim_wal().await
+    }
+
     /// Steps 1–2 of the durability order: validates and logs a mutation at
     /// `index` (which must follow the last one submitted). Wait for
     /// `ticket.lsn` with [`Wal::wait_durable`], then call

@@ -85,6 +85,39 @@ pub fn partition_prefix(pk_name: &str, pk: &AttributeValue) -> Result<Vec<u8>, K
     encode_key(pk_name, pk, None)
 }
 
+/// The storage-key prefix of every item whose sort key (S or B) begins with
+/// `sk_prefix`: `begins_with` in a Query is the range of keys starting with
+/// this.
+pub fn sort_key_prefix(pk_name: &str, pk: &AttributeValue, sk_prefix: &AttributeValue) -> Result<Vec<u8>, KeyError> {
+    let mut out = encode_key(pk_name, pk, None)?;
+    let bytes = match sk_prefix {
+        AttributeValue::S(s) => s.as_bytes(),
+        AttributeValue::B(b) => b.as_slice(),
+        _ => return Err(KeyError::Type { name: "begins_with".to_owned() }),
+    };
+    for &b in bytes {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    Ok(out)
+}
+
+/// The smallest byte string greater than every string starting with
+/// `prefix`, or `None` when there is none (all bytes 0xFF).
+#[must_use]
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < 0xff {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
 /// Appends one self-delimiting, order-preserving key component.
 fn encode_component(out: &mut Vec<u8>, name: &str, value: &AttributeValue, max: usize) -> Result<(), KeyError> {
     let size_error = |len| KeyError::Size { name: name.to_owned(), len, max };
@@ -189,6 +222,18 @@ mod tests {
         let ab = partition_prefix("pk", &s("ab")).expect("valid");
         assert!(!key(&s("a"), &s("b")).starts_with(&ab));
         assert_ne!(partition_hash(b"a"), partition_hash(b"b"));
+    }
+
+    #[test]
+    fn begins_with_ranges_cover_exactly_the_matching_sort_keys() {
+        let prefix = sort_key_prefix("pk", &s("p"), &s("ab")).expect("valid");
+        let end = prefix_successor(&prefix).expect("has a successor");
+        for (sk, inside) in [("ab", true), ("abc", true), ("ab\0", true), ("aa", false), ("ac", false), ("a", false)] {
+            let k = key(&s("p"), &s(sk));
+            assert_eq!(k >= prefix && k < end, inside, "{sk:?}");
+        }
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
     }
 
     #[test]

@@ -1,0 +1,640 @@
+//! The standalone request engine: a durable table catalog and DynamoDB's item
+//! operations over one [`ShardStore`]. The daemon (not yet here) converts
+//! protocol requests into these calls at the edge.
+//!
+//! - Tables are split into `partitions` hash ranges; partition ids are
+//!   `table_id << 32 | index` and never reused (table ids only grow).
+//! - The catalog lives in partition 0 of the store, as JSON records under
+//!   `table/<name>`, plus the next table id.
+//! - Items are stored as the verified `Item` FlatBuffer bytes received from
+//!   the client, under the order-preserving key `hash(pk) ‖ pk ‖ sk`; reads
+//!   answer with those bytes.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use keel_wire::expr::{self, Condition, KeyCondition, SortKeyCondition, Update};
+use keel_wire::item::{self, AttributeValue, Item, ItemError};
+use keel_wire::key;
+use serde_json::json;
+
+use crate::btree::Direction;
+use crate::io::Disk;
+use crate::replica::{ShardStore, StoreReadError, StoreWriteError};
+
+/// The partition holding the catalog.
+pub const CATALOG_PARTITION: u64 = 0;
+/// Partitions of a table when the request does not say.
+pub const PARTITIONS_DEFAULT: u32 = 4;
+/// Most partitions per table.
+pub const PARTITIONS_MAX: u32 = 1024;
+/// A Query or Scan page stops after this many bytes of items (DynamoDB: 1 MB).
+pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Tables listed per page at most.
+pub const LIST_TABLES_MAX: usize = 100;
+
+const TABLE_KEY_PREFIX: &[u8] = b"table/";
+const NEXT_TABLE_ID_KEY: &[u8] = b"next-table-id";
+/// Items read from a partition per store scan call.
+const SCAN_BATCH: usize = 256;
+
+/// Types a key attribute can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// String.
+    S,
+    /// Number.
+    N,
+    /// Binary.
+    B,
+}
+
+impl KeyType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::S => "S",
+            Self::N => "N",
+            Self::B => "B",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "S" => Some(Self::S),
+            "N" => Some(Self::N),
+            "B" => Some(Self::B),
+            _ => None,
+        }
+    }
+
+    fn matches(self, value: &AttributeValue) -> bool {
+        matches!(
+            (self, value),
+            (Self::S, AttributeValue::S(_)) | (Self::N, AttributeValue::N(_)) | (Self::B, AttributeValue::B(_))
+        )
+    }
+}
+
+/// A key attribute of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDef {
+    /// Attribute name.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+}
+
+/// A table in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    /// Never reused.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Partition key.
+    pub partition_key: KeyDef,
+    /// Sort key, if any.
+    pub sort_key: Option<KeyDef>,
+    /// Number of hash-range partitions.
+    pub partitions: u32,
+    /// Creation time (milliseconds since the epoch).
+    pub created_at_ms: u64,
+}
+
+impl TableDef {
+    fn to_json(&self) -> serde_json::Value {
+        let key = |k: &KeyDef| json!({"name": k.name, "type": k.key_type.as_str()});
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "partition_key": key(&self.partition_key),
+            "sort_key": self.sort_key.as_ref().map(key),
+            "partitions": self.partitions,
+            "created_at_ms": self.created_at_ms,
+        })
+    }
+
+    fn from_json(value: &serde_json::Value) -> Option<Self> {
+        let key = |v: &serde_json::Value| {
+            Some(KeyDef {
+                name: v.get("name")?.as_str()?.to_owned(),
+                key_type: KeyType::parse(v.get("type")?.as_str()?)?,
+            })
+        };
+        Some(Self {
+            id: u32::try_from(value.get("id")?.as_u64()?).ok()?,
+            name: value.get("name")?.as_str()?.to_owned(),
+            partition_key: key(value.get("partition_key")?)?,
+            sort_key: match value.get("sort_key") {
+                Some(serde_json::Value::Null) | None => None,
+                Some(v) => Some(key(v)?),
+            },
+            partitions: u32::try_from(value.get("partitions")?.as_u64()?).ok()?,
+            created_at_ms: value.get("created_at_ms")?.as_u64()?,
+        })
+    }
+
+    /// The store partition holding keys with this hash.
+    #[must_use]
+    pub fn partition_for(&self, hash: u64) -> u64 {
+        let index = (u128::from(hash) * u128::from(self.partitions)) >> 64;
+        (u64::from(self.id) << 32) | u64::try_from(index).unwrap_or(0)
+    }
+
+    fn partition_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.partitions).map(|i| (u64::from(self.id) << 32) | u64::from(i))
+    }
+}
+
+/// Errors with DynamoDB's meaning; the daemon maps them to protocol codes.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is invalid.
+    #[error("{0}")]
+    Validation(String),
+    /// No such table.
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// The table exists.
+    #[error("{0}")]
+    ResourceInUse(String),
+    /// A condition expression evaluated to false.
+    #[error("The conditional request failed")]
+    ConditionalCheckFailed,
+    /// The item is above 400 KB.
+    #[error("Item size has exceeded the maximum allowed size ({0} bytes)")]
+    ItemTooLarge(usize),
+    /// Storage failed or holds something unreadable.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreWriteError> for EngineError {
+    fn from(e: StoreWriteError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<StoreReadError> for EngineError {
+    fn from(e: StoreReadError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<ItemError> for EngineError {
+    fn from(e: ItemError) -> Self {
+        match e {
+            ItemError::TooLarge { size } => Self::ItemTooLarge(size),
+            other => Self::Validation(other.to_string()),
+        }
+    }
+}
+
+impl From<expr::ExprError> for EngineError {
+    fn from(e: expr::ExprError) -> Self {
+        Self::Validation(e.to_string())
+    }
+}
+
+impl From<key::KeyError> for EngineError {
+    fn from(e: key::KeyError) -> Self {
+        Self::Validation(e.to_string())
+    }
+}
+
+/// One page of a Query or Scan.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Stored item bytes, in order, after the filter.
+    pub items: Vec<Vec<u8>>,
+    /// Items read before the filter.
+    pub scanned_count: usize,
+    /// Where the next page starts, when this one stopped early.
+    pub last_evaluated_key: Option<Item>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Engine<D: Disk> {
+    store: ShardStore<D>,
+    tables: BTreeMap<String, TableDef>,
+    next_table_id: u32,
+}
+
+fn validate_table_name(name: &str) -> Result<(), EngineError> {
+    let ok = (3..=255).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Validation(format!(
+            "invalid table name {name:?}: 3 to 255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"
+        )))
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// Opens the engine over a store, loading (or creating) the catalog.
+    pub async fn open(mut store: ShardStore<D>) -> Result<Self, EngineError> {
+        if !store.partitions().contains(&CATALOG_PARTITION) {
+            store.create_partition(CATALOG_PARTITION).await?;
+        }
+        let mut tables = BTreeMap::new();
+        let end = key::prefix_successor(TABLE_KEY_PREFIX).unwrap_or_default();
+        let records = store
+            .scan(
+                CATALOG_PARTITION,
+                Bound::Included(TABLE_KEY_PREFIX),
+                Bound::Excluded(&end),
+                Direction::Forward,
+                usize::MAX,
+            )
+            .await?;
+        for (key, value) in records {
+            let def = serde_json::from_slice(&value)
+                .ok()
+                .and_then(|v| TableDef::from_json(&v))
+                .ok_or_else(|| EngineError::Internal(format!("unreadable catalog record {key:?}")))?;
+            tables.insert(def.name.clone(), def);
+        }
+        let next_table_id = match store.get(CATALOG_PARTITION, NEXT_TABLE_ID_KEY).await? {
+            Some(bytes) => u32::from_le_bytes(
+                bytes.as_slice().try_into().map_err(|_| EngineError::Internal("unreadable next table id".into()))?,
+            ),
+            None => 1,
+        };
+        Ok(Self { store, tables, next_table_id })
+    }
+
+    /// The store underneath (for checkpoints and shutdown).
+    pub fn store_mut(&mut self) -> &mut ShardStore<D> {
+        &mut self.store
+    }
+
+    fn table(&self, name: &str) -> Result<&TableDef, EngineError> {
+        self.tables.get(name).ok_or_else(|| {
+            EngineError::ResourceNotFound(format!("Requested resource not found: Table: {name} not found"))
+        })
+    }
+
+    /// CreateTable.
+    pub async fn create_table(
+        &mut self,
+        name: &str,
+        partition_key: KeyDef,
+        sort_key: Option<KeyDef>,
+        partitions: u32,
+        now_ms: u64,
+    ) -> Result<TableDef, EngineError> {
+        validate_table_name(name)?;
+        if self.tables.contains_key(name) {
+            return Err(EngineError::ResourceInUse(format!("Table already exists: {name}")));
+        }
+        let partitions = if partitions == 0 { PARTITIONS_DEFAULT } else { partitions };
+        if partitions > PARTITIONS_MAX {
+            return Err(EngineError::Validation(format!("at most {PARTITIONS_MAX} partitions per table")));
+        }
+        if sort_key.as_ref().is_some_and(|sk| sk.name == partition_key.name) {
+            return Err(EngineError::Validation("the sort key must differ from the partition key".into()));
+        }
+        let def = TableDef {
+            id: self.next_table_id,
+            name: name.to_owned(),
+            partition_key,
+            sort_key,
+            partitions,
+            created_at_ms: now_ms,
+        };
+        // Durable order: the id is consumed first (never reused), then the
+        // partitions exist, then the catalog record makes the table visible.
+        self.next_table_id += 1;
+        self.store.put(CATALOG_PARTITION, NEXT_TABLE_ID_KEY, &self.next_table_id.to_le_bytes()).await?;
+        for partition in def.partition_ids() {
+            self.store.create_partition(partition).await?;
+        }
+        let record = def.to_json().to_string();
+        self.store.put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat(), record.as_bytes()).await?;
+        self.tables.insert(name.to_owned(), def.clone());
+        Ok(def)
+    }
+
+    /// DeleteTable.
+    pub async fn delete_table(&mut self, name: &str) -> Result<TableDef, EngineError> {
+        let def = self.table(name)?.clone();
+        self.store.delete(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat()).await?;
+        self.tables.remove(name);
+        for partition in def.partition_ids() {
+            self.store.drop_partition(partition).await?;
+        }
+        Ok(def)
+    }
+
+    /// DescribeTable.
+    pub fn describe_table(&self, name: &str) -> Result<&TableDef, EngineError> {
+        self.table(name)
+    }
+
+    /// ListTables: names after `start_after`, at most `limit` (≤ 100).
+    #[must_use]
+    pub fn list_tables(&self, start_after: Option<&str>, limit: usize) -> (Vec<String>, Option<String>) {
+        let limit = if limit == 0 { LIST_TABLES_MAX } else { limit.min(LIST_TABLES_MAX) };
+        let lower = start_after.map_or(Bound::Unbounded, |s| Bound::Excluded(s.to_owned()));
+        let mut names: Vec<String> =
+            self.tables.range((lower, Bound::Unbounded)).map(|(n, _)| n.clone()).take(limit + 1).collect();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let last = if more { names.last().cloned() } else { None };
+        (names, last)
+    }
+
+    /// The partition and storage key of an item's (or a key's) key attributes.
+    fn locate(def: &TableDef, item: &Item) -> Result<(u64, Vec<u8>), EngineError> {
+        let get = |k: &KeyDef| -> Result<&AttributeValue, EngineError> {
+            let value = item
+                .get(&k.name)
+                .ok_or_else(|| EngineError::Validation(format!("Missing the key {} in the item", k.name)))?;
+            if !k.key_type.matches(value) {
+                return Err(EngineError::Validation(format!(
+                    "Type mismatch for key {}: expected {}",
+                    k.name,
+                    k.key_type.as_str()
+                )));
+            }
+            Ok(value)
+        };
+        let pk = get(&def.partition_key)?;
+        let sk = match &def.sort_key {
+            Some(k) => Some((k.name.as_str(), get(k)?)),
+            None => None,
+        };
+        let storage_key = key::encode_key(&def.partition_key.name, pk, sk)?;
+        let hash = u64::from_be_bytes(storage_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+        Ok((def.partition_for(hash), storage_key))
+    }
+
+    /// A key argument must hold exactly the key attributes.
+    fn locate_key(def: &TableDef, key: &Item) -> Result<(u64, Vec<u8>), EngineError> {
+        let expected = 1 + usize::from(def.sort_key.is_some());
+        if key.len() != expected {
+            return Err(EngineError::Validation("The provided key element does not match the schema".into()));
+        }
+        Self::locate(def, key)
+    }
+
+    async fn current(&self, partition: u64, storage_key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.store.get(partition, storage_key).await?)
+    }
+
+    fn decode_stored(bytes: &[u8]) -> Result<Item, EngineError> {
+        item::decode(bytes).map_err(|e| EngineError::Internal(format!("stored item unreadable: {e}")))
+    }
+
+    fn check_condition(condition: Option<&Condition>, current: Option<&[u8]>) -> Result<(), EngineError> {
+        let Some(condition) = condition else { return Ok(()) };
+        let item = match current {
+            Some(bytes) => Self::decode_stored(bytes)?,
+            None => Item::new(),
+        };
+        if expr::evaluate(condition, &item) { Ok(()) } else { Err(EngineError::ConditionalCheckFailed) }
+    }
+
+    /// PutItem: stores the verified item bytes as received. Returns the
+    /// item it replaced.
+    pub async fn put_item(
+        &mut self,
+        table: &str,
+        item_bytes: &[u8],
+        condition: Option<&Condition>,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let def = self.table(table)?;
+        let item = item::decode(item_bytes)?;
+        item::validate(&item)?;
+        let (partition, storage_key) = Self::locate(def, &item)?;
+        let old = self.current(partition, &storage_key).await?;
+        Self::check_condition(condition, old.as_deref())?;
+        self.store.put(partition, &storage_key, item_bytes).await?;
+        Ok(old)
+    }
+
+    /// GetItem: the stored item bytes.
+    pub async fn get_item(&self, table: &str, key: &Item) -> Result<Option<Vec<u8>>, EngineError> {
+        let def = self.table(table)?;
+        let (partition, storage_key) = Self::locate_key(def, key)?;
+        self.current(partition, &storage_key).await
+    }
+
+    /// DeleteItem: returns the deleted item.
+    pub async fn delete_item(
+        &mut self,
+        table: &str,
+        key: &Item,
+        condition: Option<&Condition>,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let def = self.table(table)?;
+        let (partition, storage_key) = Self::locate_key(def, key)?;
+        let old = self.current(partition, &storage_key).await?;
+        Self::check_condition(condition, old.as_deref())?;
+        if old.is_some() {
+            self.store.delete(partition, &storage_key).await?;
+        }
+        Ok(old)
+    }
+
+    /// UpdateItem: returns the item before and after.
+    pub async fn update_item(
+        &mut self,
+        table: &str,
+        key: &Item,
+        update: &Update,
+        condition: Option<&Condition>,
+    ) -> Result<(Option<Vec<u8>>, Vec<u8>), EngineError> {
+        let def = self.table(table)?.clone();
+        let (partition, storage_key) = Self::locate_key(&def, key)?;
+        let old = self.current(partition, &storage_key).await?;
+        Self::check_condition(condition, old.as_deref())?;
+        let base = match &old {
+            Some(bytes) => Self::decode_stored(bytes)?,
+            None => key.clone(),
+        };
+        let updated = expr::apply_update(update, &base)?;
+        for k in std::iter::once(&def.partition_key).chain(def.sort_key.as_ref()) {
+            if updated.get(&k.name) != key.get(&k.name) {
+                return Err(EngineError::Validation(format!(
+                    "Cannot update attribute {}. This attribute is part of the key",
+                    k.name
+                )));
+            }
+        }
+        item::validate(&updated)?;
+        let bytes = item::encode(&updated);
+        self.store.put(partition, &storage_key, &bytes).await?;
+        Ok((old, bytes))
+    }
+
+    fn key_of(def: &TableDef, item: &Item) -> Item {
+        std::iter::once(&def.partition_key)
+            .chain(def.sort_key.as_ref())
+            .filter_map(|k| item.get(&k.name).map(|v| (k.name.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Query: items of one partition key, in sort-key order.
+    pub async fn query(
+        &self,
+        table: &str,
+        key_condition: &KeyCondition,
+        forward: bool,
+        limit: Option<usize>,
+        exclusive_start: Option<&Item>,
+        filter: Option<&Condition>,
+    ) -> Result<Page, EngineError> {
+        let def = self.table(table)?;
+        let pk_name = &def.partition_key.name;
+        if !def.partition_key.key_type.matches(&key_condition.partition_key) {
+            return Err(EngineError::Validation(format!("Type mismatch for key {pk_name}")));
+        }
+        let prefix = key::partition_prefix(pk_name, &key_condition.partition_key)?;
+        let hash = u64::from_be_bytes(prefix.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+        let partition = def.partition_for(hash);
+        let prefix_end = key::prefix_successor(&prefix);
+        let sk_key = |v: &AttributeValue| -> Result<Vec<u8>, EngineError> {
+            let sk =
+                def.sort_key.as_ref().ok_or_else(|| EngineError::Validation("the table has no sort key".into()))?;
+            if !sk.key_type.matches(v) {
+                return Err(EngineError::Validation(format!("Type mismatch for key {}", sk.name)));
+            }
+            Ok(key::encode_key(pk_name, &key_condition.partition_key, Some((&sk.name, v)))?)
+        };
+        let whole_hi = prefix_end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let (mut lo, mut hi): (Bound<Vec<u8>>, Bound<Vec<u8>>) = match &key_condition.sort_key {
+            None => (Bound::Included(prefix.clone()), whole_hi),
+            Some(SortKeyCondition::Compare(cmp, v)) => {
+                let k = sk_key(v)?;
+                match cmp {
+                    expr::Comparator::Eq => (Bound::Included(k.clone()), Bound::Included(k)),
+                    expr::Comparator::Lt => (Bound::Included(prefix.clone()), Bound::Excluded(k)),
+                    expr::Comparator::Le => (Bound::Included(prefix.clone()), Bound::Included(k)),
+                    expr::Comparator::Gt => (Bound::Excluded(k), whole_hi),
+                    _ => (Bound::Included(k), whole_hi),
+                }
+            }
+            Some(SortKeyCondition::Between(a, b)) => (Bound::Included(sk_key(a)?), Bound::Included(sk_key(b)?)),
+            Some(SortKeyCondition::BeginsWith(p)) => {
+                let sk =
+                    def.sort_key.as_ref().ok_or_else(|| EngineError::Validation("the table has no sort key".into()))?;
+                if !sk.key_type.matches(p) {
+                    return Err(EngineError::Validation(format!("Type mismatch for key {}", sk.name)));
+                }
+                let start = key::sort_key_prefix(pk_name, &key_condition.partition_key, p)?;
+                let end = key::prefix_successor(&start).map_or(Bound::Unbounded, Bound::Excluded);
+                (Bound::Included(start), end)
+            }
+        };
+        if let Some(start) = exclusive_start {
+            let (start_partition, start_key) = Self::locate(def, start)?;
+            if start_partition != partition || !start_key.starts_with(&prefix) {
+                return Err(EngineError::Validation("ExclusiveStartKey does not belong to this query".into()));
+            }
+            if forward {
+                lo = Bound::Excluded(start_key);
+            } else {
+                hi = Bound::Excluded(start_key);
+            }
+        }
+        let mut page = Page::default();
+        self.read_range(def, partition, (lo, hi), forward, limit, filter, &mut page).await?;
+        Ok(page)
+    }
+
+    /// Reads items of one partition between bounds into `page`, stopping at
+    /// `limit` items or [`PAGE_BYTES_MAX`]. Returns whether it stopped early.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_range(
+        &self,
+        def: &TableDef,
+        partition: u64,
+        (mut lo, mut hi): (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        forward: bool,
+        limit: Option<usize>,
+        filter: Option<&Condition>,
+        page: &mut Page,
+    ) -> Result<bool, EngineError> {
+        let mut page_bytes: usize = page.items.iter().map(Vec::len).sum();
+        loop {
+            let left = limit.map_or(SCAN_BATCH, |l| l.saturating_sub(page.scanned_count).min(SCAN_BATCH));
+            if left == 0 {
+                return Ok(true);
+            }
+            let direction = if forward { Direction::Forward } else { Direction::Reverse };
+            let as_ref = |b: &Bound<Vec<u8>>| match b {
+                Bound::Included(k) => Bound::Included(k.clone()),
+                Bound::Excluded(k) => Bound::Excluded(k.clone()),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let (l, h) = (as_ref(&lo), as_ref(&hi));
+            let batch = self
+                .store
+                .scan(partition, l.as_ref().map(Vec::as_slice), h.as_ref().map(Vec::as_slice), direction, left)
+                .await?;
+            let exhausted = batch.len() < left;
+            for (storage_key, bytes) in batch {
+                page.scanned_count += 1;
+                let item = Self::decode_stored(&bytes)?;
+                if filter.is_none_or(|f| expr::evaluate(f, &item)) {
+                    page_bytes += bytes.len();
+                    page.items.push(bytes);
+                }
+                let stop = limit.is_some_and(|l| page.scanned_count >= l) || page_bytes >= PAGE_BYTES_MAX;
+                if forward {
+                    lo = Bound::Excluded(storage_key);
+                } else {
+                    hi = Bound::Excluded(storage_key);
+                }
+                if stop {
+                    page.last_evaluated_key = Some(Self::key_of(def, &item));
+                    return Ok(true);
+                }
+            }
+            if exhausted {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Scan: every item of the table (segment `segment` of
+    /// `total_segments`, each segment a set of partitions), in storage order.
+    pub async fn scan(
+        &self,
+        table: &str,
+        limit: Option<usize>,
+        exclusive_start: Option<&Item>,
+        segment: u32,
+        total_segments: u32,
+        filter: Option<&Condition>,
+    ) -> Result<Page, EngineError> {
+        let def = self.table(table)?;
+        let total = total_segments.max(1);
+        if segment >= total {
+            return Err(EngineError::Validation("Segment must be less than TotalSegments".into()));
+        }
+        let mut partitions: Vec<u64> =
+            def.partition_ids().filter(|p| (p & 0xffff_ffff) % u64::from(total) == u64::from(segment)).collect();
+        let mut lo = Bound::Unbounded;
+        if let Some(start) = exclusive_start {
+            let (start_partition, start_key) = Self::locate(def, start)?;
+            let Some(position) = partitions.iter().position(|p| *p == start_partition) else {
+                return Err(EngineError::Validation("ExclusiveStartKey is not in this segment".into()));
+            };
+            partitions.drain(..position);
+            lo = Bound::Excluded(start_key);
+        }
+        let mut page = Page::default();
+        for partition in partitions {
+            let range = (std::mem::replace(&mut lo, Bound::Unbounded), Bound::Unbounded);
+            if self.read_range(def, partition, range, true, limit, filter, &mut page).await? {
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+}
