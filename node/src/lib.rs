@@ -5,6 +5,7 @@
 
 pub mod btree;
 pub mod engine;
+pub mod handler;
 pub mod io;
 pub mod replica;
 pub mod testing;

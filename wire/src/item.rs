@@ -222,7 +222,8 @@ fn build_attributes<'a>(
     b.create_vector(&attributes)
 }
 
-fn build_value<'a>(b: &mut FlatBufferBuilder<'a>, value: &AttributeValue) -> WIPOffset<fb::AttributeValue<'a>> {
+/// Builds an `AttributeValue` table inside a larger buffer.
+pub fn build_value<'a>(b: &mut FlatBufferBuilder<'a>, value: &AttributeValue) -> WIPOffset<fb::AttributeValue<'a>> {
     let (value_type, offset) = match value {
         AttributeValue::S(s) => {
             let v = b.create_string(s);
@@ -298,7 +299,8 @@ fn map_from_fb(
     Ok(map)
 }
 
-fn value_from_fb(value: fb::AttributeValue<'_>) -> Result<AttributeValue, ItemError> {
+/// Converts one verified attribute value.
+pub fn value_from_fb(value: fb::AttributeValue<'_>) -> Result<AttributeValue, ItemError> {
     let unknown = || ItemError::Json { path: String::new(), reason: "unknown attribute value type".to_owned() };
     Ok(match value.value_type() {
         fb::Value::S => AttributeValue::S(value.value_as_s().ok_or_else(unknown)?.value().to_owned()),

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod item;
 pub mod key;
 pub mod number;
+pub mod protocol;
 pub mod verify;
 
 #[allow(

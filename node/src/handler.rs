@@ -1,0 +1,225 @@
+//! The protocol edge of the server: a verified request frame body in, a
+//! response frame body out, with every failure turned into a typed protocol
+//! error. Transport-free, so it is tested without sockets; the daemon feeds
+//! it frames.
+
+use keel_wire::expr::{self, Placeholders};
+use keel_wire::item;
+use keel_wire::protocol::{
+    self, ErrorCode, ExpressionArgs, ItemOp, KeyKind, Request, Response, ReturnValues, TableInfo, TableOp,
+};
+
+use crate::engine::{Engine, EngineError, KeyDef, KeyType, Page, TableDef};
+use crate::io::Disk;
+
+fn key_def((name, kind): &(String, KeyKind)) -> KeyDef {
+    let key_type = match kind {
+        KeyKind::S => KeyType::S,
+        KeyKind::N => KeyType::N,
+        KeyKind::B => KeyType::B,
+    };
+    KeyDef { name: name.clone(), key_type }
+}
+
+fn key_kind(k: &KeyDef) -> (String, KeyKind) {
+    let kind = match k.key_type {
+        KeyType::S => KeyKind::S,
+        KeyType::N => KeyKind::N,
+        KeyType::B => KeyKind::B,
+    };
+    (k.name.clone(), kind)
+}
+
+fn table_info(def: &TableDef) -> TableInfo {
+    TableInfo {
+        name: def.name.clone(),
+        partition_key: key_kind(&def.partition_key),
+        sort_key: def.sort_key.as_ref().map(key_kind),
+        partitions: def.partitions,
+        created_at_ms: def.created_at_ms,
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response<'static> {
+    Response::Error { code, message: message.into() }
+}
+
+fn engine_error(e: EngineError) -> Response<'static> {
+    let code = match &e {
+        EngineError::Validation(_) => ErrorCode::ValidationException,
+        EngineError::ResourceNotFound(_) => ErrorCode::ResourceNotFoundException,
+        EngineError::ResourceInUse(_) => ErrorCode::ResourceInUseException,
+        EngineError::ConditionalCheckFailed => ErrorCode::ConditionalCheckFailedException,
+        EngineError::ItemTooLarge(_) => ErrorCode::ItemTooLarge,
+        EngineError::Internal(_) => ErrorCode::InternalServerError,
+    };
+    error(code, e.to_string())
+}
+
+/// Handles one request frame body; returns the response frame body.
+pub async fn handle<D: Disk>(engine: &mut Engine<D>, body: &[u8], now_ms: u64) -> Vec<u8> {
+    let envelope = match protocol::decode_request(body) {
+        Ok(envelope) => envelope,
+        Err(e) => return protocol::encode_response(0, &error(ErrorCode::ValidationException, e.to_string())),
+    };
+    let id = envelope.request_id;
+    // Item bytes in responses borrow from what the engine returns.
+    let mut owned: Vec<Vec<u8>> = Vec::new();
+    let mut page = Page::default();
+    let response = match execute(engine, envelope.request, now_ms, &mut owned, &mut page).await {
+        Ok(Answer::Plain(response)) => response,
+        Ok(Answer::Item(op)) => Response::Item(op, owned.first().map(Vec::as_slice)),
+        Ok(Answer::Page) => Response::Page {
+            items: page.items.iter().map(Vec::as_slice).collect(),
+            scanned_count: u32::try_from(page.scanned_count).unwrap_or(u32::MAX),
+            last_evaluated_key: page.last_evaluated_key.clone(),
+        },
+        Err(response) => response,
+    };
+    protocol::encode_response(id, &response)
+}
+
+enum Answer {
+    Plain(Response<'static>),
+    /// The item is `owned[0]`, if any.
+    Item(ItemOp),
+    /// The page is in `page`.
+    Page,
+}
+
+fn placeholders(args: &ExpressionArgs) -> Placeholders<'_> {
+    Placeholders::new(&args.names, &args.values)
+}
+
+fn parse_condition(
+    text: Option<&str>,
+    placeholders: &mut Placeholders<'_>,
+) -> Result<Option<expr::Condition>, Response<'static>> {
+    text.map(|t| expr::parse_condition(t, placeholders))
+        .transpose()
+        .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
+}
+
+fn all_used(placeholders: &Placeholders<'_>) -> Result<(), Response<'static>> {
+    placeholders.check_all_used().map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
+}
+
+/// The item a write returns for `ReturnValues` (ALL_OLD / ALL_NEW; the
+/// UPDATED_* forms return the whole item for now).
+fn returned(rv: ReturnValues, old: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    match rv {
+        ReturnValues::None => None,
+        ReturnValues::AllOld | ReturnValues::UpdatedOld => old,
+        ReturnValues::AllNew | ReturnValues::UpdatedNew => new,
+    }
+}
+
+async fn execute<D: Disk>(
+    engine: &mut Engine<D>,
+    request: Request<'_>,
+    now_ms: u64,
+    owned: &mut Vec<Vec<u8>>,
+    page: &mut Page,
+) -> Result<Answer, Response<'static>> {
+    match request {
+        Request::CreateTable { table, partition_key, sort_key, partitions } => {
+            let def = engine
+                .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)
+                .await
+                .map_err(engine_error)?;
+            Ok(Answer::Plain(Response::Table(TableOp::Create, table_info(&def))))
+        }
+        Request::DeleteTable { table } => {
+            let def = engine.delete_table(&table).await.map_err(engine_error)?;
+            Ok(Answer::Plain(Response::Table(TableOp::Delete, table_info(&def))))
+        }
+        Request::DescribeTable { table } => {
+            let def = engine.describe_table(&table).map_err(engine_error)?;
+            Ok(Answer::Plain(Response::Table(TableOp::Describe, table_info(def))))
+        }
+        Request::ListTables { start_after, limit } => {
+            let (names, last) = engine.list_tables(start_after.as_deref(), limit as usize);
+            Ok(Answer::Plain(Response::TableNames { names, last }))
+        }
+        Request::PutItem { table, item, condition, args, return_values } => {
+            let mut p = placeholders(&args);
+            let condition = parse_condition(condition.as_deref(), &mut p)?;
+            all_used(&p)?;
+            if matches!(return_values, ReturnValues::UpdatedOld | ReturnValues::UpdatedNew | ReturnValues::AllNew) {
+                return Err(error(ErrorCode::ValidationException, "PutItem supports ReturnValues NONE and ALL_OLD"));
+            }
+            let old = engine.put_item(&table, item, condition.as_ref()).await.map_err(engine_error)?;
+            owned.extend(returned(return_values, old, None));
+            Ok(Answer::Item(ItemOp::Put))
+        }
+        Request::GetItem { table, key, projection, args, consistent_read: _ } => {
+            let mut p = placeholders(&args);
+            let paths = projection
+                .as_deref()
+                .map(|t| expr::parse_projection(t, &mut p))
+                .transpose()
+                .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
+            all_used(&p)?;
+            let stored = engine.get_item(&table, &key).await.map_err(engine_error)?;
+            // Without a projection the stored bytes go out as they are.
+            let answer = match (stored, paths) {
+                (Some(bytes), Some(paths)) => {
+                    let decoded = item::decode(&bytes)
+                        .map_err(|e| error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}")))?;
+                    Some(item::encode(&expr::project(&decoded, &paths)))
+                }
+                (stored, _) => stored,
+            };
+            owned.extend(answer);
+            Ok(Answer::Item(ItemOp::Get))
+        }
+        Request::DeleteItem { table, key, condition, args, return_values } => {
+            let mut p = placeholders(&args);
+            let condition = parse_condition(condition.as_deref(), &mut p)?;
+            all_used(&p)?;
+            let old = engine.delete_item(&table, &key, condition.as_ref()).await.map_err(engine_error)?;
+            owned.extend(returned(return_values, old, None));
+            Ok(Answer::Item(ItemOp::Delete))
+        }
+        Request::UpdateItem { table, key, update, condition, args, return_values } => {
+            let mut p = placeholders(&args);
+            let parsed = expr::parse_update(&update, &mut p)
+                .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
+            let condition = parse_condition(condition.as_deref(), &mut p)?;
+            all_used(&p)?;
+            let (old, new) =
+                engine.update_item(&table, &key, &parsed, condition.as_ref()).await.map_err(engine_error)?;
+            owned.extend(returned(return_values, old, Some(new)));
+            Ok(Answer::Item(ItemOp::Update))
+        }
+        Request::Query { table, key_condition, filter, projection: _, args, limit, exclusive_start_key, forward } => {
+            let def = engine.describe_table(&table).map_err(engine_error)?;
+            let (pk, sk) = (def.partition_key.name.clone(), def.sort_key.as_ref().map(|k| k.name.clone()));
+            let mut p = placeholders(&args);
+            let kc = expr::parse_key_condition(&key_condition, &mut p, &pk, sk.as_deref())
+                .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
+            let filter = parse_condition(filter.as_deref(), &mut p)?;
+            all_used(&p)?;
+            let limit = (limit > 0).then_some(limit as usize);
+            *page = engine
+                .query(&table, &kc, forward, limit, exclusive_start_key.as_ref(), filter.as_ref())
+                .await
+                .map_err(engine_error)?;
+            Ok(Answer::Page)
+        }
+        Request::Scan { table, filter, projection: _, args, limit, exclusive_start_key, segment, total_segments } => {
+            let mut p = placeholders(&args);
+            let filter = parse_condition(filter.as_deref(), &mut p)?;
+            all_used(&p)?;
+            let limit = (limit > 0).then_some(limit as usize);
+            *page = engine
+                .scan(&table, limit, exclusive_start_key.as_ref(), segment, total_segments, filter.as_ref())
+                .await
+                .map_err(engine_error)?;
+            Ok(Answer::Page)
+        }
+        Request::Unsupported(what) => {
+            Err(error(ErrorCode::ValidationException, format!("{what} is not supported by this server yet")))
+        }
+    }
+}

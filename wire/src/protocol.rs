@@ -1,0 +1,826 @@
+//! Typed requests and responses: the FlatBuffers envelopes converted to and
+//! from plain Rust at this edge, so the server and the client never touch
+//! FlatBuffers types. Item bytes in requests are borrowed from the received
+//! frame (zero-copy); item bytes in responses are written as given (the
+//! stored bytes), without decoding them.
+
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+use crate::fb;
+use crate::item::{self, AttributeValue, Item, ItemError};
+use crate::verify::{self, VerifyError};
+
+/// Types of key attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// String.
+    S,
+    /// Number.
+    N,
+    /// Binary.
+    B,
+}
+
+/// Which attributes a write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnValues {
+    /// Nothing.
+    #[default]
+    None,
+    /// The item before the write.
+    AllOld,
+    /// The updated attributes, before.
+    UpdatedOld,
+    /// The item after the write.
+    AllNew,
+    /// The updated attributes, after.
+    UpdatedNew,
+}
+
+/// `ExpressionAttributeNames` and `ExpressionAttributeValues`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpressionArgs {
+    /// `#placeholder` → attribute name.
+    pub names: Vec<(String, String)>,
+    /// `:placeholder` → value.
+    pub values: Vec<(String, AttributeValue)>,
+}
+
+/// A request, decoded from a verified frame body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// CreateTable.
+    CreateTable {
+        /// Table name.
+        table: String,
+        /// Partition key name and type.
+        partition_key: (String, KeyKind),
+        /// Sort key name and type.
+        sort_key: Option<(String, KeyKind)>,
+        /// Partitions (0: default).
+        partitions: u32,
+    },
+    /// DeleteTable.
+    DeleteTable {
+        /// Table name.
+        table: String,
+    },
+    /// DescribeTable.
+    DescribeTable {
+        /// Table name.
+        table: String,
+    },
+    /// ListTables.
+    ListTables {
+        /// Start after this name.
+        start_after: Option<String>,
+        /// Page size (0: default).
+        limit: u32,
+    },
+    /// PutItem.
+    PutItem {
+        /// Table name.
+        table: String,
+        /// The item's FlatBuffer bytes, borrowed from the frame.
+        item: &'a [u8],
+        /// ConditionExpression.
+        condition: Option<String>,
+        /// Placeholders.
+        args: ExpressionArgs,
+        /// ReturnValues.
+        return_values: ReturnValues,
+    },
+    /// GetItem.
+    GetItem {
+        /// Table name.
+        table: String,
+        /// The key.
+        key: Item,
+        /// ProjectionExpression.
+        projection: Option<String>,
+        /// Placeholders (names only).
+        args: ExpressionArgs,
+        /// ConsistentRead.
+        consistent_read: bool,
+    },
+    /// DeleteItem.
+    DeleteItem {
+        /// Table name.
+        table: String,
+        /// The key.
+        key: Item,
+        /// ConditionExpression.
+        condition: Option<String>,
+        /// Placeholders.
+        args: ExpressionArgs,
+        /// ReturnValues.
+        return_values: ReturnValues,
+    },
+    /// UpdateItem.
+    UpdateItem {
+        /// Table name.
+        table: String,
+        /// The key.
+        key: Item,
+        /// UpdateExpression.
+        update: String,
+        /// ConditionExpression.
+        condition: Option<String>,
+        /// Placeholders.
+        args: ExpressionArgs,
+        /// ReturnValues.
+        return_values: ReturnValues,
+    },
+    /// Query.
+    Query {
+        /// Table name.
+        table: String,
+        /// KeyConditionExpression.
+        key_condition: String,
+        /// FilterExpression.
+        filter: Option<String>,
+        /// ProjectionExpression.
+        projection: Option<String>,
+        /// Placeholders.
+        args: ExpressionArgs,
+        /// Limit (0: none).
+        limit: u32,
+        /// ExclusiveStartKey.
+        exclusive_start_key: Option<Item>,
+        /// ScanIndexForward.
+        forward: bool,
+    },
+    /// Scan.
+    Scan {
+        /// Table name.
+        table: String,
+        /// FilterExpression.
+        filter: Option<String>,
+        /// ProjectionExpression.
+        projection: Option<String>,
+        /// Placeholders.
+        args: ExpressionArgs,
+        /// Limit (0: none).
+        limit: u32,
+        /// ExclusiveStartKey.
+        exclusive_start_key: Option<Item>,
+        /// Segment.
+        segment: u32,
+        /// TotalSegments (0 or 1: one).
+        total_segments: u32,
+    },
+    /// An operation this server does not implement yet.
+    Unsupported(&'static str),
+}
+
+/// A decoded request with its envelope fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// Chosen by the client; echoed in the response.
+    pub request_id: u64,
+    /// Per-request timeout (0: server default).
+    pub timeout_ms: u32,
+    /// The request.
+    pub request: Request<'a>,
+}
+
+/// A request that could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The body failed verification.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// A key or value is not acceptable.
+    #[error(transparent)]
+    Item(#[from] ItemError),
+}
+
+fn key_kind(k: fb::KeyType) -> KeyKind {
+    match k {
+        fb::KeyType::N => KeyKind::N,
+        fb::KeyType::B => KeyKind::B,
+        _ => KeyKind::S,
+    }
+}
+
+fn return_values(r: fb::ReturnValues) -> ReturnValues {
+    match r {
+        fb::ReturnValues::AllOld => ReturnValues::AllOld,
+        fb::ReturnValues::UpdatedOld => ReturnValues::UpdatedOld,
+        fb::ReturnValues::AllNew => ReturnValues::AllNew,
+        fb::ReturnValues::UpdatedNew => ReturnValues::UpdatedNew,
+        _ => ReturnValues::None,
+    }
+}
+
+type NameVec<'a> = Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<fb::ExpressionName<'a>>>>;
+type ValueVec<'a> = Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<fb::ExpressionValue<'a>>>>;
+
+fn args(names: NameVec<'_>, values: ValueVec<'_>) -> Result<ExpressionArgs, ProtocolError> {
+    let names = names.iter().flatten().map(|n| (n.placeholder().to_owned(), n.name().to_owned())).collect();
+    let mut out = Vec::new();
+    for v in values.iter().flatten() {
+        let wrapped = item::value_from_fb(v.value())?;
+        out.push((v.placeholder().to_owned(), wrapped));
+    }
+    Ok(ExpressionArgs { names, values: out })
+}
+
+/// Verifies and decodes a request frame body.
+pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
+    let envelope = verify::request(body)?;
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    let request = match envelope.body_type() {
+        fb::Request::CreateTableRequest => match envelope.body_as_create_table_request() {
+            Some(r) => Request::CreateTable {
+                table: r.table_name().to_owned(),
+                partition_key: (r.partition_key().name().to_owned(), key_kind(r.partition_key().type_())),
+                sort_key: r.sort_key().map(|k| (k.name().to_owned(), key_kind(k.type_()))),
+                partitions: r.partitions(),
+            },
+            None => Request::Unsupported("empty CreateTable"),
+        },
+        fb::Request::DeleteTableRequest => match envelope.body_as_delete_table_request() {
+            Some(r) => Request::DeleteTable { table: r.table_name().to_owned() },
+            None => Request::Unsupported("empty DeleteTable"),
+        },
+        fb::Request::DescribeTableRequest => match envelope.body_as_describe_table_request() {
+            Some(r) => Request::DescribeTable { table: r.table_name().to_owned() },
+            None => Request::Unsupported("empty DescribeTable"),
+        },
+        fb::Request::ListTablesRequest => match envelope.body_as_list_tables_request() {
+            Some(r) => Request::ListTables { start_after: owned(r.exclusive_start_table_name()), limit: r.limit() },
+            None => Request::Unsupported("empty ListTables"),
+        },
+        fb::Request::PutItemRequest => match envelope.body_as_put_item_request() {
+            Some(r) => Request::PutItem {
+                table: r.table_name().to_owned(),
+                item: r.item().bytes().bytes(),
+                condition: owned(r.condition_expression()),
+                args: args(r.names(), r.values())?,
+                return_values: return_values(r.return_values()),
+            },
+            None => Request::Unsupported("empty PutItem"),
+        },
+        fb::Request::GetItemRequest => match envelope.body_as_get_item_request() {
+            Some(r) => Request::GetItem {
+                table: r.table_name().to_owned(),
+                key: item::from_fb(r.key())?,
+                projection: owned(r.projection_expression()),
+                args: args(r.names(), None)?,
+                consistent_read: r.consistent_read(),
+            },
+            None => Request::Unsupported("empty GetItem"),
+        },
+        fb::Request::DeleteItemRequest => match envelope.body_as_delete_item_request() {
+            Some(r) => Request::DeleteItem {
+                table: r.table_name().to_owned(),
+                key: item::from_fb(r.key())?,
+                condition: owned(r.condition_expression()),
+                args: args(r.names(), r.values())?,
+                return_values: return_values(r.return_values()),
+            },
+            None => Request::Unsupported("empty DeleteItem"),
+        },
+        fb::Request::UpdateItemRequest => match envelope.body_as_update_item_request() {
+            Some(r) => Request::UpdateItem {
+                table: r.table_name().to_owned(),
+                key: item::from_fb(r.key())?,
+                update: r.update_expression().to_owned(),
+                condition: owned(r.condition_expression()),
+                args: args(r.names(), r.values())?,
+                return_values: return_values(r.return_values()),
+            },
+            None => Request::Unsupported("empty UpdateItem"),
+        },
+        fb::Request::QueryRequest => match envelope.body_as_query_request() {
+            Some(r) => Request::Query {
+                table: r.table_name().to_owned(),
+                key_condition: r.key_condition_expression().to_owned(),
+                filter: owned(r.filter_expression()),
+                projection: owned(r.projection_expression()),
+                args: args(r.names(), r.values())?,
+                limit: r.limit(),
+                exclusive_start_key: r.exclusive_start_key().map(item::from_fb).transpose()?,
+                forward: r.scan_index_forward(),
+            },
+            None => Request::Unsupported("empty Query"),
+        },
+        fb::Request::ScanRequest => match envelope.body_as_scan_request() {
+            Some(r) => Request::Scan {
+                table: r.table_name().to_owned(),
+                filter: owned(r.filter_expression()),
+                projection: owned(r.projection_expression()),
+                args: args(r.names(), r.values())?,
+                limit: r.limit(),
+                exclusive_start_key: r.exclusive_start_key().map(item::from_fb).transpose()?,
+                segment: r.segment(),
+                total_segments: r.total_segments(),
+            },
+            None => Request::Unsupported("empty Scan"),
+        },
+        fb::Request::BatchGetItemRequest => Request::Unsupported("BatchGetItem"),
+        fb::Request::BatchWriteItemRequest => Request::Unsupported("BatchWriteItem"),
+        _ => Request::Unsupported("unknown request type"),
+    };
+    Ok(Envelope { request_id: envelope.request_id(), timeout_ms: envelope.timeout_ms(), request })
+}
+
+/// Error codes sent to clients.
+pub use fb::ErrorCode;
+
+/// A table as described to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Name.
+    pub name: String,
+    /// Partition key.
+    pub partition_key: (String, KeyKind),
+    /// Sort key.
+    pub sort_key: Option<(String, KeyKind)>,
+    /// Partitions.
+    pub partitions: u32,
+    /// Creation time.
+    pub created_at_ms: u64,
+}
+
+/// Which operation a table description answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableOp {
+    /// CreateTable.
+    Create,
+    /// DeleteTable.
+    Delete,
+    /// DescribeTable.
+    Describe,
+}
+
+/// Which operation an item answer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOp {
+    /// PutItem (attributes per ReturnValues).
+    Put,
+    /// GetItem.
+    Get,
+    /// DeleteItem.
+    Delete,
+    /// UpdateItem.
+    Update,
+}
+
+/// A response to encode. Item bytes are written as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response<'a> {
+    /// A typed error.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Message.
+        message: String,
+    },
+    /// A table description.
+    Table(TableOp, TableInfo),
+    /// ListTables.
+    TableNames {
+        /// Names.
+        names: Vec<String>,
+        /// Where the next page starts.
+        last: Option<String>,
+    },
+    /// An item (or none).
+    Item(ItemOp, Option<&'a [u8]>),
+    /// Query and Scan.
+    Page {
+        /// Item bytes.
+        items: Vec<&'a [u8]>,
+        /// Items read before filtering.
+        scanned_count: u32,
+        /// Where the next page starts.
+        last_evaluated_key: Option<Item>,
+    },
+}
+
+fn build_key<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    (name, kind): &(String, KeyKind),
+) -> WIPOffset<fb::KeySchemaElement<'b>> {
+    let name = b.create_string(name);
+    let type_ = match kind {
+        KeyKind::S => fb::KeyType::S,
+        KeyKind::N => fb::KeyType::N,
+        KeyKind::B => fb::KeyType::B,
+    };
+    fb::KeySchemaElement::create(b, &fb::KeySchemaElementArgs { name: Some(name), type_ })
+}
+
+fn build_item_bytes<'b>(b: &mut FlatBufferBuilder<'b>, bytes: &[u8]) -> WIPOffset<fb::ItemBytes<'b>> {
+    let v = b.create_vector(bytes);
+    fb::ItemBytes::create(b, &fb::ItemBytesArgs { bytes: Some(v) })
+}
+
+/// Encodes a response frame body.
+#[must_use]
+pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (body_type, body) = match response {
+        Response::Error { code, message } => {
+            let message = b.create_string(message);
+            let e =
+                fb::Error::create(&mut b, &fb::ErrorArgs { code: *code, message: Some(message), ..Default::default() });
+            (fb::Response::Error, e.as_union_value())
+        }
+        Response::Table(op, info) => {
+            let name = b.create_string(&info.name);
+            let pk = build_key(&mut b, &info.partition_key);
+            let sk = info.sort_key.as_ref().map(|k| build_key(&mut b, k));
+            let table = fb::TableDescription::create(
+                &mut b,
+                &fb::TableDescriptionArgs {
+                    table_name: Some(name),
+                    partition_key: Some(pk),
+                    sort_key: sk,
+                    status: if *op == TableOp::Delete { fb::TableStatus::Deleting } else { fb::TableStatus::Active },
+                    partitions: info.partitions,
+                    item_count: 0,
+                    created_at_ms: info.created_at_ms,
+                },
+            );
+            match op {
+                TableOp::Create => (
+                    fb::Response::CreateTableResponse,
+                    fb::CreateTableResponse::create(&mut b, &fb::CreateTableResponseArgs { table: Some(table) })
+                        .as_union_value(),
+                ),
+                TableOp::Delete => (
+                    fb::Response::DeleteTableResponse,
+                    fb::DeleteTableResponse::create(&mut b, &fb::DeleteTableResponseArgs { table: Some(table) })
+                        .as_union_value(),
+                ),
+                TableOp::Describe => (
+                    fb::Response::DescribeTableResponse,
+                    fb::DescribeTableResponse::create(&mut b, &fb::DescribeTableResponseArgs { table: Some(table) })
+                        .as_union_value(),
+                ),
+            }
+        }
+        Response::TableNames { names, last } => {
+            let names: Vec<_> = names.iter().map(|n| b.create_string(n)).collect();
+            let names = b.create_vector(&names);
+            let last = last.as_ref().map(|l| b.create_string(l));
+            let r = fb::ListTablesResponse::create(
+                &mut b,
+                &fb::ListTablesResponseArgs { table_names: Some(names), last_evaluated_table_name: last },
+            );
+            (fb::Response::ListTablesResponse, r.as_union_value())
+        }
+        Response::Item(op, bytes) => {
+            let item = bytes.map(|bytes| build_item_bytes(&mut b, bytes));
+            match op {
+                ItemOp::Put => (
+                    fb::Response::PutItemResponse,
+                    fb::PutItemResponse::create(&mut b, &fb::PutItemResponseArgs { attributes: item }).as_union_value(),
+                ),
+                ItemOp::Get => (
+                    fb::Response::GetItemResponse,
+                    fb::GetItemResponse::create(&mut b, &fb::GetItemResponseArgs { item }).as_union_value(),
+                ),
+                ItemOp::Delete => (
+                    fb::Response::DeleteItemResponse,
+                    fb::DeleteItemResponse::create(&mut b, &fb::DeleteItemResponseArgs { attributes: item })
+                        .as_union_value(),
+                ),
+                ItemOp::Update => (
+                    fb::Response::UpdateItemResponse,
+                    fb::UpdateItemResponse::create(&mut b, &fb::UpdateItemResponseArgs { attributes: item })
+                        .as_union_value(),
+                ),
+            }
+        }
+        Response::Page { items, scanned_count, last_evaluated_key } => {
+            let built: Vec<_> = items.iter().map(|bytes| build_item_bytes(&mut b, bytes)).collect();
+            let items_vec = b.create_vector(&built);
+            let last = last_evaluated_key.as_ref().map(|k| item::build_item(&mut b, k));
+            let page = fb::ItemPage::create(
+                &mut b,
+                &fb::ItemPageArgs {
+                    items: Some(items_vec),
+                    count: u32::try_from(items.len()).unwrap_or(u32::MAX),
+                    scanned_count: *scanned_count,
+                    last_evaluated_key: last,
+                },
+            );
+            (fb::Response::ItemPage, page.as_union_value())
+        }
+    };
+    let envelope =
+        fb::ResponseEnvelope::create(&mut b, &fb::ResponseEnvelopeArgs { request_id, body_type, body: Some(body) });
+    b.finish(envelope, None);
+    b.finished_data().to_vec()
+}
+
+fn build_names<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    args: &ExpressionArgs,
+) -> Option<WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<fb::ExpressionName<'b>>>>> {
+    if args.names.is_empty() {
+        return None;
+    }
+    let names: Vec<_> = args
+        .names
+        .iter()
+        .map(|(placeholder, name)| {
+            let placeholder = b.create_string(placeholder);
+            let name = b.create_string(name);
+            fb::ExpressionName::create(b, &fb::ExpressionNameArgs { placeholder: Some(placeholder), name: Some(name) })
+        })
+        .collect();
+    Some(b.create_vector(&names))
+}
+
+fn build_values<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    args: &ExpressionArgs,
+) -> Option<WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<fb::ExpressionValue<'b>>>>> {
+    if args.values.is_empty() {
+        return None;
+    }
+    let values: Vec<_> = args
+        .values
+        .iter()
+        .map(|(placeholder, value)| {
+            let value = item::build_value(b, value);
+            let placeholder = b.create_string(placeholder);
+            fb::ExpressionValue::create(
+                b,
+                &fb::ExpressionValueArgs { placeholder: Some(placeholder), value: Some(value) },
+            )
+        })
+        .collect();
+    Some(b.create_vector(&values))
+}
+
+fn fb_return_values(r: ReturnValues) -> fb::ReturnValues {
+    match r {
+        ReturnValues::None => fb::ReturnValues::None,
+        ReturnValues::AllOld => fb::ReturnValues::AllOld,
+        ReturnValues::UpdatedOld => fb::ReturnValues::UpdatedOld,
+        ReturnValues::AllNew => fb::ReturnValues::AllNew,
+        ReturnValues::UpdatedNew => fb::ReturnValues::UpdatedNew,
+    }
+}
+
+fn opt_string<'b>(b: &mut FlatBufferBuilder<'b>, s: &Option<String>) -> Option<WIPOffset<&'b str>> {
+    s.as_ref().map(|s| b.create_string(s))
+}
+
+/// Encodes a request frame body (the client side of [`decode_request`]).
+#[must_use]
+#[allow(clippy::too_many_lines)]
+pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (body_type, body) = match request {
+        Request::CreateTable { table, partition_key, sort_key, partitions } => {
+            let pk = build_key(&mut b, partition_key);
+            let sk = sort_key.as_ref().map(|k| build_key(&mut b, k));
+            let table = b.create_string(table);
+            let r = fb::CreateTableRequest::create(
+                &mut b,
+                &fb::CreateTableRequestArgs {
+                    table_name: Some(table),
+                    partition_key: Some(pk),
+                    sort_key: sk,
+                    partitions: *partitions,
+                },
+            );
+            (fb::Request::CreateTableRequest, r.as_union_value())
+        }
+        Request::DeleteTable { table } => {
+            let table = b.create_string(table);
+            let r = fb::DeleteTableRequest::create(&mut b, &fb::DeleteTableRequestArgs { table_name: Some(table) });
+            (fb::Request::DeleteTableRequest, r.as_union_value())
+        }
+        Request::DescribeTable { table } => {
+            let table = b.create_string(table);
+            let r = fb::DescribeTableRequest::create(&mut b, &fb::DescribeTableRequestArgs { table_name: Some(table) });
+            (fb::Request::DescribeTableRequest, r.as_union_value())
+        }
+        Request::ListTables { start_after, limit } => {
+            let start = opt_string(&mut b, start_after);
+            let r = fb::ListTablesRequest::create(
+                &mut b,
+                &fb::ListTablesRequestArgs { exclusive_start_table_name: start, limit: *limit },
+            );
+            (fb::Request::ListTablesRequest, r.as_union_value())
+        }
+        Request::PutItem { table, item, condition, args, return_values } => {
+            let item = build_item_bytes(&mut b, item);
+            let table = b.create_string(table);
+            let condition = opt_string(&mut b, condition);
+            let (names, values) = (build_names(&mut b, args), build_values(&mut b, args));
+            let r = fb::PutItemRequest::create(
+                &mut b,
+                &fb::PutItemRequestArgs {
+                    table_name: Some(table),
+                    item: Some(item),
+                    condition_expression: condition,
+                    names,
+                    values,
+                    return_values: fb_return_values(*return_values),
+                },
+            );
+            (fb::Request::PutItemRequest, r.as_union_value())
+        }
+        Request::GetItem { table, key, projection, args, consistent_read } => {
+            let key = item::build_item(&mut b, key);
+            let table = b.create_string(table);
+            let projection = opt_string(&mut b, projection);
+            let names = build_names(&mut b, args);
+            let r = fb::GetItemRequest::create(
+                &mut b,
+                &fb::GetItemRequestArgs {
+                    table_name: Some(table),
+                    key: Some(key),
+                    consistent_read: *consistent_read,
+                    projection_expression: projection,
+                    names,
+                },
+            );
+            (fb::Request::GetItemRequest, r.as_union_value())
+        }
+        Request::DeleteItem { table, key, condition, args, return_values } => {
+            let key = item::build_item(&mut b, key);
+            let table = b.create_string(table);
+            let condition = opt_string(&mut b, condition);
+            let (names, values) = (build_names(&mut b, args), build_values(&mut b, args));
+            let r = fb::DeleteItemRequest::create(
+                &mut b,
+                &fb::DeleteItemRequestArgs {
+                    table_name: Some(table),
+                    key: Some(key),
+                    condition_expression: condition,
+                    names,
+                    values,
+                    return_values: fb_return_values(*return_values),
+                },
+            );
+            (fb::Request::DeleteItemRequest, r.as_union_value())
+        }
+        Request::UpdateItem { table, key, update, condition, args, return_values } => {
+            let key = item::build_item(&mut b, key);
+            let table = b.create_string(table);
+            let update = b.create_string(update);
+            let condition = opt_string(&mut b, condition);
+            let (names, values) = (build_names(&mut b, args), build_values(&mut b, args));
+            let r = fb::UpdateItemRequest::create(
+                &mut b,
+                &fb::UpdateItemRequestArgs {
+                    table_name: Some(table),
+                    key: Some(key),
+                    update_expression: Some(update),
+                    condition_expression: condition,
+                    names,
+                    values,
+                    return_values: fb_return_values(*return_values),
+                },
+            );
+            (fb::Request::UpdateItemRequest, r.as_union_value())
+        }
+        Request::Query { table, key_condition, filter, projection, args, limit, exclusive_start_key, forward } => {
+            let start = exclusive_start_key.as_ref().map(|k| item::build_item(&mut b, k));
+            let table = b.create_string(table);
+            let key_condition = b.create_string(key_condition);
+            let filter = opt_string(&mut b, filter);
+            let projection = opt_string(&mut b, projection);
+            let (names, values) = (build_names(&mut b, args), build_values(&mut b, args));
+            let r = fb::QueryRequest::create(
+                &mut b,
+                &fb::QueryRequestArgs {
+                    table_name: Some(table),
+                    key_condition_expression: Some(key_condition),
+                    filter_expression: filter,
+                    projection_expression: projection,
+                    names,
+                    values,
+                    limit: *limit,
+                    exclusive_start_key: start,
+                    scan_index_forward: *forward,
+                    consistent_read: false,
+                },
+            );
+            (fb::Request::QueryRequest, r.as_union_value())
+        }
+        Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } => {
+            let start = exclusive_start_key.as_ref().map(|k| item::build_item(&mut b, k));
+            let table = b.create_string(table);
+            let filter = opt_string(&mut b, filter);
+            let projection = opt_string(&mut b, projection);
+            let (names, values) = (build_names(&mut b, args), build_values(&mut b, args));
+            let r = fb::ScanRequest::create(
+                &mut b,
+                &fb::ScanRequestArgs {
+                    table_name: Some(table),
+                    filter_expression: filter,
+                    projection_expression: projection,
+                    names,
+                    values,
+                    limit: *limit,
+                    exclusive_start_key: start,
+                    segment: *segment,
+                    total_segments: *total_segments,
+                    consistent_read: false,
+                },
+            );
+            (fb::Request::ScanRequest, r.as_union_value())
+        }
+        Request::Unsupported(_) => {
+            let table = b.create_string("");
+            let r = fb::DescribeTableRequest::create(&mut b, &fb::DescribeTableRequestArgs { table_name: Some(table) });
+            (fb::Request::DescribeTableRequest, r.as_union_value())
+        }
+    };
+    let envelope = fb::RequestEnvelope::create(
+        &mut b,
+        &fb::RequestEnvelopeArgs { request_id, timeout_ms, body_type, body: Some(body) },
+    );
+    fb::finish_request_envelope_buffer(&mut b, envelope);
+    b.finished_data().to_vec()
+}
+
+/// A decoded response (the client side of [`encode_response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A typed error.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Message.
+        message: String,
+    },
+    /// A table description.
+    Table(TableInfo),
+    /// ListTables.
+    TableNames {
+        /// Names.
+        names: Vec<String>,
+        /// Where the next page starts.
+        last: Option<String>,
+    },
+    /// An item (or none), as bytes.
+    Item(Option<Vec<u8>>),
+    /// Query and Scan.
+    Page {
+        /// Item bytes.
+        items: Vec<Vec<u8>>,
+        /// Items read before filtering.
+        scanned_count: u32,
+        /// Where the next page starts.
+        last_evaluated_key: Option<Item>,
+    },
+}
+
+fn table_from_fb(t: fb::TableDescription<'_>) -> TableInfo {
+    TableInfo {
+        name: t.table_name().to_owned(),
+        partition_key: (t.partition_key().name().to_owned(), key_kind(t.partition_key().type_())),
+        sort_key: t.sort_key().map(|k| (k.name().to_owned(), key_kind(k.type_()))),
+        partitions: t.partitions(),
+        created_at_ms: t.created_at_ms(),
+    }
+}
+
+/// Verifies and decodes a response frame body: its request id and reply.
+pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
+    let envelope = verify::response(body)?;
+    let bytes = |i: Option<fb::ItemBytes<'_>>| i.map(|i| i.bytes().bytes().to_vec());
+    let reply = if let Some(e) = envelope.body_as_error() {
+        Reply::Error { code: e.code(), message: e.message().to_owned() }
+    } else if let Some(r) = envelope.body_as_create_table_response() {
+        Reply::Table(table_from_fb(r.table()))
+    } else if let Some(r) = envelope.body_as_delete_table_response() {
+        Reply::Table(table_from_fb(r.table()))
+    } else if let Some(r) = envelope.body_as_describe_table_response() {
+        Reply::Table(table_from_fb(r.table()))
+    } else if let Some(r) = envelope.body_as_list_tables_response() {
+        Reply::TableNames {
+            names: r.table_names().iter().map(str::to_owned).collect(),
+            last: r.last_evaluated_table_name().map(str::to_owned),
+        }
+    } else if let Some(r) = envelope.body_as_put_item_response() {
+        Reply::Item(bytes(r.attributes()))
+    } else if let Some(r) = envelope.body_as_get_item_response() {
+        Reply::Item(bytes(r.item()))
+    } else if let Some(r) = envelope.body_as_delete_item_response() {
+        Reply::Item(bytes(r.attributes()))
+    } else if let Some(r) = envelope.body_as_update_item_response() {
+        Reply::Item(bytes(r.attributes()))
+    } else if let Some(r) = envelope.body_as_item_page() {
+        Reply::Page {
+            items: r.items().iter().map(|i| i.bytes().bytes().to_vec()).collect(),
+            scanned_count: r.scanned_count(),
+            last_evaluated_key: r.last_evaluated_key().map(item::from_fb).transpose()?,
+        }
+    } else {
+        Reply::Error { code: ErrorCode::InternalServerError, message: "unsupported response type".to_owned() }
+    };
+    Ok((envelope.request_id(), reply))
+}
