@@ -16,6 +16,7 @@ struct Node {
     child: Child,
     stream: TcpStream,
     next_id: u64,
+    address: String,
 }
 
 impl Node {
@@ -34,7 +35,7 @@ impl Node {
         let address =
             line.trim().strip_prefix("keel-node listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
         let stream = TcpStream::connect(address).expect("connect");
-        Self { child, stream, next_id: 0 }
+        Self { child, stream, next_id: 0, address: address.to_owned() }
     }
 
     fn call(&mut self, request: &Request<'_>) -> Reply {
@@ -130,5 +131,62 @@ fn the_daemon_serves_stops_cleanly_and_keeps_acknowledged_writes() {
     assert!(
         matches!(node.call(&Request::ListTables { start_after: None, limit: 0 }), Reply::TableNames { names, .. } if names == ["users"])
     );
+    node.stop();
+}
+
+#[test]
+fn the_client_pipelines_requests_and_reports_typed_errors() {
+    use keel_wire::client::{BlockingClient, ClientConfig, ClientError};
+    use keel_wire::protocol::ErrorCode;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let node = Node::start(&tmp.path().join("data"));
+    let client = BlockingClient::connect(ClientConfig::new(node.address.clone())).expect("connect");
+    let table = client.run(async |c| c.create_table("events", ("id", KeyKind::S), Some(("t", KeyKind::N)), 2).await);
+    assert_eq!(table.expect("created").name, "events");
+    // 200 writes in flight at once on one connection, matched by request id.
+    let results = client.run(async |c| {
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let it = item::from_json(&json!({"id": {"S": "dev1"}, "t": {"N": i.to_string()}})).expect("item");
+                c.put_item("events", it).send().await
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("task"));
+        }
+        results
+    });
+    assert!(results.iter().all(Result::is_ok), "every pipelined write succeeds");
+    let page = client.run(async |c| {
+        let request = Request::Query {
+            table: "events".into(),
+            key_condition: "id = :d".into(),
+            filter: None,
+            projection: None,
+            args: ExpressionArgs {
+                names: Vec::new(),
+                values: vec![(":d".into(), item::AttributeValue::S("dev1".into()))],
+            },
+            limit: 0,
+            exclusive_start_key: None,
+            forward: false,
+        };
+        c.page(&request).await
+    });
+    let page = page.expect("query");
+    assert_eq!(page.items.len(), 200);
+    assert_eq!(page.items.first().and_then(|i| i.get("t")), Some(&item::AttributeValue::N("199".into())));
+    let key = item::from_json(&json!({"id": {"S": "dev1"}, "t": {"N": "5"}})).expect("key");
+    let failed =
+        client.run(async |c| c.delete_item("events", key.clone()).condition("attribute_not_exists(id)").send().await);
+    assert!(
+        matches!(&failed, Err(ClientError::Service { code: ErrorCode::ConditionalCheckFailedException, .. })),
+        "got {failed:?}"
+    );
+    let missing = client.run(async |c| c.describe_table("nope").await);
+    assert_eq!(missing.err().and_then(|e| e.code()), Some(ErrorCode::ResourceNotFoundException));
     node.stop();
 }

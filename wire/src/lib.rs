@@ -15,6 +15,9 @@ pub mod number;
 pub mod protocol;
 pub mod verify;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 #[allow(
     unsafe_code,
     unused_imports,

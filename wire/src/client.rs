@@ -1,0 +1,453 @@
+//! The client library (feature `client`): an async client on tokio that
+//! pipelines many requests over one connection (matched by request id), with
+//! per-request timeouts and retries with exponential backoff on errors that
+//! mean "not executed, try again"; a typed builder API; and a blocking
+//! wrapper for scripts and the CLI.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keel_wire::client::ClientError> {
+//! use keel_wire::client::{Client, ClientConfig};
+//! use keel_wire::item::{AttributeValue, Item};
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7400")).await?;
+//! let item = Item::from([("id".to_owned(), AttributeValue::S("u1".into()))]);
+//! client.put_item("users", item).condition("attribute_not_exists(id)").send().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, FrameError, encode_frame};
+use crate::item::{self, AttributeValue, Item, ItemError};
+use crate::protocol::{
+    self, ErrorCode, ExpressionArgs, KeyKind, ProtocolError, Reply, Request, ReturnValues, TableInfo,
+};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of a keel-node (or, later, a router).
+    pub endpoint: String,
+    /// How long one attempt may take.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt, for retryable errors.
+    pub retries_max: u32,
+    /// First backoff; doubled on every retry.
+    pub backoff_base: Duration,
+    /// Requests in flight on the connection at most.
+    pub in_flight_max: usize,
+}
+
+impl ClientConfig {
+    /// Defaults for `endpoint`.
+    #[must_use]
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            request_timeout: Duration::from_secs(5),
+            retries_max: 3,
+            backoff_base: Duration::from_millis(20),
+            in_flight_max: 1024,
+        }
+    }
+}
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// No answer in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server answered with an error.
+    #[error("{code:?}: {message}")]
+    Service {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// A response or item could not be decoded.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// An item could not be decoded.
+    #[error(transparent)]
+    Item(#[from] ItemError),
+    /// The server sent a reply of the wrong kind.
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The error code, when the server sent one.
+    #[must_use]
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Service { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ThrottlingException | ErrorCode::ProvisionedThroughputExceeded | ErrorCode::ServiceUnavailable
+    )
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
+
+/// An async client on one pipelined connection. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    config: Arc<ClientConfig>,
+}
+
+impl Client {
+    /// Connects and starts the connection's reader and writer tasks.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(&config.endpoint)
+            .await
+            .map_err(|source| ClientError::Connect { endpoint: config.endpoint.clone(), source })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(config.in_flight_max.max(1));
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(async move {
+            while let Some(frame) = outgoing.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let replies = Arc::clone(&pending);
+        tokio::spawn(async move {
+            let failure = read_replies(&mut reader, &replies).await;
+            // Fail everyone still waiting: the connection is gone.
+            let waiting: Vec<_> = replies.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
+            for (_, tx) in waiting {
+                let _ = tx.send(Err(failure.clone()));
+            }
+        });
+        Ok(Self { frames, pending, next_id: Arc::new(AtomicU64::new(1)), config: Arc::new(config) })
+    }
+
+    /// Sends a request and waits for its reply, retrying retryable errors
+    /// with exponential backoff. Server errors come back as
+    /// [`ClientError::Service`].
+    pub async fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match self.call_once(request).await? {
+                Reply::Error { code, message } => {
+                    if retryable(code) && attempt < self.config.retries_max {
+                        tokio::time::sleep(self.config.backoff_base * 2u32.saturating_pow(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(ClientError::Service { code, message });
+                }
+                reply => return Ok(reply),
+            }
+        }
+    }
+
+    async fn call_once(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout_ms = u32::try_from(self.config.request_timeout.as_millis()).unwrap_or(u32::MAX);
+        let mut frame = Vec::new();
+        encode_frame(&protocol::encode_request(id, timeout_ms, request), &mut frame);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        if self.frames.send(frame).await.is_err() {
+            self.forget(id);
+            return Err(ClientError::ConnectionLost("the connection's writer stopped".into()));
+        }
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(reason))) => Err(ClientError::ConnectionLost(reason)),
+            Ok(Err(_)) => Err(ClientError::ConnectionLost("the connection's reader stopped".into())),
+            Err(_) => {
+                self.forget(id);
+                Err(ClientError::Timeout(self.config.request_timeout))
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&id);
+        }
+    }
+
+    /// CreateTable.
+    pub async fn create_table(
+        &self,
+        table: &str,
+        partition_key: (&str, KeyKind),
+        sort_key: Option<(&str, KeyKind)>,
+        partitions: u32,
+    ) -> Result<TableInfo, ClientError> {
+        let request = Request::CreateTable {
+            table: table.to_owned(),
+            partition_key: (partition_key.0.to_owned(), partition_key.1),
+            sort_key: sort_key.map(|(n, k)| (n.to_owned(), k)),
+            partitions,
+        };
+        expect_table(self.call(&request).await?)
+    }
+
+    /// DeleteTable.
+    pub async fn delete_table(&self, table: &str) -> Result<TableInfo, ClientError> {
+        expect_table(self.call(&Request::DeleteTable { table: table.to_owned() }).await?)
+    }
+
+    /// DescribeTable.
+    pub async fn describe_table(&self, table: &str) -> Result<TableInfo, ClientError> {
+        expect_table(self.call(&Request::DescribeTable { table: table.to_owned() }).await?)
+    }
+
+    /// ListTables (one page).
+    pub async fn list_tables(
+        &self,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), ClientError> {
+        match self.call(&Request::ListTables { start_after: start_after.map(str::to_owned), limit }).await? {
+            Reply::TableNames { names, last } => Ok((names, last)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// PutItem builder.
+    #[must_use]
+    pub fn put_item(&self, table: &str, item: Item) -> WriteBuilder<'_> {
+        WriteBuilder::new(self, WriteKind::Put(item), table)
+    }
+
+    /// DeleteItem builder.
+    #[must_use]
+    pub fn delete_item(&self, table: &str, key: Item) -> WriteBuilder<'_> {
+        WriteBuilder::new(self, WriteKind::Delete(key), table)
+    }
+
+    /// UpdateItem builder.
+    #[must_use]
+    pub fn update_item(&self, table: &str, key: Item, update: &str) -> WriteBuilder<'_> {
+        WriteBuilder::new(self, WriteKind::Update(key, update.to_owned()), table)
+    }
+
+    /// GetItem.
+    pub async fn get_item(
+        &self,
+        table: &str,
+        key: Item,
+        projection: Option<&str>,
+        names: Vec<(String, String)>,
+        consistent_read: bool,
+    ) -> Result<Option<Item>, ClientError> {
+        let request = Request::GetItem {
+            table: table.to_owned(),
+            key,
+            projection: projection.map(str::to_owned),
+            args: ExpressionArgs { names, values: Vec::new() },
+            consistent_read,
+        };
+        match self.call(&request).await? {
+            Reply::Item(bytes) => Ok(bytes.map(|b| item::decode(&b)).transpose()?),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Query or Scan (one page); `request` must be one of them.
+    pub async fn page(&self, request: &Request<'_>) -> Result<ItemsPage, ClientError> {
+        match self.call(request).await? {
+            Reply::Page { items, scanned_count, last_evaluated_key } => Ok(ItemsPage {
+                items: items.iter().map(|b| item::decode(b)).collect::<Result<_, _>>()?,
+                scanned_count,
+                last_evaluated_key,
+            }),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// One page of decoded items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemsPage {
+    /// Items.
+    pub items: Vec<Item>,
+    /// Items read before filtering.
+    pub scanned_count: u32,
+    /// Where the next page starts.
+    pub last_evaluated_key: Option<Item>,
+}
+
+fn expect_table(reply: Reply) -> Result<TableInfo, ClientError> {
+    match reply {
+        Reply::Table(info) => Ok(info),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn read_replies(reader: &mut tokio::net::tcp::OwnedReadHalf, pending: &Pending) -> String {
+    let decoder = FrameDecoder::new(FRAME_BODY_MAX_BYTES);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match decoder.decode(&buf) {
+                Ok(Some(span)) => {
+                    let decoded = protocol::decode_response(buf.get(span.body_start..span.end).unwrap_or(&[]));
+                    buf.drain(..span.end);
+                    match decoded {
+                        Ok((id, reply)) => {
+                            let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+                            if let Some(tx) = waiter {
+                                let _ = tx.send(Ok(reply));
+                            }
+                        }
+                        Err(e) => return format!("undecodable response: {e}"),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return describe_frame_error(&e),
+            }
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) => return "the server closed the connection".to_owned(),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+fn describe_frame_error(e: &FrameError) -> String {
+    format!("bad frame from the server: {e}")
+}
+
+#[derive(Debug)]
+enum WriteKind {
+    Put(Item),
+    Delete(Item),
+    Update(Item, String),
+}
+
+/// Builder for PutItem, DeleteItem and UpdateItem.
+#[derive(Debug)]
+pub struct WriteBuilder<'c> {
+    client: &'c Client,
+    table: String,
+    kind: WriteKind,
+    condition: Option<String>,
+    args: ExpressionArgs,
+    return_values: ReturnValues,
+}
+
+impl<'c> WriteBuilder<'c> {
+    fn new(client: &'c Client, kind: WriteKind, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+            kind,
+            condition: None,
+            args: ExpressionArgs::default(),
+            return_values: ReturnValues::None,
+        }
+    }
+
+    /// ConditionExpression.
+    #[must_use]
+    pub fn condition(mut self, expression: &str) -> Self {
+        self.condition = Some(expression.to_owned());
+        self
+    }
+
+    /// An ExpressionAttributeNames entry (`#n` → name).
+    #[must_use]
+    pub fn name(mut self, placeholder: &str, name: &str) -> Self {
+        self.args.names.push((placeholder.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// An ExpressionAttributeValues entry (`:v` → value).
+    #[must_use]
+    pub fn value(mut self, placeholder: &str, value: AttributeValue) -> Self {
+        self.args.values.push((placeholder.to_owned(), value));
+        self
+    }
+
+    /// ReturnValues.
+    #[must_use]
+    pub fn return_values(mut self, return_values: ReturnValues) -> Self {
+        self.return_values = return_values;
+        self
+    }
+
+    /// Sends the write; returns the attributes ReturnValues asked for.
+    pub async fn send(self) -> Result<Option<Item>, ClientError> {
+        let Self { client, table, kind, condition, args, return_values } = self;
+        let bytes;
+        let request = match kind {
+            WriteKind::Put(item) => {
+                bytes = item::encode(&item);
+                Request::PutItem { table, item: &bytes, condition, args, return_values }
+            }
+            WriteKind::Delete(key) => Request::DeleteItem { table, key, condition, args, return_values },
+            WriteKind::Update(key, update) => {
+                Request::UpdateItem { table, key, update, condition, args, return_values }
+            }
+        };
+        match client.call(&request).await? {
+            Reply::Item(bytes) => Ok(bytes.map(|b| item::decode(&b)).transpose()?),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// A blocking wrapper: its own single-threaded tokio runtime.
+#[derive(Debug)]
+pub struct BlockingClient {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl BlockingClient {
+    /// Connects.
+    pub fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Connect { endpoint: config.endpoint.clone(), source: e })?;
+        let client = runtime.block_on(Client::connect(config))?;
+        Ok(Self { runtime, client })
+    }
+
+    /// Runs `f` with the async client to completion.
+    pub fn run<T>(&self, f: impl AsyncFnOnce(&Client) -> T) -> T {
+        self.runtime.block_on(f(&self.client))
+    }
+}
