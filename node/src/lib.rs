@@ -8,5 +8,6 @@ pub mod engine;
 pub mod handler;
 pub mod io;
 pub mod replica;
+pub mod server;
 pub mod testing;
 pub mod wal;
