@@ -62,5 +62,7 @@ fn main() -> anyhow::Result<()> {
             serve(config, stop, |address| println!("keel-node listening on {address}")).await
         })
         .map_err(|e| anyhow::anyhow!("start the shard executor: {e}"))?;
-    handle.join().map_err(|e| anyhow::anyhow!("shard executor failed: {e:?}"))?.map_err(Into::into)
+    let served = handle.join().map_err(|e| anyhow::anyhow!("shard executor failed: {e:?}"))?;
+    served?;
+    Ok(())
 }
