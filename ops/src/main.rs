@@ -201,7 +201,9 @@ fn parse_return(text: &str) -> Result<ReturnValues, Usage> {
         "ALL_NEW" => ReturnValues::AllNew,
         "UPDATED_NEW" => ReturnValues::UpdatedNew,
         other => {
-            return Err(Usage(format!("--return {other:?} must be NONE, ALL_OLD, UPDATED_OLD, ALL_NEW or UPDATED_NEW")));
+            return Err(Usage(format!(
+                "--return {other:?} must be NONE, ALL_OLD, UPDATED_OLD, ALL_NEW or UPDATED_NEW"
+            )));
         }
     })
 }
