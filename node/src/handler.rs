@@ -100,6 +100,27 @@ fn parse_condition(
         .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
 }
 
+fn parse_projection(
+    text: Option<&str>,
+    placeholders: &mut Placeholders<'_>,
+) -> Result<Option<Vec<expr::Path>>, Response<'static>> {
+    text.map(|t| expr::parse_projection(t, placeholders))
+        .transpose()
+        .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
+}
+
+/// Applies a ProjectionExpression to every item of a page (without one, the
+/// stored bytes go out untouched).
+fn project_page(page: &mut Page, paths: Option<&[expr::Path]>) -> Result<(), Response<'static>> {
+    let Some(paths) = paths else { return Ok(()) };
+    for bytes in &mut page.items {
+        let decoded = item::decode(bytes)
+            .map_err(|e| error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}")))?;
+        *bytes = item::encode(&expr::project(&decoded, paths));
+    }
+    Ok(())
+}
+
 fn all_used(placeholders: &Placeholders<'_>) -> Result<(), Response<'static>> {
     placeholders.check_all_used().map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
 }
@@ -192,30 +213,34 @@ async fn execute<D: Disk>(
             owned.extend(returned(return_values, old, Some(new)));
             Ok(Answer::Item(ItemOp::Update))
         }
-        Request::Query { table, key_condition, filter, projection: _, args, limit, exclusive_start_key, forward } => {
+        Request::Query { table, key_condition, filter, projection, args, limit, exclusive_start_key, forward } => {
             let def = engine.describe_table(&table).map_err(engine_error)?;
             let (pk, sk) = (def.partition_key.name.clone(), def.sort_key.as_ref().map(|k| k.name.clone()));
             let mut p = placeholders(&args);
             let kc = expr::parse_key_condition(&key_condition, &mut p, &pk, sk.as_deref())
                 .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
             let filter = parse_condition(filter.as_deref(), &mut p)?;
+            let paths = parse_projection(projection.as_deref(), &mut p)?;
             all_used(&p)?;
             let limit = (limit > 0).then_some(limit as usize);
             *page = engine
                 .query(&table, &kc, forward, limit, exclusive_start_key.as_ref(), filter.as_ref())
                 .await
                 .map_err(engine_error)?;
+            project_page(page, paths.as_deref())?;
             Ok(Answer::Page)
         }
-        Request::Scan { table, filter, projection: _, args, limit, exclusive_start_key, segment, total_segments } => {
+        Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } => {
             let mut p = placeholders(&args);
             let filter = parse_condition(filter.as_deref(), &mut p)?;
+            let paths = parse_projection(projection.as_deref(), &mut p)?;
             all_used(&p)?;
             let limit = (limit > 0).then_some(limit as usize);
             *page = engine
                 .scan(&table, limit, exclusive_start_key.as_ref(), segment, total_segments, filter.as_ref())
                 .await
                 .map_err(engine_error)?;
+            project_page(page, paths.as_deref())?;
             Ok(Answer::Page)
         }
         Request::Unsupported(what) => {

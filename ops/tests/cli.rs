@@ -123,8 +123,9 @@ fn the_cli_speaks_dynamodb_json_and_aws_cli_shapes() {
         &start,
     ]);
     assert_eq!(rest["Items"][0]["song"], json!({"S": "c"}));
-    let (_, scanned) = server.keel(&["scan", "music"]);
+    let (_, scanned) = server.keel(&["scan", "music", "--projection", "song"]);
     assert_eq!(scanned["Count"], json!(3));
+    assert_eq!(scanned["Items"][0], json!({"song": {"S": "a"}}), "projection applies to Scan");
 
     assert_eq!(server.keel(&["delete", "music", &key]).0, 0);
     assert_eq!(server.keel(&["get", "music", &key]).1, json!({}));
