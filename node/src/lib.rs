@@ -7,6 +7,7 @@ pub mod btree;
 pub mod engine;
 pub mod handler;
 pub mod io;
+pub mod notify;
 pub mod replica;
 pub mod server;
 pub mod testing;

@@ -89,6 +89,7 @@ pub async fn serve(
     let address = listener.local_addr().map_err(|e| anyhow::anyhow!("read the listening address: {e}"))?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "keel-node serving");
     on_listening(address);
+    crate::notify::notify("READY=1");
     loop {
         let stopping = async {
             while !stop.load(Ordering::Relaxed) {
@@ -111,6 +112,7 @@ pub async fn serve(
             None => break,
         }
     }
+    crate::notify::notify("STOPPING=1");
     tracing::info!("shutting down: finishing the request in progress and checkpointing");
     let mut engine = engine.write().await.map_err(|e| ServeError::Lock(e.to_string()))?;
     engine.store_mut().checkpoint_all().await?;

@@ -21,7 +21,15 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+        Self::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, notify_socket: Option<&Path>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel-node"));
+        if let Some(socket) = notify_socket {
+            command.env("NOTIFY_SOCKET", socket);
+        }
+        let mut child = command
             .args(["--standalone", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
@@ -189,4 +197,20 @@ fn the_client_pipelines_requests_and_reports_typed_errors() {
     let missing = client.run(async |c| c.describe_table("nope").await);
     assert_eq!(missing.err().and_then(|e| e.code()), Some(ErrorCode::ResourceNotFoundException));
     node.stop();
+}
+
+#[test]
+fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    let node = Node::start_with(&tmp.path().join("data"), Some(&socket_path));
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY notification");
+    assert_eq!(buf.get(..n), Some(&b"READY=1"[..]));
+    node.stop();
+    let n = socket.recv(&mut buf).expect("STOPPING notification");
+    assert_eq!(buf.get(..n), Some(&b"STOPPING=1"[..]));
 }
