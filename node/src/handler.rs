@@ -6,7 +6,8 @@
 use keel_wire::expr::{self, Placeholders};
 use keel_wire::item;
 use keel_wire::protocol::{
-    self, ErrorCode, ExpressionArgs, ItemOp, KeyKind, Request, Response, ReturnValues, TableInfo, TableOp,
+    self, BATCH_GET_KEYS_MAX, BATCH_WRITE_REQUESTS_MAX, BatchWrite, ErrorCode, ExpressionArgs, ItemOp, KeyKind,
+    Request, Response, ReturnValues, TableInfo, TableOp,
 };
 
 use crate::engine::{Engine, EngineError, KeyDef, KeyType, Page, TableDef};
@@ -66,17 +67,23 @@ pub async fn handle<D: Disk>(engine: &mut Engine<D>, body: &[u8], now_ms: u64) -
     // Item bytes in responses borrow from what the engine returns.
     let mut owned: Vec<Vec<u8>> = Vec::new();
     let mut page = Page::default();
-    let response = match execute(engine, envelope.request, now_ms, &mut owned, &mut page).await {
-        Ok(Answer::Plain(response)) => response,
-        Ok(Answer::Item(op)) => Response::Item(op, owned.first().map(Vec::as_slice)),
-        Ok(Answer::Page) => Response::Page {
-            items: page.items.iter().map(Vec::as_slice).collect(),
-            scanned_count: u32::try_from(page.scanned_count).unwrap_or(u32::MAX),
-            last_evaluated_key: page.last_evaluated_key.clone(),
-        },
-        Err(response) => response,
-    };
-    protocol::encode_response(id, &response)
+    match execute(engine, envelope.request, now_ms, &mut owned, &mut page).await {
+        Ok(Answer::Plain(response)) | Err(response) => protocol::encode_response(id, &response),
+        Ok(Answer::Item(op)) => protocol::encode_response(id, &Response::Item(op, owned.first().map(Vec::as_slice))),
+        Ok(Answer::Page) => {
+            let response = Response::Page {
+                items: page.items.iter().map(Vec::as_slice).collect(),
+                scanned_count: u32::try_from(page.scanned_count).unwrap_or(u32::MAX),
+                last_evaluated_key: page.last_evaluated_key.clone(),
+            };
+            protocol::encode_response(id, &response)
+        }
+        Ok(Answer::BatchGet(tables)) => {
+            let borrowed =
+                tables.iter().map(|(t, items)| (t.clone(), items.iter().map(Vec::as_slice).collect())).collect();
+            protocol::encode_response(id, &Response::BatchGet(borrowed))
+        }
+    }
 }
 
 enum Answer {
@@ -85,6 +92,8 @@ enum Answer {
     Item(ItemOp),
     /// The page is in `page`.
     Page,
+    /// BatchGetItem: item bytes per table.
+    BatchGet(Vec<(String, Vec<Vec<u8>>)>),
 }
 
 fn placeholders(args: &ExpressionArgs) -> Placeholders<'_> {
@@ -242,6 +251,54 @@ async fn execute<D: Disk>(
                 .map_err(engine_error)?;
             project_page(page, paths.as_deref())?;
             Ok(Answer::Page)
+        }
+        Request::BatchGetItem { tables } => {
+            let keys: usize = tables.iter().map(|t| t.keys.len()).sum();
+            if keys == 0 || keys > BATCH_GET_KEYS_MAX {
+                return Err(error(
+                    ErrorCode::ValidationException,
+                    format!("BatchGetItem takes 1 to {BATCH_GET_KEYS_MAX} keys, got {keys}"),
+                ));
+            }
+            let mut out = Vec::new();
+            for t in tables {
+                let mut p = placeholders(&t.args);
+                let paths = parse_projection(t.projection.as_deref(), &mut p)?;
+                all_used(&p)?;
+                let mut found = Page::default();
+                for key in &t.keys {
+                    if let Some(bytes) = engine.get_item(&t.table, key).await.map_err(engine_error)? {
+                        found.items.push(bytes);
+                    }
+                }
+                project_page(&mut found, paths.as_deref())?;
+                out.push((t.table, found.items));
+            }
+            Ok(Answer::BatchGet(out))
+        }
+        Request::BatchWriteItem { tables } => {
+            let writes: usize = tables.iter().map(|(_, w)| w.len()).sum();
+            if writes == 0 || writes > BATCH_WRITE_REQUESTS_MAX {
+                return Err(error(
+                    ErrorCode::ValidationException,
+                    format!("BatchWriteItem takes 1 to {BATCH_WRITE_REQUESTS_MAX} requests, got {writes}"),
+                ));
+            }
+            // Each write is applied (and durable) in order; a failure stops
+            // the batch and is reported, as the writes before it stay done.
+            for (table, writes) in tables {
+                for write in writes {
+                    match write {
+                        BatchWrite::Put(bytes) => {
+                            engine.put_item(&table, bytes, None).await.map_err(engine_error)?;
+                        }
+                        BatchWrite::Delete(key) => {
+                            engine.delete_item(&table, &key, None).await.map_err(engine_error)?;
+                        }
+                    }
+                }
+            }
+            Ok(Answer::Plain(Response::BatchWrite))
         }
         Request::Unsupported(what) => {
             Err(error(ErrorCode::ValidationException, format!("{what} is not supported by this server yet")))

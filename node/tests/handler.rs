@@ -136,3 +136,65 @@ fn garbage_requests_get_a_validation_error() {
     assert_eq!(id, 0);
     assert_eq!(error_code(&reply), Some(ErrorCode::ValidationException));
 }
+
+#[test]
+fn batch_writes_and_reads_span_tables_and_respect_limits() {
+    use keel_wire::protocol::{BatchGetTable, BatchWrite};
+    let mut server = Server::new();
+    for table in ["alpha", "beta"] {
+        let create = Request::CreateTable {
+            table: table.into(),
+            partition_key: ("id".into(), KeyKind::S),
+            sort_key: None,
+            partitions: 2,
+        };
+        assert!(matches!(server.call(&create), Reply::Table(_)));
+    }
+    let items: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            item::encode(
+                &item::from_json(&json!({"id": {"S": format!("k{i}")}, "v": {"N": i.to_string()}})).expect("item"),
+            )
+        })
+        .collect();
+    let writes: Vec<BatchWrite<'_>> = items.iter().map(|b| BatchWrite::Put(b)).collect();
+    let batch = Request::BatchWriteItem {
+        tables: vec![("alpha".into(), writes.clone()), ("beta".into(), writes.get(..3).unwrap_or(&[]).to_vec())],
+    };
+    assert_eq!(server.call(&batch), Reply::BatchWrite);
+    let delete = Request::BatchWriteItem {
+        tables: vec![(
+            "alpha".into(),
+            vec![BatchWrite::Delete(item::from_json(&json!({"id": {"S": "k0"}})).expect("key"))],
+        )],
+    };
+    assert_eq!(server.call(&delete), Reply::BatchWrite);
+    let key = |i: u32| item::from_json(&json!({"id": {"S": format!("k{i}")}})).expect("key");
+    let get = Request::BatchGetItem {
+        tables: vec![
+            BatchGetTable {
+                table: "alpha".into(),
+                keys: vec![key(0), key(1), key(9)],
+                projection: None,
+                args: ExpressionArgs::default(),
+                consistent_read: false,
+            },
+            BatchGetTable {
+                table: "beta".into(),
+                keys: vec![key(2), key(5)],
+                projection: Some("v".into()),
+                args: ExpressionArgs::default(),
+                consistent_read: false,
+            },
+        ],
+    };
+    let Reply::BatchGet(tables) = server.call(&get) else { panic!("batch get reply") };
+    assert_eq!(tables.len(), 2);
+    assert_eq!(tables.first().map(|(_, items)| items.len()), Some(2), "k0 was deleted");
+    let beta = tables.get(1).expect("beta");
+    assert_eq!(beta.1.len(), 1, "k5 was never written to beta");
+    assert_eq!(item::to_json(&item::decode(beta.1.first().expect("k2")).expect("valid")), json!({"v": {"N": "2"}}));
+    let too_many: Vec<BatchWrite<'_>> = std::iter::repeat_n(writes.first().cloned().expect("one"), 26).collect();
+    let over = Request::BatchWriteItem { tables: vec![("alpha".into(), too_many)] };
+    assert_eq!(error_code(&server.call(&over)), Some(ErrorCode::ValidationException));
+}

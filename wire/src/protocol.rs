@@ -169,8 +169,47 @@ pub enum Request<'a> {
         /// TotalSegments (0 or 1: one).
         total_segments: u32,
     },
+    /// BatchGetItem.
+    BatchGetItem {
+        /// Per table.
+        tables: Vec<BatchGetTable>,
+    },
+    /// BatchWriteItem.
+    BatchWriteItem {
+        /// Per table: its writes.
+        tables: Vec<(String, Vec<BatchWrite<'a>>)>,
+    },
     /// An operation this server does not implement yet.
     Unsupported(&'static str),
+}
+
+/// DynamoDB's limit on keys in one BatchGetItem.
+pub const BATCH_GET_KEYS_MAX: usize = 100;
+/// DynamoDB's limit on writes in one BatchWriteItem.
+pub const BATCH_WRITE_REQUESTS_MAX: usize = 25;
+
+/// The keys of one table in a BatchGetItem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchGetTable {
+    /// Table name.
+    pub table: String,
+    /// Keys to read.
+    pub keys: Vec<Item>,
+    /// ProjectionExpression.
+    pub projection: Option<String>,
+    /// Placeholders (names only).
+    pub args: ExpressionArgs,
+    /// ConsistentRead.
+    pub consistent_read: bool,
+}
+
+/// One write of a BatchWriteItem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchWrite<'a> {
+    /// Put these item bytes.
+    Put(&'a [u8]),
+    /// Delete this key.
+    Delete(Item),
 }
 
 /// A decoded request with its envelope fields.
@@ -319,8 +358,48 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
             },
             None => Request::Unsupported("empty Scan"),
         },
-        fb::Request::BatchGetItemRequest => Request::Unsupported("BatchGetItem"),
-        fb::Request::BatchWriteItemRequest => Request::Unsupported("BatchWriteItem"),
+        fb::Request::BatchGetItemRequest => match envelope.body_as_batch_get_item_request() {
+            Some(r) => {
+                let mut tables = Vec::new();
+                for t in r.requests() {
+                    tables.push(BatchGetTable {
+                        table: t.table_name().to_owned(),
+                        keys: t.keys().iter().map(item::from_fb).collect::<Result<_, _>>()?,
+                        projection: owned(t.projection_expression()),
+                        args: args(t.names(), None)?,
+                        consistent_read: t.consistent_read(),
+                    });
+                }
+                Request::BatchGetItem { tables }
+            }
+            None => Request::Unsupported("empty BatchGetItem"),
+        },
+        fb::Request::BatchWriteItemRequest => match envelope.body_as_batch_write_item_request() {
+            Some(r) => {
+                let mut tables = Vec::new();
+                for t in r.requests() {
+                    let mut writes = Vec::new();
+                    for w in t.requests() {
+                        match (w.put(), w.delete_key()) {
+                            (Some(put), None) => writes.push(BatchWrite::Put(put.bytes().bytes())),
+                            (None, Some(key)) => writes.push(BatchWrite::Delete(item::from_fb(key)?)),
+                            _ => {
+                                return Ok(Envelope {
+                                    request_id: envelope.request_id(),
+                                    timeout_ms: envelope.timeout_ms(),
+                                    request: Request::Unsupported(
+                                        "a WriteRequest with both or neither of put and delete_key",
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    tables.push((t.table_name().to_owned(), writes));
+                }
+                Request::BatchWriteItem { tables }
+            }
+            None => Request::Unsupported("empty BatchWriteItem"),
+        },
         _ => Request::Unsupported("unknown request type"),
     };
     Ok(Envelope { request_id: envelope.request_id(), timeout_ms: envelope.timeout_ms(), request })
@@ -389,6 +468,10 @@ pub enum Response<'a> {
     },
     /// An item (or none).
     Item(ItemOp, Option<&'a [u8]>),
+    /// BatchGetItem: items per table.
+    BatchGet(Vec<(String, Vec<&'a [u8]>)>),
+    /// BatchWriteItem (everything processed).
+    BatchWrite,
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -495,6 +578,29 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                         .as_union_value(),
                 ),
             }
+        }
+        Response::BatchGet(tables) => {
+            let mut built_tables = Vec::new();
+            for (table, items) in tables {
+                let built: Vec<_> = items.iter().map(|bytes| build_item_bytes(&mut b, bytes)).collect();
+                let items = b.create_vector(&built);
+                let name = b.create_string(table);
+                built_tables.push(fb::TableItems::create(
+                    &mut b,
+                    &fb::TableItemsArgs { table_name: Some(name), items: Some(items) },
+                ));
+            }
+            let responses = b.create_vector(&built_tables);
+            let r = fb::BatchGetItemResponse::create(
+                &mut b,
+                &fb::BatchGetItemResponseArgs { responses: Some(responses), unprocessed_keys: None },
+            );
+            (fb::Response::BatchGetItemResponse, r.as_union_value())
+        }
+        Response::BatchWrite => {
+            let r =
+                fb::BatchWriteItemResponse::create(&mut b, &fb::BatchWriteItemResponseArgs { unprocessed_items: None });
+            (fb::Response::BatchWriteItemResponse, r.as_union_value())
         }
         Response::Page { items, scanned_count, last_evaluated_key } => {
             let built: Vec<_> = items.iter().map(|bytes| build_item_bytes(&mut b, bytes)).collect();
@@ -732,6 +838,56 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
             );
             (fb::Request::ScanRequest, r.as_union_value())
         }
+        Request::BatchGetItem { tables } => {
+            let mut built = Vec::new();
+            for t in tables {
+                let keys: Vec<_> = t.keys.iter().map(|k| item::build_item(&mut b, k)).collect();
+                let keys = b.create_vector(&keys);
+                let name = b.create_string(&t.table);
+                let projection = opt_string(&mut b, &t.projection);
+                let names = build_names(&mut b, &t.args);
+                built.push(fb::KeysAndAttributes::create(
+                    &mut b,
+                    &fb::KeysAndAttributesArgs {
+                        table_name: Some(name),
+                        keys: Some(keys),
+                        consistent_read: t.consistent_read,
+                        projection_expression: projection,
+                        names,
+                    },
+                ));
+            }
+            let requests = b.create_vector(&built);
+            let r = fb::BatchGetItemRequest::create(&mut b, &fb::BatchGetItemRequestArgs { requests: Some(requests) });
+            (fb::Request::BatchGetItemRequest, r.as_union_value())
+        }
+        Request::BatchWriteItem { tables } => {
+            let mut built = Vec::new();
+            for (table, writes) in tables {
+                let mut built_writes = Vec::new();
+                for w in writes {
+                    let args = match w {
+                        BatchWrite::Put(bytes) => {
+                            fb::WriteRequestArgs { put: Some(build_item_bytes(&mut b, bytes)), delete_key: None }
+                        }
+                        BatchWrite::Delete(key) => {
+                            fb::WriteRequestArgs { put: None, delete_key: Some(item::build_item(&mut b, key)) }
+                        }
+                    };
+                    built_writes.push(fb::WriteRequest::create(&mut b, &args));
+                }
+                let writes = b.create_vector(&built_writes);
+                let name = b.create_string(table);
+                built.push(fb::TableWriteRequests::create(
+                    &mut b,
+                    &fb::TableWriteRequestsArgs { table_name: Some(name), requests: Some(writes) },
+                ));
+            }
+            let requests = b.create_vector(&built);
+            let r =
+                fb::BatchWriteItemRequest::create(&mut b, &fb::BatchWriteItemRequestArgs { requests: Some(requests) });
+            (fb::Request::BatchWriteItemRequest, r.as_union_value())
+        }
         Request::Unsupported(_) => {
             let table = b.create_string("");
             let r = fb::DescribeTableRequest::create(&mut b, &fb::DescribeTableRequestArgs { table_name: Some(table) });
@@ -767,6 +923,10 @@ pub enum Reply {
     },
     /// An item (or none), as bytes.
     Item(Option<Vec<u8>>),
+    /// BatchGetItem: item bytes per table.
+    BatchGet(Vec<(String, Vec<Vec<u8>>)>),
+    /// BatchWriteItem done.
+    BatchWrite,
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -813,6 +973,15 @@ pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
         Reply::Item(bytes(r.attributes()))
     } else if let Some(r) = envelope.body_as_update_item_response() {
         Reply::Item(bytes(r.attributes()))
+    } else if let Some(r) = envelope.body_as_batch_get_item_response() {
+        Reply::BatchGet(
+            r.responses()
+                .iter()
+                .map(|t| (t.table_name().to_owned(), t.items().iter().map(|i| i.bytes().bytes().to_vec()).collect()))
+                .collect(),
+        )
+    } else if envelope.body_as_batch_write_item_response().is_some() {
+        Reply::BatchWrite
     } else if let Some(r) = envelope.body_as_item_page() {
         Reply::Page {
             items: r.items().iter().map(|i| i.bytes().bytes().to_vec()).collect(),
