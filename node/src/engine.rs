@@ -398,6 +398,18 @@ impl<D: Disk> Engine<D> {
         if expr::evaluate(condition, &item) { Ok(()) } else { Err(EngineError::ConditionalCheckFailed) }
     }
 
+    /// The storage key of an item given as bytes (for duplicate checks).
+    pub fn key_bytes(&self, table: &str, item_bytes: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let def = self.table(table)?;
+        Ok(Self::locate(def, &item::decode(item_bytes)?)?.1)
+    }
+
+    /// The storage key of a key (for duplicate checks).
+    pub fn key_bytes_of(&self, table: &str, key: &Item) -> Result<Vec<u8>, EngineError> {
+        let def = self.table(table)?;
+        Ok(Self::locate_key(def, key)?.1)
+    }
+
     /// PutItem: stores the verified item bytes as received. Returns the
     /// item it replaced.
     pub async fn put_item(

@@ -134,8 +134,8 @@ fn all_used(placeholders: &Placeholders<'_>) -> Result<(), Response<'static>> {
     placeholders.check_all_used().map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
 }
 
-/// The item a write returns for `ReturnValues` (ALL_OLD / ALL_NEW; the
-/// UPDATED_* forms return the whole item for now).
+/// The item a write returns for `ReturnValues` (UpdateItem narrows the
+/// UPDATED_* forms to the updated attributes itself).
 fn returned(rv: ReturnValues, old: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Option<Vec<u8>> {
     match rv {
         ReturnValues::None => None,
@@ -219,7 +219,34 @@ async fn execute<D: Disk>(
             all_used(&p)?;
             let (old, new) =
                 engine.update_item(&table, &key, &parsed, condition.as_ref()).await.map_err(engine_error)?;
-            owned.extend(returned(return_values, old, Some(new)));
+            let answer = match return_values {
+                // Only the attributes the update named, before or after.
+                ReturnValues::UpdatedOld | ReturnValues::UpdatedNew => {
+                    let paths: Vec<expr::Path> = parsed
+                        .actions
+                        .iter()
+                        .map(|a| match a {
+                            expr::Action::Set(p, _)
+                            | expr::Action::Remove(p)
+                            | expr::Action::Add(p, _)
+                            | expr::Action::Delete(p, _) => p.clone(),
+                        })
+                        .collect();
+                    let source = if return_values == ReturnValues::UpdatedOld { old } else { Some(new) };
+                    match source {
+                        Some(bytes) => {
+                            let decoded = item::decode(&bytes).map_err(|e| {
+                                error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}"))
+                            })?;
+                            let projected = expr::project(&decoded, &paths);
+                            (!projected.is_empty()).then(|| item::encode(&projected))
+                        }
+                        None => None,
+                    }
+                }
+                other => returned(other, old, Some(new)),
+            };
+            owned.extend(answer);
             Ok(Answer::Item(ItemOp::Update))
         }
         Request::Query { table, key_condition, filter, projection, args, limit, exclusive_start_key, forward } => {
@@ -283,6 +310,22 @@ async fn execute<D: Disk>(
                     ErrorCode::ValidationException,
                     format!("BatchWriteItem takes 1 to {BATCH_WRITE_REQUESTS_MAX} requests, got {writes}"),
                 ));
+            }
+            // DynamoDB refuses a batch that names one key twice.
+            for (table, writes) in &tables {
+                let mut seen = std::collections::BTreeSet::new();
+                for write in writes {
+                    let key = match write {
+                        BatchWrite::Put(bytes) => engine.key_bytes(table, bytes).map_err(engine_error)?,
+                        BatchWrite::Delete(key) => engine.key_bytes_of(table, key).map_err(engine_error)?,
+                    };
+                    if !seen.insert(key) {
+                        return Err(error(
+                            ErrorCode::ValidationException,
+                            "Provided list of item keys contains duplicates",
+                        ));
+                    }
+                }
             }
             // Each write is applied (and durable) in order; a failure stops
             // the batch and is reported, as the writes before it stay done.

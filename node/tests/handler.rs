@@ -97,6 +97,16 @@ fn requests_round_trip_through_the_protocol_edge() {
     };
     let Reply::Item(Some(new)) = server.call(&update) else { panic!("updated item") };
     assert_eq!(item::decode(&new).expect("valid").get("n"), Some(&AttributeValue::N("2".into())));
+    let updated_old = Request::UpdateItem {
+        table: "users".into(),
+        key: key.clone(),
+        update: "SET n = n + :one".into(),
+        condition: None,
+        args: args(&[(":one", AttributeValue::N("1".into()))]),
+        return_values: ReturnValues::UpdatedOld,
+    };
+    let Reply::Item(Some(old)) = server.call(&updated_old) else { panic!("updated attributes") };
+    assert_eq!(item::to_json(&item::decode(&old).expect("valid")), json!({"n": {"N": "2"}}), "only n, before");
     assert_eq!(error_code(&server.call(&update)), Some(ErrorCode::ConditionalCheckFailedException));
 
     let query = Request::Query {
@@ -194,6 +204,13 @@ fn batch_writes_and_reads_span_tables_and_respect_limits() {
     let beta = tables.get(1).expect("beta");
     assert_eq!(beta.1.len(), 1, "k5 was never written to beta");
     assert_eq!(item::to_json(&item::decode(beta.1.first().expect("k2")).expect("valid")), json!({"v": {"N": "2"}}));
+    let twice = Request::BatchWriteItem {
+        tables: vec![(
+            "beta".into(),
+            vec![writes.first().cloned().expect("one"), writes.first().cloned().expect("one")],
+        )],
+    };
+    assert_eq!(error_code(&server.call(&twice)), Some(ErrorCode::ValidationException), "duplicate keys");
     let too_many: Vec<BatchWrite<'_>> = std::iter::repeat_n(writes.first().cloned().expect("one"), 26).collect();
     let over = Request::BatchWriteItem { tables: vec![("alpha".into(), too_many)] };
     assert_eq!(error_code(&server.call(&over)), Some(ErrorCode::ValidationException));
