@@ -368,8 +368,7 @@ impl<D: Disk> Engine<D> {
             None => None,
         };
         let storage_key = key::encode_key(&def.partition_key.name, pk, sk)?;
-        let hash = u64::from_be_bytes(storage_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-        Ok((def.partition_for(hash), storage_key))
+        Ok((def.partition_for(key::hash_of(&storage_key)), storage_key))
     }
 
     /// A key argument must hold exactly the key attributes.
@@ -411,21 +410,23 @@ impl<D: Disk> Engine<D> {
     }
 
     /// PutItem: stores the verified item bytes as received. Returns the
-    /// item it replaced.
+    /// item it replaced when `return_old` (the old item is read only when a
+    /// condition or the caller needs it: a plain put does no read).
     pub async fn put_item(
         &mut self,
         table: &str,
         item_bytes: &[u8],
         condition: Option<&Condition>,
+        return_old: bool,
     ) -> Result<Option<Vec<u8>>, EngineError> {
         let def = self.table(table)?;
         let item = item::decode(item_bytes)?;
         item::validate(&item)?;
         let (partition, storage_key) = Self::locate(def, &item)?;
-        let old = self.current(partition, &storage_key).await?;
+        let old = if condition.is_some() || return_old { self.current(partition, &storage_key).await? } else { None };
         Self::check_condition(condition, old.as_deref())?;
         self.store.put(partition, &storage_key, item_bytes).await?;
-        Ok(old)
+        Ok(if return_old { old } else { None })
     }
 
     /// GetItem: the stored item bytes.
@@ -506,8 +507,7 @@ impl<D: Disk> Engine<D> {
             return Err(EngineError::Validation(format!("Type mismatch for key {pk_name}")));
         }
         let prefix = key::partition_prefix(pk_name, &key_condition.partition_key)?;
-        let hash = u64::from_be_bytes(prefix.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-        let partition = def.partition_for(hash);
+        let partition = def.partition_for(key::hash_of(&prefix));
         let prefix_end = key::prefix_successor(&prefix);
         let sk_key = |v: &AttributeValue| -> Result<Vec<u8>, EngineError> {
             let sk =
@@ -578,15 +578,9 @@ impl<D: Disk> Engine<D> {
                 return Ok(true);
             }
             let direction = if forward { Direction::Forward } else { Direction::Reverse };
-            let as_ref = |b: &Bound<Vec<u8>>| match b {
-                Bound::Included(k) => Bound::Included(k.clone()),
-                Bound::Excluded(k) => Bound::Excluded(k.clone()),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let (l, h) = (as_ref(&lo), as_ref(&hi));
             let batch = self
                 .store
-                .scan(partition, l.as_ref().map(Vec::as_slice), h.as_ref().map(Vec::as_slice), direction, left)
+                .scan(partition, lo.as_ref().map(Vec::as_slice), hi.as_ref().map(Vec::as_slice), direction, left)
                 .await?;
             let exhausted = batch.len() < left;
             for (storage_key, bytes) in batch {

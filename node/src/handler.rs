@@ -109,6 +109,11 @@ fn parse_condition(
         .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))
 }
 
+/// Decodes a stored item; unreadable stored bytes are the server's fault.
+fn decode_stored(bytes: &[u8]) -> Result<item::Item, Response<'static>> {
+    item::decode(bytes).map_err(|e| error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}")))
+}
+
 fn parse_projection(
     text: Option<&str>,
     placeholders: &mut Placeholders<'_>,
@@ -123,8 +128,7 @@ fn parse_projection(
 fn project_page(page: &mut Page, paths: Option<&[expr::Path]>) -> Result<(), Response<'static>> {
     let Some(paths) = paths else { return Ok(()) };
     for bytes in &mut page.items {
-        let decoded = item::decode(bytes)
-            .map_err(|e| error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}")))?;
+        let decoded = decode_stored(bytes)?;
         *bytes = item::encode(&expr::project(&decoded, paths));
     }
     Ok(())
@@ -178,7 +182,10 @@ async fn execute<D: Disk>(
             if matches!(return_values, ReturnValues::UpdatedOld | ReturnValues::UpdatedNew | ReturnValues::AllNew) {
                 return Err(error(ErrorCode::ValidationException, "PutItem supports ReturnValues NONE and ALL_OLD"));
             }
-            let old = engine.put_item(&table, item, condition.as_ref()).await.map_err(engine_error)?;
+            let old = engine
+                .put_item(&table, item, condition.as_ref(), return_values == ReturnValues::AllOld)
+                .await
+                .map_err(engine_error)?;
             owned.extend(returned(return_values, old, None));
             Ok(Answer::Item(ItemOp::Put))
         }
@@ -194,8 +201,7 @@ async fn execute<D: Disk>(
             // Without a projection the stored bytes go out as they are.
             let answer = match (stored, paths) {
                 (Some(bytes), Some(paths)) => {
-                    let decoded = item::decode(&bytes)
-                        .map_err(|e| error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}")))?;
+                    let decoded = decode_stored(&bytes)?;
                     Some(item::encode(&expr::project(&decoded, &paths)))
                 }
                 (stored, _) => stored,
@@ -235,9 +241,7 @@ async fn execute<D: Disk>(
                     let source = if return_values == ReturnValues::UpdatedOld { old } else { Some(new) };
                     match source {
                         Some(bytes) => {
-                            let decoded = item::decode(&bytes).map_err(|e| {
-                                error(ErrorCode::InternalServerError, format!("stored item unreadable: {e}"))
-                            })?;
+                            let decoded = decode_stored(&bytes)?;
                             let projected = expr::project(&decoded, &paths);
                             (!projected.is_empty()).then(|| item::encode(&projected))
                         }
@@ -333,7 +337,7 @@ async fn execute<D: Disk>(
                 for write in writes {
                     match write {
                         BatchWrite::Put(bytes) => {
-                            engine.put_item(&table, bytes, None).await.map_err(engine_error)?;
+                            engine.put_item(&table, bytes, None, false).await.map_err(engine_error)?;
                         }
                         BatchWrite::Delete(key) => {
                             engine.delete_item(&table, &key, None).await.map_err(engine_error)?;

@@ -407,7 +407,7 @@ impl<D: Disk> ShardStore<D> {
                 self.checkpoint(partition).await?;
             }
         }
-        if self.wal.segments().len() > self.config.wal_segments_max {
+        if self.wal.segment_count() > self.config.wal_segments_max {
             self.checkpoint_oldest().await?;
         }
         Ok(())
@@ -462,19 +462,24 @@ impl<D: Disk> ShardStore<D> {
 
     /// Checkpoints one replica, then reclaims WAL segments nobody needs.
     pub async fn checkpoint(&mut self, partition: u64) -> Result<(), StoreWriteError> {
+        self.checkpoint_replica(partition).await?;
+        self.reclaim_wal().await
+    }
+
+    /// Checkpoints one replica at its applied index; its WAL records are no
+    /// longer needed (the caller reclaims).
+    async fn checkpoint_replica(&mut self, partition: u64) -> Result<(), StoreWriteError> {
         let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
         replica.tree.checkpoint(replica.applied_index).await?;
         replica.oldest_unflushed = None;
-        self.reclaim_wal().await
+        Ok(())
     }
 
     /// Checkpoints every replica.
     pub async fn checkpoint_all(&mut self) -> Result<(), StoreWriteError> {
         let partitions: Vec<u64> = self.replicas.keys().copied().collect();
         for partition in partitions {
-            let replica = self.replicas.get_mut(&partition).expect("listed above");
-            replica.tree.checkpoint(replica.applied_index).await?;
-            replica.oldest_unflushed = None;
+            self.checkpoint_replica(partition).await?;
         }
         self.reclaim_wal().await
     }
@@ -488,9 +493,7 @@ impl<D: Disk> ShardStore<D> {
             .map(|(p, _)| *p)
             .collect();
         for partition in holders {
-            let replica = self.replicas.get_mut(&partition).expect("listed above");
-            replica.tree.checkpoint(replica.applied_index).await?;
-            replica.oldest_unflushed = None;
+            self.checkpoint_replica(partition).await?;
         }
         self.reclaim_wal().await
     }

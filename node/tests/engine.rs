@@ -46,7 +46,7 @@ fn orders(disk: &SimDisk) -> Engine<SimDisk> {
         for n in 0..30 {
             let it =
                 item(json!({"customer": {"S": c}, "n": {"N": n.to_string()}, "total": {"N": (n * 10).to_string()}}));
-            block_on(engine.put_item("orders", &item::encode(&it), None)).expect("put");
+            block_on(engine.put_item("orders", &item::encode(&it), None, false)).expect("put");
         }
     }
     engine
@@ -78,7 +78,7 @@ fn catalog_survives_a_crash_and_rejects_bad_requests() {
     ));
     block_on(engine.create_table("zeta", key("k", KeyType::N), Some(key("s", KeyType::B)), 2, 43)).expect("create");
     let bytes = item::encode(&item(json!({"id": {"S": "u1"}, "name": {"S": "Ada"}})));
-    block_on(engine.put_item("users", &bytes, None)).expect("put");
+    block_on(engine.put_item("users", &bytes, None, false)).expect("put");
     drop(engine);
     disk.crash();
     let mut engine = open(&disk);
@@ -105,7 +105,7 @@ fn item_operations_follow_dynamodb_rules() {
     let mut engine = open(&disk);
     block_on(engine.create_table("things", key("id", KeyType::S), None, 2, 1)).expect("create");
     let put = |engine: &mut Engine<SimDisk>, v: serde_json::Value, cond: Option<&expr::Condition>| {
-        block_on(engine.put_item("things", &item::encode(&item(v)), cond))
+        block_on(engine.put_item("things", &item::encode(&item(v)), cond, false))
     };
     let not_exists = condition("attribute_not_exists(id)", &[]);
     put(&mut engine, json!({"id": {"S": "a"}, "n": {"N": "1"}}), Some(&not_exists)).expect("first put");

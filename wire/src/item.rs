@@ -134,10 +134,13 @@ fn validate_map(map: &Item, path: &str, depth: usize) -> Result<usize, ItemError
     Ok(size)
 }
 
-fn number_size(path: &str, text: &str) -> Result<usize, ItemError> {
-    let decimal = Decimal::parse(text).map_err(|source| ItemError::Number { path: path.to_owned(), source })?;
-    let digits = decimal.to_canonical().bytes().filter(u8::is_ascii_digit).count();
-    Ok(digits.div_ceil(2) + 1)
+fn parse_number(path: &str, text: &str) -> Result<Decimal, ItemError> {
+    Decimal::parse(text).map_err(|source| ItemError::Number { path: path.to_owned(), source })
+}
+
+/// DynamoDB's size of a number: one byte per two significant digits, plus one.
+fn number_size(decimal: &Decimal) -> usize {
+    decimal.digits().len().div_ceil(2) + 1
 }
 
 fn validate_value(value: &AttributeValue, path: &str, depth: usize) -> Result<usize, ItemError> {
@@ -147,7 +150,7 @@ fn validate_value(value: &AttributeValue, path: &str, depth: usize) -> Result<us
     let set_error = |reason| ItemError::Set { path: path.to_owned(), reason };
     Ok(match value {
         AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => number_size(path, n)?,
+        AttributeValue::N(n) => number_size(&parse_number(path, n)?),
         AttributeValue::B(b) => b.len(),
         AttributeValue::Bool(_) | AttributeValue::Null => 1,
         AttributeValue::L(values) => {
@@ -174,9 +177,9 @@ fn validate_value(value: &AttributeValue, path: &str, depth: usize) -> Result<us
             let mut seen = std::collections::BTreeSet::new();
             let mut size = 0;
             for n in values {
-                size += number_size(path, n)?;
-                let canonical = Decimal::parse(n).map(|d| d.to_canonical()).unwrap_or_default();
-                if !seen.insert(canonical) {
+                let decimal = parse_number(path, n)?;
+                size += number_size(&decimal);
+                if !seen.insert(decimal) {
                     return Err(set_error("duplicate values in a set"));
                 }
             }

@@ -62,6 +62,12 @@ pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(encoded_partition_key)
 }
 
+/// The partition hash a storage key (or partition prefix) starts with.
+#[must_use]
+pub fn hash_of(storage_key: &[u8]) -> u64 {
+    u64::from_be_bytes(storage_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]))
+}
+
 /// Encodes a table key into a storage key.
 pub fn encode_key(
     pk_name: &str,

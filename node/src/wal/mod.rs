@@ -623,6 +623,12 @@ impl<D: Disk> Wal<D> {
         self.state.borrow().segments.iter().copied().collect()
     }
 
+    /// Number of segment files present.
+    #[must_use]
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
     /// Counters.
     #[must_use]
     pub fn stats(&self) -> WalStats {
