@@ -1,6 +1,20 @@
-//! The standalone request engine: a durable table catalog and DynamoDB's item
-//! operations over one [`ShardStore`]. The daemon (not yet here) converts
-//! protocol requests into these calls at the edge.
+//! The request engine of one shard: a durable table catalog and DynamoDB's
+//! item operations over one [`ShardStore`]. The daemon converts protocol
+//! requests into these calls at the edge (`handler`).
+//!
+//! - A node runs one engine per shard. Each keeps a copy of the catalog in its
+//!   own partition 0; shard 0's copy is the authority (it allocates table
+//!   ids), and the others adopt its changes ([`Engine::adopt_table`],
+//!   [`Engine::reconcile`]). A [`Placement`] says which partitions of each
+//!   table this shard hosts.
+//! - Writes in *deferred* mode ([`Engine::set_deferred`], what the daemon
+//!   uses) are logged but not waited for: the caller takes the [`Commit`],
+//!   releases the engine, waits for the WAL, and finishes it with
+//!   [`Engine::finish`]. Many requests thus share one WAL write (group
+//!   commit). Until applied, a logged write sits in an overlay that later
+//!   conditions and reads see; a read that sees one waits for it to be
+//!   durable before answering, so nobody is ever told of a write that a crash
+//!   could still lose.
 //!
 //! - Tables are split into `partitions` hash ranges; partition ids are
 //!   `table_id << 32 | index` and never reused (table ids only grow).
@@ -12,6 +26,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 use keel_wire::expr::{self, Condition, KeyCondition, SortKeyCondition, Update};
 use keel_wire::item::{self, AttributeValue, Item, ItemError};
@@ -20,7 +37,8 @@ use serde_json::json;
 
 use crate::btree::Direction;
 use crate::io::Disk;
-use crate::replica::{ShardStore, StoreReadError, StoreWriteError};
+use crate::replica::{Mutation, ShardStore, StoreReadError, StoreWriteError, Ticket};
+use crate::wal::{Lsn, Wal};
 
 /// The partition holding the catalog.
 pub const CATALOG_PARTITION: u64 = 0;
@@ -141,9 +159,70 @@ impl TableDef {
         (u64::from(self.id) << 32) | u64::try_from(index).unwrap_or(0)
     }
 
-    fn partition_ids(&self) -> impl Iterator<Item = u64> + '_ {
+    /// Every partition id of the table, in hash order.
+    pub fn partition_ids(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.partitions).map(|i| (u64::from(self.id) << 32) | u64::from(i))
     }
+}
+
+/// Which shard of a node hosts each partition: partition `index` of table
+/// `id` lives on shard `(id + index) % shards`, so that tables with few
+/// partitions still spread over the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// This shard.
+    pub shard: u32,
+    /// Shards of the node.
+    pub shards: u32,
+}
+
+impl Placement {
+    /// One shard hosting everything.
+    pub const SINGLE: Self = Self { shard: 0, shards: 1 };
+
+    /// The shard hosting `partition`.
+    #[must_use]
+    pub fn shard_of(self, partition: u64) -> u32 {
+        let (table, index) = (partition >> 32, partition & 0xffff_ffff);
+        u32::try_from((table + index) % u64::from(self.shards.max(1))).unwrap_or(0)
+    }
+
+    /// Whether this shard hosts `partition`.
+    #[must_use]
+    pub fn hosts(self, partition: u64) -> bool {
+        self.shard_of(partition) == self.shard
+    }
+}
+
+/// Writes logged in deferred mode, and the WAL position a read that saw one
+/// of them must wait for. See the module docs.
+#[derive(Debug, Default)]
+#[must_use = "a commit must be waited for and finished"]
+pub struct Commit {
+    tickets: Vec<Ticket>,
+    wait_lsn: Option<Lsn>,
+}
+
+impl Commit {
+    /// The WAL position to wait for before [`Engine::finish`], if any.
+    #[must_use]
+    pub fn wait_lsn(&self) -> Option<Lsn> {
+        self.tickets.iter().map(|t| t.lsn).chain(self.wait_lsn).max()
+    }
+
+    /// Whether there is nothing to wait for.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.wait_lsn().is_none()
+    }
+}
+
+/// A logged, not yet applied write (None: a delete).
+#[derive(Debug)]
+struct Pending {
+    index: u64,
+    lsn: Lsn,
+    value: Option<Vec<u8>>,
 }
 
 /// Errors with DynamoDB's meaning; the daemon maps them to protocol codes.
@@ -209,6 +288,8 @@ pub struct Page {
     pub items: Vec<Vec<u8>>,
     /// Items read before the filter.
     pub scanned_count: usize,
+    /// Bytes of `items` (as read, before any projection).
+    pub bytes: usize,
     /// Where the next page starts, when this one stopped early.
     pub last_evaluated_key: Option<Item>,
 }
@@ -217,8 +298,13 @@ pub struct Page {
 #[derive(Debug)]
 pub struct Engine<D: Disk> {
     store: ShardStore<D>,
+    placement: Placement,
     tables: BTreeMap<String, TableDef>,
     next_table_id: u32,
+    deferred_mode: bool,
+    /// Logged, not yet applied writes by (partition, storage key).
+    overlay: FxHashMap<(u64, Vec<u8>), Pending>,
+    deferred: Commit,
 }
 
 fn validate_table_name(name: &str) -> Result<(), EngineError> {
@@ -234,8 +320,13 @@ fn validate_table_name(name: &str) -> Result<(), EngineError> {
 }
 
 impl<D: Disk> Engine<D> {
+    /// Opens the engine of a node's only shard.
+    pub async fn open(store: ShardStore<D>) -> Result<Self, EngineError> {
+        Self::open_placed(store, Placement::SINGLE).await
+    }
+
     /// Opens the engine over a store, loading (or creating) the catalog.
-    pub async fn open(mut store: ShardStore<D>) -> Result<Self, EngineError> {
+    pub async fn open_placed(mut store: ShardStore<D>, placement: Placement) -> Result<Self, EngineError> {
         if !store.partitions().contains(&CATALOG_PARTITION) {
             store.create_partition(CATALOG_PARTITION).await?;
         }
@@ -263,12 +354,140 @@ impl<D: Disk> Engine<D> {
             ),
             None => 1,
         };
-        Ok(Self { store, tables, next_table_id })
+        Ok(Self {
+            store,
+            placement,
+            tables,
+            next_table_id,
+            deferred_mode: false,
+            overlay: FxHashMap::default(),
+            deferred: Commit::default(),
+        })
     }
 
     /// The store underneath (for checkpoints and shutdown).
     pub fn store_mut(&mut self) -> &mut ShardStore<D> {
         &mut self.store
+    }
+
+    /// Which partitions this engine hosts.
+    #[must_use]
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The shard's WAL (to wait for a [`Commit`] without holding the engine).
+    #[must_use]
+    pub fn wal(&self) -> Rc<Wal<D>> {
+        self.store.wal()
+    }
+
+    /// In deferred mode writes return once logged; see the module docs.
+    pub fn set_deferred(&mut self, deferred: bool) {
+        self.deferred_mode = deferred;
+    }
+
+    /// The writes (and reads of unapplied writes) since the last call.
+    pub fn take_commit(&mut self) -> Commit {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Applies a commit's writes once the WAL is durable up to
+    /// [`Commit::wait_lsn`].
+    pub async fn finish(&mut self, commit: Commit) -> Result<(), EngineError> {
+        for ticket in commit.tickets {
+            self.store.apply_durable(ticket).await?;
+            self.forget_applied(ticket.partition);
+        }
+        Ok(())
+    }
+
+    fn forget_applied(&mut self, partition: u64) {
+        let applied = self.store.applied_index(partition).unwrap_or(u64::MAX);
+        self.overlay.retain(|(p, _), pending| *p != partition || pending.index > applied);
+    }
+
+    /// Logs a write of an item (None: a delete). In deferred mode it is
+    /// finished by the caller; otherwise it is durable and applied on return.
+    async fn write(&mut self, partition: u64, storage_key: &[u8], value: Option<&[u8]>) -> Result<(), EngineError> {
+        let index = self.store.last_index(partition)? + 1;
+        let mutation = match value {
+            Some(value) => Mutation::Put { key: storage_key, value },
+            None => Mutation::Delete { key: storage_key },
+        };
+        let ticket = self.store.submit(partition, 0, index, mutation)?;
+        let pending = Pending { index, lsn: ticket.lsn, value: value.map(<[u8]>::to_vec) };
+        self.overlay.insert((partition, storage_key.to_vec()), pending);
+        if self.deferred_mode {
+            self.deferred.tickets.push(ticket);
+            return Ok(());
+        }
+        self.store.wal().wait_durable(ticket.lsn).await.map_err(StoreWriteError::from)?;
+        self.finish(Commit { tickets: vec![ticket], wait_lsn: None }).await
+    }
+
+    /// Applies every logged write of a partition (waiting for the WAL), so
+    /// that a range read sees them.
+    async fn settle(&mut self, partition: u64) -> Result<(), EngineError> {
+        let Some(ticket) = self.store.last_queued(partition) else { return Ok(()) };
+        self.store.wal().wait_durable(ticket.lsn).await.map_err(StoreWriteError::from)?;
+        self.store.apply_durable(ticket).await?;
+        self.forget_applied(partition);
+        Ok(())
+    }
+
+    /// Every table in the catalog.
+    #[must_use]
+    pub fn tables(&self) -> Vec<TableDef> {
+        self.tables.values().cloned().collect()
+    }
+
+    fn hosted(&self, def: &TableDef) -> Vec<u64> {
+        let present = self.store.partitions();
+        def.partition_ids().filter(|p| self.placement.hosts(*p) && present.contains(p)).collect()
+    }
+
+    /// Takes a table created by the catalog authority (shard 0): creates the
+    /// partitions this shard hosts and records the table. Idempotent.
+    pub async fn adopt_table(&mut self, def: &TableDef) -> Result<(), EngineError> {
+        if let Some(existing) = self.tables.get(&def.name) {
+            if existing == def {
+                return Ok(());
+            }
+            self.forget_table(&def.name).await?;
+        }
+        let present = self.store.partitions();
+        for partition in def.partition_ids().filter(|p| self.placement.hosts(*p) && !present.contains(p)) {
+            self.store.create_partition(partition).await?;
+        }
+        let record = def.to_json().to_string();
+        self.store
+            .put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, def.name.as_bytes()].concat(), record.as_bytes())
+            .await?;
+        self.next_table_id = self.next_table_id.max(def.id + 1);
+        self.tables.insert(def.name.clone(), def.clone());
+        Ok(())
+    }
+
+    /// Drops a table the catalog authority deleted. Idempotent.
+    pub async fn forget_table(&mut self, name: &str) -> Result<(), EngineError> {
+        if self.tables.contains_key(name) {
+            self.delete_table(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes this shard's catalog equal to the authority's `tables`.
+    pub async fn reconcile(&mut self, tables: &[TableDef]) -> Result<(), EngineError> {
+        let stale: Vec<String> =
+            self.tables.values().filter(|d| !tables.contains(d)).map(|d| d.name.clone()).collect();
+        for name in stale {
+            self.forget_table(&name).await?;
+        }
+        for def in tables {
+            self.adopt_table(def).await?;
+        }
+        Ok(())
     }
 
     fn table(&self, name: &str) -> Result<&TableDef, EngineError> {
@@ -309,7 +528,7 @@ impl<D: Disk> Engine<D> {
         // partitions exist, then the catalog record makes the table visible.
         self.next_table_id += 1;
         self.store.put(CATALOG_PARTITION, NEXT_TABLE_ID_KEY, &self.next_table_id.to_le_bytes()).await?;
-        for partition in def.partition_ids() {
+        for partition in def.partition_ids().filter(|p| self.placement.hosts(*p)) {
             self.store.create_partition(partition).await?;
         }
         let record = def.to_json().to_string();
@@ -323,7 +542,8 @@ impl<D: Disk> Engine<D> {
         let def = self.table(name)?.clone();
         self.store.delete(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat()).await?;
         self.tables.remove(name);
-        for partition in def.partition_ids() {
+        for partition in self.hosted(&def) {
+            self.overlay.retain(|(p, _), _| *p != partition);
             self.store.drop_partition(partition).await?;
         }
         Ok(def)
@@ -380,7 +600,14 @@ impl<D: Disk> Engine<D> {
         Self::locate(def, key)
     }
 
-    async fn current(&self, partition: u64, storage_key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+    /// The item under a key: a logged, unapplied write if there is one (a
+    /// reader of it then waits for its durability), else the tree's.
+    async fn current(&mut self, partition: u64, storage_key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        if let Some(pending) = self.overlay.get(&(partition, storage_key.to_vec())) {
+            let value = pending.value.clone();
+            self.deferred.wait_lsn = self.deferred.wait_lsn.max(Some(pending.lsn));
+            return Ok(value);
+        }
         Ok(self.store.get(partition, storage_key).await?)
     }
 
@@ -425,12 +652,12 @@ impl<D: Disk> Engine<D> {
         let (partition, storage_key) = Self::locate(def, &item)?;
         let old = if condition.is_some() || return_old { self.current(partition, &storage_key).await? } else { None };
         Self::check_condition(condition, old.as_deref())?;
-        self.store.put(partition, &storage_key, item_bytes).await?;
+        self.write(partition, &storage_key, Some(item_bytes)).await?;
         Ok(if return_old { old } else { None })
     }
 
     /// GetItem: the stored item bytes.
-    pub async fn get_item(&self, table: &str, key: &Item) -> Result<Option<Vec<u8>>, EngineError> {
+    pub async fn get_item(&mut self, table: &str, key: &Item) -> Result<Option<Vec<u8>>, EngineError> {
         let def = self.table(table)?;
         let (partition, storage_key) = Self::locate_key(def, key)?;
         self.current(partition, &storage_key).await
@@ -448,7 +675,7 @@ impl<D: Disk> Engine<D> {
         let old = self.current(partition, &storage_key).await?;
         Self::check_condition(condition, old.as_deref())?;
         if old.is_some() {
-            self.store.delete(partition, &storage_key).await?;
+            self.write(partition, &storage_key, None).await?;
         }
         Ok(old)
     }
@@ -480,7 +707,7 @@ impl<D: Disk> Engine<D> {
         }
         item::validate(&updated)?;
         let bytes = item::encode(&updated);
-        self.store.put(partition, &storage_key, &bytes).await?;
+        self.write(partition, &storage_key, Some(&bytes)).await?;
         Ok((old, bytes))
     }
 
@@ -493,7 +720,7 @@ impl<D: Disk> Engine<D> {
 
     /// Query: items of one partition key, in sort-key order.
     pub async fn query(
-        &self,
+        &mut self,
         table: &str,
         key_condition: &KeyCondition,
         forward: bool,
@@ -553,8 +780,10 @@ impl<D: Disk> Engine<D> {
                 hi = Bound::Excluded(start_key);
             }
         }
+        let def = def.clone();
+        self.settle(partition).await?;
         let mut page = Page::default();
-        self.read_range(def, partition, (lo, hi), forward, limit, filter, &mut page).await?;
+        self.read_range(&def, partition, (lo, hi), forward, limit, filter, &mut page).await?;
         Ok(page)
     }
 
@@ -571,7 +800,6 @@ impl<D: Disk> Engine<D> {
         filter: Option<&Condition>,
         page: &mut Page,
     ) -> Result<bool, EngineError> {
-        let mut page_bytes: usize = page.items.iter().map(Vec::len).sum();
         loop {
             let left = limit.map_or(SCAN_BATCH, |l| l.saturating_sub(page.scanned_count).min(SCAN_BATCH));
             if left == 0 {
@@ -587,10 +815,10 @@ impl<D: Disk> Engine<D> {
                 page.scanned_count += 1;
                 let item = Self::decode_stored(&bytes)?;
                 if filter.is_none_or(|f| expr::evaluate(f, &item)) {
-                    page_bytes += bytes.len();
+                    page.bytes += bytes.len();
                     page.items.push(bytes);
                 }
-                let stop = limit.is_some_and(|l| page.scanned_count >= l) || page_bytes >= PAGE_BYTES_MAX;
+                let stop = limit.is_some_and(|l| page.scanned_count >= l) || page.bytes >= PAGE_BYTES_MAX;
                 if forward {
                     lo = Bound::Excluded(storage_key);
                 } else {
@@ -610,7 +838,7 @@ impl<D: Disk> Engine<D> {
     /// Scan: every item of the table (segment `segment` of
     /// `total_segments`, each segment a set of partitions), in storage order.
     pub async fn scan(
-        &self,
+        &mut self,
         table: &str,
         limit: Option<usize>,
         exclusive_start: Option<&Item>,
@@ -618,6 +846,25 @@ impl<D: Disk> Engine<D> {
         total_segments: u32,
         filter: Option<&Condition>,
     ) -> Result<Page, EngineError> {
+        let (partitions, mut after) = self.scan_plan(table, exclusive_start, segment, total_segments)?;
+        let mut page = Page::default();
+        for partition in partitions {
+            if self.scan_partition(table, partition, after.take(), limit, filter, &mut page).await? {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// The partitions a Scan segment reads, in order, and the storage key
+    /// the first of them resumes after.
+    pub fn scan_plan(
+        &self,
+        table: &str,
+        exclusive_start: Option<&Item>,
+        segment: u32,
+        total_segments: u32,
+    ) -> Result<(Vec<u64>, Option<Vec<u8>>), EngineError> {
         let def = self.table(table)?;
         let total = total_segments.max(1);
         if segment >= total {
@@ -625,22 +872,37 @@ impl<D: Disk> Engine<D> {
         }
         let mut partitions: Vec<u64> =
             def.partition_ids().filter(|p| (p & 0xffff_ffff) % u64::from(total) == u64::from(segment)).collect();
-        let mut lo = Bound::Unbounded;
+        let mut after = None;
         if let Some(start) = exclusive_start {
             let (start_partition, start_key) = Self::locate(def, start)?;
             let Some(position) = partitions.iter().position(|p| *p == start_partition) else {
                 return Err(EngineError::Validation("ExclusiveStartKey is not in this segment".into()));
             };
             partitions.drain(..position);
-            lo = Bound::Excluded(start_key);
+            after = Some(start_key);
         }
-        let mut page = Page::default();
-        for partition in partitions {
-            let range = (std::mem::replace(&mut lo, Bound::Unbounded), Bound::Unbounded);
-            if self.read_range(def, partition, range, true, limit, filter, &mut page).await? {
-                return Ok(page);
-            }
-        }
-        Ok(page)
+        Ok((partitions, after))
     }
+
+    /// Reads one hosted partition of a Scan into `page` (which may hold
+    /// items of earlier partitions), starting after `after`. Returns whether
+    /// the page is full (then it has its `last_evaluated_key`).
+    pub async fn scan_partition(
+        &mut self,
+        table: &str,
+        partition: u64,
+        after: Option<Vec<u8>>,
+        limit: Option<usize>,
+        filter: Option<&Condition>,
+        page: &mut Page,
+    ) -> Result<bool, EngineError> {
+        let def = self.table(table)?.clone();
+        if !def.partition_ids().any(|p| p == partition) {
+            return Err(EngineError::Internal(format!("partition {partition} is not part of table {table}")));
+        }
+        self.settle(partition).await?;
+        let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
+        self.read_range(&def, partition, range, true, limit, filter, page).await
+    }
+
 }

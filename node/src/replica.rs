@@ -555,6 +555,14 @@ impl<D: Disk> ShardStore<D> {
         self.replicas.get(&partition).map(|r| r.applied_index)
     }
 
+    /// The last submitted, not yet applied write of a partition.
+    #[must_use]
+    pub fn last_queued(&self, partition: u64) -> Option<Ticket> {
+        let replica = self.replicas.get(&partition)?;
+        let (index, (_, _, lsn)) = replica.queued.last_key_value()?;
+        Some(Ticket { partition, index: *index, lsn: *lsn })
+    }
+
     /// Partitions on this shard.
     #[must_use]
     pub fn partitions(&self) -> Vec<u64> {

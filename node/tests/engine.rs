@@ -95,7 +95,7 @@ fn catalog_survives_a_crash_and_rejects_bad_requests() {
     assert_ne!(new.id, old_id);
     drop(engine);
     disk.crash();
-    let engine = open(&disk);
+    let mut engine = open(&disk);
     assert_eq!(block_on(engine.get_item("users", &item(json!({"id": {"S": "u1"}})))).expect("get"), None);
 }
 
@@ -157,7 +157,7 @@ fn item_operations_follow_dynamodb_rules() {
 #[test]
 fn query_honours_key_conditions_order_limits_and_pagination() {
     let disk = SimDisk::new(3);
-    let engine = orders(&disk);
+    let mut engine = orders(&disk);
     let values: Vec<(String, AttributeValue)> = [
         (":c", AttributeValue::S("alice".into())),
         (":lo", AttributeValue::N("5".into())),
@@ -167,7 +167,7 @@ fn query_honours_key_conditions_order_limits_and_pagination() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let query = |text: &str, forward: bool, limit: Option<usize>, start: Option<&Item>| {
+    let mut query = |text: &str, forward: bool, limit: Option<usize>, start: Option<&Item>| {
         let mut placeholders = Placeholders::new(&[], &values);
         let kc = expr::parse_key_condition(text, &mut placeholders, "customer", Some("n")).expect("valid");
         block_on(engine.query("orders", &kc, forward, limit, start, None)).expect("query")
@@ -207,7 +207,7 @@ fn query_honours_key_conditions_order_limits_and_pagination() {
 #[test]
 fn scan_segments_partition_the_table_and_paginate() {
     let disk = SimDisk::new(4);
-    let engine = orders(&disk);
+    let mut engine = orders(&disk);
     let mut total = 0;
     for segment in 0..2 {
         let mut start: Option<Item> = None;
@@ -222,4 +222,73 @@ fn scan_segments_partition_the_table_and_paginate() {
     }
     assert_eq!(total, 60, "the segments together return every item once");
     assert!(matches!(block_on(engine.scan("orders", None, None, 2, 2, None)), Err(EngineError::Validation(_))));
+}
+
+#[test]
+fn deferred_writes_share_a_wal_write_and_later_requests_see_them_before_they_are_applied() {
+    let disk = SimDisk::new(7);
+    let mut engine = open(&disk);
+    block_on(engine.create_table("counters", key("id", KeyType::S), None, 1, 1)).expect("create");
+    engine.set_deferred(true);
+    let wal = engine.wal();
+    let writes_before = wal.stats();
+    let counter = item(json!({"id": {"S": "c"}}));
+    let values: Vec<(String, AttributeValue)> = vec![(":one".into(), AttributeValue::N("1".into()))];
+    let mut placeholders = Placeholders::new(&[], &values);
+    let update = expr::parse_update("ADD n :one", &mut placeholders).expect("valid update");
+    // Three updates of one counter, each reading the one before it, none
+    // waiting for the disk.
+    for _ in 0..3 {
+        block_on(engine.update_item("counters", &counter, &update, None)).expect("update");
+    }
+    let commit = engine.take_commit();
+    let lsn = commit.wait_lsn().expect("three writes were logged");
+    // Not applied yet: a read sees the logged value and must wait for it.
+    let seen = block_on(engine.get_item("counters", &counter)).expect("get").expect("logged");
+    assert_eq!(item::decode(&seen).expect("item").get("n"), Some(&AttributeValue::N("3".into())));
+    let read_commit = engine.take_commit();
+    assert_eq!(read_commit.wait_lsn(), Some(lsn), "a read of a logged write waits for its durability");
+    block_on(wal.wait_durable(lsn)).expect("durable");
+    assert_eq!(wal.stats().batches - writes_before.batches, 1, "one WAL write for the three updates");
+    block_on(engine.finish(commit)).expect("finish");
+    block_on(engine.finish(read_commit)).expect("finish read");
+    drop(engine);
+    disk.crash();
+    let mut engine = open(&disk);
+    let stored = block_on(engine.get_item("counters", &counter)).expect("get").expect("durable");
+    assert_eq!(item::decode(&stored).expect("item").get("n"), Some(&AttributeValue::N("3".into())));
+}
+
+#[test]
+fn shards_host_their_partitions_and_adopt_the_authoritys_catalog() {
+    use keel_node::engine::Placement;
+    let open_shard = |disk: &SimDisk, shard: u32| {
+        block_on(async {
+            let store = ShardStore::open(disk.clone(), config()).await.expect("store opens");
+            Engine::open_placed(store, Placement { shard, shards: 2 }).await.expect("engine opens")
+        })
+    };
+    let (disk0, disk1) = (SimDisk::new(8), SimDisk::new(9));
+    let mut authority = open_shard(&disk0, 0);
+    let mut other = open_shard(&disk1, 1);
+    let def = block_on(authority.create_table("spread", key("id", KeyType::S), None, 4, 1)).expect("create");
+    block_on(other.adopt_table(&def)).expect("adopt");
+    let placement = authority.placement();
+    let hosted = |engine: &mut Engine<SimDisk>| -> Vec<u64> {
+        def.partition_ids().filter(|p| engine.store_mut().partitions().contains(p)).collect()
+    };
+    let (on0, on1) = (hosted(&mut authority), hosted(&mut other));
+    assert_eq!(on0.len() + on1.len(), 4, "every partition lives on exactly one shard");
+    assert!(on0.iter().all(|p| placement.shard_of(*p) == 0) && on1.iter().all(|p| placement.shard_of(*p) == 1));
+    // Shard 1 missed a delete and a create (say, a crash between them): it
+    // reconciles with the authority's catalog after a restart.
+    block_on(authority.delete_table("spread")).expect("delete");
+    let fresh = block_on(authority.create_table("fresh", key("k", KeyType::N), None, 2, 2)).expect("create");
+    drop(other);
+    let mut other = open_shard(&disk1, 1);
+    assert_eq!(other.tables(), vec![def.clone()]);
+    block_on(other.reconcile(&authority.tables())).expect("reconcile");
+    assert_eq!(other.tables(), vec![fresh.clone()]);
+    assert!(def.partition_ids().all(|p| !other.store_mut().partitions().contains(&p)), "old partitions dropped");
+    assert_eq!(authority.tables(), other.tables());
 }
