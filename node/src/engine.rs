@@ -302,6 +302,7 @@ pub struct Engine<D: Disk> {
     tables: BTreeMap<String, TableDef>,
     next_table_id: u32,
     deferred_mode: bool,
+    default_partitions: u32,
     /// Logged, not yet applied writes by (partition, storage key).
     overlay: FxHashMap<(u64, Vec<u8>), Pending>,
     deferred: Commit,
@@ -360,6 +361,7 @@ impl<D: Disk> Engine<D> {
             tables,
             next_table_id,
             deferred_mode: false,
+            default_partitions: PARTITIONS_DEFAULT,
             overlay: FxHashMap::default(),
             deferred: Commit::default(),
         })
@@ -380,6 +382,12 @@ impl<D: Disk> Engine<D> {
     #[must_use]
     pub fn wal(&self) -> Rc<Wal<D>> {
         self.store.wal()
+    }
+
+    /// Partitions of a table whose CreateTable does not say (1 to
+    /// [`PARTITIONS_MAX`]).
+    pub fn set_default_partitions(&mut self, partitions: u32) {
+        self.default_partitions = partitions.clamp(1, PARTITIONS_MAX);
     }
 
     /// In deferred mode writes return once logged; see the module docs.
@@ -461,9 +469,7 @@ impl<D: Disk> Engine<D> {
             self.store.create_partition(partition).await?;
         }
         let record = def.to_json().to_string();
-        self.store
-            .put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, def.name.as_bytes()].concat(), record.as_bytes())
-            .await?;
+        self.store.put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, def.name.as_bytes()].concat(), record.as_bytes()).await?;
         self.next_table_id = self.next_table_id.max(def.id + 1);
         self.tables.insert(def.name.clone(), def.clone());
         Ok(())
@@ -479,8 +485,7 @@ impl<D: Disk> Engine<D> {
 
     /// Makes this shard's catalog equal to the authority's `tables`.
     pub async fn reconcile(&mut self, tables: &[TableDef]) -> Result<(), EngineError> {
-        let stale: Vec<String> =
-            self.tables.values().filter(|d| !tables.contains(d)).map(|d| d.name.clone()).collect();
+        let stale: Vec<String> = self.tables.values().filter(|d| !tables.contains(d)).map(|d| d.name.clone()).collect();
         for name in stale {
             self.forget_table(&name).await?;
         }
@@ -509,7 +514,7 @@ impl<D: Disk> Engine<D> {
         if self.tables.contains_key(name) {
             return Err(EngineError::ResourceInUse(format!("Table already exists: {name}")));
         }
-        let partitions = if partitions == 0 { PARTITIONS_DEFAULT } else { partitions };
+        let partitions = if partitions == 0 { self.default_partitions } else { partitions };
         if partitions > PARTITIONS_MAX {
             return Err(EngineError::Validation(format!("at most {PARTITIONS_MAX} partitions per table")));
         }
@@ -622,6 +627,17 @@ impl<D: Disk> Engine<D> {
             None => Item::new(),
         };
         if expr::evaluate(condition, &item) { Ok(()) } else { Err(EngineError::ConditionalCheckFailed) }
+    }
+
+    /// The partition holding an item (or a key): for routing.
+    pub fn partition_of(&self, table: &str, item: &Item) -> Result<u64, EngineError> {
+        Ok(Self::locate(self.table(table)?, item)?.0)
+    }
+
+    /// The partition holding a partition key value: for routing a Query.
+    pub fn partition_of_partition_key(&self, table: &str, value: &AttributeValue) -> Result<u64, EngineError> {
+        let def = self.table(table)?;
+        Ok(def.partition_for(key::hash_of(&key::partition_prefix(&def.partition_key.name, value)?)))
     }
 
     /// The storage key of an item given as bytes (for duplicate checks).
@@ -904,5 +920,4 @@ impl<D: Disk> Engine<D> {
         let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         self.read_range(&def, partition, range, true, limit, filter, page).await
     }
-
 }

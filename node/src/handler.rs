@@ -352,3 +352,238 @@ async fn execute<D: Disk>(
         }
     }
 }
+
+/// Where a request runs on a node of several shards (see `server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On this shard or on the shard hosting the item's partition. Requests
+    /// that cannot be routed (undecodable, unknown table, bad key) run on
+    /// the shard that received them, which answers with the error.
+    Shard(u32),
+    /// CreateTable and DeleteTable: on shard 0, the catalog authority, which
+    /// then brings every shard's catalog up to date.
+    Catalog,
+    /// Scan: the receiving shard reads the segment's partitions in turn.
+    Scan,
+    /// BatchGetItem and BatchWriteItem: split by shard.
+    Batch,
+}
+
+/// Decides where a request body runs.
+#[must_use]
+pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
+    let placement = engine.placement();
+    let here = Route::Shard(placement.shard);
+    if placement.shards <= 1 {
+        return here;
+    }
+    let Ok(envelope) = protocol::decode_request(body) else { return here };
+    let partition = match envelope.request {
+        Request::CreateTable { .. } | Request::DeleteTable { .. } => return Route::Catalog,
+        Request::Scan { .. } => return Route::Scan,
+        Request::BatchGetItem { .. } | Request::BatchWriteItem { .. } => return Route::Batch,
+        Request::DescribeTable { .. } | Request::ListTables { .. } | Request::Unsupported(_) => return here,
+        Request::PutItem { table, item, .. } => {
+            item::decode(item).ok().and_then(|i| engine.partition_of(&table, &i).ok())
+        }
+        Request::GetItem { table, key, .. }
+        | Request::DeleteItem { table, key, .. }
+        | Request::UpdateItem { table, key, .. } => engine.partition_of(&table, &key).ok(),
+        Request::Query { table, key_condition, args, .. } => engine.describe_table(&table).ok().and_then(|def| {
+            let mut p = placeholders(&args);
+            let sk = def.sort_key.as_ref().map(|k| k.name.as_str());
+            let kc = expr::parse_key_condition(&key_condition, &mut p, &def.partition_key.name, sk).ok()?;
+            engine.partition_of_partition_key(&table, &kc.partition_key).ok()
+        }),
+    };
+    partition.map_or(here, |p| Route::Shard(placement.shard_of(p)))
+}
+
+/// The request id of a body (0 when it does not decode).
+#[must_use]
+pub fn request_id(body: &[u8]) -> u64 {
+    protocol::decode_request(body).map_or(0, |e| e.request_id)
+}
+
+/// An error response to a request body.
+#[must_use]
+pub fn error_response(body: &[u8], code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
+    protocol::encode_response(request_id(body), &error(code, message))
+}
+
+/// A Scan being answered partition by partition.
+#[derive(Debug)]
+pub struct ScanJob {
+    id: u64,
+    /// The table.
+    pub table: String,
+    /// Partitions still to read, in order.
+    pub partitions: Vec<u64>,
+    /// The storage key the first partition resumes after.
+    pub after: Option<Vec<u8>>,
+    /// Limit (items read).
+    pub limit: Option<usize>,
+    paths: Option<Vec<expr::Path>>,
+}
+
+/// Plans a Scan (validating everything in it); an error is the encoded
+/// response.
+pub fn scan_job<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Result<ScanJob, Vec<u8>> {
+    let envelope = protocol::decode_request(body)
+        .map_err(|e| error_response(body, ErrorCode::ValidationException, e.to_string()))?;
+    let id = envelope.request_id;
+    let fail = |response: Response<'static>| protocol::encode_response(id, &response);
+    let Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } =
+        envelope.request
+    else {
+        return Err(fail(error(ErrorCode::InternalServerError, "not a Scan")));
+    };
+    let mut p = placeholders(&args);
+    parse_condition(filter.as_deref(), &mut p).map_err(fail)?;
+    let paths = parse_projection(projection.as_deref(), &mut p).map_err(fail)?;
+    all_used(&p).map_err(fail)?;
+    let (partitions, after) = engine
+        .scan_plan(&table, exclusive_start_key.as_ref(), segment, total_segments)
+        .map_err(|e| fail(engine_error(e)))?;
+    Ok(ScanJob { id, table, partitions, after, limit: (limit > 0).then_some(limit as usize), paths })
+}
+
+/// Reads one partition of a Scan (hosted here) into `page`; returns whether
+/// the page is full. The filter is parsed from the request body.
+pub async fn scan_part<D: Disk>(
+    engine: &mut Engine<D>,
+    body: &[u8],
+    partition: u64,
+    after: Option<Vec<u8>>,
+    page: &mut Page,
+) -> Result<bool, Response<'static>> {
+    let envelope = protocol::decode_request(body).map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
+    let Request::Scan { table, filter, args, limit, .. } = envelope.request else {
+        return Err(error(ErrorCode::InternalServerError, "not a Scan"));
+    };
+    let mut p = placeholders(&args);
+    let filter = parse_condition(filter.as_deref(), &mut p)?;
+    let limit = (limit > 0).then_some(limit as usize);
+    engine.scan_partition(&table, partition, after, limit, filter.as_ref(), page).await.map_err(engine_error)
+}
+
+/// The response to a finished Scan job (or the error that stopped it).
+#[must_use]
+pub fn scan_answer(job: &ScanJob, page: Result<Page, Response<'static>>) -> Vec<u8> {
+    let mut page = match page {
+        Ok(page) => page,
+        Err(response) => return protocol::encode_response(job.id, &response),
+    };
+    if let Err(response) = project_page(&mut page, job.paths.as_deref()) {
+        return protocol::encode_response(job.id, &response);
+    }
+    let response = Response::Page {
+        items: page.items.iter().map(Vec::as_slice).collect(),
+        scanned_count: u32::try_from(page.scanned_count).unwrap_or(u32::MAX),
+        last_evaluated_key: page.last_evaluated_key,
+    };
+    protocol::encode_response(job.id, &response)
+}
+
+/// Splits a BatchGetItem or BatchWriteItem into one request per shard
+/// (each keeps DynamoDB's checks: the owner of a key sees all its
+/// duplicates). An error is the encoded response.
+pub fn split_batch<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, Vec<u8>> {
+    let envelope = protocol::decode_request(body)
+        .map_err(|e| error_response(body, ErrorCode::ValidationException, e.to_string()))?;
+    let id = envelope.request_id;
+    let fail = |response: Response<'static>| protocol::encode_response(id, &response);
+    let placement = engine.placement();
+    let mut by_shard: std::collections::BTreeMap<u32, Request<'_>> = std::collections::BTreeMap::new();
+    match envelope.request {
+        Request::BatchGetItem { tables } => {
+            let keys: usize = tables.iter().map(|t| t.keys.len()).sum();
+            if keys == 0 || keys > BATCH_GET_KEYS_MAX {
+                return Err(fail(error(
+                    ErrorCode::ValidationException,
+                    format!("BatchGetItem takes 1 to {BATCH_GET_KEYS_MAX} keys, got {keys}"),
+                )));
+            }
+            for t in tables {
+                for key in &t.keys {
+                    let partition = engine.partition_of(&t.table, key).map_err(|e| fail(engine_error(e)))?;
+                    let entry = by_shard
+                        .entry(placement.shard_of(partition))
+                        .or_insert_with(|| Request::BatchGetItem { tables: Vec::new() });
+                    let Request::BatchGetItem { tables: sub } = entry else { continue };
+                    if sub.last().is_none_or(|s| s.table != t.table) {
+                        sub.push(protocol::BatchGetTable { keys: Vec::new(), ..t.clone() });
+                    }
+                    if let Some(s) = sub.last_mut() {
+                        s.keys.push(key.clone());
+                    }
+                }
+            }
+        }
+        Request::BatchWriteItem { tables } => {
+            let writes: usize = tables.iter().map(|(_, w)| w.len()).sum();
+            if writes == 0 || writes > BATCH_WRITE_REQUESTS_MAX {
+                return Err(fail(error(
+                    ErrorCode::ValidationException,
+                    format!("BatchWriteItem takes 1 to {BATCH_WRITE_REQUESTS_MAX} requests, got {writes}"),
+                )));
+            }
+            for (table, writes) in tables {
+                for write in writes {
+                    let partition = match &write {
+                        BatchWrite::Put(bytes) => {
+                            item::decode(bytes).map_err(EngineError::from).and_then(|i| engine.partition_of(&table, &i))
+                        }
+                        BatchWrite::Delete(key) => engine.partition_of(&table, key),
+                    }
+                    .map_err(|e| fail(engine_error(e)))?;
+                    let entry = by_shard
+                        .entry(placement.shard_of(partition))
+                        .or_insert_with(|| Request::BatchWriteItem { tables: Vec::new() });
+                    let Request::BatchWriteItem { tables: sub } = entry else { continue };
+                    if sub.last().is_none_or(|(t, _)| *t != table) {
+                        sub.push((table.clone(), Vec::new()));
+                    }
+                    if let Some((_, w)) = sub.last_mut() {
+                        w.push(write);
+                    }
+                }
+            }
+        }
+        _ => return Err(fail(error(ErrorCode::InternalServerError, "not a batch request"))),
+    }
+    Ok(by_shard.into_iter().map(|(shard, request)| (shard, protocol::encode_request(id, 0, &request))).collect())
+}
+
+/// Merges the per-shard responses of a split batch: the first error, or
+/// the union of what they read.
+#[must_use]
+pub fn merge_batch(body: &[u8], responses: &[Vec<u8>]) -> Vec<u8> {
+    let id = request_id(body);
+    let mut tables: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut wrote = false;
+    for response in responses {
+        match protocol::decode_response(response) {
+            Ok((_, protocol::Reply::BatchGet(got))) => {
+                for (table, items) in got {
+                    match tables.iter_mut().find(|(t, _)| *t == table) {
+                        Some((_, all)) => all.extend(items),
+                        None => tables.push((table, items)),
+                    }
+                }
+            }
+            Ok((_, protocol::Reply::BatchWrite)) => wrote = true,
+            Ok((_, protocol::Reply::Error { code, message })) => {
+                return protocol::encode_response(id, &error(code, message));
+            }
+            Ok(_) | Err(_) => {
+                return protocol::encode_response(id, &error(ErrorCode::InternalServerError, "bad shard response"));
+            }
+        }
+    }
+    if wrote {
+        return protocol::encode_response(id, &Response::BatchWrite);
+    }
+    let borrowed = tables.iter().map(|(t, items)| (t.clone(), items.iter().map(Vec::as_slice).collect())).collect();
+    protocol::encode_response(id, &Response::BatchGet(borrowed))
+}

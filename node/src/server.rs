@@ -1,152 +1,788 @@
-//! The daemon shell (glommio): serves the protocol on a TCP port from one
-//! shard in standalone mode. Like `io/glommio_disk.rs`, this is an edge that
-//! names glommio types; the logic it drives (`handler`, `engine`) does not.
+//! The daemon shell (glommio): one executor per shard, each with its own
+//! WAL, B-trees and page cache, serving the protocol. Like
+//! `io/glommio_disk.rs` this edge names glommio types; the logic it drives
+//! (`handler`, `engine`) does not.
 //!
-//! Stopping: when `stop` becomes true the listener stops accepting, the
-//! request in progress finishes, every partition checkpoints and `serve`
-//! returns.
+//! - **Ports.** Every shard listens on the entry port (SO_REUSEPORT: the
+//!   kernel spreads connections over the shards) and on a port of its own
+//!   (for routers that know the owner). Both serve every request.
+//! - **Forwarding.** A request for a partition hosted by another shard
+//!   travels there over a glommio channel mesh (lock-free single-producer
+//!   rings between each pair of shards); the owner answers with the
+//!   encoded response. No locks are shared between shards.
+//! - **Catalog.** Shard 0 is the catalog authority: CreateTable and
+//!   DeleteTable run there, then every other shard reconciles its copy
+//!   before the response goes out. At start shard 0 reconciles all shards
+//!   before any of them serves, which repairs a change a crash interrupted.
+//! - **Group commit.** Engines run in deferred mode: a write is logged while
+//!   the shard's engine is held, then waited for without holding it, so the
+//!   writes of many connections (and of one pipelined connection) share one
+//!   WAL write and fdatasync. A response goes out only once durable.
+//! - **Stopping.** When `stop` becomes true every shard stops accepting and
+//!   reading, answers the requests already read, waits for all shards to
+//!   get there (a shard may still serve another's forwarded requests), then
+//!   checkpoints every partition and returns.
 
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::RwLock;
+use glommio::sync::{RwLock, Semaphore};
+use glommio::{LocalExecutorBuilder, Placement as CpuPlacement};
 use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
+use keel_wire::protocol::{ErrorCode, Response};
+use rustc_hash::FxHashMap;
 
-use crate::engine::Engine;
-use crate::handler;
+use crate::engine::{Engine, Page, Placement, TableDef};
+use crate::handler::{self, Route};
 use crate::io::glommio_disk::GlommioDisk;
 use crate::replica::{ShardStore, StoreConfig};
 
-/// How often the stop flag is checked.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How often the stop flag (set by a signal handler) is checked.
+const STOP_POLL: Duration = Duration::from_millis(20);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Why serving stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The shard store could not be opened.
-    #[error("open the shard store in {dir}: {source}")]
-    Store {
-        /// The data directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: crate::replica::StoreOpenError,
-    },
-    /// The catalog could not be loaded.
-    #[error("open the table catalog: {0}")]
-    Catalog(#[from] crate::engine::EngineError),
-    /// The port could not be bound.
-    #[error("listen on {address}: {reason}")]
-    Listen {
-        /// The address.
-        address: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The final checkpoint failed.
-    #[error("checkpoint before exit: {0}")]
-    Checkpoint(#[from] crate::replica::StoreWriteError),
-    /// The engine lock was closed.
-    #[error("engine lock: {0}")]
-    Lock(String),
-}
+/// Requests one connection may have in flight; reading pauses beyond.
+const IN_FLIGHT_PER_CONNECTION: u64 = 256;
+/// Messages queued between two shards.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// The node metadata file in the data directory.
+const NODE_FILE: &str = "node.json";
+/// Version of the data directory layout.
+const LAYOUT_VERSION: u64 = 1;
 
 /// What to serve and where.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Data directory of the shard.
+pub struct NodeConfig {
+    /// Data directory: `node.json`, a `LOCK` file and one `shard-<i>`
+    /// directory per shard.
     pub data_dir: PathBuf,
-    /// Address to listen on (port 0: any free port).
+    /// The entry port's address (port 0: any free port).
     pub listen: SocketAddr,
-    /// Page cache size in bytes.
+    /// Shard `i` listens on `shard_port_base + i`; None: the entry port + 1
+    /// (any free port when the entry port is 0).
+    pub shard_port_base: Option<u16>,
+    /// Shards (executors). Fixed at the first start of a data directory.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i` (when there are enough CPUs).
+    pub pin: bool,
+    /// Page cache of each shard, in bytes.
     pub page_cache_bytes: usize,
+    /// Partitions of a table whose CreateTable does not say.
+    pub partitions_default: u32,
+    /// How long stopping waits for in-flight requests.
+    pub drain_timeout: Duration,
 }
 
-/// Serves until `stop` is set. Calls `on_listening` with the bound address
-/// once the listener is up. Must run inside a glommio executor.
-pub async fn serve(
-    config: ServerConfig,
+impl NodeConfig {
+    /// Defaults for a data directory and entry address.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            shard_port_base: None,
+            shards: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            pin: true,
+            page_cache_bytes: 256 * 1024 * 1024,
+            partitions_default: crate::engine::PARTITIONS_DEFAULT,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn shard_address(&self, shard: usize) -> anyhow::Result<SocketAddr> {
+        let port = match (self.shard_port_base, self.listen.port()) {
+            (Some(base), _) => u16::try_from(usize::from(base) + shard).ok(),
+            (None, 0) => Some(0),
+            (None, entry) => u16::try_from(usize::from(entry) + 1 + shard).ok(),
+        }
+        .context("shard port beyond 65535")?;
+        Ok(SocketAddr::new(self.listen.ip(), port))
+    }
+}
+
+/// Where a started node listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// The entry port (any shard answers).
+    pub entry: SocketAddr,
+    /// Each shard's own port.
+    pub shards: Vec<SocketAddr>,
+}
+
+/// Takes the data directory for this process: creates it, locks it (a
+/// second keel-node on it fails here), and checks that its shard count is
+/// the configured one.
+fn claim_data_dir(config: &NodeConfig) -> anyhow::Result<File> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("create the data directory {}", dir.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("open {}", dir.join("LOCK").display()))?;
+    lock.try_lock()
+        .map_err(|_| anyhow::anyhow!("the data directory {} is in use by another keel-node process", dir.display()))?;
+    let path = dir.join(NODE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let layout = meta.get("layout").and_then(serde_json::Value::as_u64);
+            anyhow::ensure!(
+                layout == Some(LAYOUT_VERSION),
+                "{} has layout {layout:?}; this keel-node reads layout {LAYOUT_VERSION}",
+                path.display()
+            );
+            let shards = meta.get("shards").and_then(serde_json::Value::as_u64);
+            anyhow::ensure!(
+                shards == Some(config.shards as u64),
+                "the data directory {} was created with {} shards; start keel-node with --shards {} \
+                 (changing the shard count of existing data is not supported)",
+                dir.display(),
+                shards.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                shards.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+            );
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            anyhow::ensure!(
+                std::fs::read_dir(dir)?.flatten().all(|e| e.file_name() == "LOCK"),
+                "the data directory {} holds files but no {NODE_FILE}: not a keel-node data directory",
+                dir.display()
+            );
+            let meta = serde_json::json!({"layout": LAYOUT_VERSION, "shards": config.shards});
+            let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+            std::fs::write(&tmp, meta.to_string())?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(dir)?.sync_all()?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    }
+    Ok(lock)
+}
+
+/// Runs a node until `stop` is set: starts one executor per shard, calls
+/// `on_ready` once every shard serves, and returns after the last
+/// checkpoint. Blocks the calling thread.
+pub fn run(
+    config: NodeConfig,
     stop: Arc<AtomicBool>,
-    on_listening: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(&Listening) + Send + 'static,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let mut store_config = StoreConfig::new(&config.data_dir);
+    anyhow::ensure!((1..=256).contains(&config.shards), "--shards must be 1 to 256, got {}", config.shards);
+    let _lock = claim_data_dir(&config)?;
+    let shards = config.shards;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mesh = MeshBuilder::<Message, _>::full(shards, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<(usize, SocketAddr, SocketAddr)>>();
+    let (entry_txs, mut entry_rxs): (Vec<_>, Vec<_>) =
+        (1..shards).map(|_| std::sync::mpsc::channel::<SocketAddr>()).unzip();
+    let drained = Arc::new(AtomicUsize::new(0));
+    let mut entry_txs = Some(entry_txs);
+    let mut handles = Vec::new();
+    for index in 0..shards {
+        let placement = if config.pin && cpus >= shards { CpuPlacement::Fixed(index) } else { CpuPlacement::Unbound };
+        let context = ShardStart {
+            index,
+            config: config.clone(),
+            mesh: mesh.clone(),
+            stop: Arc::clone(&stop),
+            drained: Arc::clone(&drained),
+            ready: ready_tx.clone(),
+            entry_out: if index == 0 { entry_txs.take().unwrap_or_default() } else { Vec::new() },
+            entry_in: if index == 0 { None } else { Some(entry_rxs.remove(0)) },
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("keel-shard-{index}"))
+            .spawn(move || async move {
+                let ready = context.ready.clone();
+                let result = shard_main(context).await;
+                if let Err(e) = &result {
+                    // Unblocks `run` when a shard fails before it is ready.
+                    let _ = ready.send(Err(anyhow::anyhow!("shard {index}: {e:#}")));
+                }
+                result
+            })
+            .map_err(|e| anyhow::anyhow!("start the executor of shard {index}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut entry = None;
+    let mut addresses = vec![None; shards];
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok((index, entry_address, own))) => {
+                entry = Some(entry_address);
+                if let Some(slot) = addresses.get_mut(index) {
+                    *slot = Some(own);
+                }
+            }
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let ready = match (failure, entry, addresses.iter().copied().collect::<Option<Vec<_>>>()) {
+        (None, Some(entry), Some(shards)) => Some(Listening { entry, shards }),
+        (failure, ..) => {
+            stop.store(true, Ordering::Relaxed);
+            failure.map(Err).unwrap_or_else(|| Err(anyhow::anyhow!("a shard stopped before it was ready")))?
+        }
+    };
+    if let Some(listening) = &ready {
+        crate::notify::notify("READY=1");
+        tracing::info!(entry = %listening.entry, shards = ?listening.shards, "keel-node serving");
+        on_ready(listening);
+    }
+    let mut result = Ok(());
+    for (index, handle) in handles.into_iter().enumerate() {
+        let outcome = handle.join().map_err(|e| anyhow::anyhow!("shard {index} executor failed: {e:?}"));
+        if let Err(e) = outcome.and_then(|r| r) {
+            tracing::error!(shard = index, error = %format!("{e:#}"), "shard failed");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    tracing::info!("stopped");
+    result
+}
+
+struct ShardStart {
+    index: usize,
+    config: NodeConfig,
+    mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    drained: Arc<AtomicUsize>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<(usize, SocketAddr, SocketAddr)>>,
+    /// Shard 0: where to tell the others the entry port it bound.
+    entry_out: Vec<std::sync::mpsc::Sender<SocketAddr>>,
+    /// Other shards: where shard 0 tells the entry port.
+    entry_in: Option<std::sync::mpsc::Receiver<SocketAddr>>,
+}
+
+/// A message between shards.
+#[derive(Debug)]
+enum Message {
+    Call { id: u64, op: Op },
+    Reply { id: u64, answer: Answer },
+}
+
+/// Work one shard asks of another.
+#[derive(Debug)]
+enum Op {
+    /// Run this request body here.
+    Handle(Vec<u8>),
+    /// (To shard 0.) Run a CreateTable or DeleteTable, then reconcile all.
+    Catalog(Vec<u8>),
+    /// Make the catalog equal to this one.
+    Reconcile(Vec<TableDef>),
+    /// Read one hosted partition of a Scan.
+    ScanPart { body: Vec<u8>, partition: u64, after: Option<Vec<u8>>, page: Page },
+}
+
+#[derive(Debug)]
+enum Answer {
+    Body(Vec<u8>),
+    Done(Result<(), String>),
+    ScanPart(Result<(Page, bool), Response<'static>>),
+}
+
+/// One shard, shared by its tasks.
+struct Shard {
+    index: u32,
+    shards: u32,
+    engine: RwLock<Engine<GlommioDisk>>,
+    senders: Senders<Message>,
+    calls: RefCell<FxHashMap<u64, local_channel::LocalSender<Answer>>>,
+    next_call: Cell<u64>,
+    stopping: StopSignal,
+    catalog_ready: StopSignal,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
+    let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in } = start;
+    let dir = config.data_dir.join(format!("shard-{index}"));
+    let mut store_config = StoreConfig::new(&dir);
     store_config.page_cache_bytes = config.page_cache_bytes;
     let store = ShardStore::open(GlommioDisk::new(), store_config)
         .await
-        .with_context(|| format!("open the shard store in {}", config.data_dir.display()))?;
-    let engine = Rc::new(RwLock::new(Engine::open(store).await.context("open the table catalog")?));
-    let listener = TcpListener::bind(config.listen).map_err(|e| anyhow::anyhow!("listen on {}: {e}", config.listen))?;
-    let address = listener.local_addr().map_err(|e| anyhow::anyhow!("read the listening address: {e}"))?;
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "keel-node serving");
-    on_listening(address);
-    crate::notify::notify("READY=1");
-    loop {
-        let stopping = async {
-            while !stop.load(Ordering::Relaxed) {
-                glommio::timer::sleep(SHUTDOWN_POLL).await;
-            }
-            None
-        };
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, stopping).await;
-        match accepted {
-            Some(Ok(stream)) => {
-                let engine = Rc::clone(&engine);
-                glommio::spawn_local(async move {
-                    if let Err(e) = connection(stream, engine).await {
-                        tracing::debug!(error = %e, "connection closed");
-                    }
-                })
-                .detach();
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "accept failed"),
-            None => break,
-        }
+        .with_context(|| format!("open the shard store in {}", dir.display()))?;
+    let placement = Placement { shard: u32::try_from(index)?, shards: u32::try_from(config.shards)? };
+    let mut engine = Engine::open_placed(store, placement).await.context("open the table catalog")?;
+    engine.set_deferred(true);
+    engine.set_default_partitions(config.partitions_default);
+    let (senders, mut receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("join the shard mesh: {e}"))?;
+    let shard = Rc::new(Shard {
+        index: placement.shard,
+        shards: placement.shards,
+        engine: RwLock::new(engine),
+        senders,
+        calls: RefCell::new(FxHashMap::default()),
+        next_call: Cell::new(0),
+        stopping: StopSignal::default(),
+        catalog_ready: StopSignal::default(),
+    });
+    let dispatchers = start_dispatchers(&shard, &mut receivers);
+
+    // The entry port: shard 0 binds it first (resolving port 0), then the
+    // others bind the same port.
+    let entry_address = match entry_in {
+        None => config.listen,
+        Some(rx) => rx.recv_timeout(Duration::from_secs(30)).context("shard 0 never bound the entry port")?,
+    };
+    let entry = TcpListener::bind(entry_address).map_err(|e| anyhow::anyhow!("listen on {entry_address}: {e}"))?;
+    let entry_address = entry.local_addr().map_err(|e| anyhow::anyhow!("read the entry address: {e}"))?;
+    for tx in entry_out {
+        let _ = tx.send(entry_address);
     }
-    crate::notify::notify("STOPPING=1");
-    tracing::info!("shutting down: finishing the request in progress and checkpointing");
-    let mut engine = engine.write().await.map_err(|e| ServeError::Lock(e.to_string()))?;
-    engine.store_mut().checkpoint_all().await?;
-    tracing::info!("stopped");
+    let own_address = config.shard_address(index)?;
+    let own = TcpListener::bind(own_address).map_err(|e| anyhow::anyhow!("listen on {own_address}: {e}"))?;
+    let own_address = own.local_addr().map_err(|e| anyhow::anyhow!("read the shard address: {e}"))?;
+
+    if shard.index == 0 {
+        // Every shard's catalog must equal the authority's before serving.
+        let tables = shard.engine.read().await.map_err(|e| anyhow::anyhow!("engine lock: {e}"))?.tables();
+        for peer in 1..shard.shards {
+            match shard.call(peer, Op::Reconcile(tables.clone())).await {
+                Answer::Done(Ok(())) => {}
+                other => anyhow::bail!("shard {peer} could not reconcile its catalog: {other:?}"),
+            }
+        }
+        shard.catalog_ready.fire();
+    } else {
+        shard.catalog_ready.wait().await;
+    }
+    let _ = ready.send(Ok((index, entry_address, own_address)));
+
+    let connections = glommio::sync::Gate::new();
+    let accepting = [entry, own].map(|listener| {
+        let shard = Rc::clone(&shard);
+        let gate = connections.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    shard.stopping.wait().await;
+                    None
+                })
+                .await;
+                match accepted {
+                    Some(Ok(stream)) => {
+                        let shard = Rc::clone(&shard);
+                        let spawned = gate.spawn(async move {
+                            if let Err(e) = connection(shard, stream).await {
+                                tracing::debug!(error = %e, "connection closed");
+                            }
+                        });
+                        if let Ok(task) = spawned {
+                            task.detach();
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "accept failed"),
+                    None => break,
+                }
+            }
+        })
+    });
+
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    if shard.index == 0 {
+        crate::notify::notify("STOPPING=1");
+        tracing::info!("stopping: draining in-flight requests, then checkpointing");
+    }
+    shard.stopping.fire();
+    for task in accepting {
+        task.await;
+    }
+    let drain = futures_lite::future::or(
+        async {
+            let _ = connections.close().await;
+            true
+        },
+        async {
+            glommio::timer::sleep(config.drain_timeout).await;
+            false
+        },
+    )
+    .await;
+    if !drain {
+        tracing::warn!(shard = index, "connections still busy after the drain timeout; stopping anyway");
+    }
+    // Other shards may still forward requests here until they drained too.
+    drained.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + config.drain_timeout;
+    while drained.load(Ordering::SeqCst) < config.shards && Instant::now() < deadline {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    shard.senders.close();
+    for task in dispatchers {
+        task.await;
+    }
+    let mut engine = shard.engine.write().await.map_err(|e| anyhow::anyhow!("engine lock: {e}"))?;
+    engine.store_mut().checkpoint_all().await.context("checkpoint before exit")?;
     Ok(())
+}
+
+/// One task per peer, receiving its calls and replies.
+fn start_dispatchers(shard: &Rc<Shard>, receivers: &mut Receivers<Message>) -> Vec<glommio::Task<()>> {
+    receivers
+        .streams()
+        .into_iter()
+        .map(|(peer, receiver)| {
+            let shard = Rc::clone(shard);
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    match message {
+                        Message::Call { id, op } => {
+                            let shard = Rc::clone(&shard);
+                            glommio::spawn_local(async move {
+                                let answer = shard.serve_op(op).await;
+                                if shard.senders.send_to(peer, Message::Reply { id, answer }).await.is_err() {
+                                    tracing::warn!(peer, "could not answer a shard: mesh closed");
+                                }
+                            })
+                            .detach();
+                        }
+                        Message::Reply { id, answer } => {
+                            if let Some(tx) = shard.calls.borrow_mut().remove(&id) {
+                                let _ = tx.try_send(answer);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Serves one connection: frames in, frames out, in order.
-async fn connection(mut stream: TcpStream, engine: Rc<RwLock<Engine<GlommioDisk>>>) -> Result<(), String> {
+impl Shard {
+    /// Asks shard `peer` to do `op` and waits for its answer.
+    async fn call(&self, peer: u32, op: Op) -> Answer {
+        let id = self.next_call.get();
+        self.next_call.set(id + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.calls.borrow_mut().insert(id, tx);
+        if self.senders.send_to(peer as usize, Message::Call { id, op }).await.is_err() {
+            self.calls.borrow_mut().remove(&id);
+            return Answer::Done(Err(format!("shard {peer} is not reachable")));
+        }
+        rx.recv().await.unwrap_or_else(|| Answer::Done(Err(format!("shard {peer} did not answer"))))
+    }
+
+    async fn serve_op(&self, op: Op) -> Answer {
+        match op {
+            Op::Handle(body) => Answer::Body(self.execute_local(&body).await),
+            Op::Catalog(body) => Answer::Body(self.catalog_change(&body).await),
+            Op::Reconcile(tables) => {
+                let result = match self.engine.write().await {
+                    Ok(mut engine) => engine.reconcile(&tables).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.catalog_ready.fire();
+                Answer::Done(result)
+            }
+            Op::ScanPart { body, partition, after, mut page } => {
+                let result = match self.engine.write().await {
+                    Ok(mut engine) => handler::scan_part(&mut engine, &body, partition, after, &mut page).await,
+                    Err(e) => Err(Response::Error { code: ErrorCode::InternalServerError, message: e.to_string() }),
+                };
+                Answer::ScanPart(result.map(|full| (page, full)))
+            }
+        }
+    }
+
+    /// Answers a request body wherever it must run.
+    async fn serve(&self, body: Vec<u8>) -> Vec<u8> {
+        let route = match self.engine.read().await {
+            Ok(engine) => handler::route(&engine, &body),
+            Err(e) => return handler::error_response(&body, ErrorCode::InternalServerError, e.to_string()),
+        };
+        match route {
+            Route::Shard(shard) if shard == self.index => self.execute_local(&body).await,
+            Route::Shard(shard) => self.forward(shard, Op::Handle(body)).await,
+            Route::Catalog if self.index == 0 => self.catalog_change(&body).await,
+            Route::Catalog => self.forward(0, Op::Catalog(body)).await,
+            Route::Scan => self.scan(&body).await,
+            Route::Batch => self.batch(&body).await,
+        }
+    }
+
+    async fn forward(&self, shard: u32, op: Op) -> Vec<u8> {
+        let body = match &op {
+            Op::Handle(body) | Op::Catalog(body) => body.clone(),
+            _ => Vec::new(),
+        };
+        match self.call(shard, op).await {
+            Answer::Body(response) => response,
+            other => {
+                handler::error_response(&body, ErrorCode::InternalServerError, format!("shard {shard}: {other:?}"))
+            }
+        }
+    }
+
+    /// Runs a request on this shard's engine; answers once its writes (and
+    /// the writes it read) are durable.
+    async fn execute_local(&self, body: &[u8]) -> Vec<u8> {
+        let (response, commit, wal) = match self.engine.write().await {
+            Ok(mut engine) => {
+                let response = handler::handle(&mut engine, body, now_ms()).await;
+                (response, engine.take_commit(), engine.wal())
+            }
+            Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+        };
+        let Some(lsn) = commit.wait_lsn() else { return response };
+        if let Err(e) = wal.wait_durable(lsn).await {
+            return handler::error_response(body, ErrorCode::InternalServerError, format!("write not durable: {e}"));
+        }
+        let finished = match self.engine.write().await {
+            Ok(mut engine) => engine.finish(commit).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match finished {
+            Ok(()) => response,
+            Err(e) => handler::error_response(body, ErrorCode::InternalServerError, format!("apply a write: {e}")),
+        }
+    }
+
+    /// (Shard 0.) Runs a catalog change, then brings every shard's catalog
+    /// to the new state before answering.
+    async fn catalog_change(&self, body: &[u8]) -> Vec<u8> {
+        let response = self.execute_local(body).await;
+        let tables = match self.engine.read().await {
+            Ok(engine) => engine.tables(),
+            Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+        };
+        for peer in 1..self.shards {
+            if let Answer::Done(Err(e)) = self.call(peer, Op::Reconcile(tables.clone())).await.map_body_to_err() {
+                let message = format!("shard {peer} did not take the catalog change: {e}");
+                return handler::error_response(body, ErrorCode::InternalServerError, message);
+            }
+        }
+        response
+    }
+
+    /// A Scan: each partition of the segment in turn, on its shard.
+    async fn scan(&self, body: &[u8]) -> Vec<u8> {
+        let job = match self.engine.read().await {
+            Ok(engine) => handler::scan_job(&engine, body),
+            Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+        };
+        let job = match job {
+            Ok(job) => job,
+            Err(response) => return response,
+        };
+        let mut page = Page::default();
+        let mut after = job.after.clone();
+        let placement = Placement { shard: self.index, shards: self.shards };
+        for &partition in &job.partitions {
+            let owner = placement.shard_of(partition);
+            let part = if owner == self.index {
+                match self.engine.write().await {
+                    Ok(mut engine) => handler::scan_part(&mut engine, body, partition, after.take(), &mut page)
+                        .await
+                        .map(|full| (std::mem::take(&mut page), full)),
+                    Err(e) => Err(Response::Error { code: ErrorCode::InternalServerError, message: e.to_string() }),
+                }
+            } else {
+                let state = Page { items: Vec::new(), ..page.clone() };
+                let op = Op::ScanPart { body: body.to_vec(), partition, after: after.take(), page: state };
+                match self.call(owner, op).await {
+                    Answer::ScanPart(result) => result.map(|(mut part, full)| {
+                        let mut items = std::mem::take(&mut page.items);
+                        items.append(&mut part.items);
+                        part.items = items;
+                        (part, full)
+                    }),
+                    other => Err(Response::Error {
+                        code: ErrorCode::InternalServerError,
+                        message: format!("shard {owner}: {other:?}"),
+                    }),
+                }
+            };
+            match part {
+                Ok((merged, full)) => {
+                    page = merged;
+                    if full {
+                        break;
+                    }
+                }
+                Err(response) => return handler::scan_answer(&job, Err(response)),
+            }
+        }
+        handler::scan_answer(&job, Ok(page))
+    }
+
+    /// BatchGetItem / BatchWriteItem: one sub-request per shard, at once.
+    async fn batch(&self, body: &[u8]) -> Vec<u8> {
+        let parts = match self.engine.read().await {
+            Ok(engine) => handler::split_batch(&engine, body),
+            Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+        };
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(response) => return response,
+        };
+        let calls = parts.into_iter().map(|(shard, sub)| async move {
+            if shard == self.index {
+                self.execute_local(&sub).await
+            } else {
+                self.forward(shard, Op::Handle(sub)).await
+            }
+        });
+        let responses = futures_util::future::join_all(calls).await;
+        handler::merge_batch(body, &responses)
+    }
+}
+
+impl Answer {
+    /// For catalog reconciliation: a body is an unexpected answer.
+    fn map_body_to_err(self) -> Self {
+        match self {
+            Self::Body(_) | Self::ScanPart(_) => Self::Done(Err("unexpected answer".into())),
+            done @ Self::Done(_) => done,
+        }
+    }
+}
+
+/// Serves one connection: requests are read and started as they arrive
+/// (many in flight, see IN_FLIGHT_PER_CONNECTION), responses are written as
+/// they finish, matched by request id.
+async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_unbounded::<Vec<u8>>();
+    let write_task = glommio::spawn_local(async move {
+        let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
+        while let Some(response) = rx.recv().await {
+            out.clear();
+            encode_frame(&response, &mut out);
+            // Whatever else is ready goes out in the same write.
+            while let Some(Some(more)) = futures_lite::future::poll_once(rx.recv()).await {
+                encode_frame(&more, &mut out);
+            }
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let in_flight = Rc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let tx = Rc::new(tx);
     let decoder = FrameDecoder::new(FRAME_BODY_MAX_BYTES);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    loop {
-        while let Some(span) = decoder.decode(&buf).map_err(|e| e.to_string())? {
-            let response = {
-                let body = buf.get(span.body_start..span.end).unwrap_or(&[]);
-                let mut engine = engine.write().await.map_err(|e| e.to_string())?;
-                handler::handle(&mut engine, body, now_ms()).await
+    let read_result = 'read: loop {
+        let mut consumed = 0;
+        loop {
+            let rest = buf.get(consumed..).unwrap_or(&[]);
+            let span = match decoder.decode(rest) {
+                Ok(Some(span)) => span,
+                Ok(None) => break,
+                Err(e) => break 'read Err(e.to_string()),
             };
-            let mut frame = Vec::with_capacity(response.len() + 8);
-            encode_frame(&response, &mut frame);
-            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-            buf.drain(..span.end);
+            // The request's own buffer: verified and used in place from here.
+            let body = rest.get(span.body_start..span.end).unwrap_or(&[]).to_vec();
+            consumed += span.end;
+            let permit = match in_flight.acquire_static_permit(1).await {
+                Ok(permit) => permit,
+                Err(e) => break 'read Err(e.to_string()),
+            };
+            let (shard, tx) = (Rc::clone(&shard), Rc::clone(&tx));
+            glommio::spawn_local(async move {
+                let response = shard.serve(body).await;
+                let _ = tx.send(response).await;
+                drop(permit);
+            })
+            .detach();
         }
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        buf.drain(..consumed);
+        let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+            shard.stopping.wait().await;
+            None
+        })
+        .await;
+        match read {
+            None | Some(Ok(0)) => break Ok(()),
+            Some(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+            Some(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
+            Some(Err(e)) => break Err(e.to_string()),
+        }
+    };
+    // Answer everything already read, then close.
+    let _ = in_flight.acquire(IN_FLIGHT_PER_CONNECTION).await;
+    drop(tx);
+    let written = write_task.await;
+    read_result?;
+    written.map_err(|e| e.to_string())
+}
+
+/// A one-way local signal: `wait` resolves once `fire` was called.
+#[derive(Debug, Default)]
+struct StopSignal {
+    fired: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl StopSignal {
+    fn fire(&self) {
+        self.fired.set(true);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
     }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        SignalWait { signal: self }
+    }
+}
+
+struct SignalWait<'a> {
+    signal: &'a StopSignal,
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.fired.get() {
+            return Poll::Ready(());
+        }
+        self.signal.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The data directory of shard `index` (for tools and tests).
+#[must_use]
+pub fn shard_dir(data_dir: &Path, index: usize) -> PathBuf {
+    data_dir.join(format!("shard-{index}"))
 }

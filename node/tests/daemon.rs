@@ -2,6 +2,8 @@
 //! over TCP; graceful stop with SIGTERM and a kill -9, each followed by a
 //! restart that still holds every acknowledged write.
 
+#![allow(clippy::indexing_slicing)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ struct Node {
     stream: TcpStream,
     next_id: u64,
     address: String,
+    shard_addresses: Vec<String>,
 }
 
 impl Node {
@@ -30,20 +33,28 @@ impl Node {
             command.env("NOTIFY_SOCKET", socket);
         }
         let mut child = command
-            .args(["--standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin", "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start keel-node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let address =
-            line.trim().strip_prefix("keel-node listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
-        let stream = TcpStream::connect(address).expect("connect");
-        Self { child, stream, next_id: 0, address: address.to_owned() }
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut shard_addresses = Vec::new();
+        let address = loop {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
+            if let Some(rest) = line.trim().strip_prefix("keel-node shard ") {
+                let (_, address) = rest.split_once(" listening on ").expect("shard line");
+                shard_addresses.push(address.to_owned());
+            } else if let Some(address) = line.trim().strip_prefix("keel-node listening on ") {
+                break address.to_owned();
+            }
+        };
+        assert_eq!(shard_addresses.len(), 2, "one port per shard");
+        let stream = TcpStream::connect(&address).expect("connect");
+        Self { child, stream, next_id: 0, address, shard_addresses }
     }
 
     fn call(&mut self, request: &Request<'_>) -> Reply {
@@ -213,4 +224,174 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     node.stop();
     let n = socket.recv(&mut buf).expect("STOPPING notification");
     assert_eq!(buf.get(..n), Some(&b"STOPPING=1"[..]));
+}
+
+fn scan_request(table: &str, limit: u32, start: Option<item::Item>, segment: u32, total: u32) -> Request<'static> {
+    Request::Scan {
+        table: table.into(),
+        filter: None,
+        projection: None,
+        args: ExpressionArgs::default(),
+        limit,
+        exclusive_start_key: start,
+        segment,
+        total_segments: total,
+    }
+}
+
+/// Every page of a Scan (segment `segment` of `total`), `limit` at a time.
+fn scan_all(client: &keel_wire::client::BlockingClient, limit: u32, segment: u32, total: u32) -> Vec<item::Item> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .run(async |c| c.page(&scan_request("songs", limit, start.clone(), segment, total)).await)
+            .expect("scan page");
+        assert!(page.items.len() <= limit as usize);
+        items.extend(page.items);
+        match page.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return items,
+        }
+    }
+}
+
+#[test]
+fn every_operation_works_across_shards_through_every_port() {
+    use keel_wire::client::{BlockingClient, ClientConfig, ClientError};
+    use keel_wire::protocol::{BatchGetTable, BatchWrite, ErrorCode};
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let node = Node::start(&tmp.path().join("data"));
+    let connect = |address: &str| BlockingClient::connect(ClientConfig::new(address.to_owned())).expect("connect");
+    let entry = connect(&node.address);
+    let ports: Vec<BlockingClient> = node.shard_addresses.iter().map(|a| connect(a)).collect();
+    let created =
+        entry.run(async |c| c.create_table("songs", ("artist", KeyKind::S), Some(("n", KeyKind::N)), 4).await);
+    assert_eq!(created.expect("created").partitions, 4);
+    // The catalog change reached every shard before CreateTable answered.
+    for port in &ports {
+        assert_eq!(port.run(async |c| c.describe_table("songs").await).expect("described").name, "songs");
+    }
+    let song = |artist: u32, n: u32| {
+        item::from_json(&json!({"artist": {"S": format!("a{artist}")}, "n": {"N": n.to_string()}, "len": {"N": "200"}}))
+            .expect("item")
+    };
+    // Writes through each shard's own port, whichever shard owns the item.
+    for artist in 0..10 {
+        for n in 0..4 {
+            let port = &ports[(artist + n) as usize % ports.len()];
+            port.run(async |c| c.put_item("songs", song(artist, n)).send().await).expect("put");
+        }
+    }
+    // Reads through the other port.
+    for artist in 0..10 {
+        let port = &ports[(artist as usize + 1) % ports.len()];
+        let key = item::from_json(&json!({"artist": {"S": format!("a{artist}")}, "n": {"N": "3"}})).expect("key");
+        let got = port.run(async |c| c.get_item("songs", key.clone(), None, Vec::new(), false).await).expect("get");
+        assert_eq!(got, Some(song(artist, 3)));
+    }
+    // A Scan crosses both shards' partitions; pages of 7 see every item once.
+    let mut everything: Vec<String> =
+        scan_all(&entry, 7, 0, 1).iter().map(|i| format!("{:?}/{:?}", i.get("artist"), i.get("n"))).collect();
+    assert_eq!(everything.len(), 40);
+    everything.sort();
+    everything.dedup();
+    assert_eq!(everything.len(), 40, "no item twice");
+    let segments: usize = (0..3).map(|s| scan_all(&ports[0], 5, s, 3).len()).sum();
+    assert_eq!(segments, 40, "segments split the table");
+    // Query order and pagination on a partition another shard may own.
+    let query = |start: Option<item::Item>| Request::Query {
+        table: "songs".into(),
+        key_condition: "artist = :a AND n >= :one".into(),
+        filter: None,
+        projection: Some("n".into()),
+        args: ExpressionArgs {
+            names: Vec::new(),
+            values: vec![
+                (":a".into(), item::AttributeValue::S("a5".into())),
+                (":one".into(), item::AttributeValue::N("1".into())),
+            ],
+        },
+        limit: 2,
+        exclusive_start_key: start,
+        forward: true,
+    };
+    let first = ports[0].run(async |c| c.page(&query(None)).await).expect("query");
+    let second = ports[1].run(async |c| c.page(&query(first.last_evaluated_key.clone())).await).expect("query");
+    let numbers: Vec<_> =
+        first.items.iter().chain(&second.items).map(|i| i.get("n").cloned().expect("projected n")).collect();
+    let want: Vec<_> = (1..4).map(|n| item::AttributeValue::N(n.to_string())).collect();
+    assert_eq!(numbers, want);
+    // Batches split over the shards and come back whole.
+    let items: Vec<Vec<u8>> = (0..25).map(|n| item::encode(&song(100, n))).collect();
+    let batch =
+        Request::BatchWriteItem { tables: vec![("songs".into(), items.iter().map(|b| BatchWrite::Put(b)).collect())] };
+    assert_eq!(entry.run(async |c| c.call(&batch).await).expect("batch write"), Reply::BatchWrite);
+    let keys: Vec<item::Item> = (0..10)
+        .flat_map(|a| (0..4).map(move |n| (a, n)))
+        .chain((0..25).map(|n| (100, n)))
+        .map(|(a, n)| {
+            item::from_json(&json!({"artist": {"S": format!("a{a}")}, "n": {"N": n.to_string()}})).expect("k")
+        })
+        .take(60)
+        .collect();
+    let batch_get = Request::BatchGetItem {
+        tables: vec![BatchGetTable {
+            table: "songs".into(),
+            keys,
+            projection: None,
+            args: ExpressionArgs::default(),
+            consistent_read: true,
+        }],
+    };
+    match entry.run(async |c| c.call(&batch_get).await).expect("batch get") {
+        Reply::BatchGet(tables) => assert_eq!(tables.iter().map(|(_, i)| i.len()).sum::<usize>(), 60),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Conditional failures come back typed, from whichever shard.
+    let key = item::from_json(&json!({"artist": {"S": "a2"}, "n": {"N": "0"}})).expect("key");
+    let failed = ports[1].run(async |c| {
+        c.update_item("songs", key.clone(), "SET len = :l")
+            .value(":l", item::AttributeValue::N("1".into()))
+            .condition("len < :l")
+            .send()
+            .await
+    });
+    assert!(matches!(failed, Err(ClientError::Service { code: ErrorCode::ConditionalCheckFailedException, .. })));
+    // DeleteTable through a shard's port removes the table everywhere.
+    ports[1].run(async |c| c.delete_table("songs").await).expect("deleted");
+    for port in &ports {
+        let gone = port.run(async |c| c.describe_table("songs").await);
+        assert_eq!(gone.err().and_then(|e| e.code()), Some(ErrorCode::ResourceNotFoundException));
+    }
+    node.stop();
+}
+
+/// Starts keel-node expecting it to refuse; returns what it printed.
+fn refused(dir: &Path, shards: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+        .args(["--listen", "127.0.0.1:0", "--no-pin", "--shards", shards, "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run keel-node");
+    assert!(!out.status.success(), "keel-node must refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_data_directory_serves_one_process_with_the_shard_count_it_was_made_with() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let dir = tmp.path().join("data");
+    let node = Node::start(&dir);
+    let message = refused(&dir, "2");
+    assert!(message.contains("in use by another keel-node process"), "{message}");
+    node.stop();
+    let message = refused(&dir, "3");
+    assert!(message.contains("was created with 2 shards"), "{message}");
+    let stray = tmp.path().join("stray");
+    std::fs::create_dir_all(&stray).expect("mkdir");
+    std::fs::write(stray.join("notes.txt"), b"mine").expect("write");
+    let message = refused(&stray, "1");
+    assert!(message.contains("not a keel-node data directory"), "{message}");
 }

@@ -9,36 +9,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use keel_node::server::{ServerConfig, serve};
+use keel_node::server::{NodeConfig, run};
 use serde_json::{Value, json};
 
 struct Server {
     address: String,
     stop: Arc<AtomicBool>,
-    thread: Option<glommio::ExecutorJoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
-        let config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            page_cache_bytes: 16 * 1024 * 1024,
-        };
+        let mut config = NodeConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().expect("address"));
+        config.shards = 2;
+        config.pin = false;
+        config.page_cache_bytes = 16 * 1024 * 1024;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let flag = Arc::clone(&stop);
-        let thread = glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                serve(config, flag, |address| {
-                    let _ = tx.send(address.to_string());
-                })
-                .await
-                .expect("serve");
+        let thread = std::thread::spawn(move || {
+            run(config, flag, move |listening| {
+                let _ = tx.send(listening.entry.to_string());
             })
-            .expect("spawn server");
+            .expect("serve");
+        });
         let address = rx.recv().expect("server listening");
         Self { address, stop, thread: Some(thread), _dir: dir }
     }

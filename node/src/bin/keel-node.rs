@@ -1,68 +1,127 @@
-//! `keel-node`: the storage node daemon. Today it serves one shard in
-//! standalone mode (a durable table catalog and every partition of every
-//! table) on one port, speaking Keel's binary protocol (frames of
-//! FlatBuffers; see docs/format/frame.md).
+//! `keel-node`: the storage node daemon. In standalone mode one node is a
+//! whole database: a durable table catalog and every partition of every
+//! table, spread over one shard (glommio executor) per core, speaking Keel's
+//! binary protocol (frames of FlatBuffers; see docs/format/frame.md).
 //!
-//! SIGTERM and SIGINT stop accepting connections, let the request in
-//! progress finish, checkpoint every partition and exit.
+//! Settings come from flags, then `KEEL_*` environment variables, then the
+//! TOML file given with `--config` (see ops/keel-node.toml), then defaults.
+//!
+//! SIGTERM and SIGINT stop accepting connections, answer the requests in
+//! flight, checkpoint every partition and exit.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use glommio::{LocalExecutorBuilder, Placement};
-use keel_node::server::{ServerConfig, serve};
+use keel_node::server::{Listening, NodeConfig, run};
+use serde::Deserialize;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-node", version, about = "Keel storage node")]
 struct Args {
+    /// A TOML file with any of the settings below (flags win over it).
+    #[arg(long, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
     /// Serve a whole database from this node (catalog and every partition).
-    #[arg(long, default_value_t = true)]
+    /// The only mode so far; accepted for clarity.
+    #[arg(long)]
     standalone: bool,
-    /// Where the shard keeps its WAL and B-tree files (never on tmpfs).
-    #[arg(long, default_value = "keel-data")]
-    data_dir: PathBuf,
-    /// Address to serve the binary protocol on.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    listen: SocketAddr,
-    /// Page cache size in MiB.
-    #[arg(long, default_value_t = 256)]
-    page_cache_mb: usize,
+    /// Where the node keeps its WAL and B-tree files (never on tmpfs).
+    /// Default: keel-data.
+    #[arg(long, env = "KEEL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The entry port's address. Default: 127.0.0.1:7400.
+    #[arg(long, env = "KEEL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// First port of the shards' own ports (shard i: base + i). Default:
+    /// the entry port + 1.
+    #[arg(long)]
+    shard_port_base: Option<u16>,
+    /// Shards (one executor each). Default: every CPU. Fixed when the data
+    /// directory is created.
+    #[arg(long, env = "KEEL_SHARDS")]
+    shards: Option<usize>,
+    /// Do not pin shard i to CPU i.
+    #[arg(long)]
+    no_pin: bool,
+    /// Page cache per shard, in MiB. Default: 256.
+    #[arg(long)]
+    page_cache_mb: Option<usize>,
+    /// Partitions of a table whose CreateTable does not say. Default: 4.
+    #[arg(long)]
+    partitions_default: Option<u32>,
+    /// Seconds stopping waits for in-flight requests. Default: 10.
+    #[arg(long)]
+    drain_timeout_s: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
 }
 
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    shard_port_base: Option<u16>,
+    shards: Option<usize>,
+    pin: Option<bool>,
+    page_cache_mb: Option<usize>,
+    partitions_default: Option<u32>,
+    drain_timeout_s: Option<u64>,
+    log_json: Option<bool>,
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid keel-node config", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => FileConfig::default(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
+    if args.log_json || file.log_json == Some(true) {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    anyhow::ensure!(args.standalone, "only --standalone is supported so far");
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("keel-data"));
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+    let mut config = NodeConfig::new(data_dir, listen);
+    config.shard_port_base = args.shard_port_base.or(file.shard_port_base);
+    if let Some(shards) = args.shards.or(file.shards) {
+        config.shards = shards;
+    }
+    config.pin = !args.no_pin && file.pin.unwrap_or(true);
+    if let Some(mb) = args.page_cache_mb.or(file.page_cache_mb) {
+        config.page_cache_bytes = mb.checked_mul(1024 * 1024).context("page cache size overflows")?;
+    }
+    if let Some(partitions) = args.partitions_default.or(file.partitions_default) {
+        anyhow::ensure!((1..=1024).contains(&partitions), "partitions_default must be 1 to 1024");
+        config.partitions_default = partitions;
+    }
+    if let Some(seconds) = args.drain_timeout_s.or(file.drain_timeout_s) {
+        config.drain_timeout = Duration::from_secs(seconds);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("install signal handler")?;
     }
-    let config = ServerConfig {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        page_cache_bytes: args.page_cache_mb * 1024 * 1024,
-    };
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("keel-shard-0")
-        .spawn(move || async move {
-            // Tests and scripts wait for this line on stdout.
-            serve(config, stop, |address| println!("keel-node listening on {address}")).await
-        })
-        .map_err(|e| anyhow::anyhow!("start the shard executor: {e}"))?;
-    let served = handle.join().map_err(|e| anyhow::anyhow!("shard executor failed: {e:?}"))?;
-    served?;
-    Ok(())
+    run(config, stop, |listening: &Listening| {
+        // Tests and scripts wait for these lines on stdout.
+        for (shard, address) in listening.shards.iter().enumerate() {
+            println!("keel-node shard {shard} listening on {address}");
+        }
+        println!("keel-node listening on {}", listening.entry);
+    })
 }
