@@ -24,11 +24,12 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path) -> Self {
-        Self::start_with(dir, None)
+        Self::start_with(dir, None, &[])
     }
 
-    fn start_with(dir: &Path, notify_socket: Option<&Path>) -> Self {
+    fn start_with(dir: &Path, notify_socket: Option<&Path>, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keel-node"));
+        command.args(extra);
         if let Some(socket) = notify_socket {
             command.env("NOTIFY_SOCKET", socket);
         }
@@ -217,7 +218,7 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let socket_path = tmp.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
     socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
-    let node = Node::start_with(&tmp.path().join("data"), Some(&socket_path));
+    let node = Node::start_with(&tmp.path().join("data"), Some(&socket_path), &[]);
     let mut buf = [0u8; 64];
     let n = socket.recv(&mut buf).expect("READY notification");
     assert_eq!(buf.get(..n), Some(&b"READY=1"[..]));
@@ -394,4 +395,143 @@ fn a_data_directory_serves_one_process_with_the_shard_count_it_was_made_with() {
     std::fs::write(stray.join("notes.txt"), b"mine").expect("write");
     let message = refused(&stray, "1");
     assert!(message.contains("not a keel-node data directory"), "{message}");
+}
+
+/// What a connection did with bad input.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// It closed (or reset) the connection.
+    Closed,
+    /// It answered with a typed error.
+    Error(keel_wire::protocol::ErrorCode),
+}
+
+/// Sends `bytes` on a fresh connection (then, with `half_close`, ends the
+/// writing side) and reports what the server did.
+fn send_raw(address: &str, bytes: &[u8], half_close: bool) -> Outcome {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    // The server may close before reading everything: a failed write is
+    // fine, the read below tells what happened.
+    let _ = stream.write_all(bytes);
+    if half_close {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let decoder = FrameDecoder::default();
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Outcome::Closed,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(span) = decoder.decode(&buf).expect("the server sends valid frames") {
+            return match protocol::decode_response(&buf[span.body_start..span.end]).expect("valid response") {
+                (_, Reply::Error { code, .. }) => Outcome::Error(code),
+                (_, other) => panic!("bad input got a success: {other:?}"),
+            };
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_a_typed_error_or_a_clean_close_and_the_server_keeps_serving() {
+    use keel_wire::client::{BlockingClient, ClientConfig};
+    use keel_wire::fb;
+    use keel_wire::protocol::ErrorCode;
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let mut node = Node::start(&tmp.path().join("data"));
+    let create = Request::CreateTable {
+        table: "users".into(),
+        partition_key: ("id".into(), KeyKind::S),
+        sort_key: None,
+        partitions: 4,
+    };
+    assert!(matches!(node.call(&create), Reply::Table(_)));
+    let address = node.address.clone();
+    let frame_of = |body: &[u8]| {
+        let mut frame = Vec::new();
+        encode_frame(body, &mut frame);
+        frame
+    };
+    let good = frame_of(&protocol::encode_request(9, 0, &Request::ListTables { start_after: None, limit: 0 }));
+
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    for _ in 0..20 {
+        let len = rng.random_range(1..20_000);
+        let noise: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        assert_eq!(send_raw(&address, &noise, true), Outcome::Closed, "random bytes");
+    }
+    let mut wrong_crc = good.clone();
+    wrong_crc[5] ^= 0x40;
+    assert_eq!(send_raw(&address, &wrong_crc, false), Outcome::Closed, "wrong crc");
+    assert_eq!(send_raw(&address, &good[..good.len() - 3], true), Outcome::Closed, "truncated frame");
+    let mut oversized = Vec::new();
+    oversized.extend_from_slice(&(17 * 1024 * 1024 + 1u32).to_le_bytes());
+    oversized.extend_from_slice(&[0; 4]);
+    assert_eq!(send_raw(&address, &oversized, false), Outcome::Closed, "oversized frame");
+    assert_eq!(
+        send_raw(&address, &frame_of(b"a valid crc over bytes that are no flatbuffer"), false),
+        Outcome::Error(ErrorCode::ValidationException),
+        "a frame that fails verification"
+    );
+    // A well-formed envelope whose request type this server does not know.
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let start = builder.start_table();
+    let empty = builder.end_table(start);
+    let envelope = fb::RequestEnvelope::create(
+        &mut builder,
+        &fb::RequestEnvelopeArgs {
+            request_id: 3,
+            timeout_ms: 0,
+            body_type: fb::Request(250),
+            body: Some(empty.as_union_value()),
+        },
+    );
+    builder.finish(envelope, None);
+    assert_eq!(
+        send_raw(&address, &frame_of(builder.finished_data()), false),
+        Outcome::Error(ErrorCode::ValidationException),
+        "an unknown request type"
+    );
+
+    // Items over the limits and malformed expressions, through the client.
+    let client = BlockingClient::connect(ClientConfig::new(address.clone())).expect("connect");
+    let code = |r: Result<Option<item::Item>, keel_wire::client::ClientError>| r.err().and_then(|e| e.code());
+    let big = item::from_json(&json!({"id": {"S": "big"}, "blob": {"S": "x".repeat(401 * 1024)}})).expect("item");
+    assert!(matches!(
+        code(client.run(async |c| c.put_item("users", big.clone()).send().await)),
+        Some(ErrorCode::ItemTooLarge | ErrorCode::ValidationException)
+    ));
+    let long_key = item::from_json(&json!({"id": {"S": "k".repeat(2049)}})).expect("item");
+    assert_eq!(
+        code(client.run(async |c| c.put_item("users", long_key.clone()).send().await)),
+        Some(ErrorCode::ValidationException)
+    );
+    let ok = item::from_json(&json!({"id": {"S": "u1"}})).expect("item");
+    for expression in ["attribute_exists(", "a = = b", "size(id) > :missing", "id BETWEEN :a", ")("] {
+        let result = client.run(async |c| c.put_item("users", ok.clone()).condition(expression).send().await);
+        assert_eq!(code(result), Some(ErrorCode::ValidationException), "{expression}");
+    }
+    // The first connection and new ones still work.
+    assert!(matches!(node.call(&Request::ListTables { start_after: None, limit: 0 }), Reply::TableNames { .. }));
+    assert_eq!(put(&mut node, "after", 1), Reply::Item(None));
+    assert!(client.run(async |c| c.describe_table("users").await).is_ok());
+    node.stop();
+}
+
+#[test]
+fn the_example_config_file_is_valid_and_flags_override_it() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/keel-node.toml");
+    // The file says data_dir /var/lib/keel and port 7400; the flags win.
+    let mut node = Node::start_with(&tmp.path().join("data"), None, &["--config", example]);
+    assert!(matches!(node.call(&Request::ListTables { start_after: None, limit: 0 }), Reply::TableNames { .. }));
+    node.stop();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "shards = 2\nlisten_port = 1\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-node")).arg("--config").arg(&bad).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"), "unknown settings are named");
 }

@@ -384,7 +384,10 @@ fn main() -> ExitCode {
     };
     match client.run(async |c| run(c, cli.command).await) {
         Ok(output) => {
-            println!("{}", serde_json::to_string_pretty(&output).unwrap_or_default());
+            use std::io::Write as _;
+            // A closed pipe (`keel … | head`) is not an error of the command.
+            let text = serde_json::to_string_pretty(&output).unwrap_or_default();
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
         Err(Failure::Usage(message)) => {
