@@ -535,3 +535,108 @@ fn the_example_config_file_is_valid_and_flags_override_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"), "unknown settings are named");
 }
+
+#[test]
+fn kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write() {
+    use keel_wire::client::{BlockingClient, ClientConfig};
+    use std::sync::{Arc, Condvar, Mutex};
+    const WRITERS: usize = 24;
+    const COUNTERS: usize = 4;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let dir = tmp.path().join("data");
+    let node = Node::start(&dir);
+    let mut config = ClientConfig::new(node.address.clone());
+    config.connections = 4;
+    config.retries_max = 0;
+    let client = BlockingClient::connect(config).expect("connect");
+    client.run(async |c| c.create_table("load", ("id", KeyKind::S), None, 4).await).expect("create");
+    // Acknowledged puts by key, and acknowledged / attempted increments per counter.
+    let acked: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+    let counted: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(vec![(0, 0); COUNTERS]));
+    let load = {
+        let (acked, counted) = (Arc::clone(&acked), Arc::clone(&counted));
+        std::thread::spawn(move || {
+            client.run(async |c| {
+                let mut tasks = Vec::new();
+                for writer in 0..WRITERS {
+                    let (c, acked, counted) = (c.clone(), Arc::clone(&acked), Arc::clone(&counted));
+                    tasks.push(tokio::spawn(async move {
+                        for i in 0u64.. {
+                            let result = if writer < COUNTERS {
+                                counted.lock().expect("lock")[writer].1 += 1;
+                                let key =
+                                    item::from_json(&json!({"id": {"S": format!("counter{writer}")}})).expect("key");
+                                let sent = c
+                                    .update_item("load", key, "ADD n :one")
+                                    .value(":one", item::AttributeValue::N("1".into()))
+                                    .send()
+                                    .await;
+                                sent.map(|_| counted.lock().expect("lock")[writer].0 += 1)
+                            } else {
+                                let id = format!("w{writer}-{i}");
+                                let it = item::from_json(&json!({"id": {"S": id}, "i": {"N": i.to_string()}}))
+                                    .expect("item");
+                                let sent = c.put_item("load", it).send().await;
+                                sent.map(|_| {
+                                    let (list, signal) = &*acked;
+                                    list.lock().expect("lock").push(id);
+                                    signal.notify_all();
+                                })
+                            };
+                            if result.is_err() {
+                                return;
+                            }
+                        }
+                    }));
+                }
+                for task in tasks {
+                    let _ = task.await;
+                }
+            });
+        })
+    };
+    {
+        let (list, signal) = &*acked;
+        let guard = list.lock().expect("lock");
+        let _enough = signal.wait_while(guard, |l| l.len() < 3000).expect("wait");
+    }
+    node.kill_9();
+    load.join().expect("the load thread ends once the node is gone");
+
+    let mut node = Node::start(&dir);
+    let acked = acked.0.lock().expect("lock").clone();
+    assert!(acked.len() >= 3000);
+    for id in &acked {
+        let key = item::from_json(&json!({"id": {"S": id}})).expect("key");
+        let request = Request::GetItem {
+            table: "load".into(),
+            key,
+            projection: None,
+            args: ExpressionArgs::default(),
+            consistent_read: true,
+        };
+        assert!(matches!(node.call(&request), Reply::Item(Some(_))), "acknowledged write {id} is lost");
+    }
+    for (counter, (acknowledged, attempted)) in counted.lock().expect("lock").iter().enumerate() {
+        let key = item::from_json(&json!({"id": {"S": format!("counter{counter}")}})).expect("key");
+        let request = Request::GetItem {
+            table: "load".into(),
+            key,
+            projection: None,
+            args: ExpressionArgs::default(),
+            consistent_read: true,
+        };
+        let n = match node.call(&request) {
+            Reply::Item(Some(bytes)) => match item::decode(&bytes).expect("item").get("n") {
+                Some(item::AttributeValue::N(n)) => n.parse::<u64>().expect("integer"),
+                other => panic!("counter{counter} holds {other:?}"),
+            },
+            Reply::Item(None) => 0,
+            other => panic!("unexpected {other:?}"),
+        };
+        // Every acknowledged increment counted once; an unacknowledged one may
+        // or may not have landed.
+        assert!((*acknowledged..=*attempted).contains(&n), "counter{counter}: {n} not in {acknowledged}..={attempted}");
+    }
+    node.stop();
+}

@@ -375,7 +375,9 @@ fn page_json(page: keel_wire::client::ItemsPage) -> Json {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = match BlockingClient::connect(ClientConfig::new(cli.endpoint.clone())) {
+    let mut config = ClientConfig::new(cli.endpoint.clone());
+    config.connections = 1;
+    let client = match BlockingClient::connect(config) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("Could not connect to the endpoint {}: {e}", cli.endpoint);

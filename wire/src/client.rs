@@ -1,8 +1,10 @@
-//! The client library (feature `client`): an async client on tokio that
-//! pipelines many requests over one connection (matched by request id), with
-//! per-request timeouts and retries with exponential backoff on errors that
-//! mean "not executed, try again"; a typed builder API; and a blocking
-//! wrapper for scripts and the CLI.
+//! The client library (feature `client`): an async client on tokio with a
+//! pool of connections (requests go round-robin over them; a broken one is
+//! replaced on next use), each pipelining many requests (matched by request
+//! id); per-request timeouts and retries with exponential backoff on errors
+//! that mean "not executed, try again" (throttling, unavailable, or a
+//! request that never left because its connection had broken); a typed
+//! builder API; and a blocking wrapper for scripts and the CLI.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keel_wire::client::ClientError> {
@@ -15,7 +17,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +42,10 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// First backoff; doubled on every retry.
     pub backoff_base: Duration,
-    /// Requests in flight on the connection at most.
+    /// Requests in flight per connection at most.
     pub in_flight_max: usize,
+    /// Connections in the pool.
+    pub connections: usize,
 }
 
 impl ClientConfig {
@@ -54,6 +58,7 @@ impl ClientConfig {
             retries_max: 3,
             backoff_base: Duration::from_millis(20),
             in_flight_max: 1024,
+            connections: 2,
         }
     }
 }
@@ -115,18 +120,16 @@ fn retryable(code: ErrorCode) -> bool {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
 
-/// An async client on one pipelined connection. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Client {
+/// One pipelined connection: a writer task fed by a channel, a reader task
+/// completing waiters by request id.
+#[derive(Debug)]
+struct Connection {
     frames: mpsc::Sender<Vec<u8>>,
     pending: Pending,
-    next_id: Arc<AtomicU64>,
-    config: Arc<ClientConfig>,
 }
 
-impl Client {
-    /// Connects and starts the connection's reader and writer tasks.
-    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+impl Connection {
+    async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(&config.endpoint)
             .await
             .map_err(|source| ClientError::Connect { endpoint: config.endpoint.clone(), source })?;
@@ -135,8 +138,15 @@ impl Client {
         let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(config.in_flight_max.max(1));
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(async move {
+            let mut out = Vec::new();
             while let Some(frame) = outgoing.recv().await {
-                if writer.write_all(&frame).await.is_err() {
+                // Everything queued meanwhile goes out in the same write.
+                out.clear();
+                out.extend_from_slice(&frame);
+                while let Ok(more) = outgoing.try_recv() {
+                    out.extend_from_slice(&more);
+                }
+                if writer.write_all(&out).await.is_err() {
                     break;
                 }
             }
@@ -150,56 +160,111 @@ impl Client {
                 let _ = tx.send(Err(failure.clone()));
             }
         });
-        Ok(Self { frames, pending, next_id: Arc::new(AtomicU64::new(1)), config: Arc::new(config) })
-    }
-
-    /// Sends a request and waits for its reply, retrying retryable errors
-    /// with exponential backoff. Server errors come back as
-    /// [`ClientError::Service`].
-    pub async fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
-        let mut attempt = 0;
-        loop {
-            match self.call_once(request).await? {
-                Reply::Error { code, message } => {
-                    if retryable(code) && attempt < self.config.retries_max {
-                        tokio::time::sleep(self.config.backoff_base * 2u32.saturating_pow(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(ClientError::Service { code, message });
-                }
-                reply => return Ok(reply),
-            }
-        }
-    }
-
-    async fn call_once(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let timeout_ms = u32::try_from(self.config.request_timeout.as_millis()).unwrap_or(u32::MAX);
-        let mut frame = Vec::new();
-        encode_frame(&protocol::encode_request(id, timeout_ms, request), &mut frame);
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(id, tx);
-        }
-        if self.frames.send(frame).await.is_err() {
-            self.forget(id);
-            return Err(ClientError::ConnectionLost("the connection's writer stopped".into()));
-        }
-        match tokio::time::timeout(self.config.request_timeout, rx).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(reason))) => Err(ClientError::ConnectionLost(reason)),
-            Ok(Err(_)) => Err(ClientError::ConnectionLost("the connection's reader stopped".into())),
-            Err(_) => {
-                self.forget(id);
-                Err(ClientError::Timeout(self.config.request_timeout))
-            }
-        }
+        Ok(Self { frames, pending })
     }
 
     fn forget(&self, id: u64) {
         if let Ok(mut pending) = self.pending.lock() {
             pending.remove(&id);
+        }
+    }
+}
+
+/// Why one attempt failed, and whether the request may have run.
+struct AttemptError {
+    error: ClientError,
+    sent: bool,
+}
+
+/// An async client over a pool of pipelined connections. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pool: Arc<Vec<tokio::sync::Mutex<Arc<Connection>>>>,
+    next_slot: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    config: Arc<ClientConfig>,
+}
+
+impl Client {
+    /// Opens the pool's connections.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let mut pool = Vec::new();
+        for _ in 0..config.connections.max(1) {
+            pool.push(tokio::sync::Mutex::new(Arc::new(Connection::open(&config).await?)));
+        }
+        Ok(Self {
+            pool: Arc::new(pool),
+            next_slot: Arc::new(AtomicUsize::new(0)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The next connection of the pool, reopened if it broke.
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.pool.len().max(1);
+        let Some(slot) = self.pool.get(slot) else {
+            return Err(ClientError::ConnectionLost("the pool is empty".into()));
+        };
+        let mut connection = slot.lock().await;
+        if connection.frames.is_closed() {
+            *connection = Arc::new(Connection::open(&self.config).await?);
+        }
+        Ok(Arc::clone(&connection))
+    }
+
+    /// Sends a request and waits for its reply, retrying retryable errors
+    /// (and requests that never left) with exponential backoff. Server
+    /// errors come back as [`ClientError::Service`].
+    pub async fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        let mut attempt = 0;
+        loop {
+            let retry = match self.call_once(request).await {
+                Ok(Reply::Error { code, message }) => {
+                    if !retryable(code) || attempt >= self.config.retries_max {
+                        return Err(ClientError::Service { code, message });
+                    }
+                    true
+                }
+                Ok(reply) => return Ok(reply),
+                Err(AttemptError { error, sent }) => {
+                    if sent || attempt >= self.config.retries_max {
+                        return Err(error);
+                    }
+                    true
+                }
+            };
+            if retry {
+                tokio::time::sleep(self.config.backoff_base * 2u32.saturating_pow(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+
+    async fn call_once(&self, request: &Request<'_>) -> Result<Reply, AttemptError> {
+        let connection = self.connection().await.map_err(|error| AttemptError { error, sent: false })?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout_ms = u32::try_from(self.config.request_timeout.as_millis()).unwrap_or(u32::MAX);
+        let mut frame = Vec::new();
+        encode_frame(&protocol::encode_request(id, timeout_ms, request), &mut frame);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = connection.pending.lock() {
+            pending.insert(id, tx);
+        }
+        if connection.frames.send(frame).await.is_err() {
+            connection.forget(id);
+            let error = ClientError::ConnectionLost("the connection's writer stopped".into());
+            return Err(AttemptError { error, sent: false });
+        }
+        let sent = |error| AttemptError { error, sent: true };
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(reason))) => Err(sent(ClientError::ConnectionLost(reason))),
+            Ok(Err(_)) => Err(sent(ClientError::ConnectionLost("the connection's reader stopped".into()))),
+            Err(_) => {
+                connection.forget(id);
+                Err(sent(ClientError::Timeout(self.config.request_timeout)))
+            }
         }
     }
 
@@ -318,11 +383,13 @@ async fn read_replies(reader: &mut tokio::net::tcp::OwnedReadHalf, pending: &Pen
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
+        let mut consumed = 0;
         loop {
-            match decoder.decode(&buf) {
+            let rest = buf.get(consumed..).unwrap_or(&[]);
+            match decoder.decode(rest) {
                 Ok(Some(span)) => {
-                    let decoded = protocol::decode_response(buf.get(span.body_start..span.end).unwrap_or(&[]));
-                    buf.drain(..span.end);
+                    let decoded = protocol::decode_response(rest.get(span.body_start..span.end).unwrap_or(&[]));
+                    consumed += span.end;
                     match decoded {
                         Ok((id, reply)) => {
                             let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
@@ -337,6 +404,7 @@ async fn read_replies(reader: &mut tokio::net::tcp::OwnedReadHalf, pending: &Pen
                 Err(e) => return describe_frame_error(&e),
             }
         }
+        buf.drain(..consumed);
         match reader.read(&mut chunk).await {
             Ok(0) => return "the server closed the connection".to_owned(),
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
