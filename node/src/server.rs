@@ -745,39 +745,69 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), String> {
     written.map_err(|e| e.to_string())
 }
 
-/// A one-way local signal: `wait` resolves once `fire` was called.
+/// A one-way local signal: `wait` resolves once `fire` was called. Each
+/// pending wait keeps one waker, removed when the wait is dropped (a reader
+/// polls a new wait per read, so wakers must not pile up: glommio counts
+/// references to a task in an i16).
 #[derive(Debug, Default)]
 struct StopSignal {
     fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    next_waiter: Cell<u64>,
+    waiters: RefCell<FxHashMap<u64, Waker>>,
 }
 
 impl StopSignal {
     fn fire(&self) {
         self.fired.set(true);
-        for waker in self.waiters.borrow_mut().drain(..) {
+        let waiters: Vec<Waker> = self.waiters.borrow_mut().drain().map(|(_, w)| w).collect();
+        for waker in waiters {
             waker.wake();
         }
     }
 
-    fn wait(&self) -> impl Future<Output = ()> + '_ {
-        SignalWait { signal: self }
+    fn wait(&self) -> SignalWait<'_> {
+        SignalWait { signal: self, id: None }
     }
 }
 
 struct SignalWait<'a> {
     signal: &'a StopSignal,
+    id: Option<u64>,
 }
 
 impl Future for SignalWait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.signal.fired.get() {
             return Poll::Ready(());
         }
-        self.signal.waiters.borrow_mut().push(cx.waker().clone());
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.signal.next_waiter.get();
+                self.signal.next_waiter.set(id + 1);
+                self.id = Some(id);
+                id
+            }
+        };
+        let mut waiters = self.signal.waiters.borrow_mut();
+        match waiters.get_mut(&id) {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                waiters.insert(id, cx.waker().clone());
+            }
+        }
         Poll::Pending
+    }
+}
+
+impl Drop for SignalWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.signal.waiters.borrow_mut().remove(&id);
+        }
     }
 }
 

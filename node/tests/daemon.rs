@@ -55,6 +55,8 @@ impl Node {
         };
         assert_eq!(shard_addresses.len(), 2, "one port per shard");
         let stream = TcpStream::connect(&address).expect("connect");
+        // A failure must fail the test, not hang it.
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("timeout");
         Self { child, stream, next_id: 0, address, shard_addresses }
     }
 
@@ -637,6 +639,19 @@ fn kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write() {
         // Every acknowledged increment counted once; an unacknowledged one may
         // or may not have landed.
         assert!((*acknowledged..=*attempted).contains(&n), "counter{counter}: {n} not in {acknowledged}..={attempted}");
+    }
+    node.stop();
+}
+
+#[test]
+fn a_connection_lives_through_more_reads_than_a_task_has_references() {
+    // Regression: each read of a connection used to leave a waker clone
+    // behind, and glommio counts a task's references in an i16: after
+    // 32,767 reads the shard panicked.
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let mut node = Node::start(&tmp.path().join("data"));
+    for _ in 0..40_000 {
+        assert!(matches!(node.call(&Request::ListTables { start_after: None, limit: 1 }), Reply::TableNames { .. }));
     }
     node.stop();
 }
