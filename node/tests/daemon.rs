@@ -655,3 +655,46 @@ fn a_connection_lives_through_more_reads_than_a_task_has_references() {
     }
     node.stop();
 }
+
+#[test]
+fn the_wal_and_btree_files_are_open_with_o_direct() {
+    // glommio opens files through io_uring (IORING_OP_OPENAT), which strace
+    // does not show as openat: the kernel's view of each open file is in
+    // /proc/PID/fdinfo, whose `flags` (octal) hold O_DIRECT (040000).
+    const O_DIRECT: u32 = 0o40000;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let mut node = Node::start(&tmp.path().join("data"));
+    let create = Request::CreateTable {
+        table: "users".into(),
+        partition_key: ("id".into(), KeyKind::S),
+        sort_key: None,
+        partitions: 4,
+    };
+    assert!(matches!(node.call(&create), Reply::Table(_)));
+    for i in 0..20 {
+        assert_eq!(put(&mut node, &format!("u{i}"), i), Reply::Item(None));
+    }
+    let pid = node.child.id();
+    let mut data_files = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds").flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let name = target.to_string_lossy().into_owned();
+        if !(name.ends_with(".seg") || name.ends_with(".btree")) {
+            continue;
+        }
+        let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy()))
+            .expect("fdinfo");
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .expect("flags line");
+        assert_ne!(flags & O_DIRECT, 0, "{name} is open without O_DIRECT (flags {flags:o})");
+        data_files.push(name);
+    }
+    let wal = data_files.iter().filter(|n| n.ends_with(".seg")).count();
+    let trees = data_files.iter().filter(|n| n.ends_with(".btree")).count();
+    assert!(wal >= 2, "a WAL segment per shard is open: {data_files:?}");
+    assert!(trees >= 6, "catalog and table partitions of both shards are open: {data_files:?}");
+    node.stop();
+}
