@@ -540,6 +540,20 @@ fn the_example_config_file_is_valid_and_flags_override_it() {
 
 #[test]
 fn kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write() {
+    write_load_interrupted_by(Node::kill_9);
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_write_load_drains_and_exits_cleanly() {
+    // `stop` asserts a zero exit status; the checks after the restart are
+    // the same as after a kill -9.
+    write_load_interrupted_by(Node::stop);
+}
+
+/// Runs 24 concurrent writers (puts and increments) against a node, stops
+/// the node with `interrupt` once 3,000 puts were acknowledged, restarts it
+/// and checks that every acknowledged write is there.
+fn write_load_interrupted_by(interrupt: fn(Node)) {
     use keel_wire::client::{BlockingClient, ClientConfig};
     use std::sync::{Arc, Condvar, Mutex};
     const WRITERS: usize = 24;
@@ -602,7 +616,7 @@ fn kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write() {
         let guard = list.lock().expect("lock");
         let _enough = signal.wait_while(guard, |l| l.len() < 3000).expect("wait");
     }
-    node.kill_9();
+    interrupt(node);
     load.join().expect("the load thread ends once the node is gone");
 
     let mut node = Node::start(&dir);
