@@ -186,6 +186,14 @@ pub fn run(
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=256).contains(&config.shards), "--shards must be 1 to 256, got {}", config.shards);
     let _lock = claim_data_dir(&config)?;
+    // glommio binds with SO_REUSEPORT, so a second process on the same port
+    // would silently share it: make sure nobody holds the ports first.
+    for address in std::iter::once(Ok(config.listen)).chain((0..config.shards).map(|i| config.shard_address(i))) {
+        let address = address?;
+        if address.port() != 0 {
+            std::net::TcpListener::bind(address).with_context(|| format!("listen on {address}"))?;
+        }
+    }
     let shards = config.shards;
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mesh = MeshBuilder::<Message, _>::full(shards, MESH_CHANNEL_CAPACITY);

@@ -712,3 +712,21 @@ fn the_wal_and_btree_files_are_open_with_o_direct() {
     assert!(trees >= 6, "catalog and table partitions of both shards are open: {data_files:?}");
     node.stop();
 }
+
+#[test]
+fn a_second_node_on_a_taken_port_refuses_to_start() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let node = Node::start(&tmp.path().join("one"));
+    for taken in std::iter::once(&node.address).chain(&node.shard_addresses) {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+            .args(["--no-pin", "--shards", "1", "--shard-port-base", "0", "--listen", taken, "--data-dir"])
+            .arg(tmp.path().join("two"))
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run keel-node");
+        assert!(!out.status.success(), "a second node must not share {taken}");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(message.contains(&format!("listen on {taken}")), "{message}");
+    }
+    node.stop();
+}
