@@ -1,24 +1,26 @@
-//! `keel-bench`: load for a running Keel endpoint through the client
-//! library, with latencies in HDR histograms.
-//!
-//! `keel-bench load` loads `--records` items (keys `k0…`), then runs each
-//! phase of `--phases` for `--duration-s` seconds with `--clients`
-//! closed-loop clients on uniformly random keys, and prints throughput and
-//! latency percentiles per phase (JSON with `--json`).
+//! `keel-bench`: YCSB's core workloads against Keel and peers (see
+//! docs/bench/README.md), the disk's limit beside Keel's WAL, and a plain
+//! PutItem/GetItem load.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
+use keel_bench::driver::{Driver, KeelDriver, RedisDriver};
+use keel_bench::report::{self, Report};
+use keel_bench::runner::{self, PhaseResult, RecordShape, RunConfig};
+use keel_bench::workload::{Distribution, InsertSequence, Workload};
+use keel_bench::{disk, servers};
 use keel_wire::client::{Client, ClientConfig};
 use keel_wire::item::{AttributeValue, Item};
 use keel_wire::protocol::{ErrorCode, KeyKind};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Parser)]
-#[command(name = "keel-bench", version, about = "Keel load and benchmark tool")]
+#[command(name = "keel-bench", version, about = "Keel benchmark suite")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,8 +28,109 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Closed-loop PutItem/GetItem load against a running endpoint.
+    /// Start Keel and its peers, load them, run workloads interleaved, write results.
+    Compare(CompareArgs),
+    /// Run workloads against one target that is already serving.
+    Run(RunArgs),
+    /// The disk's limit (fio) beside Keel's WAL on the same directory.
+    Disk(DiskArgs),
+    /// Closed-loop PutItem/GetItem load against a running keel-node.
     Load(LoadArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// keel-node through the binary-protocol client.
+    Keel,
+    /// redis-server through RESP.
+    Redis,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct WorkloadArgs {
+    /// YCSB core workloads (a–f), in order.
+    #[arg(long, value_delimiter = ',', default_value = "a,c")]
+    workloads: Vec<String>,
+    /// Override the workloads' key distribution (uniform, zipfian, latest).
+    #[arg(long)]
+    distribution: Option<String>,
+    /// Records loaded before the runs.
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Seconds per run phase.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Operations per run phase at most.
+    #[arg(long)]
+    operations: Option<u64>,
+    /// Closed loop: concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Open loop: operations per second (all clients together); latencies
+    /// then count from each operation's intended start.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections per target.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Fields per record.
+    #[arg(long, default_value_t = 10)]
+    fields: usize,
+    /// Bytes per field.
+    #[arg(long, default_value_t = 100)]
+    field_bytes: usize,
+    /// Seed of the generators.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write results.json, summary.md and plots here.
+    #[arg(long, default_value = "target/keel-bench/results")]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Targets, in order (the first is compared with the second).
+    #[arg(long, value_delimiter = ',', default_value = "keel,redis")]
+    targets: Vec<Target>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Rounds: every workload runs on every target this many times, interleaved.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// keel-node shards (default: every CPU).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Where the servers keep their data (a real disk, not tmpfs).
+    #[arg(long, default_value = "target/keel-bench")]
+    dir: PathBuf,
+    /// Rewrite the results section of this Markdown file (docs/bench/README.md).
+    #[arg(long)]
+    update_docs: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// What is serving at `--endpoint`.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// host:port.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    endpoint: String,
+    /// The records are loaded already.
+    #[arg(long)]
+    no_load: bool,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiskArgs {
+    /// Directory to measure (a real disk, not tmpfs).
+    #[arg(long, default_value = "target/keel-bench")]
+    dir: PathBuf,
+    /// Rewrite the disk section of this Markdown file (docs/bench/README.md).
+    #[arg(long)]
+    update_docs: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,116 +178,186 @@ struct LoadArgs {
     json: bool,
 }
 
-fn key_of(i: u64) -> Item {
-    Item::from([("id".to_owned(), AttributeValue::S(format!("k{i}")))])
+/// A connected driver of any target.
+#[derive(Debug, Clone)]
+enum AnyDriver {
+    Keel(KeelDriver),
+    Redis(RedisDriver),
 }
 
-fn item_of(i: u64, value: &str) -> Item {
-    let mut item = key_of(i);
-    item.insert("v".to_owned(), AttributeValue::S(value.to_owned()));
-    item
-}
-
-/// Picks the next key of a client (None: the phase is over).
-type KeySource = Arc<dyn Fn(&mut rand::rngs::SmallRng) -> Option<u64> + Send + Sync>;
-
-/// What one phase measured.
-#[derive(Debug)]
-struct Outcome {
-    name: String,
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency_us: Histogram<u64>,
-}
-
-impl Outcome {
-    fn ops_per_s(&self) -> f64 {
-        #[allow(clippy::cast_precision_loss)]
-        let ops = self.ops as f64;
-        ops / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let q = |q: f64| self.latency_us.value_at_quantile(q);
-        serde_json::json!({
-            "phase": self.name,
-            "ops": self.ops,
-            "errors": self.errors,
-            "seconds": self.elapsed.as_secs_f64(),
-            "ops_per_s": self.ops_per_s().round(),
-            "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999), "max": self.latency_us.max()},
+impl AnyDriver {
+    async fn connect(target: Target, endpoint: &str, connections: usize) -> anyhow::Result<Self> {
+        Ok(match target {
+            Target::Keel => Self::Keel(KeelDriver::connect(endpoint, connections, 8).await?),
+            Target::Redis => Self::Redis(RedisDriver::connect(endpoint, connections).await?),
         })
     }
 
-    fn line(&self) -> String {
-        let q = |q: f64| self.latency_us.value_at_quantile(q);
-        format!(
-            "{:<5} {:>9.0} ops/s  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  max {:>7} µs  errors {}",
-            self.name,
-            self.ops_per_s(),
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            self.latency_us.max(),
-            self.errors
-        )
+    async fn load(&self, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
+        match self {
+            Self::Keel(d) => runner::load(d, records, clients, shape, seed).await,
+            Self::Redis(d) => runner::load(d, records, clients, shape, seed).await,
+        }
+    }
+
+    async fn run(&self, workload: &Workload, config: &RunConfig, inserts: Arc<InsertSequence>) -> PhaseResult {
+        match self {
+            Self::Keel(d) => runner::run(d, workload, config, inserts).await,
+            Self::Redis(d) => runner::run(d, workload, config, inserts).await,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Keel(d) => d.name(),
+            Self::Redis(d) => d.name(),
+        }
     }
 }
 
-/// Runs `clients` closed-loop tasks until `deadline` or until `next_key`
-/// runs out; each does `op(key)`.
-async fn run_phase<F, Fut>(
-    name: &str,
-    clients: usize,
-    deadline: Option<Instant>,
-    next_key: KeySource,
-    op: F,
-) -> anyhow::Result<Outcome>
-where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Result<(), keel_wire::client::ClientError>> + Send,
-{
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let (op, next_key) = (op.clone(), Arc::clone(&next_key));
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(client as u64);
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let (mut ops, mut errors) = (0u64, 0u64);
-            while deadline.is_none_or(|d| Instant::now() < d) {
-                let Some(key) = next_key(&mut rng) else { break };
-                let began = Instant::now();
-                match op(key).await {
-                    Ok(()) => {
-                        ops += 1;
-                        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        histogram.saturating_record(micros.max(1));
-                    }
-                    Err(e) if e.code() == Some(ErrorCode::ProvisionedThroughputExceeded) => errors += 1,
-                    Err(e) => return Err(anyhow::anyhow!("{e}")),
-                }
+impl WorkloadArgs {
+    fn workloads(&self) -> anyhow::Result<Vec<Workload>> {
+        let distribution = self
+            .distribution
+            .as_deref()
+            .map(|d| Distribution::parse(d).with_context(|| format!("unknown distribution {d:?}")))
+            .transpose()?;
+        self.workloads
+            .iter()
+            .map(|w| {
+                let workload = Workload::core(w).with_context(|| format!("unknown workload {w:?} (a–f)"))?;
+                Ok(distribution.map_or(workload.clone(), |d| workload.with_distribution(d)))
+            })
+            .collect()
+    }
+
+    fn config(&self) -> RunConfig {
+        RunConfig {
+            clients: self.clients,
+            duration: Some(Duration::from_secs(self.duration_s)),
+            operations: self.operations,
+            rate: self.rate,
+            shape: RecordShape { fields: self.fields, field_bytes: self.field_bytes },
+            seed: self.seed,
+        }
+    }
+}
+
+fn print_phase(phase: &PhaseResult) {
+    let l = &phase.latency_us;
+    let errors: u64 = phase.errors.values().sum();
+    eprintln!(
+        "{:<6} {:<5} {:>9.0} ops/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>7} µs  max {:>8} µs  errors {errors}",
+        phase.target, phase.workload, phase.ops_per_s, l.p50, l.p99, l.p999, l.max
+    );
+}
+
+fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
+    report::write(report, out)?;
+    let table = report::summary_table(report);
+    println!("{table}");
+    println!("results in {}", out.display());
+    if let Some(path) = update_docs {
+        let section = format!(
+            "Measured {} at commit {} on {}.\n\nCommand: `{}`\n\n{table}",
+            report.date,
+            report.commit,
+            report.machine_line(),
+            report.command
+        );
+        report::update_docs(path, "results", &section)?;
+        println!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.targets.is_empty(), "no targets");
+    let workloads = args.workload.workloads()?;
+    servers::check_real_disk(&args.dir)?;
+    let mut running = Vec::new();
+    let mut drivers = Vec::new();
+    for target in &args.targets {
+        let server = match target {
+            Target::Keel => {
+                let shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards)?
             }
-            Ok((ops, errors, histogram))
-        }));
+            Target::Redis => servers::redis(&args.dir)?,
+        };
+        drivers.push(AnyDriver::connect(*target, &server.endpoint, args.workload.connections).await?);
+        running.push(server);
     }
-    let mut outcome = Outcome {
-        name: name.to_owned(),
-        ops: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-    };
-    for task in tasks {
-        let (ops, errors, histogram) = task.await??;
-        outcome.ops += ops;
-        outcome.errors += errors;
-        outcome.latency_us.add(&histogram)?;
+    let shape = args.workload.config().shape;
+    let mut phases = Vec::new();
+    let mut inserts = Vec::new();
+    for driver in &drivers {
+        let loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+        print_phase(&loaded);
+        phases.push(loaded);
+        inserts.push(Arc::new(InsertSequence::new(args.workload.records)));
     }
-    outcome.elapsed = start.elapsed();
-    Ok(outcome)
+    let config = args.workload.config();
+    for _round in 0..args.rounds.max(1) {
+        for workload in &workloads {
+            for (driver, inserts) in drivers.iter().zip(&inserts) {
+                let phase = driver.run(workload, &config, Arc::clone(inserts)).await;
+                print_phase(&phase);
+                phases.push(phase);
+            }
+        }
+    }
+    drop(running);
+    let report = Report::new(args.workload.records, phases);
+    finish(&report, &args.workload.out, args.update_docs.as_ref())
+}
+
+async fn run_one(args: RunArgs) -> anyhow::Result<()> {
+    let workloads = args.workload.workloads()?;
+    let driver = AnyDriver::connect(args.target, &args.endpoint, args.workload.connections).await?;
+    let mut phases = Vec::new();
+    if !args.no_load {
+        let shape = args.workload.config().shape;
+        let loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+        print_phase(&loaded);
+        phases.push(loaded);
+    }
+    let inserts = Arc::new(InsertSequence::new(args.workload.records));
+    let config = args.workload.config();
+    for workload in &workloads {
+        let phase = driver.run(workload, &config, Arc::clone(&inserts)).await;
+        print_phase(&phase);
+        phases.push(phase);
+    }
+    eprintln!("target: {}", driver.name());
+    finish(&Report::new(args.workload.records, phases), &args.workload.out, None)
+}
+
+fn disk_command(args: &DiskArgs) -> anyhow::Result<()> {
+    servers::check_real_disk(&args.dir)?;
+    let dir = args.dir.join("disk");
+    std::fs::create_dir_all(&dir)?;
+    let mut figures = disk::fio_figures(&dir)?;
+    figures.extend(disk::keel_wal_figures(&dir)?);
+    let table = disk::table(&figures);
+    println!("{table}");
+    if let Some(path) = &args.update_docs {
+        let report = Report::new(0, Vec::new());
+        let section = format!(
+            "Measured {} at commit {} on {}, directory `{}`.\n\n{table}",
+            report.date,
+            report.commit,
+            report.machine_line(),
+            args.dir.display()
+        );
+        report::update_docs(path, "disk", &section)?;
+        println!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+fn key_of(i: u64) -> Item {
+    Item::from([("id".to_owned(), AttributeValue::S(format!("k{i}")))])
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
@@ -197,68 +370,95 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         Err(e) if e.code() == Some(ErrorCode::ResourceInUseException) => {}
         Err(e) => return Err(e).context("create the table"),
     }
-    let value: Arc<str> = "x".repeat(args.value_bytes).into();
+    let value = "x".repeat(args.value_bytes);
     let records = args.records.max(1);
-    let mut outcomes = Vec::new();
-    let put = {
-        let (client, table, value) = (client.clone(), args.table.clone(), Arc::clone(&value));
-        move |i: u64| {
-            let (client, table, value) = (client.clone(), table.clone(), Arc::clone(&value));
-            async move { client.put_item(&table, item_of(i, &value)).send().await.map(|_| ()) }
-        }
-    };
+    let mut lines = Vec::new();
+    let mut phases: Vec<(&str, bool)> = Vec::new();
     if !args.no_load {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let sequential: KeySource =
-            Arc::new(move |_| Some(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).filter(|i| *i < records));
-        outcomes.push(run_phase("load", args.clients, None, sequential, put.clone()).await?);
+        phases.push(("load", true));
     }
-    let random: KeySource = Arc::new(move |rng| Some(rng.random_range(0..records)));
-    for phase in &args.phases {
-        let deadline = Some(Instant::now() + Duration::from_secs(args.duration_s));
-        let outcome = match phase {
-            Phase::Put => run_phase("put", args.clients, deadline, Arc::clone(&random), put.clone()).await?,
-            Phase::Get => {
-                let (client, table) = (client.clone(), args.table.clone());
-                let get = move |i: u64| {
-                    let (client, table) = (client.clone(), table.clone());
-                    async move {
-                        match client.get_item(&table, key_of(i), None, Vec::new(), false).await? {
-                            Some(_) => Ok(()),
-                            None => Err(keel_wire::client::ClientError::Unexpected(format!("k{i} is missing"))),
+    phases.extend(args.phases.iter().map(|p| match p {
+        Phase::Put => ("put", true),
+        Phase::Get => ("get", false),
+    }));
+    for (name, write) in phases {
+        let sequential = name == "load";
+        let deadline = (!sequential).then(|| Instant::now() + Duration::from_secs(args.duration_s));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..args.clients.max(1) {
+            let (client, table, value, next) = (client.clone(), args.table.clone(), value.clone(), Arc::clone(&next));
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(c as u64);
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                loop {
+                    let i = if sequential {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= records {
+                            break;
                         }
+                        i
+                    } else {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        rng.random_range(0..records)
+                    };
+                    let began = Instant::now();
+                    if write {
+                        let mut item = key_of(i);
+                        item.insert("v".into(), AttributeValue::S(value.clone()));
+                        client.put_item(&table, item).send().await?;
+                    } else {
+                        client.get_item(&table, key_of(i), None, Vec::new(), false).await?.context("missing item")?;
                     }
-                };
-                run_phase("get", args.clients, deadline, Arc::clone(&random), get).await?
-            }
-        };
-        outcomes.push(outcome);
+                    histogram.saturating_record(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+                }
+                Ok::<_, anyhow::Error>(histogram)
+            }));
+        }
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for task in tasks {
+            all.add(&task.await??)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let q = |q: f64| all.value_at_quantile(q);
+        #[allow(clippy::cast_precision_loss)]
+        let ops_per_s = all.len() as f64 / seconds;
+        lines.push(serde_json::json!({
+            "phase": name, "ops": all.len(), "seconds": seconds, "ops_per_s": ops_per_s.round(),
+            "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999), "max": all.max()},
+        }));
+        if !args.json {
+            println!(
+                "{name:<5} {ops_per_s:>9.0} ops/s  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  max {:>7} µs",
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                all.max()
+            );
+        }
     }
     if args.json {
-        let phases: Vec<_> = outcomes.iter().map(Outcome::json).collect();
-        let report = serde_json::json!({
-            "endpoint": args.endpoint,
-            "records": records,
-            "value_bytes": args.value_bytes,
-            "clients": args.clients,
-            "connections": args.connections,
-            "phases": phases,
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for outcome in &outcomes {
-            println!("{}", outcome.line());
-        }
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"endpoint": args.endpoint, "phases": lines}))?);
     }
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // One thread: on a small machine the load tool must not starve the
-    // server it measures.
+    if let Command::Disk(args) = &cli.command {
+        return disk_command(args);
+    }
+    // One thread: on a small machine the load generator must not take the
+    // cores of the servers it measures.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
+        Command::Compare(args) => runtime.block_on(compare(args)),
+        Command::Run(args) => runtime.block_on(run_one(args)),
         Command::Load(args) => runtime.block_on(load(args)),
+        Command::Disk(_) => Ok(()),
     }
 }

@@ -1,0 +1,283 @@
+//! Result files: `results.json` (every phase), `summary.md` (one row per
+//! workload: Keel beside its peer, with ratios) and one latency-percentile
+//! plot per workload (`latency-<workload>.svg`). The summary table also
+//! goes into docs/bench/README.md between its result markers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::runner::PhaseResult;
+
+/// The machine a run was measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Memory in GiB.
+    pub memory_gib: u64,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Describes this machine (from /proc).
+    #[must_use]
+    pub fn here() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Self {
+            cpu,
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            memory_gib: (memory_kib + 512 * 1024) / (1024 * 1024),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        }
+    }
+
+    /// One line: CPUs, model, memory, kernel.
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!("{} × {}, {} GiB, Linux {}", self.cpus, self.cpu, self.memory_gib, self.kernel)
+    }
+}
+
+/// A whole run: where, when, how, and every phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The machine.
+    pub machine: Machine,
+    /// UTC date (YYYY-MM-DD).
+    pub date: String,
+    /// Keel commit measured.
+    pub commit: String,
+    /// The command line.
+    pub command: String,
+    /// Records loaded.
+    pub records: u64,
+    /// Every phase, in the order run.
+    pub phases: Vec<PhaseResult>,
+}
+
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Report {
+    /// A report of `phases` measured here, now, at the current commit.
+    #[must_use]
+    pub fn new(records: u64, phases: Vec<PhaseResult>) -> Self {
+        Self {
+            machine: Machine::here(),
+            date: output_of("date", &["-u", "+%Y-%m-%d"]).unwrap_or_default(),
+            commit: output_of("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            records,
+            phases,
+        }
+    }
+}
+
+impl Report {
+    /// The machine in one line.
+    #[must_use]
+    pub fn machine_line(&self) -> String {
+        self.machine.line()
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(0.0),
+        n => (values.get(n / 2 - 1).copied().unwrap_or(0.0) + values.get(n / 2).copied().unwrap_or(0.0)) / 2.0,
+    }
+}
+
+/// Per (workload, target): median over rounds of ops/s, p50, p99, p99.9.
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    ops_per_s: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rows(report: &Report) -> BTreeMap<String, BTreeMap<String, Row>> {
+    let mut grouped: BTreeMap<(String, String), Vec<&PhaseResult>> = BTreeMap::new();
+    for phase in &report.phases {
+        grouped.entry((phase.workload.clone(), phase.target.clone())).or_default().push(phase);
+    }
+    let mut rows: BTreeMap<String, BTreeMap<String, Row>> = BTreeMap::new();
+    for ((workload, target), phases) in grouped {
+        let row = Row {
+            ops_per_s: median(phases.iter().map(|p| p.ops_per_s).collect()),
+            p50: median(phases.iter().map(|p| p.latency_us.p50 as f64).collect()),
+            p99: median(phases.iter().map(|p| p.latency_us.p99 as f64).collect()),
+            p999: median(phases.iter().map(|p| p.latency_us.p999 as f64).collect()),
+            errors: phases.iter().map(|p| p.errors.values().sum::<u64>()).sum(),
+        };
+        rows.entry(workload).or_default().insert(target, row);
+    }
+    rows
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() }
+}
+
+/// The summary table: one row per workload, Keel and its peer side by side.
+#[must_use]
+pub fn summary_table(report: &Report) -> String {
+    let rows = rows(report);
+    let subject = "keel";
+    let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | {subject} ops/s | {peer} ops/s | {subject}/{peer} ops/s | {subject} p99 µs | {peer} p99 µs | \
+         {subject}/{peer} p99 | {subject} p99.9/p50 | errors |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (workload, targets) in &rows {
+        let (k, p) = (targets.get(subject).copied(), targets.get(&peer).copied());
+        let num = |r: Option<Row>, f: fn(Row) -> f64| r.map_or("–".into(), |r| format!("{:.0}", f(r)));
+        let _ = writeln!(
+            out,
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(k, |r| r.ops_per_s),
+            num(p, |r| r.ops_per_s),
+            k.zip(p).map_or("–".into(), |(k, p)| ratio(k.ops_per_s, p.ops_per_s)),
+            num(k, |r| r.p99),
+            num(p, |r| r.p99),
+            k.zip(p).map_or("–".into(), |(k, p)| ratio(k.p99, p.p99)),
+            k.map_or("–".into(), |k| ratio(k.p999, k.p50)),
+            k.map_or(0, |r| r.errors) + p.map_or(0, |r| r.errors),
+        );
+    }
+    out
+}
+
+/// The whole `summary.md`.
+#[must_use]
+pub fn summary_markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# keel-bench results\n");
+    let _ = writeln!(out, "- machine: {}", report.machine.line());
+    let _ = writeln!(out, "- date: {}, commit {}", report.date, report.commit);
+    let _ = writeln!(out, "- records: {}", report.records);
+    let _ = writeln!(out, "- command: `{}`\n", report.command);
+    out.push_str(&summary_table(report));
+    let _ =
+        writeln!(out, "\nMedians over rounds. Latencies in µs, from HDR histograms; every phase is in results.json.");
+    out
+}
+
+/// Plots latency by percentile for each workload, one line per target
+/// (and round).
+pub fn plot(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    let mut workloads: Vec<&str> = report.phases.iter().map(|p| p.workload.as_str()).collect();
+    workloads.dedup();
+    workloads.sort_unstable();
+    workloads.dedup();
+    for workload in workloads {
+        let phases: Vec<&PhaseResult> = report.phases.iter().filter(|p| p.workload == workload).collect();
+        let name = format!("latency-{workload}.svg");
+        let path = dir.join(&name);
+        let max = phases.iter().map(|p| p.latency_us.max).max().unwrap_or(1).max(10);
+        // x: "nines" of the percentile, −log10(1 − p); 100 % is drawn at 5.
+        let nines = |p: f64| if p >= 100.0 { 5.0 } else { (-(1.0 - p / 100.0).log10()).min(5.0) };
+        let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("workload {workload}: latency by percentile"), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..5f64, (1u64..max * 2).log_scale())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (µs)")
+            .x_labels(6)
+            .x_label_formatter(&|x| {
+                let labels = ["0%", "90%", "99%", "99.9%", "99.99%", "max"];
+                let i = labels.iter().enumerate().min_by(|a, b| {
+                    #[allow(clippy::cast_precision_loss)]
+                    let d = |i: usize| (x - i as f64).abs();
+                    d(a.0).total_cmp(&d(b.0))
+                });
+                i.map_or(String::new(), |(_, l)| (*l).to_owned())
+            })
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, phase) in phases.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, u64)> =
+                phase.latency_us.curve.iter().map(|(p, v)| (nines(*p), (*v).max(1))).collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(format!("{} ({} ops/s)", phase.target, phase.ops_per_s))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        files.push(name);
+    }
+    Ok(files)
+}
+
+/// Writes results.json, summary.md and the plots into `dir`.
+pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(dir.join("summary.md"), summary_markdown(report))?;
+    plot(report, dir)?;
+    Ok(())
+}
+
+/// Replaces the generated section `name` of a Markdown file (between
+/// `<!-- keel-bench NAME: begin … -->` and `<!-- keel-bench NAME: end -->`).
+pub fn update_docs(path: &Path, name: &str, section: &str) -> anyhow::Result<()> {
+    let begin_marker = format!("<!-- keel-bench {name}: begin (generated by keel-bench; do not edit) -->");
+    let end_marker = format!("<!-- keel-bench {name}: end -->");
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let (Some(begin), Some(end)) = (text.find(&begin_marker), text.find(&end_marker)) else {
+        anyhow::bail!("{} has no `{name}` markers", path.display());
+    };
+    anyhow::ensure!(begin < end, "{}: `{name}` markers out of order", path.display());
+    let head = text.get(..begin + begin_marker.len()).unwrap_or_default();
+    let tail = text.get(end..).unwrap_or_default();
+    std::fs::write(path, format!("{head}\n{}\n{tail}", section.trim_end()))?;
+    Ok(())
+}

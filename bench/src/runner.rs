@@ -1,0 +1,381 @@
+//! Runs a workload against a driver: a load phase (insert the records) and
+//! run phases, closed-loop (`clients` tasks, each issuing its next
+//! operation when the last one finished) or open-loop (a fixed rate: each
+//! operation has an intended start time and its latency is measured from
+//! that time, which corrects for coordinated omission: a stall delays the
+//! operations queued behind it and they are charged for the wait).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+
+use crate::driver::{Driver, OpError};
+use crate::workload::{self, InsertSequence, KeyChooser, Op, Workload};
+
+/// Highest latency recorded (60 s), in µs.
+const LATENCY_MAX_US: u64 = 60_000_000;
+/// Percentiles on the latency curve (and the plots).
+pub const CURVE_PERCENTILES: [f64; 12] = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0];
+
+/// Record shape: YCSB's default is 10 fields of 100 bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordShape {
+    /// Fields per record.
+    pub fields: usize,
+    /// Bytes per field.
+    pub field_bytes: usize,
+}
+
+impl Default for RecordShape {
+    fn default() -> Self {
+        Self { fields: 10, field_bytes: 100 }
+    }
+}
+
+/// How a run phase issues operations.
+#[derive(Debug, Clone, Copy)]
+pub struct RunConfig {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Stop after this long...
+    pub duration: Option<Duration>,
+    /// ...or after this many operations (whichever comes first).
+    pub operations: Option<u64>,
+    /// Open loop at this many operations per second (all clients together).
+    pub rate: Option<f64>,
+    /// Record shape for inserts and updates.
+    pub shape: RecordShape,
+    /// Seed of the clients' generators.
+    pub seed: u64,
+}
+
+/// Latency summary in µs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    /// Operations measured.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Percentiles.
+    pub p50: u64,
+    /// 90th.
+    pub p90: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    #[serde(rename = "p99.9")]
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+    /// (percentile, µs) at [`CURVE_PERCENTILES`].
+    pub curve: Vec<(f64, u64)>,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let q = |p: f64| h.value_at_quantile(p / 100.0);
+        Self {
+            count: h.len(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: q(50.0),
+            p90: q(90.0),
+            p99: q(99.0),
+            p999: q(99.9),
+            max: h.max(),
+            curve: CURVE_PERCENTILES.iter().map(|p| (*p, q(*p))).collect(),
+        }
+    }
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    /// Target (driver) name.
+    pub target: String,
+    /// Workload name (`load` for the load phase).
+    pub workload: String,
+    /// Key distribution.
+    pub distribution: String,
+    /// `closed` or `open`.
+    pub mode: String,
+    /// Clients.
+    pub clients: usize,
+    /// Target rate (open loop).
+    pub rate: Option<f64>,
+    /// Successful operations.
+    pub ops: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Successful operations per second.
+    pub ops_per_s: f64,
+    /// Latency of all successful operations.
+    pub latency_us: Latency,
+    /// Latency per operation type.
+    pub per_op: BTreeMap<String, Latency>,
+    /// Failed operations by error type.
+    pub errors: BTreeMap<String, u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant bounds are valid")
+}
+
+#[derive(Debug)]
+struct ClientTally {
+    all: Histogram<u64>,
+    per_op: BTreeMap<Op, Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl ClientTally {
+    fn new() -> Self {
+        Self { all: histogram(), per_op: BTreeMap::new(), errors: BTreeMap::new() }
+    }
+
+    fn record(&mut self, op: Op, began: Instant, outcome: Result<(), OpError>) {
+        match outcome {
+            Ok(()) => {
+                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
+                self.all.saturating_record(micros);
+                self.per_op.entry(op).or_insert_with(histogram).saturating_record(micros);
+            }
+            Err(e) => *self.errors.entry(e.kind).or_default() += 1,
+        }
+    }
+}
+
+/// Shows progress: a bar on a terminal, a plain line every few seconds
+/// otherwise.
+#[derive(Debug)]
+struct Progress {
+    done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(label: String, total: Option<u64>, duration: Option<Duration>) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&done);
+        let task = tokio::spawn(async move {
+            let began = Instant::now();
+            let terminal = std::io::stderr().is_terminal();
+            let bar = terminal.then(|| {
+                let bar = match (total, duration) {
+                    (Some(total), _) => indicatif::ProgressBar::new(total),
+                    (None, Some(d)) => indicatif::ProgressBar::new(d.as_secs().max(1)),
+                    (None, None) => indicatif::ProgressBar::no_length(),
+                };
+                let style = indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                bar.set_style(style.progress_chars("=> "));
+                bar.set_prefix(label.clone());
+                bar
+            });
+            let mut last_line = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n = counter.load(Ordering::Relaxed);
+                let rate = n as f64 / began.elapsed().as_secs_f64().max(1e-9);
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(if total.is_some() { n } else { began.elapsed().as_secs() });
+                        bar.set_message(format!("{n} ops, {rate:.0} ops/s"));
+                    }
+                    None if last_line.elapsed() >= Duration::from_secs(5) => {
+                        eprintln!("{label}: {n} ops, {rate:.0} ops/s");
+                        last_line = Instant::now();
+                    }
+                    None => {}
+                }
+            }
+        });
+        Self { done, task }
+    }
+
+    fn finish(self) {
+        self.task.abort();
+    }
+}
+
+/// Merges client tallies into a phase result.
+fn merge(
+    target: &str,
+    workload: &str,
+    distribution: &str,
+    config: &RunConfig,
+    tallies: Vec<ClientTally>,
+    elapsed: Duration,
+) -> PhaseResult {
+    let mut all = histogram();
+    let mut per_op: BTreeMap<Op, Histogram<u64>> = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for tally in tallies {
+        let _ = all.add(&tally.all);
+        for (op, h) in tally.per_op {
+            let _ = per_op.entry(op).or_insert_with(histogram).add(&h);
+        }
+        for (kind, n) in tally.errors {
+            *errors.entry(kind).or_default() += n;
+        }
+    }
+    let seconds = elapsed.as_secs_f64();
+    PhaseResult {
+        target: target.to_owned(),
+        workload: workload.to_owned(),
+        distribution: distribution.to_owned(),
+        mode: if config.rate.is_some() { "open" } else { "closed" }.to_owned(),
+        clients: config.clients,
+        rate: config.rate,
+        ops: all.len(),
+        seconds: (seconds * 1000.0).round() / 1000.0,
+        ops_per_s: (all.len() as f64 / seconds.max(1e-9)).round(),
+        latency_us: Latency::of(&all),
+        per_op: per_op.iter().map(|(op, h)| (op.name().to_owned(), Latency::of(h))).collect(),
+        errors,
+    }
+}
+
+/// Load phase: inserts records `0..records` with `clients` clients.
+pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
+    let config = RunConfig { clients, duration: None, operations: Some(records), rate: None, shape, seed };
+    let next = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients.max(1) {
+        let (driver, next, done) = (driver.clone(), Arc::clone(&next), Arc::clone(&progress.done));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
+            let mut tally = ClientTally::new();
+            loop {
+                let keynum = next.fetch_add(1, Ordering::Relaxed);
+                if keynum >= records {
+                    return tally;
+                }
+                let fields = workload::record(&mut rng, shape.fields, shape.field_bytes);
+                let start = Instant::now();
+                let outcome = driver.insert(&workload::key_name(keynum), &fields).await;
+                tally.record(Op::Insert, start, outcome);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut tallies = Vec::new();
+    for task in tasks {
+        if let Ok(tally) = task.await {
+            tallies.push(tally);
+        }
+    }
+    progress.finish();
+    merge(driver.name(), "load", "sequential", &config, tallies, began.elapsed())
+}
+
+/// One operation of a workload; the error, if any.
+async fn operate<D: Driver>(
+    driver: &D,
+    workload: &Workload,
+    op: Op,
+    chooser: &mut KeyChooser,
+    inserts: &InsertSequence,
+    rng: &mut SmallRng,
+    shape: RecordShape,
+) -> Result<(), OpError> {
+    let existing = || inserts.acknowledged();
+    match op {
+        Op::Read => driver.read(&workload::key_name(chooser.next(rng, existing()))).await.map(|_| ()),
+        Op::Update => {
+            let key = workload::key_name(chooser.next(rng, existing()));
+            let field = format!("field{}", rand::Rng::random_range(rng, 0..shape.fields.max(1)));
+            driver.update(&key, &field, &workload::value(rng, shape.field_bytes)).await
+        }
+        Op::Insert => {
+            let keynum = inserts.next();
+            let fields = workload::record(rng, shape.fields, shape.field_bytes);
+            let outcome = driver.insert(&workload::key_name(keynum), &fields).await;
+            inserts.acknowledge(keynum);
+            outcome
+        }
+        Op::Scan => {
+            let start = workload::key_name(chooser.next(rng, existing()));
+            let length = rand::Rng::random_range(rng, 1..=workload.scan_length_max.max(1));
+            driver.scan(&start, length).await.map(|_| ())
+        }
+        Op::ReadModifyWrite => {
+            let key = workload::key_name(chooser.next(rng, existing()));
+            driver.read(&key).await?;
+            let field = format!("field{}", rand::Rng::random_range(rng, 0..shape.fields.max(1)));
+            driver.update(&key, &field, &workload::value(rng, shape.field_bytes)).await
+        }
+    }
+}
+
+/// Run phase of `workload` over the records `inserts` says exist.
+pub async fn run<D: Driver>(
+    driver: &D,
+    workload: &Workload,
+    config: &RunConfig,
+    inserts: Arc<InsertSequence>,
+) -> PhaseResult {
+    let clients = config.clients.max(1);
+    let label = format!("{} {}", driver.name(), workload.name);
+    let progress = Progress::start(label, config.operations, config.duration);
+    let began = Instant::now();
+    let deadline = config.duration.map(|d| began + d);
+    let budget = Arc::new(AtomicU64::new(config.operations.unwrap_or(u64::MAX)));
+    let expected_inserts = config.operations.map_or(1_000_000, |n| {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let inserts = (n as f64 * workload.inserts()) as u64;
+        inserts
+    });
+    let interval = config.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1e-9)));
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (driver, workload, inserts, budget) =
+            (driver.clone(), workload.clone(), Arc::clone(&inserts), Arc::clone(&budget));
+        let done = Arc::clone(&progress.done);
+        let shape = config.shape;
+        let seed = config.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
+            let mut tally = ClientTally::new();
+            // Open loop: client k starts at a staggered offset, then every interval.
+            let mut intended = interval.map(|i| began + i.mul_f64(client as f64 / clients as f64));
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return tally;
+                }
+                if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
+                    return tally;
+                }
+                let start = match (intended, interval) {
+                    (Some(at), Some(step)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        intended = Some(at + step);
+                        at
+                    }
+                    _ => Instant::now(),
+                };
+                let op = workload.next_op(&mut rng);
+                let outcome = operate(&driver, &workload, op, &mut chooser, &inserts, &mut rng, shape).await;
+                tally.record(op, start, outcome);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut tallies = Vec::new();
+    for task in tasks {
+        if let Ok(tally) = task.await {
+            tallies.push(tally);
+        }
+    }
+    progress.finish();
+    merge(driver.name(), &workload.name, workload.distribution.name(), config, tallies, began.elapsed())
+}

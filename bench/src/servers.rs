@@ -1,0 +1,117 @@
+//! The servers `compare` starts: a standalone keel-node on a fresh data
+//! directory, and Debian's redis-server with `appendonly yes` and
+//! `appendfsync always`, so that both acknowledge only durable writes.
+//! Each is stopped (SIGTERM) when dropped.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// A server process.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// `host:port` it serves on.
+    pub endpoint: String,
+    name: &'static str,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+        tracing_free_log(&format!("stopped {} ({})", self.name, self.endpoint));
+    }
+}
+
+fn tracing_free_log(line: &str) {
+    eprintln!("keel-bench: {line}");
+}
+
+/// Refuses tmpfs (it fakes O_DIRECT and fsync, so durability costs nothing).
+pub fn check_real_disk(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(dir).output().context("run stat -f")?;
+    let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(fs != "tmpfs" && fs != "ramfs", "{} is on {fs}: benchmarks need a real disk", dir.display());
+    Ok(())
+}
+
+/// The keel-node binary next to this one (both built by `cargo build --release`).
+pub fn keel_node_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("keel-node");
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it with `cargo build --release -p keel-node -p keel-bench`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Starts a standalone keel-node with `shards` shards on a fresh `dir`.
+pub fn keel_node(binary: &Path, dir: &Path, shards: usize) -> anyhow::Result<Server> {
+    check_real_disk(dir)?;
+    let data = dir.join("keel-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut child = Command::new(binary)
+        .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    let stdout = child.stdout.take().context("keel-node stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let endpoint = loop {
+        let line = lines.next().context("keel-node exited before listening")??;
+        if let Some(address) = line.strip_prefix("keel-node listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    tracing_free_log(&format!("started keel-node ({shards} shards) on {endpoint}, data in {}", data.display()));
+    Ok(Server { child, endpoint, name: "keel-node" })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts redis-server with an append-only file fsynced before every reply.
+pub fn redis(dir: &Path) -> anyhow::Result<Server> {
+    check_real_disk(dir)?;
+    let data = dir.join("redis-data");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
+        .arg(&data)
+        .args(["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"])
+        .args(["--loglevel", "warning"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start redis-server (apt-get install redis-server)")?;
+    let endpoint = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ping = redis::Client::open(format!("redis://{endpoint}/"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        if ping.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not answer PING on {endpoint}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing_free_log(&format!("started redis-server (appendfsync always) on {endpoint}, data in {}", data.display()));
+    Ok(Server { child, endpoint, name: "redis-server" })
+}
