@@ -97,7 +97,8 @@ struct CompareArgs {
     /// Rounds: every workload runs on every target this many times, interleaved.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// keel-node shards (default: every CPU).
+    /// keel-node shards. Default: every CPU but one, which the load
+    /// generator needs (Redis, single-threaded, uses one core either way).
     #[arg(long)]
     shards: Option<usize>,
     /// Where the servers keep their data (a real disk, not tmpfs).
