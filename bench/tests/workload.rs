@@ -1,7 +1,12 @@
 //! The workload generators: operation mixes and key distributions within
 //! tolerance of what YCSB defines, over many draws with fixed seeds.
 
-#![allow(clippy::cast_precision_loss, clippy::indexing_slicing)]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::indexing_slicing,
+    clippy::type_complexity
+)]
 
 use std::collections::HashMap;
 
