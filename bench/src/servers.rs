@@ -95,6 +95,9 @@ pub fn redis(dir: &Path) -> anyhow::Result<Server> {
         .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
         .arg(&data)
         .args(["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"])
+        // No background AOF rewrite: its forked child would take a core
+        // while the other target is measured (it halved Keel's workload C).
+        .args(["--auto-aof-rewrite-percentage", "0"])
         .args(["--loglevel", "warning"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

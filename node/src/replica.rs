@@ -210,6 +210,9 @@ pub struct Ticket {
     pub lsn: Lsn,
 }
 
+/// Checkpoints longer than this are logged at info level.
+const SLOW_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(20);
+
 #[derive(Debug)]
 struct Replica<D: Disk> {
     tree: BTree<D::File>,
@@ -470,8 +473,16 @@ impl<D: Disk> ShardStore<D> {
     /// longer needed (the caller reclaims).
     async fn checkpoint_replica(&mut self, partition: u64) -> Result<(), StoreWriteError> {
         let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        let (dirty_bytes, began) = (replica.tree.dirty_bytes(), std::time::Instant::now());
         replica.tree.checkpoint(replica.applied_index).await?;
         replica.oldest_unflushed = None;
+        let elapsed = began.elapsed();
+        if elapsed >= SLOW_CHECKPOINT {
+            // Writers of the shard wait for a checkpoint: say when one is long.
+            tracing::info!(partition, dirty_bytes, ms = elapsed.as_millis(), "slow checkpoint");
+        } else {
+            tracing::debug!(partition, dirty_bytes, us = elapsed.as_micros(), "checkpoint");
+        }
         Ok(())
     }
 

@@ -84,6 +84,10 @@ pub struct NodeConfig {
     pub page_cache_bytes: usize,
     /// Partitions of a table whose CreateTable does not say.
     pub partitions_default: u32,
+    /// Dirty B-tree bytes of a shard before its dirtiest partition is
+    /// checkpointed. Writers wait for a checkpoint, so this bounds the
+    /// stall (about 1.5 ms per MiB here).
+    pub dirty_bytes_max: usize,
     /// How long stopping waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -99,6 +103,7 @@ impl NodeConfig {
             pin: true,
             page_cache_bytes: 256 * 1024 * 1024,
             partitions_default: crate::engine::PARTITIONS_DEFAULT,
+            dirty_bytes_max: 128 * 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -337,6 +342,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let dir = config.data_dir.join(format!("shard-{index}"));
     let mut store_config = StoreConfig::new(&dir);
     store_config.page_cache_bytes = config.page_cache_bytes;
+    store_config.dirty_bytes_max = config.dirty_bytes_max;
     let store = ShardStore::open(GlommioDisk::new(), store_config)
         .await
         .with_context(|| format!("open the shard store in {}", dir.display()))?;
