@@ -281,7 +281,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for target in &args.targets {
         let server = match target {
             Target::Keel => {
-                let shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let shards = args.shards.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+                });
                 servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards)?
             }
             Target::Redis => servers::redis(&args.dir)?,
