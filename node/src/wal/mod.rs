@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::io::{Disk, DiskFile, IO_ALIGN_BYTES, IoError, align_up};
-use notify::Notify;
+pub use notify::{Notified, Notify};
 use record::{
     KIND_PADDING, KIND_SEGMENT_END, RECORD_HEADER_BYTES, RecordFault, SEGMENT_HEADER_BYTES, encode_record,
     encode_segment_header, parse_record, parse_segment_header,
@@ -401,7 +401,10 @@ impl<D: Disk> Wal<D> {
             return Err(WalAppendError::Backlog { pending, max: self.config.pending_bytes_max });
         }
         let size = self.config.segment_size_bytes;
-        let fits = |start: Lsn, used: usize| u64::from(start.offset()) + (used + record_len) as u64 <= size;
+        let fits = |start: Lsn, used: usize| {
+            let end = u64::from(start.offset()) + used as u64;
+            end + header_skip(end) + record_len as u64 <= size
+        };
         let reuse = st.pending.last().is_some_and(|b| fits(b.start, b.bytes.len()));
         if !reuse {
             let (seq, pos) = match st.pending.last() {
@@ -421,7 +424,12 @@ impl<D: Disk> Wal<D> {
         }
         st.stats.records += 1;
         let batch = st.pending.last_mut().expect("a batch was ensured above");
-        let offset = u64::from(batch.start.offset()) + batch.bytes.len() as u64;
+        // A header never straddles a block boundary (recovery looks for the
+        // next record at the next block): zero the rest of the block.
+        let end = u64::from(batch.start.offset()) + batch.bytes.len() as u64;
+        let skip = usize::try_from(header_skip(end)).expect("below a block");
+        batch.bytes.resize(batch.bytes.len() + skip, 0);
+        let offset = end + skip as u64;
         let lsn = Lsn::new(batch.start.segment(), u32::try_from(offset).expect("checked against segment size"));
         encode_record(&mut batch.bytes, lsn, batch.start, meta, payload);
         Ok(lsn)
@@ -656,6 +664,13 @@ fn empty_state<F>(tail: Lsn) -> State<F> {
         spare_buffers: Vec::new(),
         stats: WalStats::default(),
     }
+}
+
+/// Bytes to skip at `offset` before a record: the rest of the 4 KiB block
+/// when a record header does not fit in it (docs/format/wal.md), else 0.
+fn header_skip(offset: u64) -> u64 {
+    let block_left = IO_ALIGN_BYTES as u64 - offset % IO_ALIGN_BYTES as u64;
+    if block_left < RECORD_HEADER_BYTES as u64 { block_left } else { 0 }
 }
 
 /// Pads a batch to a 4 KiB boundary with a padding record (or zeros when the
