@@ -327,15 +327,19 @@ pub async fn run<D: Driver>(
 ) -> PhaseResult {
     let clients = config.clients.max(1);
     let label = format!("{} {}", driver.name(), workload.name);
-    let progress = Progress::start(label, config.operations, config.duration);
-    let began = Instant::now();
-    let deadline = config.duration.map(|d| began + d);
     let budget = Arc::new(AtomicU64::new(config.operations.unwrap_or(u64::MAX)));
     let expected_inserts = config.operations.map_or(1_000_000, |n| {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
         let inserts = (n as f64 * workload.inserts()) as u64;
         inserts
     });
+    // Built once, before the clock starts: a chooser computes zipfian
+    // constants over every record (milliseconds), and 64 clients doing it
+    // at the start of the phase showed up as an 80 ms stall of the server.
+    let chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
+    let progress = Progress::start(label, config.operations, config.duration);
+    let began = Instant::now();
+    let deadline = config.duration.map(|d| began + d);
     let interval = config.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1e-9)));
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -344,9 +348,9 @@ pub async fn run<D: Driver>(
         let done = Arc::clone(&progress.done);
         let shape = config.shape;
         let seed = config.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut chooser = chooser.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let mut chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
             let mut tally = ClientTally::new();
             // Open loop: client k starts at a staggered offset, then every interval.
             let mut intended = interval.map(|i| began + i.mul_f64(client as f64 / clients as f64));

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
-use crate::btree::{BTree, BTreeError, Direction, PageCache};
-use crate::io::{Disk, IoError};
+use crate::btree::{BTree, BTreeError, CheckpointWrite, Direction, PageCache};
+use crate::io::{Disk, DiskFile, IoError};
 use crate::wal::{Lsn, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
 
 /// WAL record kind of a put.
@@ -50,6 +50,12 @@ pub struct StoreConfig {
     /// When the WAL holds more segments than this, the replicas holding the
     /// oldest one checkpoint so it can be reclaimed.
     pub wal_segments_max: usize,
+    /// Whether checkpoints run in the background: `apply_durable` then
+    /// never checkpoints, and the owner runs [`ShardStore::checkpoint_due`]
+    /// → [`ShardStore::begin_checkpoint`] → [`ReplicaCheckpoint::write`]
+    /// (without holding the store) → [`ShardStore::finish_checkpoint`].
+    /// Otherwise `apply_durable` checkpoints inline when the policy says so.
+    pub background_checkpoints: bool,
 }
 
 impl StoreConfig {
@@ -62,6 +68,7 @@ impl StoreConfig {
             page_cache_bytes: 256 * 1024 * 1024,
             dirty_bytes_max: 128 * 1024 * 1024,
             wal_segments_max: 16,
+            background_checkpoints: false,
         }
     }
 }
@@ -213,6 +220,14 @@ pub struct Ticket {
 /// Checkpoints longer than this are logged at info level.
 const SLOW_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(20);
 
+fn log_checkpoint(partition: u64, bytes: usize, elapsed: std::time::Duration) {
+    if elapsed >= SLOW_CHECKPOINT {
+        tracing::info!(partition, bytes, ms = elapsed.as_millis(), "slow checkpoint");
+    } else {
+        tracing::debug!(partition, bytes, us = elapsed.as_micros(), "checkpoint");
+    }
+}
+
 #[derive(Debug)]
 struct Replica<D: Disk> {
     tree: BTree<D::File>,
@@ -224,6 +239,40 @@ struct Replica<D: Disk> {
     queued: BTreeMap<u64, (u8, Vec<u8>, Lsn)>,
     /// WAL position of the oldest record applied since the last checkpoint.
     oldest_unflushed: Option<Lsn>,
+    /// While a checkpoint of this replica is written: the oldest record it
+    /// covers (the WAL keeps it until the checkpoint is durable).
+    checkpointing_from: Option<Lsn>,
+}
+
+/// A replica's checkpoint being written; see
+/// [`StoreConfig::background_checkpoints`].
+#[derive(Debug)]
+#[must_use = "a begun checkpoint must be written and finished"]
+pub struct ReplicaCheckpoint<F: DiskFile> {
+    partition: u64,
+    job: CheckpointWrite<F>,
+    began: std::time::Instant,
+    /// How long step 1 took (it holds the shard's engine).
+    begin_us: u128,
+}
+
+impl<F: DiskFile> ReplicaCheckpoint<F> {
+    /// Encodes up to `pages_max` pages; true once all are (see
+    /// [`CheckpointWrite::prepare`]). Needs no access to the store.
+    pub fn prepare(&mut self, pages_max: usize) -> bool {
+        self.job.prepare(pages_max)
+    }
+
+    /// Writes the prepared checkpoint with at most `writes_in_flight_max`
+    /// requests at once; needs no access to the store.
+    pub async fn write(&self, writes_in_flight_max: usize) -> Result<(), BTreeError> {
+        self.job.write(writes_in_flight_max).await
+    }
+
+    /// The replica being checkpointed.
+    pub fn partition(&self) -> u64 {
+        self.partition
+    }
 }
 
 /// One shard's storage. See the module docs.
@@ -284,6 +333,7 @@ impl<D: Disk> ShardStore<D> {
                 applied_index: applied,
                 queued: BTreeMap::new(),
                 oldest_unflushed: None,
+                checkpointing_from: None,
             };
             replicas.insert(partition, replica);
         }
@@ -347,8 +397,14 @@ impl<D: Disk> ShardStore<D> {
         // The file's directory entry must be durable before any record of
         // the partition is acknowledged.
         self.disk.sync_dir(&dir).await?;
-        let replica =
-            Replica { tree, last_index: 0, applied_index: 0, queued: BTreeMap::new(), oldest_unflushed: None };
+        let replica = Replica {
+            tree,
+            last_index: 0,
+            applied_index: 0,
+            queued: BTreeMap::new(),
+            oldest_unflushed: None,
+            checkpointing_from: None,
+        };
         self.replicas.insert(partition, replica);
         Ok(())
     }
@@ -403,8 +459,10 @@ impl<D: Disk> ShardStore<D> {
             replica.applied_index = index;
             replica.oldest_unflushed.get_or_insert(lsn);
         }
-        let dirty_bytes: usize = self.replicas.values().map(|r| r.tree.dirty_bytes()).sum();
-        if dirty_bytes > self.config.dirty_bytes_max {
+        if self.config.background_checkpoints {
+            return Ok(());
+        }
+        if self.dirty_bytes() > self.config.dirty_bytes_max {
             let dirtiest = self.replicas.iter().max_by_key(|(_, r)| r.tree.dirty_bytes()).map(|(p, _)| *p);
             if let Some(partition) = dirtiest {
                 self.checkpoint(partition).await?;
@@ -414,6 +472,80 @@ impl<D: Disk> ShardStore<D> {
             self.checkpoint_oldest().await?;
         }
         Ok(())
+    }
+
+    /// Dirty B-tree bytes of all replicas.
+    pub fn dirty_bytes(&self) -> usize {
+        self.replicas.values().map(|r| r.tree.dirty_bytes()).sum()
+    }
+
+    /// The checkpoint policy, for background checkpoints: the replica that
+    /// should checkpoint now, if any. None while one is being written.
+    pub fn checkpoint_due(&self) -> Option<u64> {
+        if self.replicas.values().any(|r| r.tree.checkpoint_in_flight()) {
+            return None;
+        }
+        if self.dirty_bytes() > self.config.dirty_bytes_max {
+            return self.replicas.iter().max_by_key(|(_, r)| r.tree.dirty_bytes()).map(|(p, _)| *p);
+        }
+        if self.wal.segment_count() > self.config.wal_segments_max {
+            let oldest_segment = self.wal.segments().first().copied().unwrap_or(0);
+            return self
+                .replicas
+                .iter()
+                .find(|(_, r)| r.oldest_unflushed.is_some_and(|lsn| lsn.segment() <= oldest_segment))
+                .map(|(p, _)| *p);
+        }
+        None
+    }
+
+    /// Whether background work is due: a checkpoint, or a spare WAL segment.
+    pub fn background_work_due(&self) -> bool {
+        self.wal.wants_spare_segment() || self.checkpoint_due().is_some()
+    }
+
+    /// Whether writers should wait for the background checkpoint: dirty
+    /// pages or WAL segments at twice their limits (memory and disk stay
+    /// bounded when writes outrun checkpoints).
+    pub fn checkpoint_backlogged(&self) -> bool {
+        self.dirty_bytes() > self.config.dirty_bytes_max.saturating_mul(2)
+            || self.wal.segment_count() > self.config.wal_segments_max.saturating_mul(2)
+    }
+
+    /// Whether a checkpoint is being written.
+    pub fn checkpoint_in_flight(&self) -> bool {
+        self.replicas.values().any(|r| r.tree.checkpoint_in_flight())
+    }
+
+    /// Step 1 of a background checkpoint (no I/O): see
+    /// [`BTree::begin_checkpoint`].
+    pub fn begin_checkpoint(&mut self, partition: u64) -> Result<ReplicaCheckpoint<D::File>, StoreWriteError> {
+        let began = std::time::Instant::now();
+        let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        let job = replica.tree.begin_checkpoint(replica.applied_index)?;
+        replica.checkpointing_from = replica.oldest_unflushed.take();
+        Ok(ReplicaCheckpoint { partition, job, began, begin_us: began.elapsed().as_micros() })
+    }
+
+    /// Step 3 of a background checkpoint: `written` is what
+    /// [`ReplicaCheckpoint::write`] returned. Reclaims the WAL the
+    /// checkpoint made unnecessary. A checkpoint of a replica dropped
+    /// meanwhile is discarded.
+    pub async fn finish_checkpoint(
+        &mut self,
+        checkpoint: ReplicaCheckpoint<D::File>,
+        written: Result<(), BTreeError>,
+    ) -> Result<(), StoreWriteError> {
+        let ReplicaCheckpoint { partition, job, began, begin_us } = checkpoint;
+        let Some(replica) = self.replicas.get_mut(&partition).filter(|r| r.tree.owns(&job)) else {
+            return Ok(());
+        };
+        let bytes = job.bytes();
+        replica.tree.finish_checkpoint(job, written)?;
+        replica.checkpointing_from = None;
+        log_checkpoint(partition, bytes, began.elapsed());
+        tracing::debug!(partition, begin_us, "checkpoint step 1 (engine held)");
+        self.reclaim_wal().await
     }
 
     /// Logs, waits for durability, and applies one mutation. Returns when the
@@ -476,13 +608,7 @@ impl<D: Disk> ShardStore<D> {
         let (dirty_bytes, began) = (replica.tree.dirty_bytes(), std::time::Instant::now());
         replica.tree.checkpoint(replica.applied_index).await?;
         replica.oldest_unflushed = None;
-        let elapsed = began.elapsed();
-        if elapsed >= SLOW_CHECKPOINT {
-            // Writers of the shard wait for a checkpoint: say when one is long.
-            tracing::info!(partition, dirty_bytes, ms = elapsed.as_millis(), "slow checkpoint");
-        } else {
-            tracing::debug!(partition, dirty_bytes, us = elapsed.as_micros(), "checkpoint");
-        }
+        log_checkpoint(partition, dirty_bytes, began.elapsed());
         Ok(())
     }
 
@@ -516,7 +642,8 @@ impl<D: Disk> ShardStore<D> {
         let watermark = self
             .replicas
             .values()
-            .filter_map(|r| r.oldest_unflushed)
+            .flat_map(|r| [r.oldest_unflushed, r.checkpointing_from])
+            .flatten()
             .chain(queued)
             .min()
             .unwrap_or_else(|| self.wal.next_lsn());

@@ -42,7 +42,7 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{RwLock, Semaphore};
-use glommio::{LocalExecutorBuilder, Placement as CpuPlacement};
+use glommio::{Latency, LocalExecutorBuilder, Placement as CpuPlacement, Shares};
 use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
 use keel_wire::protocol::{ErrorCode, Response};
 use rustc_hash::FxHashMap;
@@ -51,6 +51,7 @@ use crate::engine::{Engine, Page, Placement, TableDef};
 use crate::handler::{self, Route};
 use crate::io::glommio_disk::GlommioDisk;
 use crate::replica::{ShardStore, StoreConfig};
+use crate::wal::Notify;
 
 /// How often the stop flag (set by a signal handler) is checked.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -58,6 +59,24 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Requests one connection may have in flight; reading pauses beyond.
 const IN_FLIGHT_PER_CONNECTION: u64 = 256;
+
+/// The longest a write waits for a background checkpoint when dirty pages
+/// or WAL segments are backlogged (twice their limits). The wait slows
+/// writers down to what checkpoints sustain; the bound keeps a stuck
+/// checkpoint from stopping writes altogether.
+const CHECKPOINT_BACKLOG_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Pages a background checkpoint encodes before it lets requests run
+/// (about 150 µs of work).
+const CHECKPOINT_PAGES_PER_SLICE: usize = 32;
+
+/// Write requests (up to 1 MiB each) of a background checkpoint in flight
+/// at once: the WAL's commits share the disk's queue with them.
+const CHECKPOINT_WRITES_IN_FLIGHT_MAX: usize = 2;
+
+/// CPU shares of the background task queue (checkpoints) against the
+/// foreground's 1000: background work must not take latency from requests.
+const BACKGROUND_SHARES: usize = 100;
 /// Messages queued between two shards.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// The node metadata file in the data directory.
@@ -329,6 +348,11 @@ struct Shard {
     next_call: Cell<u64>,
     stopping: StopSignal,
     catalog_ready: StopSignal,
+    /// Notified when a write finds background work due (a checkpoint, a
+    /// spare WAL segment).
+    background_wanted: Notify,
+    /// Notified after each background checkpoint.
+    checkpointed: Notify,
 }
 
 impl std::fmt::Debug for Shard {
@@ -343,6 +367,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let mut store_config = StoreConfig::new(&dir);
     store_config.page_cache_bytes = config.page_cache_bytes;
     store_config.dirty_bytes_max = config.dirty_bytes_max;
+    store_config.background_checkpoints = true;
     let store = ShardStore::open(GlommioDisk::new(), store_config)
         .await
         .with_context(|| format!("open the shard store in {}", dir.display()))?;
@@ -360,7 +385,13 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         next_call: Cell::new(0),
         stopping: StopSignal::default(),
         catalog_ready: StopSignal::default(),
+        background_wanted: Notify::default(),
+        checkpointed: Notify::default(),
     });
+    let background =
+        glommio::executor().create_task_queue(Shares::Static(BACKGROUND_SHARES), Latency::NotImportant, "background");
+    let background = glommio::spawn_local_into(background_work(Rc::clone(&shard)), background)
+        .map_err(|e| anyhow::anyhow!("start the background task: {e}"))?;
     let dispatchers = start_dispatchers(&shard, &mut receivers);
 
     // The entry port: shard 0 binds it first (resolving port 0), then the
@@ -458,6 +489,8 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     for task in dispatchers {
         task.await;
     }
+    // The background task stops after the checkpoint it is writing, if any.
+    background.await;
     let mut engine = shard.engine.write().await.map_err(|e| anyhow::anyhow!("engine lock: {e}"))?;
     engine.store_mut().checkpoint_all().await.context("checkpoint before exit")?;
     Ok(())
@@ -578,10 +611,22 @@ impl Shard {
         if let Err(e) = wal.wait_durable(lsn).await {
             return handler::error_response(body, ErrorCode::InternalServerError, format!("write not durable: {e}"));
         }
-        let finished = match self.engine.write().await {
-            Ok(mut engine) => engine.finish(commit).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let (finished, backlog) = match self.engine.write().await {
+            Ok(mut engine) => {
+                let finished = engine.finish(commit).await.map_err(|e| e.to_string());
+                let store = engine.store_mut();
+                if store.background_work_due() {
+                    self.background_wanted.notify_all();
+                }
+                // Made while the engine is held, so that a checkpoint
+                // finishing right after is not missed.
+                (finished, store.checkpoint_backlogged().then(|| self.checkpointed.notified()))
+            }
+            Err(e) => (Err(e.to_string()), None),
         };
+        if let Some(checkpointed) = backlog {
+            futures_lite::future::or(checkpointed, glommio::timer::sleep(CHECKPOINT_BACKLOG_WAIT_MAX)).await;
+        }
         match finished {
             Ok(()) => response,
             Err(e) => handler::error_response(body, ErrorCode::InternalServerError, format!("apply a write: {e}")),
@@ -688,6 +733,55 @@ impl Answer {
     }
 }
 
+/// The shard's background work (in the low-share task queue): spare WAL
+/// segments, and the checkpoints the store's policy asks for, holding the
+/// engine only to begin and to finish each one, never while its pages are
+/// encoded or written. Stops when the shard stops.
+async fn background_work(shard: Rc<Shard>) {
+    loop {
+        // Made before the checks, so that a request made meanwhile is seen.
+        let wanted = shard.background_wanted.notified();
+        if shard.stopping.is_fired() {
+            break;
+        }
+        let wal = match shard.engine.read().await {
+            Ok(engine) => engine.wal(),
+            Err(_) => break,
+        };
+        if let Err(e) = wal.replenish_pool().await {
+            tracing::warn!(shard = shard.index, error = %e, "could not make a spare WAL segment");
+        }
+        match checkpoint_once(&shard).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            // The replica is poisoned; its writes fail from now on and say so.
+            Err(e) => tracing::error!(shard = shard.index, error = %e, "background checkpoint failed"),
+        }
+        futures_lite::future::or(wanted, shard.stopping.wait()).await;
+    }
+}
+
+/// One background checkpoint if one is due; whether there was one.
+async fn checkpoint_once(shard: &Shard) -> Result<bool, String> {
+    let mut job = {
+        let mut engine = shard.engine.write().await.map_err(|e| e.to_string())?;
+        let store = engine.store_mut();
+        let Some(partition) = store.checkpoint_due() else { return Ok(false) };
+        store.begin_checkpoint(partition).map_err(|e| e.to_string())?
+    };
+    // Encoding takes a few µs a page; requests get the core between slices.
+    while !job.prepare(CHECKPOINT_PAGES_PER_SLICE) {
+        glommio::executor().yield_task_queue_now().await;
+    }
+    let written = job.write(CHECKPOINT_WRITES_IN_FLIGHT_MAX).await;
+    let finished = match shard.engine.write().await {
+        Ok(mut engine) => engine.store_mut().finish_checkpoint(job, written).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    shard.checkpointed.notify_all();
+    finished.map(|()| true)
+}
+
 /// Serves one connection: requests are read and started as they arrive
 /// (many in flight, see IN_FLIGHT_PER_CONNECTION), responses are written as
 /// they finish, matched by request id.
@@ -771,6 +865,10 @@ struct StopSignal {
 }
 
 impl StopSignal {
+    fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
     fn fire(&self) {
         self.fired.set(true);
         let waiters: Vec<Waker> = self.waiters.borrow_mut().drain().map(|(_, w)| w).collect();

@@ -69,6 +69,50 @@ fn check_all(tree: &BTree<SimFile>, model: &BTreeMap<Vec<u8>, Vec<u8>>, seed: u6
     assert_eq!(tree.len(), model.len() as u64, "seed {seed}: len");
 }
 
+/// One random operation (put, delete, get, range scan) on `tree` and
+/// `model`, checking every read against the model.
+fn random_op(
+    tree: &mut BTree<SimFile>,
+    model: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    rng: &mut SmallRng,
+    seed: u64,
+    step: u64,
+) {
+    let key = random_key(rng);
+    match rng.random_range(0..10u8) {
+        0..=5 => {
+            let value = random_value(rng);
+            block_on(tree.put(&key, &value)).expect("put");
+            model.insert(key, value);
+        }
+        6..=7 => {
+            let was = block_on(tree.delete(&key)).expect("delete");
+            assert_eq!(was, model.remove(&key).is_some(), "seed {seed} step {step}: delete result");
+        }
+        8 => {
+            let got = block_on(tree.get(&key)).expect("get");
+            assert_eq!(got.as_ref(), model.get(&key), "seed {seed} step {step}: get");
+            let borrowed = block_on(tree.get_with(&key, |v| v == model.get(&key).map(Vec::as_slice)));
+            assert!(borrowed.expect("get_with"), "seed {seed} step {step}: get_with");
+        }
+        _ => {
+            let hi = random_key(rng);
+            let (lo, hi) = if key <= hi { (key, hi) } else { (hi, key) };
+            let limit = rng.random_range(1..50);
+            let reverse = rng.random_bool(0.5);
+            let range = (Bound::Included(lo.as_slice()), Bound::Excluded(hi.as_slice()));
+            let dir = if reverse { Direction::Reverse } else { Direction::Forward };
+            let got = block_on(tree.scan(range.0, range.1, dir, limit)).expect("scan");
+            let want: Vec<(Vec<u8>, Vec<u8>)> = if reverse {
+                model.range::<[u8], _>(range).rev().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+            } else {
+                model.range::<[u8], _>(range).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
+            assert!(got == want, "seed {seed} step {step}: range scan differs");
+        }
+    }
+}
+
 #[test]
 fn btree_matches_a_btreemap_model_through_checkpoints_and_reopens() {
     for seed in 0..12 {
@@ -77,39 +121,7 @@ fn btree_matches_a_btreemap_model_through_checkpoints_and_reopens() {
         let mut tree = create(&disk, 64);
         let mut model = BTreeMap::new();
         for step in 0..3000 {
-            let key = random_key(&mut rng);
-            match rng.random_range(0..10u8) {
-                0..=5 => {
-                    let value = random_value(&mut rng);
-                    block_on(tree.put(&key, &value)).expect("put");
-                    model.insert(key, value);
-                }
-                6..=7 => {
-                    let was = block_on(tree.delete(&key)).expect("delete");
-                    assert_eq!(was, model.remove(&key).is_some(), "seed {seed} step {step}: delete result");
-                }
-                8 => {
-                    let got = block_on(tree.get(&key)).expect("get");
-                    assert_eq!(got.as_ref(), model.get(&key), "seed {seed} step {step}: get");
-                    let borrowed = block_on(tree.get_with(&key, |v| v == model.get(&key).map(Vec::as_slice)));
-                    assert!(borrowed.expect("get_with"), "seed {seed} step {step}: get_with");
-                }
-                _ => {
-                    let hi = random_key(&mut rng);
-                    let (lo, hi) = if key <= hi { (key, hi) } else { (hi, key) };
-                    let limit = rng.random_range(1..50);
-                    let reverse = rng.random_bool(0.5);
-                    let range = (Bound::Included(lo.as_slice()), Bound::Excluded(hi.as_slice()));
-                    let dir = if reverse { Direction::Reverse } else { Direction::Forward };
-                    let got = block_on(tree.scan(range.0, range.1, dir, limit)).expect("scan");
-                    let want: Vec<(Vec<u8>, Vec<u8>)> = if reverse {
-                        model.range::<[u8], _>(range).rev().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
-                    } else {
-                        model.range::<[u8], _>(range).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
-                    };
-                    assert!(got == want, "seed {seed} step {step}: range scan differs");
-                }
-            }
+            random_op(&mut tree, &mut model, &mut rng, seed, step);
             if step % 400 == 399 {
                 block_on(tree.checkpoint(step)).expect("checkpoint");
                 if rng.random_bool(0.5) {
@@ -131,6 +143,80 @@ fn btree_matches_a_btreemap_model_through_checkpoints_and_reopens() {
         block_on(tree.checkpoint(10000)).expect("checkpoint");
         assert!(tree.is_empty());
         assert!(tree.free_pages() as u64 + 8 >= tree.page_count(), "seed {seed}: pages not reused");
+    }
+}
+
+/// A checkpoint is written while the tree keeps changing (the server's
+/// background checkpoints). Reads during it must see every change, pages of
+/// the checkpoint must stay readable although the (tiny) page cache evicts
+/// them, and a crash must leave exactly the last finished checkpoint, or the
+/// one being written once its write returned.
+#[test]
+fn btree_keeps_working_while_a_checkpoint_is_written_and_a_crash_leaves_a_whole_checkpoint() {
+    for seed in 0..16 {
+        let disk = SimDisk::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut tree = create(&disk, 8);
+        let mut model = BTreeMap::new();
+        // The model as of the last durable checkpoint, and its index.
+        let (mut durable, mut durable_index) = (model.clone(), 0);
+        let mut step = 0u64;
+        for round in 1..=10u64 {
+            for _ in 0..250 {
+                random_op(&mut tree, &mut model, &mut rng, seed, step);
+                step += 1;
+            }
+            let mut job = tree.begin_checkpoint(round).expect("begin checkpoint");
+            assert!(tree.checkpoint_in_flight());
+            let at_begin = model.clone();
+            // Encoding in slices, with changes in between.
+            loop {
+                for _ in 0..15 {
+                    random_op(&mut tree, &mut model, &mut rng, seed, step);
+                    step += 1;
+                }
+                if job.prepare(3) {
+                    break;
+                }
+            }
+            let written = match rng.random_range(0..6u8) {
+                0 => {
+                    // Crash before the checkpoint is written: the previous one.
+                    drop(job);
+                    drop(tree);
+                    disk.crash();
+                    tree = reopen(&disk, 8).expect("reopen");
+                    assert_eq!(tree.applied_index(), durable_index, "seed {seed} round {round}");
+                    check_all(&tree, &durable, seed);
+                    model = durable.clone();
+                    continue;
+                }
+                _ => block_on(job.write(4)),
+            };
+            written.as_ref().expect("write checkpoint");
+            for _ in 0..50 {
+                random_op(&mut tree, &mut model, &mut rng, seed, step);
+                step += 1;
+            }
+            let finish = rng.random_bool(0.7);
+            if finish {
+                tree.finish_checkpoint(job, written).expect("finish checkpoint");
+                assert!(!tree.checkpoint_in_flight());
+                check_all(&tree, &model, seed);
+            } else {
+                drop(job);
+            }
+            (durable, durable_index) = (at_begin, round);
+            if !finish || rng.random_bool(0.3) {
+                // The meta page is durable once `write` returned: the new one.
+                drop(tree);
+                disk.crash();
+                tree = reopen(&disk, 8).expect("reopen");
+                assert_eq!(tree.applied_index(), durable_index, "seed {seed} round {round}");
+                check_all(&tree, &durable, seed);
+                model = durable.clone();
+            }
+        }
     }
 }
 

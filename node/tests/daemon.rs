@@ -552,7 +552,9 @@ fn sigterm_in_the_middle_of_a_write_load_drains_and_exits_cleanly() {
 
 /// Runs 24 concurrent writers (puts and increments) against a node, stops
 /// the node with `interrupt` once 3,000 puts were acknowledged, restarts it
-/// and checks that every acknowledged write is there.
+/// and checks that every acknowledged write is there. The node runs with
+/// 1 MiB of dirty pages at most, so background checkpoints run throughout
+/// the load (and are interrupted too).
 fn write_load_interrupted_by(interrupt: fn(Node)) {
     use keel_wire::client::{BlockingClient, ClientConfig};
     use std::sync::{Arc, Condvar, Mutex};
@@ -560,7 +562,7 @@ fn write_load_interrupted_by(interrupt: fn(Node)) {
     const COUNTERS: usize = 4;
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let dir = tmp.path().join("data");
-    let node = Node::start(&dir);
+    let node = Node::start_with(&dir, None, &["--dirty-mb", "1"]);
     let mut config = ClientConfig::new(node.address.clone());
     config.connections = 4;
     config.retries_max = 0;
@@ -590,8 +592,11 @@ fn write_load_interrupted_by(interrupt: fn(Node)) {
                                 sent.map(|_| counted.lock().expect("lock")[writer].0 += 1)
                             } else {
                                 let id = format!("w{writer}-{i}");
-                                let it = item::from_json(&json!({"id": {"S": id}, "i": {"N": i.to_string()}}))
-                                    .expect("item");
+                                let pad = "p".repeat(3000);
+                                let it = item::from_json(
+                                    &json!({"id": {"S": id}, "i": {"N": i.to_string()}, "pad": {"S": pad}}),
+                                )
+                                .expect("item");
                                 let sent = c.put_item("load", it).send().await;
                                 sent.map(|_| {
                                     let (list, signal) = &*acked;
@@ -618,6 +623,18 @@ fn write_load_interrupted_by(interrupt: fn(Node)) {
     }
     interrupt(node);
     load.join().expect("the load thread ends once the node is gone");
+    // Checkpoints ran during the load: the B-tree files hold pages beyond
+    // their initial few (9 MB of items against 1 MiB of dirty pages).
+    let btree_bytes: u64 = std::fs::read_dir(&dir)
+        .expect("list data directory")
+        .flatten()
+        .filter_map(|shard| std::fs::read_dir(shard.path().join("partitions")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|file| file.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    assert!(btree_bytes > 2 << 20, "B-tree files hold {btree_bytes} bytes: no checkpoint ran during the load");
 
     let mut node = Node::start(&dir);
     let acked = acked.0.lock().expect("lock").clone();

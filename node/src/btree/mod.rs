@@ -192,11 +192,18 @@ pub enum Direction {
 /// A copy-on-write B+tree over one file. See the module docs.
 #[derive(Debug)]
 pub struct BTree<F: DiskFile> {
-    file: F,
+    /// Shared with a checkpoint being written (see [`CheckpointWrite`]).
+    file: Rc<F>,
     file_id: u64,
     cache: Rc<RefCell<PageCache>>,
     /// Nodes changed since the last checkpoint, by (new) page number.
     dirty: FxHashMap<u64, Rc<Node>>,
+    /// Nodes of the checkpoint being written, still reachable: immutable
+    /// (a change copies one to a new page, like a clean page), and read from
+    /// here until they are durable and cached.
+    flushing: FxHashMap<u64, Rc<Node>>,
+    /// Whether a checkpoint was begun and not yet finished.
+    checkpoint_in_flight: bool,
     /// Pages allocated since the last checkpoint: not referenced by the
     /// durable tree, so they may be freed and reused at once.
     fresh: FxHashSet<u64>,
@@ -218,10 +225,12 @@ impl<F: DiskFile> BTree<F> {
     /// Initialises an empty tree in a new (empty) file and checkpoints it.
     pub async fn create(file: F, file_id: u64, cache: Rc<RefCell<PageCache>>) -> Result<Self, BTreeError> {
         let mut tree = Self {
-            file,
+            file: Rc::new(file),
             file_id,
             cache,
             dirty: FxHashMap::default(),
+            flushing: FxHashMap::default(),
+            checkpoint_in_flight: false,
             fresh: FxHashSet::default(),
             root: PageRef { page: FIRST_DATA_PAGE, seq: 0 },
             page_count: FIRST_DATA_PAGE + 1,
@@ -267,10 +276,12 @@ impl<F: DiskFile> BTree<F> {
             return Err(corrupt(1, PageFault::Malformed));
         }
         let mut tree = Self {
-            file,
+            file: Rc::new(file),
             file_id,
             cache,
             dirty: FxHashMap::default(),
+            flushing: FxHashMap::default(),
+            checkpoint_in_flight: false,
             fresh: FxHashSet::default(),
             root,
             page_count,
@@ -327,6 +338,9 @@ impl<F: DiskFile> BTree<F> {
     /// Loads a node: dirty set, then cache, then disk (verified).
     async fn load(&self, r: PageRef) -> Result<Loaded, BTreeError> {
         if let Some(node) = self.dirty.get(&r.page) {
+            return Ok(Loaded::Dirty(Rc::clone(node)));
+        }
+        if let Some(node) = self.flushing.get(&r.page) {
             return Ok(Loaded::Dirty(Rc::clone(node)));
         }
         let key = (self.file_id, r.page);
@@ -518,57 +532,38 @@ impl<F: DiskFile> BTree<F> {
 
     /// Writes every dirty page, the free list and then the meta page with
     /// `applied_index`, syncing in between. On failure the tree is poisoned.
+    /// The three steps of [`Self::begin_checkpoint`] in one call.
     pub async fn checkpoint(&mut self, applied_index: u64) -> Result<(), BTreeError> {
-        self.check_usable()?;
-        let result = self.checkpoint_inner(applied_index).await;
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
+        let mut job = self.begin_checkpoint(applied_index)?;
+        while !job.prepare(usize::MAX) {}
+        let written = job.write(WRITES_IN_FLIGHT_MAX).await;
+        self.finish_checkpoint(job, written)
     }
 
-    async fn checkpoint_inner(&mut self, applied_index: u64) -> Result<(), BTreeError> {
-        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
-        // 1. Dirty nodes, children before parents (post-order), so each
-        //    parent records the write sequence of its children.
-        if self.dirty.contains_key(&self.root.page) {
-            let mut written: HashMap<u64, u64> = HashMap::new();
-            let mut stack = vec![(self.root.page, false)];
-            while let Some((p, expanded)) = stack.pop() {
-                if !expanded {
-                    stack.push((p, true));
-                    if let Node::Branch { children, .. } = &**self.dirty.get(&p).expect("only dirty pages are stacked")
-                    {
-                        stack.extend(
-                            children.iter().filter(|c| self.dirty.contains_key(&c.page)).map(|c| (c.page, false)),
-                        );
-                    }
-                    continue;
-                }
-                let node = Rc::make_mut(self.dirty.get_mut(&p).expect("only dirty pages are stacked"));
-                if let Node::Branch { children, .. } = node {
-                    for child in children.iter_mut() {
-                        if let Some(seq) = written.get(&child.page) {
-                            child.seq = *seq;
-                        }
-                    }
-                }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                writes.push((p, node.encode(p, self.file_id, seq)));
-                written.insert(p, seq);
-            }
-            assert_eq!(written.len(), self.dirty.len(), "every dirty page is reachable from the root");
-            self.root.seq = *written.get(&self.root.page).expect("root was written");
-        }
-        // 2. The free list as it will be once this checkpoint is durable,
-        //    in new pages at the end of the file.
+    /// Step 1 of a checkpoint, without I/O and without encoding pages (it
+    /// is quick: the caller may hold a lock): takes the dirty nodes, with
+    /// their write sequences assigned, and encodes the free list and the
+    /// meta page with `applied_index` into a [`CheckpointWrite`]. From here
+    /// on the tree keeps working while the job is prepared and written
+    /// (step 2, [`CheckpointWrite::prepare`] and [`CheckpointWrite::write`],
+    /// which do not borrow the tree): every node of the checkpoint is
+    /// immutable (a later change copies it to a new page), reads find its
+    /// nodes in memory until they are durable, pages it frees stay unused
+    /// until it is durable, and new pages are allocated past it. Step 3 is
+    /// [`Self::finish_checkpoint`]. One checkpoint at a time.
+    pub fn begin_checkpoint(&mut self, applied_index: u64) -> Result<CheckpointWrite<F>, BTreeError> {
+        self.check_usable()?;
+        assert!(!self.checkpoint_in_flight, "one checkpoint at a time");
+        let order = self.assign_seqs();
+        // The free list as it will be once this checkpoint is durable, in
+        // new pages at the end of the file.
         let mut list: Vec<u64> = self.free.iter().copied().collect();
         list.extend(&self.pending_free);
         list.extend(&self.freelist_pages);
         list.sort_unstable();
         let chain_len = list.len().div_ceil(FREELIST_ENTRIES_MAX) as u64;
         let chain: Vec<u64> = (self.page_count..self.page_count + chain_len).collect();
+        let mut freelist = Vec::with_capacity(chain.len());
         let mut next = PageRef { page: 0, seq: 0 };
         for (page, chunk) in chain.iter().zip(list.chunks(FREELIST_ENTRIES_MAX)).rev() {
             let mut buf = Vec::with_capacity(PAGE_BYTES);
@@ -583,13 +578,11 @@ impl<F: DiskFile> BTree<F> {
             let seq = self.next_seq;
             self.next_seq += 1;
             page::seal(&mut buf, Kind::Freelist, *page, self.file_id, seq);
-            writes.push((*page, buf));
+            freelist.push((*page, buf));
             next = PageRef { page: *page, seq };
         }
         let page_count = self.page_count + chain_len;
-        self.write_runs(&mut writes).await?;
-        self.file.sync_data().await?;
-        // 3. The meta page, in the slot the previous checkpoint did not use.
+        // The meta page, in the slot the previous checkpoint did not use.
         let generation = self.generation + 1;
         let slot = generation % 2;
         let meta = MetaBody {
@@ -606,72 +599,127 @@ impl<F: DiskFile> BTree<F> {
             freelist_seq: U64::new(next.seq),
             entries: U64::new(self.entries),
         };
-        let mut buf = Vec::with_capacity(PAGE_BYTES);
-        buf.resize(PAGE_HEADER_BYTES, 0);
-        buf.extend_from_slice(meta.as_bytes());
-        buf.resize(PAGE_BYTES, 0);
-        page::seal(&mut buf, Kind::Meta, slot, self.file_id, self.next_seq);
+        let mut meta_page = Vec::with_capacity(PAGE_BYTES);
+        meta_page.resize(PAGE_HEADER_BYTES, 0);
+        meta_page.extend_from_slice(meta.as_bytes());
+        meta_page.resize(PAGE_BYTES, 0);
+        page::seal(&mut meta_page, Kind::Meta, slot, self.file_id, self.next_seq);
         self.next_seq += 1;
-        self.file.write_at(slot * PAGE_BYTES as u64, &buf).await?;
-        self.file.sync_data().await?;
-        // 4. Durable: released pages become reusable, dirty pages clean.
-        self.generation = generation;
-        self.applied_index = applied_index;
+        // In memory the tree moves on at once: the free-list pages are
+        // taken, pages released so far wait for this checkpoint, and every
+        // page written so far is part of it (no longer fresh).
         self.page_count = page_count;
-        self.free = list.into_iter().collect();
-        self.pending_free.clear();
+        let mut released = std::mem::take(&mut self.pending_free);
+        released.append(&mut self.freelist_pages);
         self.freelist_pages = chain;
         self.fresh.clear();
-        // The written node pages become the clean cached copies.
-        let mut cache = self.cache.borrow_mut();
-        for (p, buf) in writes {
-            let kind = match self.dirty.get(&p).map(|node| &**node) {
-                Some(Node::Leaf(_)) => Kind::Leaf,
-                Some(Node::Branch { .. }) => Kind::Branch,
-                None => continue, // a free-list page
-            };
-            let page = PageNode::parse(kind, buf).expect("a page we just encoded parses");
-            cache.insert((self.file_id, p), Rc::new(page));
+        let mut nodes = Vec::with_capacity(order.len());
+        for (p, seq) in order {
+            let node = self.dirty.remove(&p).expect("ordered pages are dirty");
+            self.flushing.insert(p, Rc::clone(&node));
+            nodes.push((p, seq, node));
         }
-        self.dirty.clear();
+        assert!(self.dirty.is_empty(), "every dirty page is in the checkpoint");
+        self.checkpoint_in_flight = true;
+        Ok(CheckpointWrite {
+            file: Rc::clone(&self.file),
+            file_id: self.file_id,
+            nodes,
+            pages: Vec::new(),
+            freelist,
+            meta_offset: slot * PAGE_BYTES as u64,
+            meta_page,
+            generation,
+            applied_index,
+            released,
+        })
+    }
+
+    /// Assigns write sequences to the dirty nodes, children before parents
+    /// (post-order), so that each parent records the sequence of its
+    /// children; returns the pages with their sequences.
+    fn assign_seqs(&mut self) -> Vec<(u64, u64)> {
+        let mut order: Vec<(u64, u64)> = Vec::with_capacity(self.dirty.len());
+        if !self.dirty.contains_key(&self.root.page) {
+            assert!(self.dirty.is_empty(), "every dirty page is reachable from the root");
+            return order;
+        }
+        let mut written: HashMap<u64, u64> = HashMap::new();
+        let mut stack = vec![(self.root.page, false)];
+        while let Some((p, expanded)) = stack.pop() {
+            if !expanded {
+                stack.push((p, true));
+                if let Node::Branch { children, .. } = &**self.dirty.get(&p).expect("only dirty pages are stacked") {
+                    stack.extend(children.iter().filter(|c| self.dirty.contains_key(&c.page)).map(|c| (c.page, false)));
+                }
+                continue;
+            }
+            let node = Rc::make_mut(self.dirty.get_mut(&p).expect("only dirty pages are stacked"));
+            if let Node::Branch { children, .. } = node {
+                for child in children.iter_mut() {
+                    if let Some(seq) = written.get(&child.page) {
+                        child.seq = *seq;
+                    }
+                }
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            order.push((p, seq));
+            written.insert(p, seq);
+        }
+        assert_eq!(written.len(), self.dirty.len(), "every dirty page is reachable from the root");
+        self.root.seq = *written.get(&self.root.page).expect("root was written");
+        order
+    }
+
+    /// Step 3 of a checkpoint: `written` is what [`CheckpointWrite::write`]
+    /// returned. On success the checkpoint's pages become clean cached
+    /// pages and the pages it released become reusable; on failure the tree
+    /// is poisoned (what is durable is unknown; reopen to recover).
+    pub fn finish_checkpoint(
+        &mut self,
+        job: CheckpointWrite<F>,
+        written: Result<(), BTreeError>,
+    ) -> Result<(), BTreeError> {
+        assert!(self.checkpoint_in_flight, "finish_checkpoint without begin_checkpoint");
+        assert!(Rc::ptr_eq(&self.file, &job.file), "a checkpoint finishes on its own tree");
+        self.checkpoint_in_flight = false;
+        if let Err(e) = written {
+            self.poisoned = true;
+            self.flushing.clear();
+            return Err(e);
+        }
+        assert!(job.generation == self.generation + 1, "checkpoints finish in order");
+        self.generation = job.generation;
+        self.applied_index = job.applied_index;
+        self.free.extend(job.released);
+        // The written pages become the clean cached copies, unless a change
+        // freed them meanwhile.
+        let mut cache = self.cache.borrow_mut();
+        for (p, page) in job.pages {
+            if self.flushing.remove(&p).is_some() {
+                cache.insert((self.file_id, p), page);
+            }
+        }
+        assert!(self.flushing.is_empty(), "every node of the checkpoint was written");
         Ok(())
+    }
+
+    /// Whether a checkpoint was begun and not finished.
+    pub fn checkpoint_in_flight(&self) -> bool {
+        self.checkpoint_in_flight
+    }
+
+    /// Whether `job` was begun by this tree.
+    pub fn owns(&self, job: &CheckpointWrite<F>) -> bool {
+        Rc::ptr_eq(&self.file, &job.file)
     }
 
     /// Writes pages, merging runs of adjacent pages into single requests and
     /// keeping up to [`WRITES_IN_FLIGHT_MAX`] requests in flight.
     async fn write_runs(&self, writes: &mut [(u64, Vec<u8>)]) -> Result<(), IoError> {
-        use futures_util::stream::{self, StreamExt, TryStreamExt};
-        writes.sort_unstable_by_key(|(p, _)| *p);
-        // Runs of adjacent pages, as index ranges into `writes`.
-        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-        for (i, (p, _)) in writes.iter().enumerate() {
-            match runs.last_mut() {
-                Some(run)
-                    if writes.get(run.start).is_some_and(|(start, _)| start + (run.len() as u64) == *p)
-                        && (run.len() + 1) * PAGE_BYTES <= WRITE_RUN_MAX_BYTES =>
-                {
-                    run.end = i + 1;
-                }
-                _ => runs.push(i..i + 1),
-            }
-        }
-        let file = &self.file;
-        let writes = &*writes;
-        stream::iter(runs)
-            .map(|run| async move {
-                let start = writes.get(run.start).map_or(0, |(p, _)| *p) * PAGE_BYTES as u64;
-                match writes.get(run.clone()).unwrap_or(&[]) {
-                    [(_, single)] => file.write_at(start, single).await,
-                    pages => {
-                        file.write_at(start, &pages.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>().concat())
-                            .await
-                    }
-                }
-            })
-            .buffer_unordered(WRITES_IN_FLIGHT_MAX)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        let mut slices: Vec<(u64, &[u8])> = writes.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        write_runs(&*self.file, &mut slices, WRITES_IN_FLIGHT_MAX).await
     }
 
     fn alloc(&mut self) -> u64 {
@@ -687,6 +735,7 @@ impl<F: DiskFile> BTree<F> {
         debug_assert!(page >= FIRST_DATA_PAGE);
         self.cache.borrow_mut().remove((self.file_id, page));
         self.dirty.remove(&page);
+        self.flushing.remove(&page);
         if self.fresh.remove(&page) {
             self.free.insert(page);
         } else {
@@ -975,6 +1024,103 @@ fn parse_meta(buf: &[u8], slot: u64, file_id: u64) -> Result<MetaBody, PageFault
         return Err(PageFault::Malformed);
     }
     Ok(meta)
+}
+
+/// A checkpoint being written: the pages and meta page encoded by
+/// [`BTree::begin_checkpoint`]. Writing it needs only the file, so the tree
+/// (and the shard's engine around it) stays usable meanwhile.
+#[derive(Debug)]
+#[must_use = "a begun checkpoint must be written and finished"]
+pub struct CheckpointWrite<F: DiskFile> {
+    file: Rc<F>,
+    file_id: u64,
+    /// Nodes still to encode, with their page and write sequence.
+    nodes: Vec<(u64, u64, Rc<Node>)>,
+    /// Encoded pages, parsed (they become the cached clean copies).
+    pages: Vec<(u64, Rc<PageNode>)>,
+    freelist: Vec<(u64, Vec<u8>)>,
+    meta_offset: u64,
+    meta_page: Vec<u8>,
+    generation: u64,
+    applied_index: u64,
+    /// Pages the durable tree still uses, free once this checkpoint is durable.
+    released: Vec<u64>,
+}
+
+impl<F: DiskFile> CheckpointWrite<F> {
+    /// Step 2a: encodes up to `pages_max` of the checkpoint's nodes into
+    /// pages; true once all are. A caller that shares its thread with
+    /// latency-sensitive work yields between calls.
+    pub fn prepare(&mut self, pages_max: usize) -> bool {
+        let take = self.nodes.len().min(pages_max);
+        for (p, seq, node) in self.nodes.drain(..take) {
+            let kind = if matches!(&*node, Node::Branch { .. }) { Kind::Branch } else { Kind::Leaf };
+            let page = PageNode::parse(kind, node.encode(p, self.file_id, seq)).expect("a page we encoded parses");
+            self.pages.push((p, Rc::new(page)));
+        }
+        self.nodes.is_empty()
+    }
+
+    /// Step 2b, once prepared: writes the pages and the free list (at most
+    /// `writes_in_flight_max` requests at once: fewer leave the disk's queue
+    /// to the WAL), syncs, writes the meta page, syncs. The meta page goes
+    /// last, so a crash at any point leaves the previous checkpoint intact
+    /// (the meta page alternates slots).
+    pub async fn write(&self, writes_in_flight_max: usize) -> Result<(), BTreeError> {
+        assert!(self.nodes.is_empty(), "a checkpoint is prepared before it is written");
+        let mut writes: Vec<(u64, &[u8])> = self
+            .pages
+            .iter()
+            .map(|(p, page)| (*p, page.page_bytes()))
+            .chain(self.freelist.iter().map(|(p, buf)| (*p, buf.as_slice())))
+            .collect();
+        write_runs(&*self.file, &mut writes, writes_in_flight_max).await?;
+        self.file.sync_data().await?;
+        self.file.write_at(self.meta_offset, &self.meta_page).await?;
+        self.file.sync_data().await?;
+        Ok(())
+    }
+
+    /// Bytes of pages this checkpoint writes.
+    pub fn bytes(&self) -> usize {
+        (self.nodes.len() + self.pages.len() + self.freelist.len() + 1) * PAGE_BYTES
+    }
+}
+/// Writes pages, merging runs of adjacent pages into single requests and
+/// keeping up to [`WRITES_IN_FLIGHT_MAX`] requests in flight.
+async fn write_runs<F: DiskFile>(
+    file: &F,
+    writes: &mut [(u64, &[u8])],
+    writes_in_flight_max: usize,
+) -> Result<(), IoError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    writes.sort_unstable_by_key(|(p, _)| *p);
+    // Runs of adjacent pages, as index ranges into `writes`.
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (p, _)) in writes.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run)
+                if writes.get(run.start).is_some_and(|(start, _)| start + (run.len() as u64) == *p)
+                    && (run.len() + 1) * PAGE_BYTES <= WRITE_RUN_MAX_BYTES =>
+            {
+                run.end = i + 1;
+            }
+            _ => runs.push(i..i + 1),
+        }
+    }
+    let writes = &*writes;
+    stream::iter(runs)
+        .map(|run| async move {
+            let start = writes.get(run.start).map_or(0, |(p, _)| *p) * PAGE_BYTES as u64;
+            match writes.get(run.clone()).unwrap_or(&[]) {
+                [(_, single)] => file.write_at(start, single).await,
+                pages => file.write_at(start, &pages.iter().map(|(_, b)| *b).collect::<Vec<_>>().concat()).await,
+            }
+        })
+        .buffer_unordered(writes_in_flight_max.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// Splits an overflowing node in two by encoded size; returns the separator

@@ -337,6 +337,11 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 }
 
 impl PageNode {
+    /// The page as written to disk (header included).
+    pub fn page_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Parses a verified page of kind `kind` (leaf or branch), checking
     /// every length against the page and that keys strictly increase.
     pub fn parse(kind: Kind, page: Vec<u8>) -> Result<Self, PageFault> {

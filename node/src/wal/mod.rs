@@ -217,6 +217,8 @@ struct State<F> {
     segments: BTreeSet<u64>,
     free_pool: Vec<PathBuf>,
     free_next: u64,
+    /// Whether [`Wal::replenish_pool`] is making a spare segment.
+    replenishing: bool,
     /// Buffers of flushed batches, kept to avoid reallocating (and page
     /// faulting) a batch buffer for every write.
     spare_buffers: Vec<Vec<u8>>,
@@ -584,6 +586,50 @@ impl<D: Disk> Wal<D> {
         Ok(victims.len())
     }
 
+    /// Whether the reuse pool is empty, so that the next segment would be
+    /// zero-filled on the commit path: time for [`Self::replenish_pool`].
+    #[must_use]
+    pub fn wants_spare_segment(&self) -> bool {
+        let st = self.state.borrow();
+        self.config.zero_fill && st.free_pool.is_empty() && !st.replenishing && st.poisoned.is_none()
+    }
+
+    /// Makes one zero-filled spare segment in the reuse pool when it is
+    /// empty; whether it made one. Meant for a background task: a new
+    /// segment otherwise gets its 64 MiB of zeros while commits wait for
+    /// the rotation. A spare left half-filled by a crash is found at the
+    /// next open and finished when used.
+    pub async fn replenish_pool(&self) -> Result<bool, WalAppendError> {
+        let free = {
+            let mut st = self.state.borrow_mut();
+            if !self.config.zero_fill || !st.free_pool.is_empty() || st.replenishing || st.poisoned.is_some() {
+                return Ok(false);
+            }
+            st.replenishing = true;
+            st.free_next += 1;
+            self.dir.join(format!("wal-free-{}.seg", st.free_next - 1))
+        };
+        let made = async {
+            let file = self.disk.open(&free, true).await?;
+            let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
+            let size = self.config.segment_size_bytes;
+            let mut at = 0;
+            while at < size {
+                let len = usize::try_from((size - at).min(ZERO_FILL_CHUNK_BYTES as u64)).unwrap_or(0);
+                file.write_at(at, zeros.get(..len).unwrap_or(&[])).await?;
+                at += len as u64;
+            }
+            file.sync_data().await?;
+            self.disk.sync_dir(&self.dir).await
+        }
+        .await;
+        let mut st = self.state.borrow_mut();
+        st.replenishing = false;
+        made?;
+        st.free_pool.push(free);
+        Ok(true)
+    }
+
     /// Moves a segment into the reuse pool or deletes it, durably, so that
     /// recovery never sees a gap (oldest first, one directory sync each).
     async fn retire_segment(&self, seq: u64) -> Result<(), IoError> {
@@ -661,6 +707,7 @@ fn empty_state<F>(tail: Lsn) -> State<F> {
         segments: BTreeSet::new(),
         free_pool: Vec::new(),
         free_next: 0,
+        replenishing: false,
         spare_buffers: Vec::new(),
         stats: WalStats::default(),
     }
