@@ -528,24 +528,25 @@ impl<D: Disk> ShardStore<D> {
     }
 
     /// Step 3 of a background checkpoint: `written` is what
-    /// [`ReplicaCheckpoint::write`] returned. Reclaims the WAL the
-    /// checkpoint made unnecessary. A checkpoint of a replica dropped
-    /// meanwhile is discarded.
-    pub async fn finish_checkpoint(
+    /// [`ReplicaCheckpoint::write`] returned. Returns the WAL position below
+    /// which nothing is needed any more: the caller reclaims it with
+    /// [`Wal::reclaim_below`] (file renames and directory syncs, which need
+    /// not hold up the store). A checkpoint of a replica dropped meanwhile is
+    /// discarded.
+    pub fn finish_checkpoint(
         &mut self,
         checkpoint: ReplicaCheckpoint<D::File>,
         written: Result<(), BTreeError>,
-    ) -> Result<(), StoreWriteError> {
+    ) -> Result<Lsn, StoreWriteError> {
         let ReplicaCheckpoint { partition, job, began, begin_us } = checkpoint;
-        let Some(replica) = self.replicas.get_mut(&partition).filter(|r| r.tree.owns(&job)) else {
-            return Ok(());
-        };
-        let bytes = job.bytes();
-        replica.tree.finish_checkpoint(job, written)?;
-        replica.checkpointing_from = None;
-        log_checkpoint(partition, bytes, began.elapsed());
-        tracing::debug!(partition, begin_us, "checkpoint step 1 (engine held)");
-        self.reclaim_wal().await
+        if let Some(replica) = self.replicas.get_mut(&partition).filter(|r| r.tree.owns(&job)) {
+            let bytes = job.bytes();
+            replica.tree.finish_checkpoint(job, written)?;
+            replica.checkpointing_from = None;
+            log_checkpoint(partition, bytes, began.elapsed());
+            tracing::debug!(partition, begin_us, "checkpoint step 1 (engine held)");
+        }
+        Ok(self.reclaim_watermark())
     }
 
     /// Logs, waits for durability, and applies one mutation. Returns when the
@@ -636,19 +637,24 @@ impl<D: Disk> ShardStore<D> {
     }
 
     async fn reclaim_wal(&mut self) -> Result<(), StoreWriteError> {
+        let watermark = self.reclaim_watermark();
+        self.wal.reclaim_below(watermark).await?;
+        Ok(())
+    }
+
+    /// The WAL position below which no record is needed: every replica has
+    /// it in a durable checkpoint. It only rises.
+    pub fn reclaim_watermark(&self) -> Lsn {
         // Records submitted but not yet applied are needed too: they are in
         // no tree yet.
         let queued = self.replicas.values().filter_map(|r| r.queued.first_key_value().map(|(_, (_, _, lsn))| *lsn));
-        let watermark = self
-            .replicas
+        self.replicas
             .values()
             .flat_map(|r| [r.oldest_unflushed, r.checkpointing_from])
             .flatten()
             .chain(queued)
             .min()
-            .unwrap_or_else(|| self.wal.next_lsn());
-        self.wal.reclaim_below(watermark).await?;
-        Ok(())
+            .unwrap_or_else(|| self.wal.next_lsn())
     }
 
     /// The value under `key` in `partition`.

@@ -131,7 +131,8 @@ fn run_op(
                     failed.map_or(Ok(()), Err)
                 }
                 Some((begun, Some(written))) => {
-                    store.finish_checkpoint(begun, written).await.map_err(|e| e.to_string())
+                    let watermark = store.finish_checkpoint(begun, written).map_err(|e| e.to_string())?;
+                    store.wal().reclaim_below(watermark).await.map(|_| ()).map_err(|e| e.to_string())
                 }
             },
             (op, _) => run_plain_op(store, model, op, ctx).await,

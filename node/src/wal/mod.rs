@@ -225,6 +225,9 @@ struct State<F> {
     stats: WalStats,
 }
 
+/// WAL commits (write + fdatasync) longer than this are logged.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Spare batch buffers kept for reuse.
 const SPARE_BUFFERS_MAX: usize = 4;
 
@@ -487,7 +490,14 @@ impl<D: Disk> Wal<D> {
             st.flushing = true;
             batches
         };
+        let began = std::time::Instant::now();
         let result = self.write_batches(&batches).await;
+        let elapsed = began.elapsed();
+        if elapsed >= SLOW_COMMIT {
+            // Every waiting writer waited this long: say so, with the size.
+            let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
+            tracing::info!(bytes, ms = elapsed.as_millis(), "slow WAL commit");
+        }
         {
             let mut st = self.state.borrow_mut();
             st.flushing = false;
