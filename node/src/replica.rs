@@ -12,9 +12,13 @@
 //!    ([`ShardStore::apply_durable`]); readers see it from here on, and the
 //!    caller may acknowledge it.
 //! 5. A later checkpoint writes the tree's dirty pages and a meta page
-//!    recording the last applied index.
+//!    recording the last applied index. Inline (in `apply_durable`) or, with
+//!    [`StoreConfig::background_checkpoints`], begun and finished by the
+//!    owner while writes go on: records applied after a checkpoint began are
+//!    not in it, and the WAL keeps them.
 //! 6. Only after every replica on the shard has checkpointed past a WAL
-//!    segment is that segment reclaimed.
+//!    segment (its checkpoint durable, not merely begun) is that segment
+//!    reclaimed ([`ShardStore::reclaim_watermark`]).
 //!
 //! Opening replays, for each replica, the WAL records whose index is above
 //! the index its meta page records.
