@@ -608,10 +608,8 @@ impl<D: Disk> Engine<D> {
     /// The item under a key: a logged, unapplied write if there is one (a
     /// reader of it then waits for its durability), else the tree's.
     async fn current(&mut self, partition: u64, storage_key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        if let Some(pending) = self.overlay.get(&(partition, storage_key.to_vec())) {
-            let value = pending.value.clone();
-            self.deferred.wait_lsn = self.deferred.wait_lsn.max(Some(pending.lsn));
-            return Ok(value);
+        if let Some(pending) = self.pending(partition, storage_key) {
+            return Ok(pending.map(<[u8]>::to_vec));
         }
         Ok(self.store.get(partition, storage_key).await?)
     }
@@ -674,9 +672,35 @@ impl<D: Disk> Engine<D> {
 
     /// GetItem: the stored item bytes.
     pub async fn get_item(&mut self, table: &str, key: &Item) -> Result<Option<Vec<u8>>, EngineError> {
+        self.get_item_with(table, key, |stored| stored.map(<[u8]>::to_vec)).await
+    }
+
+    /// GetItem, calling `f` with the stored item bytes borrowed from the
+    /// page cache (or the overlay): the server builds its response from
+    /// them without copying the item first.
+    pub async fn get_item_with<R>(
+        &mut self,
+        table: &str,
+        key: &Item,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, EngineError> {
         let def = self.table(table)?;
         let (partition, storage_key) = Self::locate_key(def, key)?;
-        self.current(partition, &storage_key).await
+        if let Some(pending) = self.pending(partition, &storage_key) {
+            return Ok(f(pending));
+        }
+        Ok(self.store.get_with(partition, &storage_key, f).await?)
+    }
+
+    /// A logged-but-unapplied write of the key, if any (the outer `None`);
+    /// a read that sees it answers only once it is durable.
+    fn pending(&mut self, partition: u64, storage_key: &[u8]) -> Option<Option<&[u8]>> {
+        if self.overlay.is_empty() {
+            return None; // no allocation for the lookup key on the common path
+        }
+        let pending = self.overlay.get(&(partition, storage_key.to_vec()))?;
+        self.deferred.wait_lsn = self.deferred.wait_lsn.max(Some(pending.lsn));
+        Some(pending.value.as_deref())
     }
 
     /// DeleteItem: returns the deleted item.

@@ -64,6 +64,17 @@ pub async fn handle<D: Disk>(engine: &mut Engine<D>, body: &[u8], now_ms: u64) -
         Err(e) => return protocol::encode_response(0, &error(ErrorCode::ValidationException, e.to_string())),
     };
     let id = envelope.request_id;
+    // The common read: the response is built straight from the stored
+    // bytes in the page cache (one copy, into the response).
+    if let Request::GetItem { table, key, projection: None, args, .. } = &envelope.request
+        && args.names.is_empty()
+        && args.values.is_empty()
+    {
+        let built = engine
+            .get_item_with(table, key, |stored| protocol::encode_response(id, &Response::Item(ItemOp::Get, stored)))
+            .await;
+        return built.unwrap_or_else(|e| protocol::encode_response(id, &engine_error(e)));
+    }
     // Item bytes in responses borrow from what the engine returns.
     let mut owned: Vec<Vec<u8>> = Vec::new();
     let mut page = Page::default();
