@@ -3,8 +3,8 @@
 //! the simulated disk crashing at *every* mutating I/O (write, sync, create,
 //! rename, remove, directory sync) of each run in turn. After each crash the
 //! store is reopened and must hold exactly the acknowledged writes (plus, at
-//! most, the one write in flight), return nothing corrupt, scan in order, and
-//! keep working.
+//! most, the one write in flight, or a prefix of a batch in flight), return
+//! nothing corrupt, scan in order, and keep working.
 //!
 //! `KEEL_MODEL_SEEDS` (default 1000) sets the number of seeds and
 //! `KEEL_MODEL_OPS` (default 24) the operations per run. A failure prints
@@ -24,7 +24,7 @@ use futures_lite::future::block_on;
 use keel_node::btree::BTreeError;
 use keel_node::btree::Direction;
 use keel_node::io::sim::{SimDisk, SimFile};
-use keel_node::replica::{ReplicaCheckpoint, ShardStore, StoreConfig};
+use keel_node::replica::{Mutation, ReplicaCheckpoint, ShardStore, StoreConfig};
 use keel_node::wal::WalConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -33,11 +33,34 @@ const PARTITIONS: [u64; 2] = [1, 2];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { partition: u64, key: Vec<u8>, value: Vec<u8> },
-    Delete { partition: u64, key: Vec<u8> },
-    Get { partition: u64, key: Vec<u8> },
-    Scan { partition: u64, lo: Vec<u8>, hi: Vec<u8>, reverse: bool },
-    Checkpoint { partition: u64 },
+    Put {
+        partition: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Several puts committed together: one WAL batch of several records,
+    /// so record headers land anywhere in a 4 KiB block.
+    PutBatch {
+        partition: u64,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Delete {
+        partition: u64,
+        key: Vec<u8>,
+    },
+    Get {
+        partition: u64,
+        key: Vec<u8>,
+    },
+    Scan {
+        partition: u64,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        reverse: bool,
+    },
+    Checkpoint {
+        partition: u64,
+    },
 }
 
 type Model = BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -85,6 +108,16 @@ fn generate(seed: u64, count: u64) -> Vec<Op> {
                     let (a, b) = (key(&mut rng), key(&mut rng));
                     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                     Op::Scan { partition, lo, hi, reverse: rng.random_bool(0.5) }
+                }
+                19 if rng.random_bool(0.5) => {
+                    let entries = (0..rng.random_range(2..8))
+                        .map(|_| {
+                            let len = rng.random_range(0..1500);
+                            let fill: u8 = rng.random();
+                            (key(&mut rng), (0..len).map(|i: usize| fill.wrapping_add((i % 251) as u8)).collect())
+                        })
+                        .collect();
+                    Op::PutBatch { partition, entries }
                 }
                 _ => Op::Checkpoint { partition },
             }
@@ -146,6 +179,11 @@ async fn run_plain_op(store: &mut ShardStore<SimDisk>, model: &Model, op: &Op, c
             Op::Put { partition, key, value } => {
                 store.put(*partition, key, value).await.map(|_| ()).map_err(|e| e.to_string())
             }
+            Op::PutBatch { partition, entries } => {
+                let mutations: Vec<Mutation<'_>> =
+                    entries.iter().map(|(key, value)| Mutation::Put { key, value }).collect();
+                store.apply_batch(*partition, 0, &mutations).await.map(|_| ()).map_err(|e| e.to_string())
+            }
             Op::Delete { partition, key } => store.delete(*partition, key).await.map(|_| ()).map_err(|e| e.to_string()),
             Op::Checkpoint { partition } => store.checkpoint(*partition).await.map_err(|e| e.to_string()),
             Op::Get { partition, key } => {
@@ -173,6 +211,11 @@ fn apply_to_model(model: &mut Model, op: &Op) {
     match op {
         Op::Put { partition, key, value } => {
             model.entry(*partition).or_default().insert(key.clone(), value.clone());
+        }
+        Op::PutBatch { partition, entries } => {
+            for (key, value) in entries {
+                model.entry(*partition).or_default().insert(key.clone(), value.clone());
+            }
         }
         Op::Delete { partition, key } => {
             model.entry(*partition).or_default().remove(key);
@@ -255,17 +298,27 @@ fn check_fault(seed: u64, ops: &[Op], crash_at: Option<u64>, fault: Fault, backg
     let found = contents(&store, &ctx);
     let acked = normalise(&model);
     let matches_acked = found == acked;
-    let matches_in_flight = in_flight.as_ref().is_some_and(|op| {
+    // A write in flight may have landed; of a batch in flight, any prefix
+    // (its records are checked one by one, and a torn write keeps a prefix).
+    let candidates: Vec<Op> = match &in_flight {
+        Some(Op::PutBatch { partition, entries }) => (1..=entries.len())
+            .map(|n| Op::PutBatch { partition: *partition, entries: entries[..n].to_vec() })
+            .collect(),
+        Some(op) => vec![op.clone()],
+        None => Vec::new(),
+    };
+    let landed = candidates.into_iter().find(|op| {
         let mut with = model.clone();
         apply_to_model(&mut with, op);
         found == normalise(&with)
     });
+    let matches_in_flight = landed.is_some();
     assert!(
         matches_acked || matches_in_flight,
         "{ctx}: recovered state is neither the acknowledged state nor it plus the write in flight"
     );
-    if matches_in_flight && !matches_acked {
-        apply_to_model(&mut model, in_flight.as_ref().expect("checked"));
+    if let Some(op) = landed.filter(|_| !matches_acked) {
+        apply_to_model(&mut model, &op);
     }
     // The store keeps working after recovery.
     for (i, op) in ops.iter().take(6).enumerate() {

@@ -521,6 +521,8 @@ impl<D: Disk> Wal<D> {
     }
 
     async fn write_batches(&self, batches: &[Batch]) -> Result<(), WalAppendError> {
+        // The file written since its last sync, if any.
+        let mut unsynced: Option<Rc<D::File>> = None;
         for batch in batches {
             let active = self.state.borrow().active.clone();
             if let (Some(seal), Some((seq, file))) = (batch.seal, &active) {
@@ -533,15 +535,25 @@ impl<D: Disk> Wal<D> {
                 // The seal must be durable before the next segment holds
                 // anything, or recovery would see a hole before it.
                 file.sync_data().await?;
+                unsynced = None;
             }
             let file = match active {
                 Some((seq, file)) if seq == batch.start.segment() => file,
-                _ => self.prepare_segment(batch.start.segment()).await?,
+                _ => {
+                    // So must the previous segment's records when there was
+                    // no room for a seal (the segment is exactly full): a
+                    // flush that ends in the next segment syncs only that
+                    // one.
+                    if let Some(previous) = unsynced.take() {
+                        previous.sync_data().await?;
+                    }
+                    self.prepare_segment(batch.start.segment()).await?
+                }
             };
             file.write_at(u64::from(batch.start.offset()), &batch.bytes).await?;
+            unsynced = Some(file);
         }
-        let active = self.state.borrow().active.clone();
-        if let Some((_, file)) = active {
+        if let Some(file) = unsynced {
             file.sync_data().await?;
         }
         Ok(())
