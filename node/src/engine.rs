@@ -302,6 +302,11 @@ pub struct Engine<D: Disk> {
     tables: BTreeMap<String, TableDef>,
     next_table_id: u32,
     deferred_mode: bool,
+    /// When set, a range read that would wait for the WAL under the engine
+    /// fails instead and records the position in `settle_after` (see
+    /// [`Engine::set_settle_elsewhere`]).
+    settle_elsewhere: bool,
+    settle_after: Option<Lsn>,
     default_partitions: u32,
     /// Logged, not yet applied writes by (partition, storage key).
     overlay: FxHashMap<(u64, Vec<u8>), Pending>,
@@ -361,6 +366,8 @@ impl<D: Disk> Engine<D> {
             tables,
             next_table_id,
             deferred_mode: false,
+            settle_elsewhere: false,
+            settle_after: None,
             default_partitions: PARTITIONS_DEFAULT,
             overlay: FxHashMap::default(),
             deferred: Commit::default(),
@@ -393,6 +400,19 @@ impl<D: Disk> Engine<D> {
     /// In deferred mode writes return once logged; see the module docs.
     pub fn set_deferred(&mut self, deferred: bool) {
         self.deferred_mode = deferred;
+    }
+
+    /// With `on`, Query and Scan do not wait for the WAL while the caller
+    /// holds the engine (every other request of the shard would wait too):
+    /// one that must fails, and [`Self::take_settle_after`] says how far
+    /// the WAL must be durable before the request is run again.
+    pub fn set_settle_elsewhere(&mut self, on: bool) {
+        self.settle_elsewhere = on;
+    }
+
+    /// See [`Self::set_settle_elsewhere`].
+    pub fn take_settle_after(&mut self) -> Option<Lsn> {
+        self.settle_after.take()
     }
 
     /// The writes (and reads of unapplied writes) since the last call.
@@ -438,6 +458,10 @@ impl<D: Disk> Engine<D> {
     /// that a range read sees them.
     async fn settle(&mut self, partition: u64) -> Result<(), EngineError> {
         let Some(ticket) = self.store.last_queued(partition) else { return Ok(()) };
+        if self.settle_elsewhere && self.store.wal().durable_lsn() <= ticket.lsn {
+            self.settle_after = Some(ticket.lsn);
+            return Err(EngineError::Internal("range read must wait for the WAL first".into()));
+        }
         self.store.wal().wait_durable(ticket.lsn).await.map_err(StoreWriteError::from)?;
         self.store.apply_durable(ticket).await?;
         self.forget_applied(partition);

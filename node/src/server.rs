@@ -66,6 +66,10 @@ const IN_FLIGHT_PER_CONNECTION: u64 = 256;
 /// checkpoint from stopping writes altogether.
 const CHECKPOINT_BACKLOG_WAIT_MAX: Duration = Duration::from_secs(1);
 
+/// Times a Query or Scan waits for the WAL without the engine before it
+/// waits holding it.
+const SETTLE_ATTEMPTS_MAX: u32 = 3;
+
 /// Pages a background checkpoint encodes before it lets requests run
 /// (about 150 µs of work).
 const CHECKPOINT_PAGES_PER_SLICE: usize = 32;
@@ -600,12 +604,28 @@ impl Shard {
     /// Runs a request on this shard's engine; answers once its writes (and
     /// the writes it read) are durable.
     async fn execute_local(&self, body: &[u8]) -> Vec<u8> {
-        let (response, commit, wal) = match self.engine.write().await {
-            Ok(mut engine) => {
-                let response = handler::handle(&mut engine, body, now_ms()).await;
-                (response, engine.take_commit(), engine.wal())
+        let mut attempt = 0;
+        let (response, commit, wal) = loop {
+            let mut engine = match self.engine.write().await {
+                Ok(engine) => engine,
+                Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+            };
+            // A Query or Scan whose partition has writes not yet durable
+            // waits for them without the engine (a few times; then with it,
+            // so that a stream of writes cannot starve it).
+            engine.set_settle_elsewhere(attempt < SETTLE_ATTEMPTS_MAX);
+            let response = handler::handle(&mut engine, body, now_ms()).await;
+            engine.set_settle_elsewhere(false);
+            let Some(lsn) = engine.take_settle_after() else {
+                break (response, engine.take_commit(), engine.wal());
+            };
+            assert!(engine.take_commit().is_empty(), "a read that waits to settle has logged nothing");
+            let wal = engine.wal();
+            drop(engine);
+            if let Err(e) = wal.wait_durable(lsn).await {
+                return handler::error_response(body, ErrorCode::InternalServerError, format!("WAL: {e}"));
             }
-            Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+            attempt += 1;
         };
         let Some(lsn) = commit.wait_lsn() else { return response };
         if let Err(e) = wal.wait_durable(lsn).await {

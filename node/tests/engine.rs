@@ -292,3 +292,33 @@ fn shards_host_their_partitions_and_adopt_the_authoritys_catalog() {
     assert!(def.partition_ids().all(|p| !other.store_mut().partitions().contains(&p)), "old partitions dropped");
     assert_eq!(authority.tables(), other.tables());
 }
+
+/// A Query of a partition with logged, not yet durable writes does not wait
+/// for the WAL while the server holds the engine: with settle-elsewhere on
+/// it fails and says how far the WAL must be durable; run again after that,
+/// it sees the writes.
+#[test]
+fn a_range_read_over_unsettled_writes_asks_to_wait_outside_the_engine() {
+    let disk = SimDisk::new(17);
+    let mut engine = open(&disk);
+    block_on(engine.create_table("log", key("id", KeyType::S), Some(key("n", KeyType::N)), 1, 1)).expect("create");
+    engine.set_deferred(true);
+    for n in 0..3 {
+        let it = item(json!({"id": {"S": "a"}, "n": {"N": n.to_string()}}));
+        block_on(engine.put_item("log", &item::encode(&it), None, false)).expect("put");
+    }
+    let commit = engine.take_commit();
+    let lsn = commit.wait_lsn().expect("logged");
+    let values: Vec<(String, AttributeValue)> = vec![(":a".into(), AttributeValue::S("a".into()))];
+    let mut placeholders = Placeholders::new(&[], &values);
+    let kc = expr::parse_key_condition("id = :a", &mut placeholders, "id", Some("n")).expect("valid");
+    engine.set_settle_elsewhere(true);
+    assert!(block_on(engine.query("log", &kc, true, None, None, None)).is_err(), "must not wait under the engine");
+    assert_eq!(engine.take_settle_after(), Some(lsn));
+    assert!(engine.take_commit().is_empty(), "the failed read logged nothing");
+    block_on(engine.wal().wait_durable(lsn)).expect("durable");
+    let page = block_on(engine.query("log", &kc, true, None, None, None)).expect("query once durable");
+    assert_eq!(numbers(&page), vec![0, 1, 2]);
+    assert_eq!(engine.take_settle_after(), None);
+    block_on(engine.finish(commit)).expect("finish");
+}
