@@ -877,19 +877,28 @@ impl<D: Disk> Engine<D> {
             let exhausted = batch.len() < left;
             for (storage_key, bytes) in batch {
                 page.scanned_count += 1;
-                let item = Self::decode_stored(&bytes)?;
-                if filter.is_none_or(|f| expr::evaluate(f, &item)) {
+                // Items are decoded only to filter them and for the key of the
+                // last one: a plain range read sends the stored bytes as they are.
+                let keep = match filter {
+                    None => true,
+                    Some(f) => expr::evaluate(f, &Self::decode_stored(&bytes)?),
+                };
+                if keep {
                     page.bytes += bytes.len();
-                    page.items.push(bytes);
                 }
                 let stop = limit.is_some_and(|l| page.scanned_count >= l) || page.bytes >= PAGE_BYTES_MAX;
+                if stop {
+                    page.last_evaluated_key = Some(Self::key_of(def, &Self::decode_stored(&bytes)?));
+                }
+                if keep {
+                    page.items.push(bytes);
+                }
                 if forward {
                     lo = Bound::Excluded(storage_key);
                 } else {
                     hi = Bound::Excluded(storage_key);
                 }
                 if stop {
-                    page.last_evaluated_key = Some(Self::key_of(def, &item));
                     return Ok(true);
                 }
             }
