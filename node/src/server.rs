@@ -70,6 +70,10 @@ const CHECKPOINT_BACKLOG_WAIT_MAX: Duration = Duration::from_secs(1);
 /// waits holding it.
 const SETTLE_ATTEMPTS_MAX: u32 = 3;
 
+/// After background work failed (a full or failing disk), the pause before
+/// it is tried again.
+const BACKGROUND_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Pages a background checkpoint encodes before it lets requests run
 /// (about 150 µs of work).
 const CHECKPOINT_PAGES_PER_SLICE: usize = 32;
@@ -769,14 +773,25 @@ async fn background_work(shard: Rc<Shard>) {
             Ok(engine) => engine.wal(),
             Err(_) => break,
         };
+        let mut failed = false;
         if let Err(e) = wal.replenish_pool().await {
             tracing::warn!(shard = shard.index, error = %e, "could not make a spare WAL segment");
+            failed = true;
         }
         match checkpoint_once(&shard).await {
-            Ok(true) => continue,
-            Ok(false) => {}
+            Ok(true) if !failed => continue,
+            Ok(_) => {}
             // The replica is poisoned; its writes fail from now on and say so.
-            Err(e) => tracing::error!(shard = shard.index, error = %e, "background checkpoint failed"),
+            Err(e) => {
+                tracing::error!(shard = shard.index, error = %e, "background checkpoint failed");
+                failed = true;
+            }
+        }
+        if failed {
+            // Every write asks again; a failing disk is not retried (and
+            // logged) once per write.
+            futures_lite::future::or(glommio::timer::sleep(BACKGROUND_RETRY_AFTER), shard.stopping.wait()).await;
+            continue;
         }
         futures_lite::future::or(wanted, shard.stopping.wait()).await;
     }
