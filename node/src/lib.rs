@@ -8,6 +8,7 @@ pub mod engine;
 pub mod handler;
 pub mod io;
 pub mod notify;
+pub mod repl;
 pub mod replica;
 pub mod server;
 pub mod testing;

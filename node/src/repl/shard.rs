@@ -1,0 +1,420 @@
+//! [`ShardRaft`]: every replication group of one shard, driven together.
+//!
+//! A shard hosts replicas of many partitions; each partition is a Raft group
+//! (raft-rs `RawNode`) whose peers are the nodes holding its other replicas.
+//! The shard drives them all with one loop:
+//!
+//! 1. [`ShardRaft::tick`] on the shard's clock, [`ShardRaft::step`] for each
+//!    message that arrives, [`ShardRaft::propose`] and
+//!    [`ShardRaft::read_index`] for client requests.
+//! 2. [`ShardRaft::ready`] collects one [`ReadyBatch`] across **all** groups:
+//!    messages that may leave at once, committed entries to apply, and the
+//!    entries and hard states of every group to persist. The shell writes all
+//!    of them in one WAL group commit.
+//! 3. Only when that write is durable does the shell call
+//!    [`ShardRaft::persisted`], which releases the messages that must wait
+//!    for persistence (votes, append acknowledgements) and lets raft-rs count
+//!    the local copy towards the quorum.
+//! 4. After applying committed entries the shell reports them with
+//!    [`ShardRaft::applied`].
+//!
+//! Nothing here does I/O or reads a clock (STYLE rule 1): the same code runs
+//! in keel-node and in the cluster simulator ([`super::sim`]).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use raft::eraftpb::{Entry, HardState, Message};
+use raft::{RawNode, ReadState, StateRole};
+
+use super::log::GroupLog;
+use super::slog_bridge;
+
+/// Settings shared by every group of a shard.
+#[derive(Debug, Clone)]
+pub struct ReplConfig {
+    /// Ticks between heartbeats from a leader.
+    pub heartbeat_ticks: usize,
+    /// A follower that hears nothing from a leader for a number of ticks
+    /// drawn from this range campaigns. raft-rs draws it with its own
+    /// random-number generator, so the simulator gives each node a range of
+    /// one value (drawn from the seed) to stay deterministic.
+    pub election_ticks: Range<usize>,
+    /// Bytes of entries in one append message at most.
+    pub message_entries_bytes_max: u64,
+    /// Append messages in flight to one follower at most.
+    pub messages_in_flight_max: usize,
+    /// Bytes of proposed, not yet committed entries a leader accepts at most
+    /// (further proposals are refused until some commit).
+    pub uncommitted_bytes_max: u64,
+    /// Bytes of committed entries handed out in one ready at most.
+    pub committed_bytes_per_ready_max: u64,
+}
+
+impl Default for ReplConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ticks: 2,
+            election_ticks: 10..20,
+            message_entries_bytes_max: 1024 * 1024,
+            messages_in_flight_max: 256,
+            uncommitted_bytes_max: 64 * 1024 * 1024,
+            committed_bytes_per_ready_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A message to a peer of one group. `message.to` is the peer's node id.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The group (partition id).
+    pub partition: u64,
+    /// The raft-rs message.
+    pub message: Message,
+}
+
+/// What one group must persist.
+#[derive(Debug, Clone)]
+pub struct GroupWrite {
+    /// The group (partition id).
+    pub partition: u64,
+    /// Entries to append (they may replace an uncommitted tail).
+    pub entries: Vec<Entry>,
+    /// New persistent state, if it changed. Write it **after** the entries:
+    /// its commit index may cover them, and a restart must never find a
+    /// commit index beyond its log (a torn write may keep the entries and
+    /// lose the hard state, which is harmless: nothing that depends on the
+    /// hard state was sent before the write was durable).
+    pub hard_state: Option<HardState>,
+}
+
+/// Committed entries of one group, to apply in order.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The group (partition id).
+    pub partition: u64,
+    /// Consecutive entries; an entry with empty data is Raft's own (a new
+    /// leader's empty entry) and changes nothing.
+    pub entries: Vec<Entry>,
+}
+
+/// A group's leadership as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// Whether this replica leads.
+    pub role: Role,
+    /// The leader this replica knows of (0: none).
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied (as reported with [`ShardRaft::applied`]).
+    pub applied: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+}
+
+/// Raft roles, without raft-rs's types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Pre-campaigning (pre-vote).
+    PreCandidate,
+    /// Leads.
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Self {
+        match role {
+            StateRole::Follower => Self::Follower,
+            StateRole::Candidate => Self::Candidate,
+            StateRole::PreCandidate => Self::PreCandidate,
+            StateRole::Leader => Self::Leader,
+        }
+    }
+}
+
+/// Everything one pass over the groups produced. See the module docs for
+/// the order in which to handle it.
+#[derive(Debug)]
+#[must_use = "a ready batch must be persisted, then handed back with `persisted`"]
+pub struct ReadyBatch {
+    /// Messages that may be sent now.
+    pub send: Vec<Outgoing>,
+    /// Committed entries to apply.
+    pub committed: Vec<Committed>,
+    /// What to persist, in one write.
+    pub writes: Vec<GroupWrite>,
+    /// Answers to [`ShardRaft::read_index`]: serve the read once the group
+    /// has applied `index`.
+    pub reads: Vec<(u64, ReadState)>,
+    /// Groups whose leadership changed, with their status now.
+    pub changes: Vec<(u64, GroupStatus)>,
+    /// Hand back with [`ShardRaft::persisted`] once `writes` are durable.
+    pub token: PersistToken,
+}
+
+/// Proof that a [`ReadyBatch`] was taken; see [`ShardRaft::persisted`].
+#[derive(Debug)]
+#[must_use = "hand the token back once the batch's writes are durable"]
+pub struct PersistToken {
+    numbers: Vec<(u64, u64)>,
+    after: Vec<Outgoing>,
+}
+
+/// Why a request cannot be served by this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica does not lead; `leader` is the one it knows of (0: none).
+    #[error("not the leader of partition {partition} (leader hint: {leader})")]
+    NotLeader {
+        /// The group.
+        partition: u64,
+        /// Node id of the known leader, 0 when unknown.
+        leader: u64,
+    },
+    /// The leader refused the proposal (its uncommitted entries are at their
+    /// limit, or it is handing leadership over); retry later.
+    #[error("proposal to partition {0} dropped; retry")]
+    Dropped(u64),
+    /// No replica of this partition here.
+    #[error("partition {0} has no replica on this shard")]
+    UnknownPartition(u64),
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// No replica of this partition here.
+    #[error("partition {0} has no replica on this shard")]
+    UnknownPartition(u64),
+    /// A message type that only the node itself may produce.
+    #[error("message of local type {0:?} from the network")]
+    LocalType(raft::eraftpb::MessageType),
+    /// raft-rs refused it.
+    #[error("step partition {partition}: {reason}")]
+    Refused {
+        /// The group.
+        partition: u64,
+        /// raft-rs's words.
+        reason: String,
+    },
+}
+
+/// Where a proposal was placed; it succeeded if the entry applied at `index`
+/// has `term`, and failed for good if another entry is applied there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposal {
+    /// The leader's term when it appended the entry.
+    pub term: u64,
+    /// The entry's index.
+    pub index: u64,
+}
+
+struct Group {
+    raw: RawNode<GroupLog>,
+    last_status: Option<(Role, u64, u64)>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").field("status", &status_of(&self.raw)).finish_non_exhaustive()
+    }
+}
+
+/// The replication groups of one shard. See the module docs.
+#[derive(Debug)]
+pub struct ShardRaft {
+    node_id: u64,
+    config: ReplConfig,
+    logger: slog::Logger,
+    groups: BTreeMap<u64, Group>,
+}
+
+impl ShardRaft {
+    /// A shard of node `node_id` (its Raft peer id in every group) with no
+    /// groups yet.
+    #[must_use]
+    pub fn new(node_id: u64, config: ReplConfig) -> Self {
+        assert!(node_id != 0, "raft-rs reserves peer id 0");
+        assert!(config.election_ticks.start > config.heartbeat_ticks, "elections must be slower than heartbeats");
+        assert!(config.election_ticks.start < config.election_ticks.end, "empty election range");
+        let logger = slog_bridge::logger(node_id);
+        Self { node_id, config, logger, groups: BTreeMap::new() }
+    }
+
+    /// Adds the replica of `partition` whose log (rebuilt from durable
+    /// records, or new) is `log`, and whose state machine has applied
+    /// entries up to `applied`.
+    pub fn add_group(&mut self, partition: u64, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
+        assert!(!self.groups.contains_key(&partition), "partition {partition} added twice");
+        let config = raft::Config {
+            id: self.node_id,
+            election_tick: self.config.election_ticks.start,
+            min_election_tick: self.config.election_ticks.start,
+            max_election_tick: self.config.election_ticks.end,
+            heartbeat_tick: self.config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.config.message_entries_bytes_max,
+            max_inflight_msgs: self.config.messages_in_flight_max,
+            max_uncommitted_size: self.config.uncommitted_bytes_max,
+            max_committed_size_per_ready: self.config.committed_bytes_per_ready_max,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..raft::Config::default()
+        };
+        let logger = self.logger.new(slog::o!("partition" => partition));
+        let raw = RawNode::new(&config, log, &logger)?;
+        self.groups.insert(partition, Group { raw, last_status: None });
+        Ok(())
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn tick(&mut self) {
+        for group in self.groups.values_mut() {
+            group.raw.tick();
+        }
+    }
+
+    /// Hands a message from a peer to its group.
+    pub fn step(&mut self, partition: u64, message: Message) -> Result<(), StepError> {
+        if raft::raw_node::is_local_msg(message.get_msg_type()) {
+            return Err(StepError::LocalType(message.get_msg_type()));
+        }
+        let group = self.groups.get_mut(&partition).ok_or(StepError::UnknownPartition(partition))?;
+        group.raw.step(message).map_err(|e| StepError::Refused { partition, reason: e.to_string() })
+    }
+
+    /// Proposes an entry; only the leader accepts.
+    pub fn propose(&mut self, partition: u64, data: Vec<u8>) -> Result<Proposal, ProposeError> {
+        let group = self.groups.get_mut(&partition).ok_or(ProposeError::UnknownPartition(partition))?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
+        }
+        let term = raft.term;
+        group.raw.propose(Vec::new(), data).map_err(|_| ProposeError::Dropped(partition))?;
+        let index = group.raw.raft.raft_log.last_index();
+        Ok(Proposal { term, index })
+    }
+
+    /// Asks the leader to confirm its leadership with a quorum for a
+    /// linearizable read; the answer comes in a later [`ReadyBatch::reads`]
+    /// with the same `context`.
+    pub fn read_index(&mut self, partition: u64, context: Vec<u8>) -> Result<(), ProposeError> {
+        let group = self.groups.get_mut(&partition).ok_or(ProposeError::UnknownPartition(partition))?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
+        }
+        group.raw.read_index(context);
+        Ok(())
+    }
+
+    /// Whether any group has something for [`ShardRaft::ready`].
+    #[must_use]
+    pub fn has_ready(&self) -> bool {
+        self.groups.values().any(|g| g.raw.has_ready())
+    }
+
+    /// Collects what every group has ready. The entries to persist are
+    /// already readable through each group's log (raft-rs requires it).
+    pub fn ready(&mut self) -> ReadyBatch {
+        let mut batch = ReadyBatch {
+            send: Vec::new(),
+            committed: Vec::new(),
+            writes: Vec::new(),
+            reads: Vec::new(),
+            changes: Vec::new(),
+            token: PersistToken { numbers: Vec::new(), after: Vec::new() },
+        };
+        for (&partition, group) in &mut self.groups {
+            if !group.raw.has_ready() {
+                continue;
+            }
+            let mut ready = group.raw.ready();
+            assert!(ready.snapshot().is_empty(), "snapshots are not produced yet (logs are never compacted)");
+            let outgoing = |message| Outgoing { partition, message };
+            batch.send.extend(ready.take_messages().into_iter().map(outgoing));
+            let committed = ready.take_committed_entries();
+            if !committed.is_empty() {
+                batch.committed.push(Committed { partition, entries: committed });
+            }
+            let entries = ready.take_entries();
+            let hard_state = ready.hs().cloned();
+            group.raw.mut_store().append(&entries);
+            if let Some(hs) = &hard_state {
+                group.raw.mut_store().set_hard_state(hs.clone());
+            }
+            if hard_state.is_some() || !entries.is_empty() {
+                batch.writes.push(GroupWrite { partition, entries, hard_state });
+            }
+            batch.reads.extend(ready.take_read_states().into_iter().map(|r| (partition, r)));
+            batch.token.after.extend(ready.take_persisted_messages().into_iter().map(outgoing));
+            batch.token.numbers.push((partition, ready.number()));
+            group.raw.advance_append_async(ready);
+            let status = status_of(&group.raw);
+            let key = (status.role, status.leader, status.term);
+            if group.last_status != Some(key) {
+                group.last_status = Some(key);
+                batch.changes.push((partition, status));
+            }
+        }
+        batch
+    }
+
+    /// Step 3 of the module docs: the batch's writes are durable. Returns
+    /// the messages that had to wait for them.
+    pub fn persisted(&mut self, token: PersistToken) -> Vec<Outgoing> {
+        for (partition, number) in token.numbers {
+            // A group removed meanwhile has nothing left to acknowledge.
+            if let Some(group) = self.groups.get_mut(&partition) {
+                group.raw.on_persist_ready(number);
+            }
+        }
+        token.after
+    }
+
+    /// Step 4: the group's state machine has applied entries up to `index`.
+    pub fn applied(&mut self, partition: u64, index: u64) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group.raw.advance_apply_to(index);
+        }
+    }
+
+    /// The group's leadership and progress.
+    #[must_use]
+    pub fn status(&self, partition: u64) -> Option<GroupStatus> {
+        self.groups.get(&partition).map(|g| status_of(&g.raw))
+    }
+
+    /// The group's log.
+    #[must_use]
+    pub fn log(&self, partition: u64) -> Option<&GroupLog> {
+        self.groups.get(&partition).map(|g| g.raw.store())
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+}
+
+fn status_of(raw: &RawNode<GroupLog>) -> GroupStatus {
+    let raft = &raw.raft;
+    GroupStatus {
+        role: raft.state.into(),
+        leader: raft.leader_id,
+        term: raft.term,
+        commit: raft.raft_log.committed,
+        applied: raft.raft_log.applied,
+        last_index: raft.raft_log.last_index(),
+    }
+}
