@@ -58,12 +58,14 @@ fn cluster_keeps_every_invariant_under_faults() {
     // reads served, crashes survived and leaders changed.
     let total = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
     let (acked, reads, crashes) = (total(|r| r.acked_writes), total(|r| r.reads), total(|r| r.crashes));
+    let torn = total(|r| r.torn_writes);
+    assert!(torn * 20 > seeds, "only {torn} crashes in the middle of a WAL write over {seeds} seeds");
     let reelected = reports.iter().filter(|r| r.leaderships > 2).count();
     assert!(acked > seeds * 20, "only {acked} writes acknowledged over {seeds} seeds");
     assert!(reads > seeds * 20, "only {reads} reads answered over {seeds} seeds");
     assert!(crashes > seeds, "only {crashes} crashes over {seeds} seeds");
     assert!(reelected * 2 > reports.len(), "leaders changed in only {reelected} of {seeds} runs");
-    eprintln!("{seeds} seeds: {acked} writes acknowledged, {reads} reads, {crashes} crashes");
+    eprintln!("{seeds} seeds: {acked} writes acknowledged, {reads} reads, {crashes} crashes ({torn} torn writes)");
 }
 
 /// Busier clients on fewer keys: more concurrent operations per key for the
@@ -94,6 +96,7 @@ fn planted_bug_ack_before_quorum_is_caught() {
         panic!("acknowledging before the quorum went unnoticed for 500 seeds");
     };
     eprintln!("caught: {violation}");
+    assert!(violation.what.contains("is lost") || violation.what.contains("not linearizable"), "{violation}");
 }
 
 /// Reads served by a leader without confirming it still leads are stale

@@ -16,6 +16,7 @@
 //! A clock-based leader lease would save that round trip; it comes with
 //! the node shell, whose clock the simulator can then skew.
 
+pub mod durable;
 pub mod log;
 pub mod shard;
 pub mod sim;

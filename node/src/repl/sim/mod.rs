@@ -8,10 +8,14 @@
 //! Faults, drawn from the seed, while clients run:
 //! - the network loses, duplicates, delays and so reorders messages between
 //!   nodes, and partitions them, one way or both;
-//! - nodes crash: writes still in flight to the disk are lost or torn (a
-//!   prefix of the records in flight survives, as WAL recovery keeps the
-//!   records before the first torn one), everything in memory is lost; they
-//!   restart later from what their disk holds.
+//! - nodes crash, now and then in the middle of a WAL write (which is then
+//!   torn at sector granularity by the simulated disk, [`SimDisk`]);
+//!   everything in memory is lost, and so are records submitted but not yet
+//!   written; they restart later and recover from what their disk holds.
+//!
+//! Each node persists its groups' Raft state in a real shard WAL ([`Wal`],
+//! with the records of [`super::durable`]) on its own [`SimDisk`], and
+//! rebuilds its logs from the recovered WAL when it restarts.
 //!
 //! Then the faults stop, every node is up and the network heals, and the
 //! simulator checks:
@@ -30,13 +34,19 @@ pub mod check;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
+use std::path::Path;
 
-use raft::eraftpb::{Entry, HardState, Message};
+use futures_lite::future::block_on;
+
+use raft::eraftpb::{Entry, Message};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::durable;
 use super::log::GroupLog;
 use super::shard::{Outgoing, PersistToken, Proposal, ProposeError, ReplConfig, Role, ShardRaft};
+use crate::io::sim::SimDisk;
+use crate::wal::{Lsn, Wal, WalConfig};
 use check::{RegisterOp, Timed, Verdict};
 
 /// Shape of a simulated run.
@@ -86,8 +96,10 @@ pub struct SimReport {
     pub unknown_writes: u64,
     /// Distinct (group, term) leaderships.
     pub leaderships: u64,
-    /// Node crashes.
+    /// Node crashes (torn writes included).
     pub crashes: u64,
+    /// Crashes in the middle of a WAL write.
+    pub torn_writes: u64,
     /// Events processed.
     pub events: u64,
 }
@@ -206,11 +218,28 @@ impl Ord for Scheduled {
     }
 }
 
-/// A durable record, as the WAL would hold it.
-#[derive(Debug, Clone)]
-enum Record {
-    Hard(u64, HardState),
-    Entry(u64, Entry),
+/// Where each node keeps its WAL on its simulated disk.
+const WAL_DIR: &str = "/wal";
+
+/// Small segments, so that runs rotate through several.
+fn wal_config() -> WalConfig {
+    WalConfig {
+        segment_size_bytes: 256 * 1024,
+        payload_max_bytes: 64 * 1024,
+        zero_fill: false,
+        recycle_pool_max: 0,
+        ..WalConfig::default()
+    }
+}
+
+/// A write handed to the WAL and not yet reported durable: the LSN to wait
+/// for, the token to hand back, and the entries in it (partition, index,
+/// term).
+#[derive(Debug)]
+struct InFlight {
+    lsn: Option<Lsn>,
+    token: PersistToken,
+    entries: Vec<(u64, u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -227,8 +256,9 @@ struct Node {
     id: u64,
     incarnation: u64,
     raft: Option<ShardRaft>,
-    durable: Vec<Record>,
-    in_flight: VecDeque<(Vec<Record>, PersistToken)>,
+    disk: SimDisk,
+    wal: Option<Wal<SimDisk>>,
+    in_flight: VecDeque<InFlight>,
     disk_free_at_ms: u64,
     kv: BTreeMap<u64, BTreeMap<u64, u64>>,
     applied: BTreeMap<u64, u64>,
@@ -249,6 +279,8 @@ struct Faults {
     dup_pct: u32,
     delay_ms_max: u64,
     disk_ms_max: u64,
+    /// Chance that a WAL write is cut short by a crash, in per mille.
+    torn_write_permille: u32,
 }
 
 #[derive(Debug)]
@@ -285,6 +317,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SimReport, Violation> {
         dup_pct: rng.random_range(0..=10),
         delay_ms_max: rng.random_range(1..=30),
         disk_ms_max: rng.random_range(1..=8),
+        torn_write_permille: rng.random_range(0..=5),
     };
     let mut world = World {
         config: config.clone(),
@@ -353,7 +386,8 @@ impl World {
                 id,
                 incarnation: 0,
                 raft: None,
-                durable: Vec::new(),
+                disk: SimDisk::new(self.rng.random()),
+                wal: None,
                 in_flight: VecDeque::new(),
                 disk_free_at_ms: 0,
                 kv: BTreeMap::new(),
@@ -404,7 +438,8 @@ impl World {
         self.schedule(heal_at, Event::HealAll);
     }
 
-    /// Starts (or restarts) a node from its durable records.
+    /// Starts (or restarts) a node: recovers its WAL and rebuilds its
+    /// groups' logs from it.
     fn boot(&mut self, id: u64) {
         let voters: Vec<u64> = (1..=self.config.nodes).collect();
         let election = self.rng.random_range(10..26_usize);
@@ -412,12 +447,18 @@ impl World {
         let partitions = self.config.partitions;
         let node = self.node(id);
         let mut logs: BTreeMap<u64, GroupLog> = (0..partitions).map(|p| (p, GroupLog::new(&voters))).collect();
-        for record in &node.durable {
-            match record {
-                Record::Hard(p, hs) => logs.get_mut(p).expect("known partition").set_hard_state(hs.clone()),
-                Record::Entry(p, e) => logs.get_mut(p).expect("known partition").append(std::slice::from_ref(e)),
+        let recovered = block_on(Wal::open(node.disk.clone(), Path::new(WAL_DIR), wal_config()))
+            .map_err(|e| e.to_string())
+            .and_then(|(wal, records)| durable::rebuild(&records, &mut logs).map(|()| wal).map_err(|e| e.to_string()));
+        let wal = match recovered {
+            Ok(wal) => wal,
+            Err(e) => {
+                self.violation = Some(format!("node {id} cannot recover its WAL: {e}"));
+                return;
             }
-        }
+        };
+        let node = self.node(id);
+        node.wal = Some(wal);
         let mut raft = ShardRaft::new(id, config);
         for (p, log) in logs {
             raft.add_group(p, log, 0).expect("a rebuilt log is valid");
@@ -503,15 +544,22 @@ impl World {
         })
     }
 
+    /// A scheduled crash: only while faults happen, and of a running node.
     fn crash(&mut self, id: u64) {
         if self.healed || self.node(id).raft.is_none() {
             return;
         }
+        self.power_loss(id);
+    }
+
+    fn power_loss(&mut self, id: u64) {
         self.report.crashes += 1;
-        let in_flight: Vec<Record> = self.node(id).in_flight.drain(..).flat_map(|(records, _)| records).collect();
-        let keep = self.rng.random_range(0..=in_flight.len());
         let node = self.node(id);
-        node.durable.extend(in_flight.into_iter().take(keep));
+        // Power loss: what was written but not synced is kept, lost or torn
+        // by the disk; what was only submitted dies with the WAL's memory.
+        node.disk.crash();
+        node.wal = None;
+        node.in_flight.clear();
         node.incarnation += 1;
         node.raft = None;
         node.kv.clear();
@@ -582,20 +630,24 @@ impl World {
                 }
                 self.serve_reads(id, partition);
             }
-            let mut records = Vec::new();
-            for write in batch.writes {
-                records.extend(write.entries.into_iter().map(|e| Record::Entry(write.partition, e)));
-                if let Some(hs) = write.hard_state {
-                    records.push(Record::Hard(write.partition, hs));
+            let entries: Vec<(u64, u64, u64)> =
+                batch.writes.iter().flat_map(|w| w.entries.iter().map(|e| (w.partition, e.index, e.term))).collect();
+            let node = self.node(id);
+            let submitted = durable::submit(node.wal.as_ref().expect("a running node has its WAL"), &batch.writes);
+            let lsn = match submitted {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    self.violation = Some(format!("node {id}: WAL refused a write: {e}"));
+                    return;
                 }
-            }
+            };
             // Writes complete in order; each takes up to disk_ms_max.
             let latency = self.rng.random_range(0..=self.faults.disk_ms_max);
             let now = self.now_ms;
             let node = self.node(id);
             let done_at = node.disk_free_at_ms.max(now) + latency;
             node.disk_free_at_ms = done_at;
-            node.in_flight.push_back((records, batch.token));
+            node.in_flight.push_back(InFlight { lsn, token: batch.token, entries });
             let incarnation = node.incarnation;
             self.schedule(done_at - now, Event::DiskDone { node: id, incarnation });
         }
@@ -603,25 +655,42 @@ impl World {
 
     fn disk_done(&mut self, id: u64, incarnation: u64) {
         let bug = self.config.bug;
+        let tear = !self.healed && self.rng.random_range(0..1000) < self.faults.torn_write_permille;
+        // A flush makes at least two mutating operations (write, sync), so
+        // a crash point armed at one of them fires inside this flush.
+        let tear_at_op = self.rng.random_range(0..2);
         let node = self.node(id);
         if node.incarnation != incarnation || node.raft.is_none() {
             return; // the write died with the node
         }
-        let (records, token) = node.in_flight.pop_front().expect("one completion per write");
+        let write = node.in_flight.pop_front().expect("one completion per write");
+        if let Some(lsn) = write.lsn {
+            let wal = node.wal.as_ref().expect("a running node has its WAL");
+            if tear && wal.durable_lsn() <= lsn {
+                node.disk.crash_at_op(tear_at_op);
+            }
+            if let Err(e) = block_on(wal.wait_durable(lsn)) {
+                if node.disk.is_crashed() {
+                    self.report.torn_writes += 1;
+                    self.power_loss(id);
+                } else {
+                    self.violation = Some(format!("node {id}: WAL write failed: {e}"));
+                }
+                return;
+            }
+        }
         let mut early_acks = Vec::new();
         if bug == Some(PlantedBug::AckBeforeQuorum) {
-            for record in &records {
-                if let Record::Entry(p, e) = record
-                    && let Some((proposal, client, op_id)) = node.writes.get(&(*p, e.index)).copied()
-                    && proposal.term == e.term
+            for &(p, index, term) in &write.entries {
+                if let Some((proposal, client, op_id)) = node.writes.get(&(p, index)).copied()
+                    && proposal.term == term
                 {
-                    node.writes.remove(&(*p, e.index));
+                    node.writes.remove(&(p, index));
                     early_acks.push((client, op_id));
                 }
             }
         }
-        node.durable.extend(records);
-        let after = node.raft.as_mut().expect("checked above").persisted(token);
+        let after = node.raft.as_mut().expect("checked above").persisted(write.token);
         for out in after {
             self.send_raft(id, out);
         }
