@@ -1,7 +1,8 @@
 //! Everything a server does with bytes from the network before its engine
 //! sees them: frame decoding (length, limit, crc32c), the FlatBuffers
 //! verifier with Keel's limits, request decoding, and decoding (and
-//! validating) every item the request carries. None of it may panic.
+//! validating) every item the request carries, and the replication envelope
+//! peers send (`keel_wire::raft`). None of it may panic.
 
 #![no_main]
 
@@ -39,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
         request(rest.get(span.body_start..span.end).unwrap_or(&[]));
         rest = rest.get(span.end..).unwrap_or(&[]);
     }
-    // ...and as one frame body (most inputs fail the crc above).
+    // ...and as one frame body (most inputs fail the crc above), both as a
+    // client request and as a peer's replication envelope.
     request(data);
+    let _ = keel_wire::raft::decode_batch(data);
 });

@@ -4,6 +4,8 @@
 //! - [`fb`]: code generated from `wire/schema/keel.fbs` (regenerate with
 //!   `scripts/gen-flatbuffers.sh`; CI checks it is current).
 //! - [`frame`]: the sans-IO frame codec, `[u32 length][u32 crc32c][body]`.
+//! - [`raft`]: the envelope of replication traffic between nodes
+//!   (`wire/schema/raft.fbs`).
 //! - [`verify`]: verification of every incoming buffer with explicit limits,
 //!   including the standalone `Item` buffers carried in `ItemBytes`.
 
@@ -13,6 +15,7 @@ pub mod item;
 pub mod key;
 pub mod number;
 pub mod protocol;
+pub mod raft;
 pub mod verify;
 
 #[cfg(feature = "client")]
@@ -37,6 +40,26 @@ pub mod client;
 #[rustfmt::skip]
 #[path = "generated/keel_generated.rs"]
 mod generated;
+
+#[allow(
+    unsafe_code,
+    unused_imports,
+    dead_code,
+    missing_debug_implementations,
+    non_camel_case_types,
+    non_snake_case,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
+#[rustfmt::skip]
+#[path = "generated/raft_generated.rs"]
+mod generated_raft;
 
 /// The generated FlatBuffers types (`keel.wire` namespace).
 pub use generated::keel::wire as fb;

@@ -32,7 +32,7 @@ pub struct VerifyError {
     pub source: flatbuffers::InvalidFlatbuffer,
 }
 
-fn options() -> flatbuffers::VerifierOptions {
+pub(crate) fn options() -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: DEPTH_MAX,
         max_tables: TABLES_MAX,

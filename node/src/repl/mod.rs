@@ -17,6 +17,7 @@
 //! the node shell, whose clock the simulator can then skew.
 
 pub mod durable;
+pub mod envelope;
 pub mod log;
 pub mod shard;
 pub mod sim;

@@ -38,13 +38,13 @@ use std::path::Path;
 
 use futures_lite::future::block_on;
 
-use raft::eraftpb::{Entry, Message};
+use raft::eraftpb::Entry;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::durable;
 use super::log::GroupLog;
 use super::shard::{Outgoing, PersistToken, Proposal, ProposeError, ReplConfig, Role, ShardRaft};
+use super::{durable, envelope};
 use crate::io::sim::SimDisk;
 use crate::wal::{Lsn, Wal, WalConfig};
 use check::{RegisterOp, Timed, Verdict};
@@ -152,10 +152,10 @@ enum Reply {
 #[derive(Debug)]
 enum Event {
     Tick(u64),
+    /// A frame body: the sender's messages in Keel's replication envelope.
     Raft {
         to: u64,
-        partition: u64,
-        message: Message,
+        body: Vec<u8>,
     },
     Request {
         to: u64,
@@ -478,10 +478,25 @@ impl World {
                 self.schedule(TICK_MS, Event::Tick(id));
                 self.drive(id);
             }
-            Event::Raft { to, partition, message } => {
+            Event::Raft { to, body } => {
+                let decoded = keel_wire::raft::decode_batch(&body).map_err(|e| e.to_string()).and_then(|(_, batch)| {
+                    batch
+                        .iter()
+                        .map(|m| envelope::from_wire(m).map_err(|e| e.to_string()))
+                        .collect::<Result<Vec<_>, _>>()
+                });
+                let messages = match decoded {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        self.violation = Some(format!("node {to} cannot read a peer's envelope: {e}"));
+                        return;
+                    }
+                };
                 if let Some(raft) = self.node(to).raft.as_mut() {
-                    // Refusals (a stale message, say) are Raft's business.
-                    let _ = raft.step(partition, message);
+                    for m in messages {
+                        // Refusals (a stale message, say) are Raft's business.
+                        let _ = raft.step(m.partition, m.message);
+                    }
                     self.drive(to);
                 }
             }
@@ -577,11 +592,12 @@ impl World {
         if self.cut.contains(&(from, to)) || self.rng.random_range(0..100) < self.faults.loss_pct {
             return;
         }
+        // Every message crosses the envelope, as between real nodes.
+        let body = keel_wire::raft::encode_batch(from, &[envelope::to_wire(&out)]);
         let copies = if self.rng.random_range(0..100) < self.faults.dup_pct { 2 } else { 1 };
         for _ in 0..copies {
             let delay = self.rng.random_range(1..=self.faults.delay_ms_max);
-            let event = Event::Raft { to, partition: out.partition, message: out.message.clone() };
-            self.schedule(delay, event);
+            self.schedule(delay, Event::Raft { to, body: body.clone() });
         }
     }
 
