@@ -3,7 +3,8 @@
 //! - `KEEL_SIM_SEEDS` (default 2000): how many seeds the main test runs;
 //!   a long run is e.g. `KEEL_SIM_SEEDS=50000 cargo test --release -p keel-node
 //!   --test cluster_sim`.
-//! - `KEEL_SIM_SEED=N`: the main test replays seed N alone, with raft-rs's
+//! - `KEEL_SIM_SEED=N`: the two `…keeps_every_invariant…` tests replay seed N
+//!   alone (each with its own configuration), with raft-rs's
 //!   logs on stderr when `RUST_LOG` asks for them (`RUST_LOG=raft=debug`).
 
 use keel_node::repl::sim::{PlantedBug, SimConfig, SimReport, Violation, run_seed};
@@ -43,12 +44,19 @@ fn run_many(seeds: std::ops::Range<u64>, config: &SimConfig) -> Result<Vec<SimRe
     first.map_or(Ok(reports), Err)
 }
 
+/// With `KEEL_SIM_SEED` set, runs that seed alone (logs on stderr as
+/// `RUST_LOG` asks) and returns true.
+fn replay(config: &SimConfig) -> bool {
+    let Some(seed) = env_u64("KEEL_SIM_SEED") else { return false };
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let report = run_seed(seed, config).unwrap_or_else(|v| panic!("{v}"));
+    eprintln!("seed {seed}: {report:?}");
+    true
+}
+
 #[test]
 fn cluster_keeps_every_invariant_under_faults() {
-    if let Some(seed) = env_u64("KEEL_SIM_SEED") {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
-        let report = run_seed(seed, &SimConfig::default()).unwrap_or_else(|v| panic!("{v}"));
-        eprintln!("seed {seed}: {report:?}");
+    if replay(&SimConfig::default()) {
         return;
     }
     let seeds = env_u64("KEEL_SIM_SEEDS").unwrap_or(2_000);
@@ -72,8 +80,11 @@ fn cluster_keeps_every_invariant_under_faults() {
 /// linearizability check.
 #[test]
 fn busy_cluster_keeps_every_invariant_under_faults() {
-    let seeds = env_u64("KEEL_SIM_SEEDS").unwrap_or(2_000) / 2;
     let config = SimConfig { clients: 8, keys: 2, ..SimConfig::default() };
+    if replay(&config) {
+        return;
+    }
+    let seeds = env_u64("KEEL_SIM_SEEDS").unwrap_or(2_000) / 2;
     let reports = run_many(10_000_000..10_000_000 + seeds, &config).unwrap_or_else(|v| panic!("busy config: {v}"));
     let acked: u64 = reports.iter().map(|r| r.acked_writes).sum();
     assert!(acked > seeds * 40, "only {acked} writes acknowledged over {seeds} seeds");

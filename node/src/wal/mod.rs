@@ -46,7 +46,7 @@ use std::rc::Rc;
 use crate::io::{Disk, DiskFile, IO_ALIGN_BYTES, IoError, align_up};
 pub use notify::{Notified, Notify};
 use record::{
-    KIND_PADDING, KIND_SEGMENT_END, RECORD_HEADER_BYTES, RecordFault, SEGMENT_HEADER_BYTES, encode_record,
+    KIND_CUT, KIND_PADDING, KIND_SEGMENT_END, RECORD_HEADER_BYTES, RecordFault, SEGMENT_HEADER_BYTES, encode_record,
     encode_segment_header, parse_record, parse_segment_header,
 };
 pub use record::{Lsn, RecordMeta, USER_KIND_MIN};
@@ -142,6 +142,9 @@ pub enum WalOpenError {
         /// `WalConfig::segment_size_bytes`.
         configured: u64,
     },
+    /// Recording where recovery cut a torn tail failed.
+    #[error("open WAL: record the cut at the torn tail: {0}")]
+    Cut(#[source] Box<WalAppendError>),
 }
 
 /// Failure to append to the WAL.
@@ -309,6 +312,7 @@ impl<D: Disk> Wal<D> {
             batch_floor: Lsn(0),
             tail: None,
             tail_header_torn: false,
+            cut: None,
             free_pool,
             free_next,
         })
@@ -323,9 +327,16 @@ impl<D: Disk> Wal<D> {
         Ok((path, image))
     }
 
-    fn scan_segment(config: &WalConfig, seq: u64, image: &[u8], batch_floor: &mut Lsn, out: &mut Vec<Record>) -> Scan {
+    fn scan_segment(
+        config: &WalConfig,
+        seq: u64,
+        image: &[u8],
+        start: usize,
+        batch_floor: &mut Lsn,
+        out: &mut Vec<Record>,
+    ) -> Scan {
         let size = usize::try_from(config.segment_size_bytes).unwrap_or(usize::MAX);
-        let mut pos = SEGMENT_HEADER_BYTES as usize;
+        let mut pos = start;
         loop {
             if pos + RECORD_HEADER_BYTES > size {
                 return Scan::Complete;
@@ -349,7 +360,7 @@ impl<D: Disk> Wal<D> {
             *batch_floor = batch;
             pos += RECORD_HEADER_BYTES + payload.len();
             match header.kind {
-                KIND_PADDING => {}
+                KIND_PADDING | KIND_CUT => {}
                 KIND_SEGMENT_END => return Scan::Complete,
                 kind => out.push(Record {
                     lsn,
@@ -363,6 +374,16 @@ impl<D: Disk> Wal<D> {
                 }),
             }
         }
+    }
+
+    /// Whether the record at `block` of a segment image is a cut marker
+    /// naming `bad` (see [`KIND_CUT`]).
+    fn names_cut(config: &WalConfig, seq: u64, image: &[u8], block: u64, bad: Lsn) -> bool {
+        let lsn = Lsn::new(seq, u32::try_from(block).unwrap_or(u32::MAX));
+        let at = usize::try_from(block).unwrap_or(usize::MAX);
+        parse_record(image, at, lsn, config.payload_max_bytes.max(IO_ALIGN_BYTES)).is_ok_and(|(header, payload)| {
+            header.kind == KIND_CUT && payload.try_into().ok().map(u64::from_le_bytes) == Some(bad.0)
+        })
     }
 
     /// Looks, in one segment image, for a verified record at a 4 KiB boundary
@@ -393,6 +414,11 @@ impl<D: Disk> Wal<D> {
         if meta.kind < USER_KIND_MIN {
             return Err(WalAppendError::ReservedKind(meta.kind));
         }
+        self.submit_record(meta, payload)
+    }
+
+    /// `submit` for any kind, the WAL's own included.
+    fn submit_record(&self, meta: RecordMeta, payload: &[u8]) -> Result<Lsn, WalAppendError> {
         if payload.len() > self.config.payload_max_bytes {
             return Err(WalAppendError::TooLarge { len: payload.len(), max: self.config.payload_max_bytes });
         }
@@ -772,6 +798,8 @@ pub struct Recovery<D: Disk> {
     /// Where the next batch will start, once the end of the log is found.
     tail: Option<Lsn>,
     tail_header_torn: bool,
+    /// The first record that failed to verify at the end of the log.
+    cut: Option<Lsn>,
     free_pool: Vec<PathBuf>,
     free_next: u64,
 }
@@ -811,27 +839,42 @@ impl<D: Disk> Recovery<D> {
             }
         }
         let mut records = Vec::new();
-        match Wal::<D>::scan_segment(&self.config, seq, &image, &mut self.batch_floor, &mut records) {
-            Scan::Complete => {}
-            Scan::Tail { offset, fault } => {
-                let bad = Lsn::new(seq, u32::try_from(offset).unwrap_or(u32::MAX));
-                let mut later = Wal::<D>::later_batch_in(&self.config, bad, seq, &image).map(|o| (seq, o));
-                // Later segments are read one at a time, only on this path.
-                for &other in self.seqs.get(self.next..).unwrap_or(&[]) {
-                    if later.is_some() {
-                        break;
-                    }
-                    let (_, other_image) = Wal::read_segment(&self.disk, &self.dir, other).await?;
-                    later = Wal::<D>::later_batch_in(&self.config, bad, other, &other_image).map(|o| (other, o));
+        let mut start = SEGMENT_HEADER_BYTES as usize;
+        while let Scan::Tail { offset, fault } =
+            Wal::<D>::scan_segment(&self.config, seq, &image, start, &mut self.batch_floor, &mut records)
+        {
+            let bad = Lsn::new(seq, u32::try_from(offset).unwrap_or(u32::MAX));
+            let mut later = Wal::<D>::later_batch_in(&self.config, bad, seq, &image)
+                .map(|o| (seq, o, Wal::<D>::names_cut(&self.config, seq, &image, o, bad)));
+            // Later segments are read one at a time, only on this path.
+            for &other in self.seqs.get(self.next..).unwrap_or(&[]) {
+                if later.is_some() {
+                    break;
                 }
-                if let Some((later_seq, later_offset)) = later {
+                let (_, other_image) = Wal::read_segment(&self.disk, &self.dir, other).await?;
+                later = Wal::<D>::later_batch_in(&self.config, bad, other, &other_image)
+                    .map(|o| (other, o, Wal::<D>::names_cut(&self.config, other, &other_image, o, bad)));
+            }
+            let next_seq = self.seqs.get(self.next).copied();
+            match later {
+                // An earlier recovery cut the log here and said so: the
+                // damage is that torn tail, and the log goes on after it.
+                Some((later_seq, later_offset, true)) if later_seq == seq => {
+                    start = usize::try_from(later_offset).unwrap_or(usize::MAX);
+                }
+                Some((later_seq, _, true)) if Some(later_seq) == next_seq => break,
+                Some((later_seq, later_offset, _)) => {
                     let reason = format!(
                         "record fails verification ({fault:?}) but a later batch is intact at segment {later_seq} offset {later_offset}"
                     );
                     return Err(WalOpenError::Corrupt { segment: path, offset: offset as u64, reason });
                 }
-                let next = align_up(offset as u64).min(self.config.segment_size_bytes);
-                self.tail = Some(Lsn::new(seq, u32::try_from(next).unwrap_or(u32::MAX)));
+                None => {
+                    let next = align_up(offset as u64).min(self.config.segment_size_bytes);
+                    self.tail = Some(Lsn::new(seq, u32::try_from(next).unwrap_or(u32::MAX)));
+                    self.cut = Some(bad);
+                    break;
+                }
             }
         }
         Ok(Some(records))
@@ -865,6 +908,16 @@ impl<D: Disk> Recovery<D> {
             let path = wal.dir.join(segment_name(tail.segment()));
             let file = wal.disk.open(&path, false).await?;
             wal.state.borrow_mut().active = Some((tail.segment(), Rc::new(file)));
+        }
+        // The remains of a torn write stay where they are (durable blocks are
+        // never rewritten) and new batches start after them. Say so durably
+        // before anything else is written, or the next recovery would take
+        // those remains, followed by intact batches, for corruption.
+        if let Some(bad) = self.cut {
+            let meta = RecordMeta { partition: 0, term: 0, index: 0, kind: KIND_CUT };
+            let cut = |e| WalOpenError::Cut(Box::new(e));
+            wal.submit_record(meta, &bad.0.to_le_bytes()).map_err(cut)?;
+            wal.flush().await.map_err(cut)?;
         }
         Ok(wal)
     }

@@ -19,6 +19,11 @@ pub const USER_KIND_MIN: u8 = 16;
 pub const KIND_PADDING: u8 = 1;
 /// Marks that the writer moved on to the next segment.
 pub const KIND_SEGMENT_END: u8 = 2;
+/// First record written after recovery cut the log at a torn tail; its
+/// payload is the LSN (u64, little-endian) of the first record that failed
+/// to verify. It tells a later recovery that the damage before it is that
+/// torn tail, not corruption of the log.
+pub const KIND_CUT: u8 = 3;
 
 /// A log sequence number: the position of a record, `segment << 32 | offset`.
 /// Ordering LSNs orders records.

@@ -117,7 +117,7 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} (replay: KEEL_SIM_SEED={} cargo test -p keel-node --test cluster_sim cluster_keeps)",
+            "seed {}: {} (replay: KEEL_SIM_SEED={} cargo test -p keel-node --test cluster_sim keeps_every_invariant)",
             self.seed, self.what, self.seed
         )
     }
