@@ -67,13 +67,17 @@ fn cluster_keeps_every_invariant_under_faults() {
     let total = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
     let (acked, reads, crashes) = (total(|r| r.acked_writes), total(|r| r.reads), total(|r| r.crashes));
     let torn = total(|r| r.torn_writes);
+    let lease_reads = total(|r| r.lease_reads);
+    assert!(lease_reads * 10 > reads, "only {lease_reads} of {reads} reads were served under a lease");
     assert!(torn * 20 > seeds, "only {torn} crashes in the middle of a WAL write over {seeds} seeds");
     let reelected = reports.iter().filter(|r| r.leaderships > 2).count();
     assert!(acked > seeds * 20, "only {acked} writes acknowledged over {seeds} seeds");
     assert!(reads > seeds * 20, "only {reads} reads answered over {seeds} seeds");
     assert!(crashes > seeds, "only {crashes} crashes over {seeds} seeds");
     assert!(reelected * 2 > reports.len(), "leaders changed in only {reelected} of {seeds} runs");
-    eprintln!("{seeds} seeds: {acked} writes acknowledged, {reads} reads, {crashes} crashes ({torn} torn writes)");
+    eprintln!(
+        "{seeds} seeds: {acked} writes acknowledged, {reads} reads, {crashes} crashes ({torn} torn writes), {lease_reads} reads under leases"
+    );
 }
 
 /// Busier clients on fewer keys: more concurrent operations per key for the

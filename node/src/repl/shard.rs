@@ -24,8 +24,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use raft::eraftpb::{Entry, HardState, Message};
-use raft::{RawNode, ReadState, StateRole};
+use raft::eraftpb::{Entry, HardState, Message, MessageType};
+use raft::{RawNode, StateRole};
 
 use super::log::GroupLog;
 use super::slog_bridge;
@@ -35,11 +35,23 @@ use super::slog_bridge;
 pub struct ReplConfig {
     /// Ticks between heartbeats from a leader.
     pub heartbeat_ticks: usize,
+    /// The election timeout every node of a group is configured with: a
+    /// follower that heard from its leader this recently refuses to vote for
+    /// another (check-quorum), which is what makes leader leases safe.
+    pub election_ticks: usize,
     /// A follower that hears nothing from a leader for a number of ticks
-    /// drawn from this range campaigns. raft-rs draws it with its own
-    /// random-number generator, so the simulator gives each node a range of
-    /// one value (drawn from the seed) to stay deterministic.
-    pub election_ticks: Range<usize>,
+    /// drawn from this range campaigns (its start at least `election_ticks`).
+    /// raft-rs draws it with its own random-number generator, so the
+    /// simulator gives each node a range of one value (drawn from the seed)
+    /// to stay deterministic.
+    pub campaign_ticks: Range<usize>,
+    /// Whether a leader serves strongly consistent reads under a lease
+    /// instead of confirming its leadership with a quorum for each.
+    pub lease_reads: bool,
+    /// How much shorter than `election_ticks` a lease is: the margin for
+    /// clocks that run at different rates on different nodes (2 of 10 ticks
+    /// covers a 20 % difference).
+    pub lease_margin_ticks: usize,
     /// Bytes of entries in one append message at most.
     pub message_entries_bytes_max: u64,
     /// Append messages in flight to one follower at most.
@@ -55,7 +67,10 @@ impl Default for ReplConfig {
     fn default() -> Self {
         Self {
             heartbeat_ticks: 2,
-            election_ticks: 10..20,
+            election_ticks: 10,
+            campaign_ticks: 10..20,
+            lease_reads: true,
+            lease_margin_ticks: 2,
             message_entries_bytes_max: 1024 * 1024,
             messages_in_flight_max: 256,
             uncommitted_bytes_max: 64 * 1024 * 1024,
@@ -150,9 +165,9 @@ pub struct ReadyBatch {
     pub committed: Vec<Committed>,
     /// What to persist, in one write.
     pub writes: Vec<GroupWrite>,
-    /// Answers to [`ShardRaft::read_index`]: serve the read once the group
-    /// has applied `index`.
-    pub reads: Vec<(u64, ReadState)>,
+    /// Answers to [`ShardRaft::read_index`] that needed a quorum: serve the
+    /// read once the group has applied `index`.
+    pub reads: Vec<(u64, ReadReady)>,
     /// Groups whose leadership changed, with their status now.
     pub changes: Vec<(u64, GroupStatus)>,
     /// Hand back with [`ShardRaft::persisted`] once `writes` are durable.
@@ -165,6 +180,30 @@ pub struct ReadyBatch {
 pub struct PersistToken {
     numbers: Vec<(u64, u64)>,
     after: Vec<Outgoing>,
+}
+
+/// A strongly consistent read may be served once the group has applied
+/// `index`; `context` is the caller's, from [`ShardRaft::read_index`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReady {
+    /// Index to have applied first.
+    pub index: u64,
+    /// The caller's context.
+    pub context: Vec<u8>,
+}
+
+/// How a strongly consistent read proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPath {
+    /// The leader holds a lease: serve once the group has applied `index`,
+    /// with no round trip.
+    Lease {
+        /// Index to have applied first.
+        index: u64,
+    },
+    /// The leader confirms its leadership with a quorum first; the answer
+    /// comes in a later [`ReadyBatch::reads`].
+    Quorum,
 }
 
 /// Why a request cannot be served by this replica.
@@ -219,6 +258,8 @@ pub struct Proposal {
 struct Group {
     raw: RawNode<GroupLog>,
     last_status: Option<(Role, u64, u64)>,
+    /// The leader may serve reads locally until this shard tick (exclusive).
+    lease_until_tick: u64,
 }
 
 impl std::fmt::Debug for Group {
@@ -234,7 +275,13 @@ pub struct ShardRaft {
     config: ReplConfig,
     logger: slog::Logger,
     groups: BTreeMap<u64, Group>,
+    /// Ticks since this shard started.
+    ticks: u64,
 }
+
+/// Bytes of Keel's prefix on a ReadIndex context: the tick and term at which
+/// the read was asked.
+const READ_CONTEXT_PREFIX_BYTES: usize = 16;
 
 impl ShardRaft {
     /// A shard of node `node_id` (its Raft peer id in every group) with no
@@ -242,10 +289,12 @@ impl ShardRaft {
     #[must_use]
     pub fn new(node_id: u64, config: ReplConfig) -> Self {
         assert!(node_id != 0, "raft-rs reserves peer id 0");
-        assert!(config.election_ticks.start > config.heartbeat_ticks, "elections must be slower than heartbeats");
-        assert!(config.election_ticks.start < config.election_ticks.end, "empty election range");
+        assert!(config.election_ticks > config.heartbeat_ticks, "elections must be slower than heartbeats");
+        assert!(config.campaign_ticks.start >= config.election_ticks, "campaigns start after the election timeout");
+        assert!(config.campaign_ticks.start < config.campaign_ticks.end, "empty campaign range");
+        assert!(config.lease_margin_ticks < config.election_ticks, "a lease must last at least a tick");
         let logger = slog_bridge::logger(node_id);
-        Self { node_id, config, logger, groups: BTreeMap::new() }
+        Self { node_id, config, logger, groups: BTreeMap::new(), ticks: 0 }
     }
 
     /// Adds the replica of `partition` whose log (rebuilt from durable
@@ -255,9 +304,9 @@ impl ShardRaft {
         assert!(!self.groups.contains_key(&partition), "partition {partition} added twice");
         let config = raft::Config {
             id: self.node_id,
-            election_tick: self.config.election_ticks.start,
-            min_election_tick: self.config.election_ticks.start,
-            max_election_tick: self.config.election_ticks.end,
+            election_tick: self.config.election_ticks,
+            min_election_tick: self.config.campaign_ticks.start,
+            max_election_tick: self.config.campaign_ticks.end,
             heartbeat_tick: self.config.heartbeat_ticks,
             applied,
             max_size_per_msg: self.config.message_entries_bytes_max,
@@ -271,12 +320,13 @@ impl ShardRaft {
         };
         let logger = self.logger.new(slog::o!("partition" => partition));
         let raw = RawNode::new(&config, log, &logger)?;
-        self.groups.insert(partition, Group { raw, last_status: None });
+        self.groups.insert(partition, Group { raw, last_status: None, lease_until_tick: 0 });
         Ok(())
     }
 
     /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         for group in self.groups.values_mut() {
             group.raw.tick();
         }
@@ -286,6 +336,15 @@ impl ShardRaft {
     pub fn step(&mut self, partition: u64, message: Message) -> Result<(), StepError> {
         if raft::raw_node::is_local_msg(message.get_msg_type()) {
             return Err(StepError::LocalType(message.get_msg_type()));
+        }
+        // A node that restarted has forgotten which leader it heard from
+        // last, so raft-rs would grant votes at once; but before it crashed
+        // it may have renewed that leader's lease. It stays out of elections
+        // for one election timeout, so that no new leader is chosen while
+        // such a lease may still run.
+        let vote = matches!(message.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+        if vote && self.ticks < self.config.election_ticks as u64 {
+            return Ok(());
         }
         let group = self.groups.get_mut(&partition).ok_or(StepError::UnknownPartition(partition))?;
         group.raw.step(message).map_err(|e| StepError::Refused { partition, reason: e.to_string() })
@@ -304,17 +363,29 @@ impl ShardRaft {
         Ok(Proposal { term, index })
     }
 
-    /// Asks the leader to confirm its leadership with a quorum for a
-    /// linearizable read; the answer comes in a later [`ReadyBatch::reads`]
-    /// with the same `context`.
-    pub fn read_index(&mut self, partition: u64, context: Vec<u8>) -> Result<(), ProposeError> {
+    /// Starts a linearizable read on the leader. Under a valid lease (and
+    /// once the leader has committed an entry of its term, so that it knows
+    /// every committed entry) it is served at the commit index at once;
+    /// otherwise the leader confirms its leadership with a quorum, which
+    /// also renews the lease, and the answer comes in a later
+    /// [`ReadyBatch::reads`] with the same `context`.
+    pub fn read_index(&mut self, partition: u64, context: Vec<u8>) -> Result<ReadPath, ProposeError> {
         let group = self.groups.get_mut(&partition).ok_or(ProposeError::UnknownPartition(partition))?;
         let raft = &group.raw.raft;
         if raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
         }
-        group.raw.read_index(context);
-        Ok(())
+        let committed = raft.raft_log.committed;
+        let own_term_committed = raft.raft_log.term(committed).is_ok_and(|t| t == raft.term);
+        if self.config.lease_reads && own_term_committed && self.ticks < group.lease_until_tick {
+            return Ok(ReadPath::Lease { index: committed });
+        }
+        let mut ctx = Vec::with_capacity(READ_CONTEXT_PREFIX_BYTES + context.len());
+        ctx.extend_from_slice(&self.ticks.to_le_bytes());
+        ctx.extend_from_slice(&raft.term.to_le_bytes());
+        ctx.extend_from_slice(&context);
+        group.raw.read_index(ctx);
+        Ok(ReadPath::Quorum)
     }
 
     /// Whether any group has something for [`ShardRaft::ready`].
@@ -355,12 +426,28 @@ impl ShardRaft {
             if hard_state.is_some() || !entries.is_empty() {
                 batch.writes.push(GroupWrite { partition, entries, hard_state });
             }
-            batch.reads.extend(ready.take_read_states().into_iter().map(|r| (partition, r)));
+            for read in ready.take_read_states() {
+                let (asked, rest) = read.request_ctx.split_at_checked(READ_CONTEXT_PREFIX_BYTES).unwrap_or_default();
+                let word = |at: usize| asked.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+                let (Some(tick), Some(term)) = (word(0), word(8)) else { continue };
+                // A quorum acknowledged this leader after `tick`: none of
+                // them votes for another before a full election timeout of
+                // its own clock has passed since.
+                let raft = &group.raw.raft;
+                if raft.state == StateRole::Leader && raft.term == term {
+                    let lease = (self.config.election_ticks - self.config.lease_margin_ticks) as u64;
+                    group.lease_until_tick = group.lease_until_tick.max(tick + lease);
+                }
+                batch.reads.push((partition, ReadReady { index: read.index, context: rest.to_vec() }));
+            }
             batch.token.after.extend(ready.take_persisted_messages().into_iter().map(outgoing));
             batch.token.numbers.push((partition, ready.number()));
             group.raw.advance_append_async(ready);
             let status = status_of(&group.raw);
             let key = (status.role, status.leader, status.term);
+            if status.role != Role::Leader || group.last_status.is_some_and(|(_, _, term)| term != status.term) {
+                group.lease_until_tick = 0;
+            }
             if group.last_status != Some(key) {
                 group.last_status = Some(key);
                 batch.changes.push((partition, status));
@@ -416,5 +503,63 @@ fn status_of(raw: &RawNode<GroupLog>) -> GroupStatus {
         commit: raft.raft_log.committed,
         applied: raft.raft_log.applied,
         last_index: raft.raft_log.last_index(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a one-voter group until it leads and has committed its entry.
+    fn single_leader() -> ShardRaft {
+        let mut shard = ShardRaft::new(1, ReplConfig::default());
+        shard.add_group(7, GroupLog::new(&[1]), 0).expect("group");
+        for _ in 0..40 {
+            shard.tick();
+            settle(&mut shard);
+        }
+        assert_eq!(shard.status(7).map(|s| s.role), Some(Role::Leader));
+        shard
+    }
+
+    /// Handles every ready as if each write were durable at once.
+    fn settle(shard: &mut ShardRaft) -> Vec<(u64, ReadReady)> {
+        let mut reads = Vec::new();
+        while shard.has_ready() {
+            let batch = shard.ready();
+            for committed in &batch.committed {
+                if let Some(last) = committed.entries.last() {
+                    shard.applied(committed.partition, last.index);
+                }
+            }
+            reads.extend(batch.reads);
+            let _ = shard.persisted(batch.token);
+        }
+        reads
+    }
+
+    #[test]
+    fn a_quorum_confirmed_read_grants_a_lease_that_expires() {
+        let mut shard = single_leader();
+        assert_eq!(shard.read_index(7, b"a".to_vec()), Ok(ReadPath::Quorum));
+        let reads = settle(&mut shard);
+        assert_eq!(reads.iter().map(|(p, r)| (*p, r.context.clone())).collect::<Vec<_>>(), vec![(7, b"a".to_vec())]);
+        let commit = shard.status(7).map(|s| s.commit).unwrap_or_default();
+        assert_eq!(shard.read_index(7, b"b".to_vec()), Ok(ReadPath::Lease { index: commit }));
+        let config = ReplConfig::default();
+        for _ in 0..config.election_ticks - config.lease_margin_ticks {
+            shard.tick();
+            settle(&mut shard);
+        }
+        assert_eq!(shard.read_index(7, b"c".to_vec()), Ok(ReadPath::Quorum), "the lease has run out");
+    }
+
+    #[test]
+    fn a_follower_refuses_reads_and_proposals_with_a_hint() {
+        let mut shard = ShardRaft::new(2, ReplConfig::default());
+        shard.add_group(7, GroupLog::new(&[1, 2, 3]), 0).expect("group");
+        assert_eq!(shard.read_index(7, Vec::new()), Err(ProposeError::NotLeader { partition: 7, leader: 0 }));
+        assert_eq!(shard.propose(7, b"x".to_vec()), Err(ProposeError::NotLeader { partition: 7, leader: 0 }));
+        assert_eq!(shard.propose(8, b"x".to_vec()), Err(ProposeError::UnknownPartition(8)));
     }
 }

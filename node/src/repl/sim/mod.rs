@@ -43,7 +43,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::log::GroupLog;
-use super::shard::{Outgoing, PersistToken, Proposal, ProposeError, ReplConfig, Role, ShardRaft};
+use super::shard::{Outgoing, PersistToken, Proposal, ProposeError, ReadPath, ReplConfig, Role, ShardRaft};
 use super::{durable, envelope};
 use crate::io::sim::SimDisk;
 use crate::wal::{Lsn, Wal, WalConfig};
@@ -100,6 +100,8 @@ pub struct SimReport {
     pub crashes: u64,
     /// Crashes in the middle of a WAL write.
     pub torn_writes: u64,
+    /// Reads a leader served under its lease.
+    pub lease_reads: u64,
     /// Events processed.
     pub events: u64,
 }
@@ -123,8 +125,10 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Ticks of the simulated nodes, in ms.
+/// Ticks of the simulated nodes, in ms: each node's clock runs at its own
+/// rate, up to 10 % off, which leases must tolerate.
 const TICK_MS: u64 = 10;
+const TICK_MS_RANGE: std::ops::RangeInclusive<u64> = 9..=11;
 /// A client gives up on an operation after this long.
 const CLIENT_TIMEOUT_MS: u64 = 600;
 
@@ -256,6 +260,7 @@ struct Node {
     id: u64,
     incarnation: u64,
     raft: Option<ShardRaft>,
+    tick_ms: u64,
     disk: SimDisk,
     wal: Option<Wal<SimDisk>>,
     in_flight: VecDeque<InFlight>,
@@ -281,6 +286,8 @@ struct Faults {
     disk_ms_max: u64,
     /// Chance that a WAL write is cut short by a crash, in per mille.
     torn_write_permille: u32,
+    /// Whether leaders serve reads under leases in this run.
+    lease_reads: bool,
 }
 
 #[derive(Debug)]
@@ -318,6 +325,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SimReport, Violation> {
         delay_ms_max: rng.random_range(1..=30),
         disk_ms_max: rng.random_range(1..=8),
         torn_write_permille: rng.random_range(0..=5),
+        lease_reads: rng.random_bool(0.5),
     };
     let mut world = World {
         config: config.clone(),
@@ -386,6 +394,7 @@ impl World {
                 id,
                 incarnation: 0,
                 raft: None,
+                tick_ms: self.rng.random_range(TICK_MS_RANGE),
                 disk: SimDisk::new(self.rng.random()),
                 wal: None,
                 in_flight: VecDeque::new(),
@@ -442,8 +451,12 @@ impl World {
     /// groups' logs from it.
     fn boot(&mut self, id: u64) {
         let voters: Vec<u64> = (1..=self.config.nodes).collect();
-        let election = self.rng.random_range(10..26_usize);
-        let config = ReplConfig { election_ticks: election..election + 1, ..ReplConfig::default() };
+        let campaign = self.rng.random_range(10..26_usize);
+        let config = ReplConfig {
+            campaign_ticks: campaign..campaign + 1,
+            lease_reads: self.faults.lease_reads,
+            ..ReplConfig::default()
+        };
         let partitions = self.config.partitions;
         let node = self.node(id);
         let mut logs: BTreeMap<u64, GroupLog> = (0..partitions).map(|p| (p, GroupLog::new(&voters))).collect();
@@ -475,7 +488,8 @@ impl World {
                 if let Some(raft) = self.node(id).raft.as_mut() {
                     raft.tick();
                 }
-                self.schedule(TICK_MS, Event::Tick(id));
+                let tick_ms = self.node(id).tick_ms;
+                self.schedule(tick_ms, Event::Tick(id));
                 self.drive(id);
             }
             Event::Raft { to, body } => {
@@ -639,7 +653,7 @@ impl World {
                 self.apply(id, committed.partition, &committed.entries);
             }
             for (partition, read) in batch.reads {
-                let op_id = decode_op_id(&read.request_ctx);
+                let op_id = decode_op_id(&read.context);
                 let node = self.node(id);
                 if let Some(pending) = node.reads.iter_mut().find(|r| r.op_id == op_id && r.partition == partition) {
                     pending.index = Some(read.index);
@@ -771,6 +785,7 @@ impl World {
     fn request(&mut self, to: u64, client: usize, op: ClientOp) {
         let partition = op.key % self.config.partitions;
         let bug = self.config.bug;
+        let mut lease_read = false;
         let node = self.node(to);
         let Some(raft) = node.raft.as_mut() else { return };
         let outcome = match op.kind {
@@ -784,8 +799,15 @@ impl World {
                     let value = node.kv.get(&partition).and_then(|kv| kv.get(&op.key)).copied();
                     Ok(Some(Reply::Value(value)))
                 } else {
-                    raft.read_index(partition, op.id.to_le_bytes().to_vec()).map(|()| {
-                        node.reads.push(PendingRead { partition, client, op_id: op.id, key: op.key, index: None });
+                    raft.read_index(partition, op.id.to_le_bytes().to_vec()).map(|path| {
+                        let index = match path {
+                            ReadPath::Lease { index } => {
+                                lease_read = true;
+                                Some(index)
+                            }
+                            ReadPath::Quorum => None,
+                        };
+                        node.reads.push(PendingRead { partition, client, op_id: op.id, key: op.key, index });
                         None
                     })
                 }
@@ -800,6 +822,9 @@ impl World {
             // The client times out and moves on.
             Err(ProposeError::Dropped(_) | ProposeError::UnknownPartition(_)) => {}
         }
+        // A read under a lease may be served at once.
+        self.report.lease_reads += u64::from(lease_read);
+        self.serve_reads(to, partition);
         self.drive(to);
     }
 
