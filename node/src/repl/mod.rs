@@ -25,6 +25,7 @@
 pub mod durable;
 pub mod envelope;
 pub mod log;
+pub mod membership;
 pub mod shard;
 pub mod sim;
 mod slog_bridge;
