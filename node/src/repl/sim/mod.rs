@@ -994,7 +994,7 @@ impl World {
             match check::check_register(&ops) {
                 Verdict::Linearizable => {}
                 Verdict::NotLinearizable => return Err(format!("history of key {key} is not linearizable: {ops:?}")),
-                Verdict::TooLong => return Err(format!("history of key {key} too long to check ({} ops)", ops.len())),
+                Verdict::TooLong => return Err(format!("history of key {key} too long to check: {ops:?}")),
             }
         }
         Ok(())
