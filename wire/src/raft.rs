@@ -198,10 +198,10 @@ pub fn decode_batch(body: &[u8]) -> Result<(u64, Vec<RaftMessage<'_>>), RaftDeco
     too_many("messages in a batch", messages.len(), MESSAGES_PER_BATCH_MAX)?;
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
-        let entries = m.entries().map(|v| v.iter().collect::<Vec<_>>()).unwrap_or_default();
+        let entries = m.entries().unwrap_or_default();
         too_many("entries in a message", entries.len(), ENTRIES_PER_MESSAGE_MAX)?;
         let entries = entries
-            .into_iter()
+            .iter()
             .map(|e| RaftEntry {
                 entry_type: e.entry_type(),
                 term: e.term(),

@@ -25,45 +25,39 @@ pub enum EnvelopeError {
     EntryType(u8),
 }
 
-const PEER_TYPES: [(u8, MessageType); 13] = [
-    (3, MessageType::MsgAppend),
-    (4, MessageType::MsgAppendResponse),
-    (5, MessageType::MsgRequestVote),
-    (6, MessageType::MsgRequestVoteResponse),
-    (7, MessageType::MsgSnapshot),
-    (8, MessageType::MsgHeartbeat),
-    (9, MessageType::MsgHeartbeatResponse),
-    (13, MessageType::MsgTransferLeader),
-    (14, MessageType::MsgTimeoutNow),
-    (15, MessageType::MsgReadIndex),
-    (16, MessageType::MsgReadIndexResp),
-    (17, MessageType::MsgRequestPreVote),
-    (18, MessageType::MsgRequestPreVoteResponse),
+/// raft-rs's message types by their number (eraftpb.proto).
+const MESSAGE_TYPES: [MessageType; 19] = [
+    MessageType::MsgHup,
+    MessageType::MsgBeat,
+    MessageType::MsgPropose,
+    MessageType::MsgAppend,
+    MessageType::MsgAppendResponse,
+    MessageType::MsgRequestVote,
+    MessageType::MsgRequestVoteResponse,
+    MessageType::MsgSnapshot,
+    MessageType::MsgHeartbeat,
+    MessageType::MsgHeartbeatResponse,
+    MessageType::MsgUnreachable,
+    MessageType::MsgSnapStatus,
+    MessageType::MsgCheckQuorum,
+    MessageType::MsgTransferLeader,
+    MessageType::MsgTimeoutNow,
+    MessageType::MsgReadIndex,
+    MessageType::MsgReadIndexResp,
+    MessageType::MsgRequestPreVote,
+    MessageType::MsgRequestPreVoteResponse,
 ];
 
 fn type_number(t: MessageType) -> u8 {
-    // raft-rs's numbering (eraftpb.proto), for every type.
-    match t {
-        MessageType::MsgHup => 0,
-        MessageType::MsgBeat => 1,
-        MessageType::MsgPropose => 2,
-        MessageType::MsgAppend => 3,
-        MessageType::MsgAppendResponse => 4,
-        MessageType::MsgRequestVote => 5,
-        MessageType::MsgRequestVoteResponse => 6,
-        MessageType::MsgSnapshot => 7,
-        MessageType::MsgHeartbeat => 8,
-        MessageType::MsgHeartbeatResponse => 9,
-        MessageType::MsgUnreachable => 10,
-        MessageType::MsgSnapStatus => 11,
-        MessageType::MsgCheckQuorum => 12,
-        MessageType::MsgTransferLeader => 13,
-        MessageType::MsgTimeoutNow => 14,
-        MessageType::MsgReadIndex => 15,
-        MessageType::MsgReadIndexResp => 16,
-        MessageType::MsgRequestPreVote => 17,
-        MessageType::MsgRequestPreVoteResponse => 18,
-    }
+    let at = MESSAGE_TYPES.iter().position(|&known| known == t).expect("every type is in the table");
+    u8::try_from(at).expect("19 types")
+}
+
+/// The message type a peer may send with this number; raft-rs's local
+/// types (ticks, proposals, status reports) are not among them.
+fn peer_type(number: u8) -> Option<MessageType> {
+    let t = *MESSAGE_TYPES.get(usize::from(number))?;
+    (!raft::raw_node::is_local_msg(t) && t != MessageType::MsgPropose).then_some(t)
 }
 
 /// The envelope form of an outgoing message; borrows its payloads.
@@ -113,11 +107,7 @@ pub fn to_wire(out: &Outgoing) -> RaftMessage<'_> {
 
 /// The raft-rs form of a received message (copies its payloads).
 pub fn from_wire(w: &RaftMessage<'_>) -> Result<Outgoing, EnvelopeError> {
-    let msg_type = PEER_TYPES
-        .iter()
-        .find(|(n, _)| *n == w.msg_type)
-        .map(|(_, t)| *t)
-        .ok_or(EnvelopeError::MessageType(w.msg_type))?;
+    let msg_type = peer_type(w.msg_type).ok_or(EnvelopeError::MessageType(w.msg_type))?;
     let mut entries = Vec::with_capacity(w.entries.len());
     for e in &w.entries {
         if e.entry_type != 0 {

@@ -30,13 +30,6 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        let level = match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::Level::ERROR,
-            slog::Level::Warning => tracing::Level::WARN,
-            slog::Level::Info => tracing::Level::INFO,
-            slog::Level::Debug => tracing::Level::DEBUG,
-            slog::Level::Trace => tracing::Level::TRACE,
-        };
         macro_rules! forward {
             ($level:expr) => {
                 if tracing::enabled!(target: "raft", $level) {
@@ -47,12 +40,13 @@ impl Drain for TracingDrain {
                 }
             };
         }
-        match level {
-            tracing::Level::ERROR => forward!(tracing::Level::ERROR),
-            tracing::Level::WARN => forward!(tracing::Level::WARN),
-            tracing::Level::INFO => forward!(tracing::Level::INFO),
-            tracing::Level::DEBUG => forward!(tracing::Level::DEBUG),
-            _ => forward!(tracing::Level::TRACE),
+        // tracing's macros need the level as a constant: one arm per level.
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => forward!(tracing::Level::ERROR),
+            slog::Level::Warning => forward!(tracing::Level::WARN),
+            slog::Level::Info => forward!(tracing::Level::INFO),
+            slog::Level::Debug => forward!(tracing::Level::DEBUG),
+            slog::Level::Trace => forward!(tracing::Level::TRACE),
         }
         Ok(())
     }
