@@ -22,6 +22,19 @@
 //!
 //! Opening replays, for each replica, the WAL records whose index is above
 //! the index its meta page records.
+//!
+//! # Replicated partitions
+//!
+//! A partition that is a Raft group (`repl`) logs no records of its own:
+//! its mutations are the data of Raft entries, which the replication shell
+//! logs in the same WAL (kinds 18 and 19, `repl::durable`) and hands here
+//! once committed ([`ShardStore::apply_entry`]), in index order. The shell
+//! tells the store where each entry went ([`ShardStore::note_logged`]), so
+//! that WAL reclaim keeps every entry not yet in a durable checkpoint; the
+//! checkpoint records the index and term of the last applied entry, where
+//! the group's log restarts. Opening applies no Raft entries: it keeps
+//! their records ([`ShardStore::take_raft_records`]) for the shell to
+//! rebuild the logs from, and raft-rs hands the committed ones out again.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,9 +43,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
-use crate::btree::{BTree, BTreeError, CheckpointWrite, Direction, PageCache};
+use crate::btree::{Applied, BTree, BTreeError, CheckpointWrite, Direction, PageCache};
 use crate::io::{Disk, DiskFile, IoError};
-use crate::wal::{Lsn, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
+use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_HARD_STATE};
+use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
 
 /// WAL record kind of a put.
 pub const KIND_PUT: u8 = USER_KIND_MIN;
@@ -116,6 +130,26 @@ impl<'a> Mutation<'a> {
         }
     }
 
+    /// The data of a Raft entry carrying this mutation: `[u8 kind][payload]`
+    /// (see `docs/format/wal.md`).
+    #[must_use]
+    pub fn encode_entry(&self) -> Vec<u8> {
+        let (kind, payload) = self.encode();
+        let mut data = Vec::with_capacity(1 + payload.len());
+        data.push(kind);
+        data.extend_from_slice(&payload);
+        data
+    }
+
+    /// Reads and checks the data of a Raft entry ([`Self::encode_entry`]):
+    /// entries from peers are checked this way before raft-rs sees them.
+    pub fn decode_entry(data: &'a [u8]) -> Result<Self, &'static str> {
+        let (&kind, payload) = data.split_first().ok_or("empty entry data")?;
+        let mutation = Self::decode(kind, payload)?;
+        validate(&mutation).map_err(|_| "key or value outside the limits")?;
+        Ok(mutation)
+    }
+
     fn decode(kind: u8, payload: &'a [u8]) -> Result<Self, &'static str> {
         match kind {
             KIND_PUT => {
@@ -182,6 +216,16 @@ pub enum StoreWriteError {
     /// The partition exists already.
     #[error("partition {0} exists already")]
     PartitionExists(u64),
+    /// A committed Raft entry whose data is not a mutation.
+    #[error("partition {partition}: Raft entry {index} is not a mutation: {reason}")]
+    BadEntry {
+        /// Partition id.
+        partition: u64,
+        /// The entry.
+        index: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// Indexes must follow each other.
     #[error("partition {partition}: log index {got} does not follow {last}")]
     OutOfOrder {
@@ -239,6 +283,10 @@ struct Replica<D: Disk> {
     last_index: u64,
     /// Last index applied to the tree.
     applied_index: u64,
+    /// Raft term of the entry at `applied_index` (0: standalone).
+    applied_term: u64,
+    /// Raft entries logged and not applied yet, by index: the WAL keeps them.
+    logged: BTreeMap<u64, Lsn>,
     /// Submitted records waiting (in index order) to be applied.
     queued: BTreeMap<u64, (u8, Vec<u8>, Lsn)>,
     /// WAL position of the oldest record applied since the last checkpoint.
@@ -287,6 +335,8 @@ pub struct ShardStore<D: Disk> {
     wal: Rc<Wal<D>>,
     cache: Rc<RefCell<PageCache>>,
     replicas: BTreeMap<u64, Replica<D>>,
+    /// Raft records recovered at open, for the replication shell.
+    raft_records: Vec<Record>,
 }
 
 fn partition_file_name(partition: u64) -> String {
@@ -330,33 +380,39 @@ impl<D: Disk> ShardStore<D> {
             let tree = BTree::open(file, partition, Rc::clone(&cache))
                 .await
                 .map_err(|source| StoreOpenError::Replica { partition, source })?;
-            let applied = tree.applied_index();
+            let applied = tree.applied();
             let replica = Replica {
                 tree,
-                last_index: applied,
-                applied_index: applied,
+                last_index: applied.index,
+                applied_index: applied.index,
+                applied_term: applied.term,
+                logged: BTreeMap::new(),
                 queued: BTreeMap::new(),
                 oldest_unflushed: None,
                 checkpointing_from: None,
             };
             replicas.insert(partition, replica);
         }
+        let mut raft_records = Vec::new();
         while let Some(records) = recovery.next_segment().await? {
             for record in records {
-                replay(&mut replicas, record).await?;
+                if let Some(record) = replay(&mut replicas, record).await? {
+                    raft_records.push(record);
+                }
             }
         }
         let wal = recovery.finish().await?;
-        Ok(Self { disk, config, wal: Rc::new(wal), cache, replicas })
+        Ok(Self { disk, config, wal: Rc::new(wal), cache, replicas, raft_records })
     }
 }
 
 /// Applies one recovered WAL record to its replica, if it is newer than the
-/// replica's checkpoint.
+/// replica's checkpoint; a Raft record of a present replica is handed back
+/// (for the shell to rebuild its log from).
 async fn replay<D: Disk>(
     replicas: &mut BTreeMap<u64, Replica<D>>,
-    record: crate::wal::Record,
-) -> Result<(), StoreOpenError> {
+    record: Record,
+) -> Result<Option<Record>, StoreOpenError> {
     {
         let partition = record.meta.partition;
         let Some(replica) = replicas.get_mut(&partition) else {
@@ -364,11 +420,21 @@ async fn replay<D: Disk>(
             // acknowledged, so records without a file belong to a dropped
             // partition.
             tracing::debug!(partition, lsn = %record.lsn, "skipping WAL record of an absent partition");
-            return Ok(());
+            return Ok(None);
         };
         let index = record.meta.index;
+        match record.meta.kind {
+            KIND_RAFT_ENTRY => {
+                if index > replica.applied_index {
+                    note_logged(replica, index, record.lsn);
+                }
+                return Ok(Some(record));
+            }
+            KIND_RAFT_HARD_STATE => return Ok(Some(record)),
+            _ => {}
+        }
         if index <= replica.applied_index {
-            return Ok(()); // already in the checkpointed tree
+            return Ok(None); // already in the checkpointed tree
         }
         let replay_error = |reason: String| StoreOpenError::Replay { partition, lsn: record.lsn, reason };
         if index != replica.applied_index + 1 {
@@ -381,8 +447,15 @@ async fn replay<D: Disk>(
         replica.applied_index = index;
         replica.last_index = index;
         replica.oldest_unflushed.get_or_insert(record.lsn);
-        Ok(())
+        Ok(None)
     }
+}
+
+/// Records where a Raft entry was logged; a later entry at the same index
+/// (a new leader's) replaces it and everything after it.
+fn note_logged<D: Disk>(replica: &mut Replica<D>, index: u64, lsn: Lsn) {
+    let _replaced = replica.logged.split_off(&index);
+    replica.logged.insert(index, lsn);
 }
 
 impl<D: Disk> ShardStore<D> {
@@ -405,6 +478,8 @@ impl<D: Disk> ShardStore<D> {
             tree,
             last_index: 0,
             applied_index: 0,
+            applied_term: 0,
+            logged: BTreeMap::new(),
             queued: BTreeMap::new(),
             oldest_unflushed: None,
             checkpointing_from: None,
@@ -447,6 +522,65 @@ impl<D: Disk> ShardStore<D> {
         replica.last_index = index;
         replica.queued.insert(index, (kind, payload, lsn));
         Ok(Ticket { partition, index, lsn })
+    }
+
+    /// The Raft records recovered when the store opened (once).
+    pub fn take_raft_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.raft_records)
+    }
+
+    /// A Raft entry of `partition` at `index` was submitted to the WAL at
+    /// `lsn`: the WAL keeps it until it is applied and checkpointed.
+    pub fn note_logged(&mut self, partition: u64, index: u64, lsn: Lsn) -> Result<(), StoreWriteError> {
+        let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        note_logged(replica, index, lsn);
+        Ok(())
+    }
+
+    /// Applies a committed Raft entry of a replicated partition (durable in
+    /// this WAL: raft-rs hands out only persisted entries). Entries come in
+    /// index order; empty data (a new leader's entry) changes nothing but
+    /// the applied position.
+    pub async fn apply_entry(
+        &mut self,
+        partition: u64,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<(), StoreWriteError> {
+        let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
+        if index != replica.applied_index + 1 {
+            return Err(StoreWriteError::OutOfOrder { partition, last: replica.applied_index, got: index });
+        }
+        if !data.is_empty() {
+            let mutation = Mutation::decode_entry(data)
+                .map_err(|reason| StoreWriteError::BadEntry { partition, index, reason })?;
+            apply_to_tree(&mut replica.tree, mutation).await?;
+        }
+        // The entry's record (and any replaced one below it) is needed until
+        // this replica's next checkpoint is durable; if it was not noted,
+        // the lowest position keeps every segment.
+        let mut rest = replica.logged.split_off(&(index + 1));
+        std::mem::swap(&mut rest, &mut replica.logged);
+        let lsn = rest.values().min().copied().unwrap_or(Lsn::new(0, 0));
+        replica.oldest_unflushed.get_or_insert(lsn);
+        replica.applied_index = index;
+        replica.applied_term = term;
+        replica.last_index = replica.last_index.max(index);
+        Ok(())
+    }
+
+    /// The position (index and term) of the last entry applied to a
+    /// partition's tree.
+    #[must_use]
+    pub fn applied(&self, partition: u64) -> Option<Applied> {
+        self.replicas.get(&partition).map(|r| Applied { index: r.applied_index, term: r.applied_term })
+    }
+
+    /// The position a partition's last durable checkpoint holds.
+    #[must_use]
+    pub fn checkpointed(&self, partition: u64) -> Option<Applied> {
+        self.replicas.get(&partition).map(|r| r.tree.applied())
     }
 
     /// Step 4: applies every durable, queued record of the ticket's partition
@@ -526,7 +660,8 @@ impl<D: Disk> ShardStore<D> {
     pub fn begin_checkpoint(&mut self, partition: u64) -> Result<ReplicaCheckpoint<D::File>, StoreWriteError> {
         let began = std::time::Instant::now();
         let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
-        let job = replica.tree.begin_checkpoint(replica.applied_index)?;
+        let applied = Applied { index: replica.applied_index, term: replica.applied_term };
+        let job = replica.tree.begin_checkpoint(applied)?;
         replica.checkpointing_from = replica.oldest_unflushed.take();
         Ok(ReplicaCheckpoint { partition, job, began, begin_us: began.elapsed().as_micros() })
     }
@@ -611,7 +746,7 @@ impl<D: Disk> ShardStore<D> {
     async fn checkpoint_replica(&mut self, partition: u64) -> Result<(), StoreWriteError> {
         let replica = self.replicas.get_mut(&partition).ok_or(StoreWriteError::UnknownPartition(partition))?;
         let (dirty_bytes, began) = (replica.tree.dirty_bytes(), std::time::Instant::now());
-        replica.tree.checkpoint(replica.applied_index).await?;
+        replica.tree.checkpoint(Applied { index: replica.applied_index, term: replica.applied_term }).await?;
         replica.oldest_unflushed = None;
         log_checkpoint(partition, dirty_bytes, began.elapsed());
         Ok(())
@@ -652,11 +787,13 @@ impl<D: Disk> ShardStore<D> {
         // Records submitted but not yet applied are needed too: they are in
         // no tree yet.
         let queued = self.replicas.values().filter_map(|r| r.queued.first_key_value().map(|(_, (_, _, lsn))| *lsn));
+        let logged = self.replicas.values().filter_map(|r| r.logged.values().min().copied());
         self.replicas
             .values()
             .flat_map(|r| [r.oldest_unflushed, r.checkpointing_from])
             .flatten()
             .chain(queued)
+            .chain(logged)
             .min()
             .unwrap_or_else(|| self.wal.next_lsn())
     }

@@ -218,9 +218,26 @@ pub struct BTree<F: DiskFile> {
     freelist_pages: Vec<u64>,
     next_seq: u64,
     generation: u64,
-    applied_index: u64,
+    applied: Applied,
     entries: u64,
     poisoned: bool,
+}
+
+/// The log position a checkpoint covers: the last applied index and the
+/// Raft term of its entry (0 for standalone partitions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Last log index applied.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+}
+
+impl From<u64> for Applied {
+    /// A standalone partition's index (its records carry no term).
+    fn from(index: u64) -> Self {
+        Self { index, term: 0 }
+    }
 }
 
 impl<F: DiskFile> BTree<F> {
@@ -241,7 +258,7 @@ impl<F: DiskFile> BTree<F> {
             freelist_pages: Vec::new(),
             next_seq: 1,
             generation: 0,
-            applied_index: 0,
+            applied: Applied::default(),
             entries: 0,
             poisoned: false,
         };
@@ -292,7 +309,7 @@ impl<F: DiskFile> BTree<F> {
             freelist_pages: Vec::new(),
             next_seq: meta.next_seq.get(),
             generation: meta.generation.get(),
-            applied_index: meta.applied_index.get(),
+            applied: Applied { index: meta.applied_index.get(), term: meta.applied_term.get() },
             entries: meta.entries.get(),
             poisoned: false,
         };
@@ -533,10 +550,10 @@ impl<F: DiskFile> BTree<F> {
     }
 
     /// Writes every dirty page, the free list and then the meta page with
-    /// `applied_index`, syncing in between. On failure the tree is poisoned.
+    /// `applied`, syncing in between. On failure the tree is poisoned.
     /// The three steps of [`Self::begin_checkpoint`] in one call.
-    pub async fn checkpoint(&mut self, applied_index: u64) -> Result<(), BTreeError> {
-        let mut job = self.begin_checkpoint(applied_index)?;
+    pub async fn checkpoint(&mut self, applied: impl Into<Applied>) -> Result<(), BTreeError> {
+        let mut job = self.begin_checkpoint(applied)?;
         while !job.prepare(usize::MAX) {}
         let written = job.write(WRITES_IN_FLIGHT_MAX).await;
         self.finish_checkpoint(job, written)
@@ -545,7 +562,7 @@ impl<F: DiskFile> BTree<F> {
     /// Step 1 of a checkpoint, without I/O and without encoding pages (it
     /// is quick: the caller may hold a lock): takes the dirty nodes, with
     /// their write sequences assigned, and encodes the free list and the
-    /// meta page with `applied_index` into a [`CheckpointWrite`]. From here
+    /// meta page with `applied` into a [`CheckpointWrite`]. From here
     /// on the tree keeps working while the job is prepared and written
     /// (step 2, [`CheckpointWrite::prepare`] and [`CheckpointWrite::write`],
     /// which do not borrow the tree): every node of the checkpoint is
@@ -553,7 +570,8 @@ impl<F: DiskFile> BTree<F> {
     /// nodes in memory until they are durable, pages it frees stay unused
     /// until it is durable, and new pages are allocated past it. Step 3 is
     /// [`Self::finish_checkpoint`]. One checkpoint at a time.
-    pub fn begin_checkpoint(&mut self, applied_index: u64) -> Result<CheckpointWrite<F>, BTreeError> {
+    pub fn begin_checkpoint(&mut self, applied: impl Into<Applied>) -> Result<CheckpointWrite<F>, BTreeError> {
+        let applied = applied.into();
         self.check_usable()?;
         assert!(!self.checkpoint_in_flight, "one checkpoint at a time");
         let order = self.assign_seqs();
@@ -596,10 +614,11 @@ impl<F: DiskFile> BTree<F> {
             root_seq: U64::new(self.root.seq),
             page_count: U64::new(page_count),
             next_seq: U64::new(self.next_seq + 1),
-            applied_index: U64::new(applied_index),
+            applied_index: U64::new(applied.index),
             freelist_page: U64::new(next.page),
             freelist_seq: U64::new(next.seq),
             entries: U64::new(self.entries),
+            applied_term: U64::new(applied.term),
         };
         let mut meta_page = Vec::with_capacity(PAGE_BYTES);
         meta_page.resize(PAGE_HEADER_BYTES, 0);
@@ -632,7 +651,7 @@ impl<F: DiskFile> BTree<F> {
             meta_offset: slot * PAGE_BYTES as u64,
             meta_page,
             generation,
-            applied_index,
+            applied,
             released,
         })
     }
@@ -693,7 +712,7 @@ impl<F: DiskFile> BTree<F> {
         }
         assert!(job.generation == self.generation + 1, "checkpoints finish in order");
         self.generation = job.generation;
-        self.applied_index = job.applied_index;
+        self.applied = job.applied;
         self.free.extend(job.released);
         // The written pages become the clean cached copies, unless a change
         // freed them meanwhile.
@@ -973,7 +992,13 @@ impl<F: DiskFile> BTree<F> {
     /// Log index recorded by the last checkpoint.
     #[must_use]
     pub fn applied_index(&self) -> u64 {
-        self.applied_index
+        self.applied.index
+    }
+
+    /// Log position (index and term) recorded by the last checkpoint.
+    #[must_use]
+    pub fn applied(&self) -> Applied {
+        self.applied
     }
 
     /// Number of live entries.
@@ -1044,7 +1069,7 @@ pub struct CheckpointWrite<F: DiskFile> {
     meta_offset: u64,
     meta_page: Vec<u8>,
     generation: u64,
-    applied_index: u64,
+    applied: Applied,
     /// Pages the durable tree still uses, free once this checkpoint is durable.
     released: Vec<u64>,
 }

@@ -117,6 +117,9 @@ pub struct MetaBody {
     pub freelist_seq: U64,
     /// Number of live entries.
     pub entries: U64,
+    /// Raft term of the entry at `applied_index` (0 for a standalone
+    /// partition, whose records carry no term).
+    pub applied_term: U64,
 }
 
 /// Why a page was rejected.
@@ -285,7 +288,8 @@ mod tests {
         assert_eq!(offset_of!(MetaBody, freelist_page), 64);
         assert_eq!(offset_of!(MetaBody, freelist_seq), 72);
         assert_eq!(offset_of!(MetaBody, entries), 80);
-        assert_eq!(std::mem::size_of::<MetaBody>(), 88);
+        assert_eq!(offset_of!(MetaBody, applied_term), 88);
+        assert_eq!(std::mem::size_of::<MetaBody>(), 96);
     }
 
     #[test]

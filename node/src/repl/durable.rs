@@ -60,9 +60,14 @@ fn entry_type_of(byte: u8) -> Option<EntryType> {
 }
 
 /// Submits the batch's writes to the WAL (entries, then the hard state, of
-/// each group). Returns the LSN to wait for with [`Wal::wait_durable`], or
-/// `None` when there was nothing to write.
-pub fn submit<D: Disk>(wal: &Wal<D>, writes: &[GroupWrite]) -> Result<Option<Lsn>, WalAppendError> {
+/// each group), telling `logged` where each entry went (partition, index,
+/// LSN). Returns the LSN to wait for with [`Wal::wait_durable`], or `None`
+/// when there was nothing to write.
+pub fn submit<D: Disk>(
+    wal: &Wal<D>,
+    writes: &[GroupWrite],
+    mut logged: impl FnMut(u64, u64, Lsn),
+) -> Result<Option<Lsn>, WalAppendError> {
     let mut last = None;
     let mut payload = Vec::new();
     for write in writes {
@@ -72,7 +77,9 @@ pub fn submit<D: Disk>(wal: &Wal<D>, writes: &[GroupWrite]) -> Result<Option<Lsn
             payload.extend_from_slice(entry.get_data());
             let meta =
                 RecordMeta { partition: write.partition, term: entry.term, index: entry.index, kind: KIND_RAFT_ENTRY };
-            last = Some(wal.submit(meta, &payload)?);
+            let lsn = wal.submit(meta, &payload)?;
+            logged(write.partition, entry.index, lsn);
+            last = Some(lsn);
         }
         if let Some(hs) = &write.hard_state {
             let mut bytes = [0_u8; HARD_STATE_BYTES];
@@ -88,7 +95,8 @@ pub fn submit<D: Disk>(wal: &Wal<D>, writes: &[GroupWrite]) -> Result<Option<Lsn
 }
 
 /// Replays recovered WAL records (in log order) into the groups' logs.
-/// Records of other kinds, and of partitions not in `logs`, are skipped.
+/// Records of other kinds, of partitions not in `logs`, and entries at or
+/// below a log's compaction point (already in the B-tree) are skipped.
 pub fn rebuild(records: &[Record], logs: &mut BTreeMap<u64, GroupLog>) -> Result<(), RebuildError> {
     for record in records {
         let partition = record.meta.partition;
@@ -99,6 +107,9 @@ pub fn rebuild(records: &[Record], logs: &mut BTreeMap<u64, GroupLog>) -> Result
                 let (&kind, data) = record.payload.split_first().ok_or_else(|| error("empty entry record"))?;
                 let entry_type = entry_type_of(kind).ok_or_else(|| error("unknown entry type"))?;
                 let index = record.meta.index;
+                if index != 0 && index < log.first_index() {
+                    continue;
+                }
                 if index == 0 || index > log.last_index() + 1 {
                     return Err(error("entry index leaves a gap in the log"));
                 }
@@ -169,7 +180,7 @@ mod tests {
                 GroupWrite { partition: 9, entries: vec![entry(1, 1, b"x")], hard_state: None },
                 GroupWrite { partition: 7, entries: vec![entry(2, 2, b"c")], hard_state: hs(2, 2) },
             ];
-            let lsn = submit(&wal, &writes).expect("submit").expect("something to write");
+            let lsn = submit(&wal, &writes, |_, _, _| {}).expect("submit").expect("something to write");
             wal.wait_durable(lsn).await.expect("durable");
         });
         disk.crash();

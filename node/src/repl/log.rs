@@ -8,10 +8,14 @@
 //! durable records with [`GroupLog::append`] and [`GroupLog::set_hard_state`],
 //! in the order they were written.
 //!
-//! Entries are kept from index 1: the log is not compacted yet. Compaction
-//! comes with snapshots (a replica rebuilt from a snapshot of the B-tree);
-//! until then [`Storage::snapshot`] answers "temporarily unavailable", which
-//! raft-rs never asks for while every entry is still here.
+//! The log starts after a compaction point (`first_index - 1`, with its
+//! term): a replica that restarts keeps only the entries after its B-tree's
+//! last checkpoint (those before are in the tree and their WAL records may
+//! be reclaimed), and a running replica drops entries its tree holds once
+//! its peers no longer need them ([`GroupLog::compact`]). A peer that needs
+//! an entry from before the compaction point needs a snapshot of the B-tree;
+//! snapshots are not streamed yet, so [`Storage::snapshot`] answers
+//! "temporarily unavailable" and raft-rs tries again later.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -21,7 +25,11 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 pub struct GroupLog {
     hard_state: HardState,
     conf_state: ConfState,
-    /// `entries[0]` has index 1.
+    /// Index of the last compacted entry (0: none); `entries[0]` has index
+    /// `offset + 1`.
+    offset: u64,
+    /// Term of the entry at `offset`.
+    offset_term: u64,
     entries: Vec<Entry>,
 }
 
@@ -32,16 +40,52 @@ impl GroupLog {
     #[must_use]
     pub fn new(voters: &[u64]) -> Self {
         assert!(!voters.is_empty(), "a group needs at least one voter");
+        Self::after(voters, 0, 0)
+    }
+
+    /// An empty log that continues after the entry at `index` with `term`
+    /// (a replica whose B-tree checkpoint holds every entry up to it). The
+    /// commit index starts there: applied entries are committed.
+    #[must_use]
+    pub fn after(voters: &[u64], index: u64, term: u64) -> Self {
+        assert!(!voters.is_empty(), "a group needs at least one voter");
+        assert!(index == 0 || term > 0, "entries after the first are of a term ≥ 1");
         let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
-        Self { hard_state: HardState::default(), conf_state, entries: Vec::new() }
+        let hard_state = HardState { term, commit: index, ..HardState::default() };
+        Self { hard_state, conf_state, offset: index, offset_term: term, entries: Vec::new() }
+    }
+
+    /// Drops the entries up to `index` (they are in the B-tree, and no peer
+    /// needs them from this log any more). Never beyond the commit index.
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.offset {
+            return;
+        }
+        assert!(index <= self.hard_state.commit, "compacting uncommitted entries ({index} > {})", self.hard_state.commit);
+        assert!(index <= self.last_index(), "compacting beyond the log");
+        let term = self.entry(index).map(|e| e.term).expect("index is in the log");
+        let drop = usize::try_from(index - self.offset).expect("log index fits in memory");
+        self.entries.drain(..drop);
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// Index of the first entry kept (the one after the compaction point).
+    #[must_use]
+    pub fn first_index(&self) -> u64 {
+        self.offset + 1
     }
 
     /// Appends entries that follow on from index `entries[0].index - 1`,
     /// replacing any existing entries from that index on (a new leader
     /// overwriting an uncommitted tail). Entries must be consecutive.
+    /// Entries at or below the compaction point are committed and already
+    /// held; they are skipped.
     pub fn append(&mut self, entries: &[Entry]) {
+        let skip = entries.iter().take_while(|e| e.index <= self.offset).count();
+        let entries = entries.get(skip..).unwrap_or_default();
         let Some(first) = entries.first() else { return };
-        assert!(first.index >= 1, "Raft indexes start at 1");
+        assert!(first.index > self.offset, "Raft indexes start at 1");
         assert!(
             first.index <= self.last_index() + 1,
             "append leaves a gap: {} after {}",
@@ -55,7 +99,7 @@ impl GroupLog {
                 assert_eq!(existing.term, entry.term, "committed entry {} would be replaced", entry.index);
             }
         }
-        let keep = usize::try_from(first.index - 1).expect("log index fits in memory");
+        let keep = usize::try_from(first.index - 1 - self.offset).expect("log index fits in memory");
         self.entries.truncate(keep);
         for (entry, expected) in entries.iter().zip(first.index..) {
             assert_eq!(entry.index, expected, "appended entries are consecutive");
@@ -63,9 +107,12 @@ impl GroupLog {
         }
     }
 
-    /// Replaces the persistent state (term, vote, commit).
-    pub fn set_hard_state(&mut self, hard_state: HardState) {
+    /// Replaces the persistent state (term, vote, commit). A commit index
+    /// below the compaction point (a hard state logged before the entries it
+    /// reached were checkpointed) is raised to it.
+    pub fn set_hard_state(&mut self, mut hard_state: HardState) {
         assert!(hard_state.term >= self.hard_state.term, "a node's term never goes back");
+        hard_state.commit = hard_state.commit.max(self.offset);
         self.hard_state = hard_state;
     }
 
@@ -78,14 +125,26 @@ impl GroupLog {
     /// Index of the last entry (0 when empty).
     #[must_use]
     pub fn last_index(&self) -> u64 {
-        u64::try_from(self.entries.len()).expect("usize fits in u64")
+        self.offset + u64::try_from(self.entries.len()).expect("usize fits in u64")
     }
 
-    /// The entry at `index`, if present.
+    /// The entry at `index`, if present (not compacted).
     #[must_use]
     pub fn entry(&self, index: u64) -> Option<&Entry> {
-        let at = usize::try_from(index.checked_sub(1)?).ok()?;
+        let at = usize::try_from(index.checked_sub(self.offset + 1)?).ok()?;
         self.entries.get(at)
+    }
+
+    /// Entries kept in memory.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is kept.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -101,26 +160,29 @@ impl Storage for GroupLog {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low == 0 {
+        if low <= self.offset {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         assert!(high <= self.last_index() + 1, "entries [{low}, {high}) beyond the last index {}", self.last_index());
-        let from = usize::try_from(low - 1).expect("log index fits in memory");
-        let to = usize::try_from(high - 1).expect("log index fits in memory");
+        let from = usize::try_from(low - 1 - self.offset).expect("log index fits in memory");
+        let to = usize::try_from(high - 1 - self.offset).expect("log index fits in memory");
         let mut entries = self.entries.get(from..to).map(<[Entry]>::to_vec).unwrap_or_default();
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == 0 {
-            return Ok(0);
+        if index == self.offset {
+            return Ok(self.offset_term);
+        }
+        if index < self.offset {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
         self.entry(index).map(|e| e.term).ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(GroupLog::first_index(self))
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -150,6 +212,24 @@ mod tests {
         assert_eq!(log.term(3).ok(), None);
         let got = log.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap_or_default();
         assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn a_log_after_a_checkpoint_starts_there_and_compacts() {
+        let mut log = GroupLog::after(&[1, 2, 3], 10, 3);
+        assert_eq!((GroupLog::first_index(&log), log.last_index(), log.hard_state().commit), (11, 10, 10));
+        assert_eq!(log.term(10).ok(), Some(3));
+        assert!(matches!(log.term(9), Err(raft::Error::Store(StorageError::Compacted))));
+        // Replayed records at or below the checkpoint are skipped.
+        log.append(&[entry(9, 3), entry(10, 3), entry(11, 3), entry(12, 4)]);
+        assert_eq!((log.last_index(), log.len()), (12, 2));
+        log.set_hard_state(HardState { term: 4, commit: 5, ..HardState::default() });
+        assert_eq!(log.hard_state().commit, 10, "a commit index below the checkpoint is raised to it");
+        log.set_hard_state(HardState { term: 4, commit: 12, ..HardState::default() });
+        log.compact(11);
+        assert_eq!((GroupLog::first_index(&log), log.term(11).ok(), log.len()), (12, Some(3), 1));
+        assert!(log.entries(11, 13, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(log.entries(12, 13, None, GetEntriesContext::empty(false)).map(|e| e.len()).ok(), Some(1));
     }
 
     #[test]

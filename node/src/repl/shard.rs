@@ -224,6 +224,11 @@ pub enum ProposeError {
     /// No replica of this partition here.
     #[error("partition {0} has no replica on this shard")]
     UnknownPartition(u64),
+    /// This replica has just become leader and has not yet applied an entry
+    /// of its term, so it does not know the outcome of every earlier write;
+    /// retry shortly.
+    #[error("the new leader of partition {0} is catching up; retry")]
+    NotReady(u64),
 }
 
 /// Why a message was refused.
@@ -322,6 +327,84 @@ impl ShardRaft {
         let raw = RawNode::new(&config, log, &logger)?;
         self.groups.insert(partition, Group { raw, last_status: None, lease_until_tick: 0 });
         Ok(())
+    }
+
+    /// Removes a group (its partition was dropped).
+    pub fn remove_group(&mut self, partition: u64) {
+        self.groups.remove(&partition);
+    }
+
+    /// Whether this shard has a replica of `partition`.
+    #[must_use]
+    pub fn has_group(&self, partition: u64) -> bool {
+        self.groups.contains_key(&partition)
+    }
+
+    /// The partitions of every group, in order.
+    #[must_use]
+    pub fn partitions(&self) -> Vec<u64> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// The voters of a group (node ids).
+    #[must_use]
+    pub fn voters(&self, partition: u64) -> Vec<u64> {
+        self.groups.get(&partition).map_or_else(Vec::new, |g| {
+            let mut voters: Vec<u64> = g.raw.raft.prs().conf().voters().ids().iter().collect();
+            voters.sort_unstable();
+            voters
+        })
+    }
+
+    /// Whether the leader may take writes whose outcome depends on the
+    /// current state (conditions, updates): only once it has applied an
+    /// entry of its own term, when every earlier entry is applied too.
+    pub fn writable(&self, partition: u64) -> Result<(), ProposeError> {
+        let group = self.groups.get(&partition).ok_or(ProposeError::UnknownPartition(partition))?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
+        }
+        let applied = raft.raft_log.applied;
+        if raft.raft_log.term(applied).is_ok_and(|t| t == raft.term) {
+            Ok(())
+        } else {
+            Err(ProposeError::NotReady(partition))
+        }
+    }
+
+    /// The hard state of every group, as writes without entries: logged
+    /// again before WAL segments are reclaimed, so that the newest hard
+    /// state of a group is never in a reclaimed segment.
+    #[must_use]
+    pub fn hard_states(&self) -> Vec<GroupWrite> {
+        self.groups
+            .iter()
+            .map(|(&partition, g)| GroupWrite {
+                partition,
+                entries: Vec::new(),
+                hard_state: Some(g.raw.store().hard_state().clone()),
+            })
+            .collect()
+    }
+
+    /// Drops a group's entries up to `checkpointed` (the index its B-tree's
+    /// durable checkpoint holds). A leader keeps what a follower still
+    /// needs, unless that follower is more than `retain_entries_max` behind
+    /// (it will need a snapshot).
+    pub fn compact(&mut self, partition: u64, checkpointed: u64, retain_entries_max: u64) {
+        let Some(group) = self.groups.get_mut(&partition) else { return };
+        let raft = &group.raw.raft;
+        let mut to = checkpointed.min(raft.raft_log.applied).min(raft.raft_log.persisted);
+        if raft.state == StateRole::Leader {
+            let lagging = raft.prs().iter().filter(|(id, _)| **id != self.node_id).map(|(_, pr)| pr.matched).min();
+            if let Some(lagging) = lagging
+                && to.saturating_sub(lagging) <= retain_entries_max
+            {
+                to = to.min(lagging);
+            }
+        }
+        group.raw.mut_store().compact(to);
     }
 
     /// Advances every group's logical clock by one tick.

@@ -663,7 +663,7 @@ impl World {
             let entries: Vec<(u64, u64, u64)> =
                 batch.writes.iter().flat_map(|w| w.entries.iter().map(|e| (w.partition, e.index, e.term))).collect();
             let node = self.node(id);
-            let submitted = durable::submit(node.wal.as_ref().expect("a running node has its WAL"), &batch.writes);
+            let submitted = durable::submit(node.wal.as_ref().expect("a running node has its WAL"), &batch.writes, |_, _, _| {});
             let lsn = match submitted {
                 Ok(lsn) => lsn,
                 Err(e) => {
@@ -820,7 +820,7 @@ impl World {
                 self.send_client(Event::Reply { client, op_id: op.id, reply: Reply::Redirect(leader) });
             }
             // The client times out and moves on.
-            Err(ProposeError::Dropped(_) | ProposeError::UnknownPartition(_)) => {}
+            Err(ProposeError::Dropped(_) | ProposeError::UnknownPartition(_) | ProposeError::NotReady(_)) => {}
         }
         // A read under a lease may be served at once.
         self.report.lease_reads += u64::from(lease_read);
