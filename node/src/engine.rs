@@ -23,6 +23,27 @@
 //! - Items are stored as the verified `Item` FlatBuffer bytes received from
 //!   the client, under the order-preserving key `hash(pk) ‖ pk ‖ sk`; reads
 //!   answer with those bytes.
+//!
+//! # Replicated mode
+//!
+//! In a cluster ([`Engine::enable_replication`]) every table partition, and
+//! shard 0's catalog partition, is a Raft group whose replicas live on the
+//! nodes the membership names. A write is evaluated on the leader against
+//! the applied state plus the overlay of its own proposed, uncommitted
+//! writes (so conditions and updates serialize), and proposed as an entry
+//! whose data is the mutation; the [`Commit`] carries the proposals, which
+//! the shell waits for: a write succeeded if the entry applied at its index
+//! has its term. Committed entries reach the trees through
+//! [`Engine::apply_committed`] on every replica. Reads never look at the
+//! overlay there: what a client was told is applied, so the applied state is
+//! a linearizable read once the shell has waited for the group's read index
+//! (strongly consistent reads) — proposals in flight are writes that have not
+//! happened yet. A leader takes writes only once it has applied an entry of
+//! its own term (every earlier write's outcome is known then); its overlay is
+//! dropped whenever the group's leadership changes. The catalog is the data
+//! of partition 0's group: CreateTable and DeleteTable are proposals there,
+//! and applying them reloads the catalog and creates or drops the hosted
+//! partitions on every node.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -35,8 +56,12 @@ use keel_wire::item::{self, AttributeValue, Item, ItemError};
 use keel_wire::key;
 use serde_json::json;
 
+use raft::eraftpb::{Entry, EntryType};
+
 use crate::btree::Direction;
 use crate::io::Disk;
+use crate::repl::membership::Cluster;
+use crate::repl::{GroupLog, Proposal, ProposeError, ShardRaft, durable};
 use crate::replica::{Mutation, ShardStore, StoreReadError, StoreWriteError, Ticket};
 use crate::wal::{Lsn, Wal};
 
@@ -201,9 +226,18 @@ impl Placement {
 pub struct Commit {
     tickets: Vec<Ticket>,
     wait_lsn: Option<Lsn>,
+    /// Replicated writes: (partition, where the entry was placed).
+    proposals: Vec<(u64, Proposal)>,
 }
 
 impl Commit {
+    /// The replicated writes to wait for: each succeeded once the entry
+    /// applied at its index has its term.
+    #[must_use]
+    pub fn proposals(&self) -> &[(u64, Proposal)] {
+        &self.proposals
+    }
+
     /// The WAL position to wait for before [`Engine::finish`], if any.
     #[must_use]
     pub fn wait_lsn(&self) -> Option<Lsn> {
@@ -213,16 +247,52 @@ impl Commit {
     /// Whether there is nothing to wait for.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.wait_lsn().is_none()
+        self.wait_lsn().is_none() && self.proposals.is_empty()
     }
 }
 
-/// A logged, not yet applied write (None: a delete).
+/// A logged (or proposed), not yet applied write (None: a delete).
 #[derive(Debug)]
 struct Pending {
     index: u64,
-    lsn: Lsn,
+    /// Where a standalone write was logged (None: a replicated proposal).
+    lsn: Option<Lsn>,
     value: Option<Vec<u8>>,
+}
+
+/// How the engine's partitions are replicated: this shard's Raft groups,
+/// and the membership that says which nodes hold each partition.
+#[derive(Debug)]
+pub struct Replication {
+    raft: ShardRaft,
+    cluster: Cluster,
+    /// Client endpoints of the nodes, by node id, for leader hints.
+    endpoints: BTreeMap<u64, String>,
+}
+
+impl Replication {
+    /// Replication for a node whose groups `raft` drives (its node id is
+    /// the member's Raft id in `cluster`).
+    #[must_use]
+    pub fn new(raft: ShardRaft, cluster: Cluster) -> Self {
+        Self { raft, cluster, endpoints: BTreeMap::new() }
+    }
+
+    /// Where clients reach node `node` (learnt from its messages).
+    pub fn set_endpoint(&mut self, node: u64, endpoint: String) {
+        self.endpoints.insert(node, endpoint);
+    }
+
+    /// Where clients reach node `node`, if known.
+    #[must_use]
+    pub fn endpoint(&self, node: u64) -> Option<&str> {
+        self.endpoints.get(&node).map(String::as_str)
+    }
+
+    /// Whether this node holds a replica of `partition`.
+    fn holds(&self, partition: u64) -> bool {
+        self.cluster.replicas(partition).contains(&self.raft.node_id())
+    }
 }
 
 /// Errors with DynamoDB's meaning; the daemon maps them to protocol codes.
@@ -246,6 +316,31 @@ pub enum EngineError {
     /// Storage failed or holds something unreadable.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This replica does not lead the partition; `leader` is the node it
+    /// believes does (0: none known).
+    #[error("this node does not lead partition {partition:#x} (leader: node {leader})")]
+    NotLeader {
+        /// The partition.
+        partition: u64,
+        /// The leader's node id, 0 when unknown.
+        leader: u64,
+        /// The leader's client endpoint, when known.
+        hint: Option<String>,
+    },
+    /// Not done now (a new leader catching up, a full proposal queue);
+    /// nothing was written, retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ProposeError> for EngineError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { partition, leader } => Self::NotLeader { partition, leader, hint: None },
+            ProposeError::UnknownPartition(p) => Self::Internal(format!("partition {p:#x} has no replica here")),
+            other @ (ProposeError::Dropped(_) | ProposeError::NotReady(_)) => Self::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreWriteError> for EngineError {
@@ -311,6 +406,36 @@ pub struct Engine<D: Disk> {
     /// Logged, not yet applied writes by (partition, storage key).
     overlay: FxHashMap<(u64, Vec<u8>), Pending>,
     deferred: Commit,
+    repl: Option<Replication>,
+}
+
+/// The catalog as partition 0 holds it: tables by name, and the next id.
+async fn read_catalog<D: Disk>(store: &ShardStore<D>) -> Result<(BTreeMap<String, TableDef>, u32), EngineError> {
+    let mut tables = BTreeMap::new();
+    let end = key::prefix_successor(TABLE_KEY_PREFIX).unwrap_or_default();
+    let records = store
+        .scan(
+            CATALOG_PARTITION,
+            Bound::Included(TABLE_KEY_PREFIX),
+            Bound::Excluded(&end),
+            Direction::Forward,
+            usize::MAX,
+        )
+        .await?;
+    for (key, value) in records {
+        let def = serde_json::from_slice(&value)
+            .ok()
+            .and_then(|v| TableDef::from_json(&v))
+            .ok_or_else(|| EngineError::Internal(format!("unreadable catalog record {key:?}")))?;
+        tables.insert(def.name.clone(), def);
+    }
+    let next_table_id = match store.get(CATALOG_PARTITION, NEXT_TABLE_ID_KEY).await? {
+        Some(bytes) => u32::from_le_bytes(
+            bytes.as_slice().try_into().map_err(|_| EngineError::Internal("unreadable next table id".into()))?,
+        ),
+        None => 1,
+    };
+    Ok((tables, next_table_id))
 }
 
 fn validate_table_name(name: &str) -> Result<(), EngineError> {
@@ -336,30 +461,7 @@ impl<D: Disk> Engine<D> {
         if !store.partitions().contains(&CATALOG_PARTITION) {
             store.create_partition(CATALOG_PARTITION).await?;
         }
-        let mut tables = BTreeMap::new();
-        let end = key::prefix_successor(TABLE_KEY_PREFIX).unwrap_or_default();
-        let records = store
-            .scan(
-                CATALOG_PARTITION,
-                Bound::Included(TABLE_KEY_PREFIX),
-                Bound::Excluded(&end),
-                Direction::Forward,
-                usize::MAX,
-            )
-            .await?;
-        for (key, value) in records {
-            let def = serde_json::from_slice(&value)
-                .ok()
-                .and_then(|v| TableDef::from_json(&v))
-                .ok_or_else(|| EngineError::Internal(format!("unreadable catalog record {key:?}")))?;
-            tables.insert(def.name.clone(), def);
-        }
-        let next_table_id = match store.get(CATALOG_PARTITION, NEXT_TABLE_ID_KEY).await? {
-            Some(bytes) => u32::from_le_bytes(
-                bytes.as_slice().try_into().map_err(|_| EngineError::Internal("unreadable next table id".into()))?,
-            ),
-            None => 1,
-        };
+        let (tables, next_table_id) = read_catalog(&store).await?;
         Ok(Self {
             store,
             placement,
@@ -371,7 +473,177 @@ impl<D: Disk> Engine<D> {
             default_partitions: PARTITIONS_DEFAULT,
             overlay: FxHashMap::default(),
             deferred: Commit::default(),
+            repl: None,
         })
+    }
+
+    /// Switches to replicated mode (see the module docs): every hosted
+    /// partition that is replicated gets its Raft group, its log rebuilt
+    /// from the records the store recovered, after its B-tree checkpoint.
+    /// The shell then drives the groups; committed entries not yet in the
+    /// trees come out of the first readies.
+    pub fn enable_replication(&mut self, mut repl: Replication) -> Result<(), EngineError> {
+        let records = self.store.take_raft_records();
+        let mut logs = BTreeMap::new();
+        for partition in self.store.partitions() {
+            if !self.replicated_with(&repl, partition) {
+                continue;
+            }
+            let at = self.store.checkpointed(partition).unwrap_or_default();
+            let voters = repl.cluster.replicas(partition);
+            logs.insert(partition, (GroupLog::after(&voters, at.index, at.term), at.index));
+        }
+        let mut only_logs: BTreeMap<u64, GroupLog> = logs.iter().map(|(p, (log, _))| (*p, log.clone())).collect();
+        durable::rebuild(&records, &mut only_logs).map_err(|e| EngineError::Internal(e.to_string()))?;
+        for (partition, log) in only_logs {
+            let applied = logs.get(&partition).map_or(0, |(_, applied)| *applied);
+            repl.raft
+                .add_group(partition, log, applied)
+                .map_err(|e| EngineError::Internal(format!("start the Raft group of partition {partition:#x}: {e}")))?;
+        }
+        self.repl = Some(repl);
+        Ok(())
+    }
+
+    fn replicated_with(&self, repl: &Replication, partition: u64) -> bool {
+        if partition == CATALOG_PARTITION {
+            // Shard 0's catalog is the replicated one; the other shards
+            // keep local copies of it.
+            self.placement.shard == 0 && repl.holds(partition)
+        } else {
+            repl.holds(partition)
+        }
+    }
+
+    /// Whether `partition` is a Raft group here.
+    #[must_use]
+    pub fn is_replicated(&self, partition: u64) -> bool {
+        self.repl.as_ref().is_some_and(|r| self.replicated_with(r, partition))
+    }
+
+    /// This shard's Raft groups (replicated mode).
+    #[must_use]
+    pub fn raft(&self) -> Option<&ShardRaft> {
+        self.repl.as_ref().map(|r| &r.raft)
+    }
+
+    /// This shard's Raft groups, to drive (replicated mode).
+    pub fn raft_mut(&mut self) -> Option<&mut ShardRaft> {
+        self.repl.as_mut().map(|r| &mut r.raft)
+    }
+
+    /// The membership (replicated mode).
+    #[must_use]
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.repl.as_ref().map(|r| &r.cluster)
+    }
+
+    /// Replication state (replicated mode).
+    pub fn replication_mut(&mut self) -> Option<&mut Replication> {
+        self.repl.as_mut()
+    }
+
+    /// An error for a request this replica cannot take, with the leader's
+    /// endpoint as a hint when it is known.
+    #[must_use]
+    pub fn propose_error(&self, e: ProposeError) -> EngineError {
+        match EngineError::from(e) {
+            EngineError::NotLeader { partition, leader, .. } => {
+                let hint = self.repl.as_ref().and_then(|r| r.endpoint(leader)).map(str::to_owned);
+                EngineError::NotLeader { partition, leader, hint }
+            }
+            other => other,
+        }
+    }
+
+    /// A group's leadership changed: the proposals in its overlay may never
+    /// commit, and a new leader's writes are evaluated afresh.
+    pub fn leadership_changed(&mut self, partition: u64) {
+        self.overlay.retain(|(p, _), _| *p != partition);
+    }
+
+    /// Applies committed entries of a group, in order, to its tree, and
+    /// tells raft-rs. Returns whether the catalog changed (shard 0's
+    /// catalog group: the shell then reconciles the other shards).
+    pub async fn apply_committed(&mut self, partition: u64, entries: &[Entry]) -> Result<bool, EngineError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(false) };
+        if !self.store.partitions().contains(&partition) {
+            return Ok(false); // dropped by an earlier entry of the catalog
+        }
+        for entry in entries {
+            let data = if entry.get_entry_type() == EntryType::EntryNormal { entry.get_data() } else { &[] };
+            match self.store.apply_entry(partition, entry.index, entry.term, data).await {
+                Err(StoreWriteError::BadEntry { reason, .. }) => {
+                    // Entries are checked when they arrive and when they are
+                    // proposed; one that is not a mutation changes nothing
+                    // rather than stopping the group.
+                    tracing::error!(partition, index = entry.index, reason, "committed entry is not a mutation");
+                    self.store.apply_entry(partition, entry.index, entry.term, &[]).await?;
+                }
+                other => other?,
+            }
+        }
+        self.forget_applied(partition);
+        if let Some(raft) = self.raft_mut() {
+            raft.applied(partition, last);
+        }
+        if partition == CATALOG_PARTITION && self.is_replicated(partition) {
+            return self.reload_catalog().await;
+        }
+        Ok(false)
+    }
+
+    /// (Shard 0, replicated.) Makes the catalog in memory and the hosted
+    /// partitions follow what partition 0 holds now. Idempotent.
+    async fn reload_catalog(&mut self) -> Result<bool, EngineError> {
+        let (tables, next_table_id) = read_catalog(&self.store).await?;
+        let changed = tables != self.tables;
+        let stale: Vec<TableDef> = self.tables.values().filter(|d| tables.get(&d.name) != Some(d)).cloned().collect();
+        for def in stale {
+            for partition in self.hosted(&def) {
+                self.drop_hosted(partition).await?;
+            }
+        }
+        for def in tables.values() {
+            for partition in def.partition_ids() {
+                self.create_hosted(partition).await?;
+            }
+        }
+        self.tables = tables;
+        self.next_table_id = self.next_table_id.max(next_table_id);
+        Ok(changed)
+    }
+
+    /// Whether this shard (and, replicated, this node) holds `partition`.
+    fn hosts(&self, partition: u64) -> bool {
+        self.placement.hosts(partition) && self.repl.as_ref().is_none_or(|r| r.holds(partition))
+    }
+
+    /// Creates a hosted partition's replica (and Raft group) unless present.
+    async fn create_hosted(&mut self, partition: u64) -> Result<(), EngineError> {
+        if !self.hosts(partition) || self.store.partitions().contains(&partition) {
+            return Ok(());
+        }
+        self.store.create_partition(partition).await?;
+        if let Some(repl) = self.repl.as_mut() {
+            let voters = repl.cluster.replicas(partition);
+            repl.raft
+                .add_group(partition, GroupLog::new(&voters), 0)
+                .map_err(|e| EngineError::Internal(format!("start the Raft group of partition {partition:#x}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Drops a hosted partition's replica (and Raft group).
+    async fn drop_hosted(&mut self, partition: u64) -> Result<(), EngineError> {
+        self.overlay.retain(|(p, _), _| *p != partition);
+        if let Some(raft) = self.raft_mut() {
+            raft.remove_group(partition);
+        }
+        if self.store.partitions().contains(&partition) {
+            self.store.drop_partition(partition).await?;
+        }
+        Ok(())
     }
 
     /// The store underneath (for checkpoints and shutdown).
@@ -438,25 +710,41 @@ impl<D: Disk> Engine<D> {
     /// Logs a write of an item (None: a delete). In deferred mode it is
     /// finished by the caller; otherwise it is durable and applied on return.
     async fn write(&mut self, partition: u64, storage_key: &[u8], value: Option<&[u8]>) -> Result<(), EngineError> {
-        let index = self.store.last_index(partition)? + 1;
         let mutation = match value {
             Some(value) => Mutation::Put { key: storage_key, value },
             None => Mutation::Delete { key: storage_key },
         };
+        if self.is_replicated(partition) {
+            // Replicated: proposed on the leader, answered once applied.
+            assert!(self.deferred_mode, "replicated writes are waited for by the shell");
+            let data = mutation.encode_entry();
+            Mutation::decode_entry(&data).map_err(|reason| EngineError::Validation(reason.to_owned()))?;
+            let raft = self.raft_mut().expect("replicated partitions have groups");
+            let proposed = raft.writable(partition).and_then(|()| raft.propose(partition, data));
+            let proposal = proposed.map_err(|e| self.propose_error(e))?;
+            let pending = Pending { index: proposal.index, lsn: None, value: value.map(<[u8]>::to_vec) };
+            self.overlay.insert((partition, storage_key.to_vec()), pending);
+            self.deferred.proposals.push((partition, proposal));
+            return Ok(());
+        }
+        let index = self.store.last_index(partition)? + 1;
         let ticket = self.store.submit(partition, 0, index, mutation)?;
-        let pending = Pending { index, lsn: ticket.lsn, value: value.map(<[u8]>::to_vec) };
+        let pending = Pending { index, lsn: Some(ticket.lsn), value: value.map(<[u8]>::to_vec) };
         self.overlay.insert((partition, storage_key.to_vec()), pending);
         if self.deferred_mode {
             self.deferred.tickets.push(ticket);
             return Ok(());
         }
         self.store.wal().wait_durable(ticket.lsn).await.map_err(StoreWriteError::from)?;
-        self.finish(Commit { tickets: vec![ticket], wait_lsn: None }).await
+        self.finish(Commit { tickets: vec![ticket], ..Commit::default() }).await
     }
 
     /// Applies every logged write of a partition (waiting for the WAL), so
     /// that a range read sees them.
     async fn settle(&mut self, partition: u64) -> Result<(), EngineError> {
+        if self.is_replicated(partition) {
+            return Ok(()); // reads see the applied state (module docs)
+        }
         let Some(ticket) = self.store.last_queued(partition) else { return Ok(()) };
         if self.settle_elsewhere && self.store.wal().durable_lsn() <= ticket.lsn {
             self.settle_after = Some(ticket.lsn);
@@ -476,7 +764,7 @@ impl<D: Disk> Engine<D> {
 
     fn hosted(&self, def: &TableDef) -> Vec<u64> {
         let present = self.store.partitions();
-        def.partition_ids().filter(|p| self.placement.hosts(*p) && present.contains(p)).collect()
+        def.partition_ids().filter(|p| self.hosts(*p) && present.contains(p)).collect()
     }
 
     /// Takes a table created by the catalog authority (shard 0): creates the
@@ -488,9 +776,8 @@ impl<D: Disk> Engine<D> {
             }
             self.forget_table(&def.name).await?;
         }
-        let present = self.store.partitions();
-        for partition in def.partition_ids().filter(|p| self.placement.hosts(*p) && !present.contains(p)) {
-            self.store.create_partition(partition).await?;
+        for partition in def.partition_ids() {
+            self.create_hosted(partition).await?;
         }
         let record = def.to_json().to_string();
         self.store.put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, def.name.as_bytes()].concat(), record.as_bytes()).await?;
@@ -502,7 +789,7 @@ impl<D: Disk> Engine<D> {
     /// Drops a table the catalog authority deleted. Idempotent.
     pub async fn forget_table(&mut self, name: &str) -> Result<(), EngineError> {
         if self.tables.contains_key(name) {
-            self.delete_table(name).await?;
+            self.drop_table_here(name).await?;
         }
         Ok(())
     }
@@ -538,6 +825,11 @@ impl<D: Disk> Engine<D> {
         if self.tables.contains_key(name) {
             return Err(EngineError::ResourceInUse(format!("Table already exists: {name}")));
         }
+        if self.is_replicated(CATALOG_PARTITION)
+            && self.current(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat()).await?.is_some()
+        {
+            return Err(EngineError::ResourceInUse(format!("Table already exists: {name}")));
+        }
         let partitions = if partitions == 0 { self.default_partitions } else { partitions };
         if partitions > PARTITIONS_MAX {
             return Err(EngineError::Validation(format!("at most {PARTITIONS_MAX} partitions per table")));
@@ -553,6 +845,18 @@ impl<D: Disk> Engine<D> {
             partitions,
             created_at_ms: now_ms,
         };
+        if self.is_replicated(CATALOG_PARTITION) {
+            // Two entries of the catalog group: the id, then the record.
+            // Every replica creates the partitions when it applies the
+            // record; the table is visible once the shell saw it applied.
+            let next = self.next_table_id + 1;
+            self.write(CATALOG_PARTITION, NEXT_TABLE_ID_KEY, Some(&next.to_le_bytes())).await?;
+            self.next_table_id = next;
+            let record = def.to_json().to_string();
+            let key = [TABLE_KEY_PREFIX, name.as_bytes()].concat();
+            self.write(CATALOG_PARTITION, &key, Some(record.as_bytes())).await?;
+            return Ok(def);
+        }
         // Durable order: the id is consumed first (never reused), then the
         // partitions exist, then the catalog record makes the table visible.
         self.next_table_id += 1;
@@ -568,12 +872,27 @@ impl<D: Disk> Engine<D> {
 
     /// DeleteTable.
     pub async fn delete_table(&mut self, name: &str) -> Result<TableDef, EngineError> {
+        if self.is_replicated(CATALOG_PARTITION) {
+            let def = self.table(name)?.clone();
+            let key = [TABLE_KEY_PREFIX, name.as_bytes()].concat();
+            if self.current(CATALOG_PARTITION, &key).await?.is_none() {
+                return Err(EngineError::ResourceNotFound(format!(
+                    "Requested resource not found: Table: {name} not found"
+                )));
+            }
+            self.write(CATALOG_PARTITION, &key, None).await?;
+            return Ok(def);
+        }
+        self.drop_table_here(name).await
+    }
+
+    /// Drops a table from this shard's catalog copy and its partitions here.
+    async fn drop_table_here(&mut self, name: &str) -> Result<TableDef, EngineError> {
         let def = self.table(name)?.clone();
         self.store.delete(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat()).await?;
         self.tables.remove(name);
         for partition in self.hosted(&def) {
-            self.overlay.retain(|(p, _), _| *p != partition);
-            self.store.drop_partition(partition).await?;
+            self.drop_hosted(partition).await?;
         }
         Ok(def)
     }
@@ -710,7 +1029,10 @@ impl<D: Disk> Engine<D> {
     ) -> Result<R, EngineError> {
         let def = self.table(table)?;
         let (partition, storage_key) = Self::locate_key(def, key)?;
-        if let Some(pending) = self.pending(partition, &storage_key) {
+        // Replicated reads see the applied state (module docs).
+        if !self.is_replicated(partition)
+            && let Some(pending) = self.pending(partition, &storage_key)
+        {
             return Ok(f(pending));
         }
         Ok(self.store.get_with(partition, &storage_key, f).await?)
@@ -723,7 +1045,7 @@ impl<D: Disk> Engine<D> {
             return None; // no allocation for the lookup key on the common path
         }
         let pending = self.overlay.get(&(partition, storage_key.to_vec()))?;
-        self.deferred.wait_lsn = self.deferred.wait_lsn.max(Some(pending.lsn));
+        self.deferred.wait_lsn = self.deferred.wait_lsn.max(pending.lsn);
         Some(pending.value.as_deref())
     }
 

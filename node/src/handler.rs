@@ -42,7 +42,7 @@ fn table_info(def: &TableDef) -> TableInfo {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response<'static> {
-    Response::Error { code, message: message.into() }
+    Response::error(code, message)
 }
 
 fn engine_error(e: EngineError) -> Response<'static> {
@@ -53,6 +53,10 @@ fn engine_error(e: EngineError) -> Response<'static> {
         EngineError::ConditionalCheckFailed => ErrorCode::ConditionalCheckFailedException,
         EngineError::ItemTooLarge(_) => ErrorCode::ItemTooLarge,
         EngineError::Internal(_) => ErrorCode::InternalServerError,
+        EngineError::Unavailable(_) => ErrorCode::ServiceUnavailable,
+        EngineError::NotLeader { hint, .. } => {
+            return Response::Error { code: ErrorCode::NotLeader, message: e.to_string(), leader_hint: hint.clone() };
+        }
     };
     error(code, e.to_string())
 }
@@ -584,8 +588,8 @@ pub fn merge_batch(body: &[u8], responses: &[Vec<u8>]) -> Vec<u8> {
                 }
             }
             Ok((_, protocol::Reply::BatchWrite)) => wrote = true,
-            Ok((_, protocol::Reply::Error { code, message })) => {
-                return protocol::encode_response(id, &error(code, message));
+            Ok((_, protocol::Reply::Error { code, message, leader_hint })) => {
+                return protocol::encode_response(id, &Response::Error { code, message, leader_hint });
             }
             Ok(_) | Err(_) => {
                 return protocol::encode_response(id, &error(ErrorCode::InternalServerError, "bad shard response"));

@@ -553,8 +553,11 @@ impl<D: Disk> ShardStore<D> {
             return Err(StoreWriteError::OutOfOrder { partition, last: replica.applied_index, got: index });
         }
         if !data.is_empty() {
-            let mutation = Mutation::decode_entry(data)
-                .map_err(|reason| StoreWriteError::BadEntry { partition, index, reason })?;
+            let mutation = Mutation::decode_entry(data).map_err(|reason| StoreWriteError::BadEntry {
+                partition,
+                index,
+                reason,
+            })?;
             apply_to_tree(&mut replica.tree, mutation).await?;
         }
         // The entry's record (and any replaced one below it) is needed until

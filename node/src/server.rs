@@ -569,7 +569,7 @@ impl Shard {
             Op::ScanPart { body, partition, after, mut page } => {
                 let result = match self.engine.write().await {
                     Ok(mut engine) => handler::scan_part(&mut engine, &body, partition, after, &mut page).await,
-                    Err(e) => Err(Response::Error { code: ErrorCode::InternalServerError, message: e.to_string() }),
+                    Err(e) => Err(Response::error(ErrorCode::InternalServerError, e.to_string())),
                 };
                 Answer::ScanPart(result.map(|full| (page, full)))
             }
@@ -695,7 +695,7 @@ impl Shard {
                     Ok(mut engine) => handler::scan_part(&mut engine, body, partition, after.take(), &mut page)
                         .await
                         .map(|full| (std::mem::take(&mut page), full)),
-                    Err(e) => Err(Response::Error { code: ErrorCode::InternalServerError, message: e.to_string() }),
+                    Err(e) => Err(Response::error(ErrorCode::InternalServerError, e.to_string())),
                 }
             } else {
                 let state = Page { items: Vec::new(), ..page.clone() };
@@ -707,10 +707,7 @@ impl Shard {
                         part.items = items;
                         (part, full)
                     }),
-                    other => Err(Response::Error {
-                        code: ErrorCode::InternalServerError,
-                        message: format!("shard {owner}: {other:?}"),
-                    }),
+                    other => Err(Response::error(ErrorCode::InternalServerError, format!("shard {owner}: {other:?}"))),
                 }
             };
             match part {

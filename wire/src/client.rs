@@ -220,7 +220,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             let retry = match self.call_once(request).await {
-                Ok(Reply::Error { code, message }) => {
+                Ok(Reply::Error { code, message, .. }) => {
                     if !retryable(code) || attempt >= self.config.retries_max {
                         return Err(ClientError::Service { code, message });
                     }

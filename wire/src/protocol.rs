@@ -447,6 +447,14 @@ pub enum ItemOp {
     Update,
 }
 
+impl Response<'_> {
+    /// An error without a leader hint.
+    #[must_use]
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response<'static> {
+        Response::Error { code, message: message.into(), leader_hint: None }
+    }
+}
+
 /// A response to encode. Item bytes are written as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -456,6 +464,9 @@ pub enum Response<'a> {
         code: ErrorCode,
         /// Message.
         message: String,
+        /// For [`ErrorCode::NotLeader`]: the leader's client endpoint
+        /// (`host:port`), when known.
+        leader_hint: Option<String>,
     },
     /// A table description.
     Table(TableOp, TableInfo),
@@ -506,10 +517,13 @@ fn build_item_bytes<'b>(b: &mut FlatBufferBuilder<'b>, bytes: &[u8]) -> WIPOffse
 pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let (body_type, body) = match response {
-        Response::Error { code, message } => {
+        Response::Error { code, message, leader_hint } => {
             let message = b.create_string(message);
-            let e =
-                fb::Error::create(&mut b, &fb::ErrorArgs { code: *code, message: Some(message), ..Default::default() });
+            let leader_hint = leader_hint.as_deref().map(|h| b.create_string(h));
+            let e = fb::Error::create(
+                &mut b,
+                &fb::ErrorArgs { code: *code, message: Some(message), leader_hint, ..Default::default() },
+            );
             (fb::Response::Error, e.as_union_value())
         }
         Response::Table(op, info) => {
@@ -911,6 +925,8 @@ pub enum Reply {
         code: ErrorCode,
         /// Message.
         message: String,
+        /// For [`ErrorCode::NotLeader`]: where the leader is believed to be.
+        leader_hint: Option<String>,
     },
     /// A table description.
     Table(TableInfo),
@@ -953,7 +969,11 @@ pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
     let envelope = verify::response(body)?;
     let bytes = |i: Option<fb::ItemBytes<'_>>| i.map(|i| i.bytes().bytes().to_vec());
     let reply = if let Some(e) = envelope.body_as_error() {
-        Reply::Error { code: e.code(), message: e.message().to_owned() }
+        Reply::Error {
+            code: e.code(),
+            message: e.message().to_owned(),
+            leader_hint: e.leader_hint().map(str::to_owned),
+        }
     } else if let Some(r) = envelope.body_as_create_table_response() {
         Reply::Table(table_from_fb(r.table()))
     } else if let Some(r) = envelope.body_as_delete_table_response() {
@@ -989,7 +1009,11 @@ pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
             last_evaluated_key: r.last_evaluated_key().map(item::from_fb).transpose()?,
         }
     } else {
-        Reply::Error { code: ErrorCode::InternalServerError, message: "unsupported response type".to_owned() }
+        Reply::Error {
+            code: ErrorCode::InternalServerError,
+            message: "unsupported response type".to_owned(),
+            leader_hint: None,
+        }
     };
     Ok((envelope.request_id(), reply))
 }

@@ -20,6 +20,19 @@ pub const MESSAGES_PER_BATCH_MAX: usize = 16 * 1024;
 pub const ENTRIES_PER_MESSAGE_MAX: usize = 64 * 1024;
 /// Most members listed in a snapshot's configuration (each list).
 pub const SNAPSHOT_MEMBERS_MAX: usize = 64;
+/// Longest sender endpoint (`host:port`) in a batch.
+pub const ENDPOINT_MAX_BYTES: usize = 256;
+
+/// A received batch: who sent it, where it serves clients, its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftBatch<'a> {
+    /// The sending node's id.
+    pub from_node: u64,
+    /// Where the sender serves clients (empty when it did not say).
+    pub from_endpoint: &'a str,
+    /// The messages.
+    pub messages: Vec<RaftMessage<'a>>,
+}
 
 /// A log entry; `data` and `context` borrow from the buffer they came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,10 +126,12 @@ pub enum RaftDecodeError {
     },
 }
 
-/// Encodes the messages `from_node` sends in one batch (a frame body).
+/// Encodes the messages `from_node` (serving clients at `from_endpoint`)
+/// sends in one batch (a frame body).
 #[must_use]
-pub fn encode_batch(from_node: u64, messages: &[RaftMessage<'_>]) -> Vec<u8> {
+pub fn encode_batch(from_node: u64, from_endpoint: &str, messages: &[RaftMessage<'_>]) -> Vec<u8> {
     assert!(messages.len() <= MESSAGES_PER_BATCH_MAX, "callers split batches at the limit");
+    assert!(from_endpoint.len() <= ENDPOINT_MAX_BYTES, "an endpoint is host:port");
     let mut fbb = flatbuffers::FlatBufferBuilder::new();
     let mut encoded = Vec::with_capacity(messages.len());
     for m in messages {
@@ -170,7 +185,8 @@ pub fn encode_batch(from_node: u64, messages: &[RaftMessage<'_>]) -> Vec<u8> {
         encoded.push(rfb::Message::create(&mut fbb, &args));
     }
     let messages = Some(fbb.create_vector(&encoded));
-    let batch = rfb::MessageBatch::create(&mut fbb, &rfb::MessageBatchArgs { from_node, messages });
+    let from_endpoint = (!from_endpoint.is_empty()).then(|| fbb.create_string(from_endpoint));
+    let batch = rfb::MessageBatch::create(&mut fbb, &rfb::MessageBatchArgs { from_node, messages, from_endpoint });
     rfb::finish_message_batch_buffer(&mut fbb, batch);
     fbb.finished_data().to_vec()
 }
@@ -185,8 +201,8 @@ fn members(list: Option<flatbuffers::Vector<'_, u64>>) -> Result<Vec<u64>, RaftD
     Ok(list)
 }
 
-/// Verifies and reads a batch: the sender's node id and its messages.
-pub fn decode_batch(body: &[u8]) -> Result<(u64, Vec<RaftMessage<'_>>), RaftDecodeError> {
+/// Verifies and reads a batch: the sender and its messages.
+pub fn decode_batch(body: &[u8]) -> Result<RaftBatch<'_>, RaftDecodeError> {
     // The identifier sits after the 4-byte root offset; flatbuffers asserts
     // (panics) on shorter buffers, so look only when it can be there.
     if body.len() < 8 || !rfb::message_batch_buffer_has_identifier(body) {
@@ -196,6 +212,8 @@ pub fn decode_batch(body: &[u8]) -> Result<(u64, Vec<RaftMessage<'_>>), RaftDeco
         .map_err(|source| VerifyError { what: "raft message batch", source })?;
     let messages = batch.messages();
     too_many("messages in a batch", messages.len(), MESSAGES_PER_BATCH_MAX)?;
+    let from_endpoint = batch.from_endpoint().unwrap_or_default();
+    too_many("endpoint bytes", from_endpoint.len(), ENDPOINT_MAX_BYTES)?;
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
         let entries = m.entries().unwrap_or_default();
@@ -241,7 +259,7 @@ pub fn decode_batch(body: &[u8]) -> Result<(u64, Vec<RaftMessage<'_>>), RaftDeco
             priority: m.priority(),
         });
     }
-    Ok((batch.from_node(), out))
+    Ok(RaftBatch { from_node: batch.from_node(), from_endpoint, messages: out })
 }
 
 #[cfg(test)]
@@ -292,15 +310,17 @@ mod tests {
     #[test]
     fn batch_round_trips_every_field() {
         let messages = sample();
-        let body = encode_batch(1, &messages);
-        let (from, decoded) = decode_batch(&body).expect("decode");
-        assert_eq!(from, 1);
-        assert_eq!(decoded, messages);
+        let body = encode_batch(1, "127.0.0.1:7400", &messages);
+        let batch = decode_batch(&body).expect("decode");
+        assert_eq!((batch.from_node, batch.from_endpoint), (1, "127.0.0.1:7400"));
+        assert_eq!(batch.messages, messages);
+        let anonymous = encode_batch(2, "", &messages);
+        assert_eq!(decode_batch(&anonymous).map(|b| b.from_endpoint), Ok(""));
     }
 
     #[test]
     fn damaged_or_foreign_buffers_are_errors_not_panics() {
-        let body = encode_batch(1, &sample());
+        let body = encode_batch(1, "127.0.0.1:7400", &sample());
         // Every truncation and every single-byte corruption is either
         // refused or read within bounds.
         for len in 0..body.len() {
@@ -322,7 +342,7 @@ mod tests {
         if let Some(Some(s)) = messages.get_mut(1).map(|m| m.snapshot.as_mut()) {
             s.voters = (1..=65).collect();
         }
-        let body = encode_batch(1, &messages);
+        let body = encode_batch(1, "", &messages);
         assert!(matches!(decode_batch(&body), Err(RaftDecodeError::TooMany { what: "snapshot members", .. })));
     }
 }

@@ -176,8 +176,9 @@ mod tests {
         let entry = Entry { term: 3, index: 10, data: b"payload".to_vec().into(), ..Entry::default() };
         message.set_entries(vec![entry].into());
         let out = Outgoing { partition: 4, message };
-        let body = keel_wire::raft::encode_batch(1, &[to_wire(&out)]);
-        let (from, decoded) = keel_wire::raft::decode_batch(&body).expect("decode");
+        let body = keel_wire::raft::encode_batch(1, "", &[to_wire(&out)]);
+        let keel_wire::raft::RaftBatch { from_node: from, messages: decoded, .. } =
+            keel_wire::raft::decode_batch(&body).expect("decode");
         assert_eq!(from, 1);
         let back = from_wire(decoded.first().expect("one message")).expect("accepted");
         assert_eq!(back.partition, 4);

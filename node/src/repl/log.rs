@@ -61,7 +61,11 @@ impl GroupLog {
         if index <= self.offset {
             return;
         }
-        assert!(index <= self.hard_state.commit, "compacting uncommitted entries ({index} > {})", self.hard_state.commit);
+        assert!(
+            index <= self.hard_state.commit,
+            "compacting uncommitted entries ({index} > {})",
+            self.hard_state.commit
+        );
         assert!(index <= self.last_index(), "compacting beyond the log");
         let term = self.entry(index).map(|e| e.term).expect("index is in the log");
         let drop = usize::try_from(index - self.offset).expect("log index fits in memory");

@@ -748,6 +748,7 @@ impl<'a> ::flatbuffers::Follow<'a> for MessageBatch<'a> {
 impl<'a> MessageBatch<'a> {
   pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FROM_ENDPOINT: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -760,6 +761,7 @@ impl<'a> MessageBatch<'a> {
   ) -> ::flatbuffers::WIPOffset<MessageBatch<'bldr>> {
     let mut builder = MessageBatchBuilder::new(_fbb);
     builder.add_from_node(args.from_node);
+    if let Some(x) = args.from_endpoint { builder.add_from_endpoint(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
     builder.finish()
   }
@@ -779,6 +781,15 @@ impl<'a> MessageBatch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message>>>>(MessageBatch::VT_MESSAGES, None).unwrap()}
   }
+  /// Where the sending node serves clients ("host:port"): the receiver
+  /// names it in leader hints. At most 256 bytes.
+  #[inline]
+  pub fn from_endpoint(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MessageBatch::VT_FROM_ENDPOINT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MessageBatch<'_> {
@@ -789,6 +800,7 @@ impl ::flatbuffers::Verifiable for MessageBatch<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Message>>>>("messages", Self::VT_MESSAGES, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_endpoint", Self::VT_FROM_ENDPOINT, false)?
      .finish();
     Ok(())
   }
@@ -796,6 +808,7 @@ impl ::flatbuffers::Verifiable for MessageBatch<'_> {
 pub struct MessageBatchArgs<'a> {
     pub from_node: u64,
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message<'a>>>>>,
+    pub from_endpoint: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for MessageBatchArgs<'a> {
   #[inline]
@@ -803,6 +816,7 @@ impl<'a> Default for MessageBatchArgs<'a> {
     MessageBatchArgs {
       from_node: 0,
       messages: None, // required field
+      from_endpoint: None,
     }
   }
 }
@@ -819,6 +833,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBatchBuilder<'a, 'b, A
   #[inline]
   pub fn add_messages(&mut self, messages: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Message<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MessageBatch::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn add_from_endpoint(&mut self, from_endpoint: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MessageBatch::VT_FROM_ENDPOINT, from_endpoint);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBatchBuilder<'a, 'b, A> {
@@ -841,6 +859,7 @@ impl ::core::fmt::Debug for MessageBatch<'_> {
     let mut ds = f.debug_struct("MessageBatch");
       ds.field("from_node", &self.from_node());
       ds.field("messages", &self.messages());
+      ds.field("from_endpoint", &self.from_endpoint());
       ds.finish()
   }
 }

@@ -493,8 +493,9 @@ impl World {
                 self.drive(id);
             }
             Event::Raft { to, body } => {
-                let decoded = keel_wire::raft::decode_batch(&body).map_err(|e| e.to_string()).and_then(|(_, batch)| {
+                let decoded = keel_wire::raft::decode_batch(&body).map_err(|e| e.to_string()).and_then(|batch| {
                     batch
+                        .messages
                         .iter()
                         .map(|m| envelope::from_wire(m).map_err(|e| e.to_string()))
                         .collect::<Result<Vec<_>, _>>()
@@ -607,7 +608,7 @@ impl World {
             return;
         }
         // Every message crosses the envelope, as between real nodes.
-        let body = keel_wire::raft::encode_batch(from, &[envelope::to_wire(&out)]);
+        let body = keel_wire::raft::encode_batch(from, "", &[envelope::to_wire(&out)]);
         let copies = if self.rng.random_range(0..100) < self.faults.dup_pct { 2 } else { 1 };
         for _ in 0..copies {
             let delay = self.rng.random_range(1..=self.faults.delay_ms_max);
@@ -663,7 +664,8 @@ impl World {
             let entries: Vec<(u64, u64, u64)> =
                 batch.writes.iter().flat_map(|w| w.entries.iter().map(|e| (w.partition, e.index, e.term))).collect();
             let node = self.node(id);
-            let submitted = durable::submit(node.wal.as_ref().expect("a running node has its WAL"), &batch.writes, |_, _, _| {});
+            let submitted =
+                durable::submit(node.wal.as_ref().expect("a running node has its WAL"), &batch.writes, |_, _, _| {});
             let lsn = match submitted {
                 Ok(lsn) => lsn,
                 Err(e) => {
