@@ -123,6 +123,7 @@ impl Driver for KeelDriver {
             exclusive_start_key: Some(keel_key(start)),
             segment: 0,
             total_segments: 0,
+            consistent_read: false,
         };
         self.client.page(&request).await.map(|page| page.items.len()).map_err(client_error)
     }

@@ -651,6 +651,19 @@ impl<D: Disk> Engine<D> {
         &mut self.store
     }
 
+    /// Whether writers should wait for the background checkpoint (see
+    /// [`ShardStore::checkpoint_backlogged`]).
+    #[must_use]
+    pub fn store_backlogged(&self) -> bool {
+        self.store.checkpoint_backlogged()
+    }
+
+    /// The last log index applied to a partition's tree.
+    #[must_use]
+    pub fn applied_index(&self, partition: u64) -> Option<u64> {
+        self.store.applied_index(partition)
+    }
+
     /// Which partitions this engine hosts.
     #[must_use]
     pub fn placement(&self) -> Placement {

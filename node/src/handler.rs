@@ -45,7 +45,8 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response<'static> {
     Response::error(code, message)
 }
 
-fn engine_error(e: EngineError) -> Response<'static> {
+/// The protocol error for an engine error.
+pub fn engine_error(e: EngineError) -> Response<'static> {
     let code = match &e {
         EngineError::Validation(_) => ErrorCode::ValidationException,
         EngineError::ResourceNotFound(_) => ErrorCode::ResourceNotFoundException,
@@ -268,7 +269,9 @@ async fn execute<D: Disk>(
             owned.extend(answer);
             Ok(Answer::Item(ItemOp::Update))
         }
-        Request::Query { table, key_condition, filter, projection, args, limit, exclusive_start_key, forward } => {
+        Request::Query {
+            table, key_condition, filter, projection, args, limit, exclusive_start_key, forward, ..
+        } => {
             let def = engine.describe_table(&table).map_err(engine_error)?;
             let (pk, sk) = (def.partition_key.name.clone(), def.sort_key.as_ref().map(|k| k.name.clone()));
             let mut p = placeholders(&args);
@@ -285,7 +288,9 @@ async fn execute<D: Disk>(
             project_page(page, paths.as_deref())?;
             Ok(Answer::Page)
         }
-        Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } => {
+        Request::Scan {
+            table, filter, projection, args, limit, exclusive_start_key, segment, total_segments, ..
+        } => {
             let mut p = placeholders(&args);
             let filter = parse_condition(filter.as_deref(), &mut p)?;
             let paths = parse_projection(projection.as_deref(), &mut p)?;
@@ -404,14 +409,64 @@ pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
         Request::GetItem { table, key, .. }
         | Request::DeleteItem { table, key, .. }
         | Request::UpdateItem { table, key, .. } => engine.partition_of(&table, &key).ok(),
-        Request::Query { table, key_condition, args, .. } => engine.describe_table(&table).ok().and_then(|def| {
-            let mut p = placeholders(&args);
-            let sk = def.sort_key.as_ref().map(|k| k.name.as_str());
-            let kc = expr::parse_key_condition(&key_condition, &mut p, &def.partition_key.name, sk).ok()?;
-            engine.partition_of_partition_key(&table, &kc.partition_key).ok()
-        }),
+        Request::Query { table, key_condition, args, .. } => query_partition(engine, &table, &key_condition, &args),
     };
     partition.map_or(here, |p| Route::Shard(placement.shard_of(p)))
+}
+
+/// The partition a Query reads (None when the request is invalid; running
+/// it then answers with the error).
+fn query_partition<D: Disk>(
+    engine: &Engine<D>,
+    table: &str,
+    key_condition: &str,
+    args: &ExpressionArgs,
+) -> Option<u64> {
+    let def = engine.describe_table(table).ok()?;
+    let mut p = placeholders(args);
+    let sk = def.sort_key.as_ref().map(|k| k.name.as_str());
+    let kc = expr::parse_key_condition(key_condition, &mut p, &def.partition_key.name, sk).ok()?;
+    engine.partition_of_partition_key(table, &kc.partition_key).ok()
+}
+
+/// The replicated partitions of this shard that a request reads with
+/// ConsistentRead (GetItem, Query, BatchGetItem; a Scan's are read part by
+/// part, see [`scan_is_consistent`]): the shell confirms each group's
+/// read index before running it.
+#[must_use]
+pub fn consistent_reads<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Vec<u64> {
+    let Ok(envelope) = protocol::decode_request(body) else { return Vec::new() };
+    let partitions = match envelope.request {
+        Request::GetItem { table, key, consistent_read: true, .. } => {
+            engine.partition_of(&table, &key).ok().into_iter().collect()
+        }
+        Request::Query { table, key_condition, args, consistent_read: true, .. } => {
+            query_partition(engine, &table, &key_condition, &args).into_iter().collect()
+        }
+        Request::BatchGetItem { tables } => tables
+            .iter()
+            .filter(|t| t.consistent_read)
+            .flat_map(|t| t.keys.iter().filter_map(|k| engine.partition_of(&t.table, k).ok()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut partitions: Vec<u64> =
+        partitions.into_iter().filter(|&p| engine.placement().hosts(p) && engine.is_replicated(p)).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
+}
+
+/// Whether a Scan body asks for ConsistentRead.
+#[must_use]
+pub fn scan_is_consistent(body: &[u8]) -> bool {
+    matches!(protocol::decode_request(body), Ok(e) if matches!(e.request, Request::Scan { consistent_read: true, .. }))
+}
+
+/// An error response for an engine error.
+#[must_use]
+pub fn engine_error_response(body: &[u8], e: EngineError) -> Vec<u8> {
+    protocol::encode_response(request_id(body), &engine_error(e))
 }
 
 /// The request id of a body (0 when it does not decode).
@@ -448,7 +503,7 @@ pub fn scan_job<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Result<ScanJob, Vec
         .map_err(|e| error_response(body, ErrorCode::ValidationException, e.to_string()))?;
     let id = envelope.request_id;
     let fail = |response: Response<'static>| protocol::encode_response(id, &response);
-    let Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } =
+    let Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments, .. } =
         envelope.request
     else {
         return Err(fail(error(ErrorCode::InternalServerError, "not a Scan")));

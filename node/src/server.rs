@@ -22,6 +22,9 @@
 //!   reading, answers the requests already read, waits for all shards to
 //!   get there (a shard may still serve another's forwarded requests), then
 //!   checkpoints every partition and returns.
+//! - **Cluster.** With [`NodeConfig::cluster`] the node is one member of a
+//!   cluster: partitions are Raft groups replicated across nodes, driven by
+//!   the shell in [`cluster`] (its module docs say how).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -52,6 +55,11 @@ use crate::handler::{self, Route};
 use crate::io::glommio_disk::GlommioDisk;
 use crate::replica::{ShardStore, StoreConfig};
 use crate::wal::Notify;
+
+mod cluster;
+
+pub use cluster::{ClusterConfig, LOG_RETAIN_ENTRIES_MAX, READ_WAIT_MAX, WRITE_WAIT_MAX};
+use cluster::{ReplShell, WriteOutcome};
 
 /// How often the stop flag (set by a signal handler) is checked.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -117,6 +125,8 @@ pub struct NodeConfig {
     pub dirty_bytes_max: usize,
     /// How long stopping waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Membership in a cluster (None: standalone, the node holds everything).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeConfig {
@@ -132,6 +142,7 @@ impl NodeConfig {
             partitions_default: crate::engine::PARTITIONS_DEFAULT,
             dirty_bytes_max: 128 * 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
+            cluster: None,
         }
     }
 
@@ -180,6 +191,16 @@ fn claim_data_dir(config: &NodeConfig) -> anyhow::Result<File> {
                 "{} has layout {layout:?}; this keel-node reads layout {LAYOUT_VERSION}",
                 path.display()
             );
+            let node = meta.get("cluster_node").and_then(serde_json::Value::as_str);
+            let want = config.cluster.as_ref().map(|c| c.node.as_str());
+            anyhow::ensure!(
+                node == want,
+                "the data directory {} belongs to {}; this keel-node is started as {} \
+                 (a data directory never changes between standalone and cluster, or between nodes)",
+                dir.display(),
+                node.map_or_else(|| "a standalone node".to_owned(), |n| format!("cluster node {n}")),
+                want.map_or_else(|| "a standalone node".to_owned(), |n| format!("cluster node {n}")),
+            );
             let shards = meta.get("shards").and_then(serde_json::Value::as_u64);
             anyhow::ensure!(
                 shards == Some(config.shards as u64),
@@ -196,7 +217,10 @@ fn claim_data_dir(config: &NodeConfig) -> anyhow::Result<File> {
                 "the data directory {} holds files but no {NODE_FILE}: not a keel-node data directory",
                 dir.display()
             );
-            let meta = serde_json::json!({"layout": LAYOUT_VERSION, "shards": config.shards});
+            let mut meta = serde_json::json!({"layout": LAYOUT_VERSION, "shards": config.shards});
+            if let (Some(cluster), Some(object)) = (&config.cluster, meta.as_object_mut()) {
+                object.insert("cluster_node".to_owned(), serde_json::Value::String(cluster.node.clone()));
+            }
             let tmp = dir.join(format!("{NODE_FILE}.tmp"));
             std::fs::write(&tmp, meta.to_string())?;
             File::open(&tmp)?.sync_all()?;
@@ -220,9 +244,23 @@ pub fn run(
     let _lock = claim_data_dir(&config)?;
     // glommio binds with SO_REUSEPORT, so a second process on the same port
     // would silently share it: make sure nobody holds the ports first.
-    for address in std::iter::once(Ok(config.listen)).chain((0..config.shards).map(|i| config.shard_address(i))) {
+    let peer = match &config.cluster {
+        Some(cluster) => Some(cluster.member()?.addr),
+        None => None,
+    };
+    let addresses = std::iter::once(Ok(config.listen))
+        .chain(peer.map(Ok))
+        .chain((0..config.shards).map(|i| config.shard_address(i)));
+    let mut seen = std::collections::BTreeSet::new();
+    for address in addresses {
         let address = address?;
         if address.port() != 0 {
+            // Two listeners of this node on one port would share it too.
+            anyhow::ensure!(
+                seen.insert(address.port()),
+                "port {} is configured twice (entry, shard and replication ports must differ)",
+                address.port()
+            );
             std::net::TcpListener::bind(address).with_context(|| format!("listen on {address}"))?;
         }
     }
@@ -322,8 +360,22 @@ struct ShardStart {
 /// A message between shards.
 #[derive(Debug)]
 enum Message {
-    Call { id: u64, op: Op },
-    Reply { id: u64, answer: Answer },
+    Call {
+        id: u64,
+        op: Op,
+    },
+    Reply {
+        id: u64,
+        answer: Answer,
+    },
+    /// (Cluster.) A peer's Raft messages for groups of the receiving shard.
+    Raft {
+        from: u64,
+        endpoint: String,
+        messages: Vec<crate::repl::Outgoing>,
+    },
+    /// (Cluster, from shard 0.) The replicated catalog changed; no answer.
+    Reconcile(Vec<TableDef>),
 }
 
 /// Work one shard asks of another.
@@ -361,6 +413,8 @@ struct Shard {
     background_wanted: Notify,
     /// Notified after each background checkpoint.
     checkpointed: Notify,
+    /// Replication (cluster mode).
+    repl: Option<ReplShell>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -383,6 +437,13 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let mut engine = Engine::open_placed(store, placement).await.context("open the table catalog")?;
     engine.set_deferred(true);
     engine.set_default_partitions(config.partitions_default);
+    let repl = match &config.cluster {
+        Some(cluster) => {
+            engine.enable_replication(cluster::replication(cluster)?).context("start the Raft groups")?;
+            Some(ReplShell::new(cluster.member()?.id, cluster.tick))
+        }
+        None => None,
+    };
     let (senders, mut receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("join the shard mesh: {e}"))?;
     let shard = Rc::new(Shard {
         index: placement.shard,
@@ -395,7 +456,13 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         catalog_ready: StopSignal::default(),
         background_wanted: Notify::default(),
         checkpointed: Notify::default(),
+        repl,
     });
+    if shard.repl.is_some() {
+        // Committed entries the trees do not hold yet (applied after the
+        // last checkpoint) are applied before the shard serves.
+        while cluster::drive_once(&shard, false).await.map_err(|e| anyhow::anyhow!("replay Raft entries: {e}"))? {}
+    }
     let background =
         glommio::executor().create_task_queue(Shares::Static(BACKGROUND_SHARES), Latency::NotImportant, "background");
     let background = glommio::spawn_local_into(background_work(Rc::clone(&shard)), background)
@@ -416,6 +483,15 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let own_address = config.shard_address(index)?;
     let own = TcpListener::bind(own_address).map_err(|e| anyhow::anyhow!("listen on {own_address}: {e}"))?;
     let own_address = own.local_addr().map_err(|e| anyhow::anyhow!("read the shard address: {e}"))?;
+    let mut repl_tasks = Vec::new();
+    if let (Some(shell), Some(cluster)) = (&shard.repl, &config.cluster) {
+        shell.set_endpoint(entry_address.to_string());
+        let peer_address = cluster.member()?.addr;
+        let peers = TcpListener::bind(peer_address).map_err(|e| anyhow::anyhow!("listen on {peer_address}: {e}"))?;
+        repl_tasks.extend(cluster::start_peers(&shard, &cluster.cluster));
+        repl_tasks.push(glommio::spawn_local(cluster::accept_peers(Rc::clone(&shard), peers)));
+        repl_tasks.push(glommio::spawn_local(cluster::driver(Rc::clone(&shard))));
+    }
 
     if shard.index == 0 {
         // Every shard's catalog must equal the authority's before serving.
@@ -493,6 +569,14 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     while drained.load(Ordering::SeqCst) < config.shards && Instant::now() < deadline {
         glommio::timer::sleep(STOP_POLL).await;
     }
+    // Replication ran until now: the requests drained above waited for it.
+    if let Some(shell) = &shard.repl {
+        shell.stopping.fire();
+        cluster::stop_peers(&shard);
+        for task in repl_tasks {
+            task.await;
+        }
+    }
     shard.senders.close();
     for task in dispatchers {
         task.await;
@@ -529,6 +613,14 @@ fn start_dispatchers(shard: &Rc<Shard>, receivers: &mut Receivers<Message>) -> V
                                 let _ = tx.try_send(answer);
                             }
                         }
+                        Message::Raft { from, endpoint, messages } => {
+                            cluster::step_here(&shard, from, &endpoint, messages).await;
+                        }
+                        Message::Reconcile(tables) => {
+                            if let Err(e) = shard.serve_reconcile(&tables).await {
+                                tracing::error!(shard = shard.index, error = %e, "could not take a catalog change");
+                            }
+                        }
                     }
                 }
             })
@@ -559,21 +651,38 @@ impl Shard {
             Op::Handle(body) => Answer::Body(self.execute_local(&body).await),
             Op::Catalog(body) => Answer::Body(self.catalog_change(&body).await),
             Op::Reconcile(tables) => {
-                let result = match self.engine.write().await {
-                    Ok(mut engine) => engine.reconcile(&tables).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
+                let result = self.serve_reconcile(&tables).await;
                 self.catalog_ready.fire();
                 Answer::Done(result)
             }
             Op::ScanPart { body, partition, after, mut page } => {
-                let result = match self.engine.write().await {
-                    Ok(mut engine) => handler::scan_part(&mut engine, &body, partition, after, &mut page).await,
-                    Err(e) => Err(Response::error(ErrorCode::InternalServerError, e.to_string())),
-                };
+                let result = self.scan_part_here(&body, partition, after, &mut page).await;
                 Answer::ScanPart(result.map(|full| (page, full)))
             }
         }
+    }
+
+    async fn serve_reconcile(&self, tables: &[TableDef]) -> Result<(), String> {
+        let mut engine = self.engine.write().await.map_err(|e| e.to_string())?;
+        engine.reconcile(tables).await.map_err(|e| e.to_string())
+    }
+
+    /// Reads one partition of a Scan here (after the read barrier when the
+    /// Scan is strongly consistent).
+    async fn scan_part_here(
+        &self,
+        body: &[u8],
+        partition: u64,
+        after: Option<Vec<u8>>,
+        page: &mut Page,
+    ) -> Result<bool, Response<'static>> {
+        let internal = |e: String| Response::error(ErrorCode::InternalServerError, e);
+        let replicated = self.engine.read().await.map_err(|e| internal(e.to_string()))?.is_replicated(partition);
+        if replicated && handler::scan_is_consistent(body) {
+            self.read_barrier(partition).await.map_err(handler::engine_error)?;
+        }
+        let mut engine = self.engine.write().await.map_err(|e| internal(e.to_string()))?;
+        handler::scan_part(&mut engine, body, partition, after, page).await
     }
 
     /// Answers a request body wherever it must run.
@@ -608,8 +717,19 @@ impl Shard {
     /// Runs a request on this shard's engine; answers once its writes (and
     /// the writes it read) are durable.
     async fn execute_local(&self, body: &[u8]) -> Vec<u8> {
+        if self.repl.is_some() {
+            let consistent = match self.engine.read().await {
+                Ok(engine) => handler::consistent_reads(&engine, body),
+                Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+            };
+            for partition in consistent {
+                if let Err(e) = self.read_barrier(partition).await {
+                    return handler::engine_error_response(body, e);
+                }
+            }
+        }
         let mut attempt = 0;
-        let (response, commit, wal) = loop {
+        let (response, commit, wal, waits) = loop {
             let mut engine = match self.engine.write().await {
                 Ok(engine) => engine,
                 Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
@@ -621,7 +741,11 @@ impl Shard {
             let response = handler::handle(&mut engine, body, now_ms()).await;
             engine.set_settle_elsewhere(false);
             let Some(lsn) = engine.take_settle_after() else {
-                break (response, engine.take_commit(), engine.wal());
+                let commit = engine.take_commit();
+                // Registered while the engine is held: the driver cannot
+                // apply the entries before.
+                let waits = self.repl.as_ref().map(|shell| shell.register(commit.proposals())).unwrap_or_default();
+                break (response, commit, engine.wal(), waits);
             };
             assert!(engine.take_commit().is_empty(), "a read that waits to settle has logged nothing");
             let wal = engine.wal();
@@ -631,6 +755,24 @@ impl Shard {
             }
             attempt += 1;
         };
+        if let Some(shell) = self.repl.as_ref().filter(|_| !waits.is_empty()) {
+            return match cluster::wait_writes(shell, waits).await {
+                WriteOutcome::Done => {
+                    self.backlog_wait().await;
+                    response
+                }
+                WriteOutcome::Failed => handler::error_response(
+                    body,
+                    ErrorCode::ServiceUnavailable,
+                    "a write was not committed (the partition's leader changed); retry",
+                ),
+                WriteOutcome::Unknown => handler::error_response(
+                    body,
+                    ErrorCode::InternalServerError,
+                    format!("a write did not commit within {WRITE_WAIT_MAX:?}; its outcome is unknown"),
+                ),
+            };
+        }
         let Some(lsn) = commit.wait_lsn() else { return response };
         if let Err(e) = wal.wait_durable(lsn).await {
             return handler::error_response(body, ErrorCode::InternalServerError, format!("write not durable: {e}"));
@@ -655,6 +797,18 @@ impl Shard {
         match finished {
             Ok(()) => response,
             Err(e) => handler::error_response(body, ErrorCode::InternalServerError, format!("apply a write: {e}")),
+        }
+    }
+
+    /// Waits for the background checkpoint when dirty pages or WAL segments
+    /// are backlogged (writers slow down to what checkpoints sustain).
+    async fn backlog_wait(&self) {
+        let backlog = match self.engine.read().await {
+            Ok(engine) => engine.store_backlogged().then(|| self.checkpointed.notified()),
+            Err(_) => None,
+        };
+        if let Some(checkpointed) = backlog {
+            futures_lite::future::or(checkpointed, glommio::timer::sleep(CHECKPOINT_BACKLOG_WAIT_MAX)).await;
         }
     }
 
@@ -691,12 +845,9 @@ impl Shard {
         for &partition in &job.partitions {
             let owner = placement.shard_of(partition);
             let part = if owner == self.index {
-                match self.engine.write().await {
-                    Ok(mut engine) => handler::scan_part(&mut engine, body, partition, after.take(), &mut page)
-                        .await
-                        .map(|full| (std::mem::take(&mut page), full)),
-                    Err(e) => Err(Response::error(ErrorCode::InternalServerError, e.to_string())),
-                }
+                self.scan_part_here(body, partition, after.take(), &mut page)
+                    .await
+                    .map(|full| (std::mem::take(&mut page), full))
             } else {
                 let state = Page { items: Vec::new(), ..page.clone() };
                 let op = Op::ScanPart { body: body.to_vec(), partition, after: after.take(), page: state };
@@ -807,11 +958,15 @@ async fn checkpoint_once(shard: &Shard) -> Result<bool, String> {
         glommio::executor().yield_task_queue_now().await;
     }
     let written = job.write(CHECKPOINT_WRITES_IN_FLIGHT_MAX).await;
+    let partition = job.partition();
     let (finished, wal) = match shard.engine.write().await {
         Ok(mut engine) => (engine.store_mut().finish_checkpoint(job, written).map_err(|e| e.to_string()), engine.wal()),
         Err(e) => return Err(e.to_string()),
     };
     shard.checkpointed.notify_all();
+    if shard.repl.is_some() {
+        cluster::before_reclaim(shard, partition).await?;
+    }
     // Renames and directory syncs, without the engine: on a virtual disk a
     // directory sync may wait for the host to write back everything.
     wal.reclaim_below(finished?).await.map_err(|e| e.to_string())?;

@@ -195,6 +195,7 @@ fn the_client_pipelines_requests_and_reports_typed_errors() {
             limit: 0,
             exclusive_start_key: None,
             forward: false,
+            consistent_read: false,
         };
         c.page(&request).await
     });
@@ -239,6 +240,7 @@ fn scan_request(table: &str, limit: u32, start: Option<item::Item>, segment: u32
         exclusive_start_key: start,
         segment,
         total_segments: total,
+        consistent_read: false,
     }
 }
 
@@ -318,6 +320,7 @@ fn every_operation_works_across_shards_through_every_port() {
         limit: 2,
         exclusive_start_key: start,
         forward: true,
+        consistent_read: false,
     };
     let first = ports[0].run(async |c| c.page(&query(None)).await).expect("query");
     let second = ports[1].run(async |c| c.page(&query(first.last_evaluated_key.clone())).await).expect("query");

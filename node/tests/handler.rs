@@ -118,6 +118,7 @@ fn requests_round_trip_through_the_protocol_edge() {
         limit: 0,
         exclusive_start_key: None,
         forward: true,
+        consistent_read: false,
     };
     assert!(
         matches!(server.call(&query), Reply::Page { items, scanned_count: 1, last_evaluated_key: None } if items.len() == 1)

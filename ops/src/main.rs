@@ -147,6 +147,9 @@ struct ReadArgs {
     /// ExclusiveStartKey in DynamoDB JSON.
     #[arg(long)]
     start_key: Option<String>,
+    /// ConsistentRead: read from the leader (in a cluster).
+    #[arg(long)]
+    consistent: bool,
 }
 
 /// A usage error: bad JSON, bad key spec.
@@ -325,6 +328,7 @@ async fn run(client: &Client, command: Command) -> Result<Json, Failure> {
                 limit: read.limit,
                 exclusive_start_key: read.start_key.as_deref().map(|k| parse_item(k, "--start-key")).transpose()?,
                 forward: !reverse,
+                consistent_read: read.consistent,
             };
             page_json(client.page(&request).await?)
         }
@@ -338,6 +342,7 @@ async fn run(client: &Client, command: Command) -> Result<Json, Failure> {
                 exclusive_start_key: read.start_key.as_deref().map(|k| parse_item(k, "--start-key")).transpose()?,
                 segment,
                 total_segments,
+                consistent_read: read.consistent,
             };
             page_json(client.page(&request).await?)
         }

@@ -149,6 +149,8 @@ pub enum Request<'a> {
         exclusive_start_key: Option<Item>,
         /// ScanIndexForward.
         forward: bool,
+        /// ConsistentRead.
+        consistent_read: bool,
     },
     /// Scan.
     Scan {
@@ -168,6 +170,8 @@ pub enum Request<'a> {
         segment: u32,
         /// TotalSegments (0 or 1: one).
         total_segments: u32,
+        /// ConsistentRead.
+        consistent_read: bool,
     },
     /// BatchGetItem.
     BatchGetItem {
@@ -342,6 +346,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
                 limit: r.limit(),
                 exclusive_start_key: r.exclusive_start_key().map(item::from_fb).transpose()?,
                 forward: r.scan_index_forward(),
+                consistent_read: r.consistent_read(),
             },
             None => Request::Unsupported("empty Query"),
         },
@@ -355,6 +360,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
                 exclusive_start_key: r.exclusive_start_key().map(item::from_fb).transpose()?,
                 segment: r.segment(),
                 total_segments: r.total_segments(),
+                consistent_read: r.consistent_read(),
             },
             None => Request::Unsupported("empty Scan"),
         },
@@ -805,7 +811,17 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
             );
             (fb::Request::UpdateItemRequest, r.as_union_value())
         }
-        Request::Query { table, key_condition, filter, projection, args, limit, exclusive_start_key, forward } => {
+        Request::Query {
+            table,
+            key_condition,
+            filter,
+            projection,
+            args,
+            limit,
+            exclusive_start_key,
+            forward,
+            consistent_read,
+        } => {
             let start = exclusive_start_key.as_ref().map(|k| item::build_item(&mut b, k));
             let table = b.create_string(table);
             let key_condition = b.create_string(key_condition);
@@ -824,12 +840,22 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
                     limit: *limit,
                     exclusive_start_key: start,
                     scan_index_forward: *forward,
-                    consistent_read: false,
+                    consistent_read: *consistent_read,
                 },
             );
             (fb::Request::QueryRequest, r.as_union_value())
         }
-        Request::Scan { table, filter, projection, args, limit, exclusive_start_key, segment, total_segments } => {
+        Request::Scan {
+            table,
+            filter,
+            projection,
+            args,
+            limit,
+            exclusive_start_key,
+            segment,
+            total_segments,
+            consistent_read,
+        } => {
             let start = exclusive_start_key.as_ref().map(|k| item::build_item(&mut b, k));
             let table = b.create_string(table);
             let filter = opt_string(&mut b, filter);
@@ -847,7 +873,7 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
                     exclusive_start_key: start,
                     segment: *segment,
                     total_segments: *total_segments,
-                    consistent_read: false,
+                    consistent_read: *consistent_read,
                 },
             );
             (fb::Request::ScanRequest, r.as_union_value())

@@ -1,7 +1,10 @@
 //! `keel-node`: the storage node daemon. In standalone mode one node is a
 //! whole database: a durable table catalog and every partition of every
 //! table, spread over one shard (glommio executor) per core, speaking Keel's
-//! binary protocol (frames of FlatBuffers; see docs/format/frame.md).
+//! binary protocol (frames of FlatBuffers; see docs/format/frame.md). With
+//! `--initial-cluster` and `--node-id` it is one member of a cluster whose
+//! partitions (and catalog) are Raft groups with a replica in each of three
+//! availability zones.
 //!
 //! Settings come from flags, then `KEEL_*` environment variables, then the
 //! TOML file given with `--config` (see ops/keel-node.toml), then defaults.
@@ -17,7 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use keel_node::server::{Listening, NodeConfig, run};
+use keel_node::repl::membership::Cluster;
+use keel_node::server::{ClusterConfig, Listening, NodeConfig, run};
 use serde::Deserialize;
 
 /// Every request allocates (buffers, decoded keys, B-tree nodes) on the
@@ -34,9 +38,21 @@ struct Args {
     #[arg(long, env = "KEEL_CONFIG")]
     config: Option<PathBuf>,
     /// Serve a whole database from this node (catalog and every partition).
-    /// The only mode so far; accepted for clarity.
-    #[arg(long)]
+    /// The default without --initial-cluster; accepted for clarity.
+    #[arg(long, conflicts_with = "initial_cluster")]
     standalone: bool,
+    /// Every member of the cluster: `name=host:port/az,…`, where host:port
+    /// is the member's replication address (peers connect there) and az its
+    /// availability zone. Every member is started with the same list.
+    #[arg(long, env = "KEEL_INITIAL_CLUSTER", requires = "node_id")]
+    initial_cluster: Option<String>,
+    /// This node's name in --initial-cluster.
+    #[arg(long, env = "KEEL_NODE_ID")]
+    node_id: Option<String>,
+    /// Raft tick in milliseconds (heartbeats every 2 ticks, elections after
+    /// 10 to 20 silent ticks). Default: 100.
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
     /// Where the node keeps its WAL and B-tree files (never on tmpfs).
     /// Default: keel-data.
     #[arg(long, env = "KEEL_DATA_DIR")]
@@ -77,6 +93,9 @@ struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    initial_cluster: Option<String>,
+    node_id: Option<String>,
+    raft_tick_ms: Option<u64>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     shard_port_base: Option<u16>,
@@ -127,6 +146,18 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(seconds) = args.drain_timeout_s.or(file.drain_timeout_s) {
         config.drain_timeout = Duration::from_secs(seconds);
+    }
+    let initial_cluster = if args.standalone { None } else { args.initial_cluster.or(file.initial_cluster) };
+    if let Some(spec) = initial_cluster {
+        let cluster = Cluster::parse(&spec).context("--initial-cluster")?;
+        let node = args.node_id.or(file.node_id).context("--initial-cluster needs --node-id")?;
+        let mut cluster_config = ClusterConfig::new(cluster, node);
+        cluster_config.member().context("--node-id")?;
+        if let Some(ms) = args.raft_tick_ms.or(file.raft_tick_ms) {
+            anyhow::ensure!((10..=10_000).contains(&ms), "raft_tick_ms must be 10 to 10000");
+            cluster_config.tick = Duration::from_millis(ms);
+        }
+        config.cluster = Some(cluster_config);
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -42,7 +42,13 @@ impl Future for Notified<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        self.notify.wakers.borrow_mut().push(cx.waker().clone());
+        // One waker per task: a task that polls again (a loop that also
+        // waits on a timer) must not pile up wakers (glommio counts a task's
+        // references in an i16).
+        let mut wakers = self.notify.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
