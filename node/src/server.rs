@@ -232,6 +232,25 @@ fn claim_data_dir(config: &NodeConfig) -> anyhow::Result<File> {
     Ok(lock)
 }
 
+/// How long the probe for another listener on a port waits.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Fails when something already listens on `address`.
+fn refuse_if_listening(address: SocketAddr) -> anyhow::Result<()> {
+    let mut probe = address;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(if probe.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    if std::net::TcpStream::connect_timeout(&probe, PORT_PROBE_TIMEOUT).is_ok() {
+        anyhow::bail!("listen on {address}: another process listens there already");
+    }
+    Ok(())
+}
+
 /// Runs a node until `stop` is set: starts one executor per shard, calls
 /// `on_ready` once every shard serves, and returns after the last
 /// checkpoint. Blocks the calling thread.
@@ -243,7 +262,10 @@ pub fn run(
     anyhow::ensure!((1..=256).contains(&config.shards), "--shards must be 1 to 256, got {}", config.shards);
     let _lock = claim_data_dir(&config)?;
     // glommio binds with SO_REUSEPORT, so a second process on the same port
-    // would silently share it: make sure nobody holds the ports first.
+    // would silently share it: make sure nobody listens there first. (A
+    // probe bind without SO_REUSEPORT would also refuse a port whose old
+    // connections linger after a crash, in FIN-WAIT-2 for up to a minute,
+    // which glommio's own bind accepts.)
     let peer = match &config.cluster {
         Some(cluster) => Some(cluster.member()?.addr),
         None => None,
@@ -261,7 +283,7 @@ pub fn run(
                 "port {} is configured twice (entry, shard and replication ports must differ)",
                 address.port()
             );
-            std::net::TcpListener::bind(address).with_context(|| format!("listen on {address}"))?;
+            refuse_if_listening(address)?;
         }
     }
     let shards = config.shards;

@@ -14,7 +14,8 @@ use serde_json::{Value as Json, json};
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Keel command-line client")]
 struct Cli {
-    /// host:port of a keel-node (or router).
+    /// host:port of a keel-node (or router); several, comma-separated, for
+    /// the nodes of a cluster (requests follow the leader's hints).
     #[arg(long, global = true, default_value = "127.0.0.1:7400", env = "KEEL_ENDPOINT")]
     endpoint: String,
     #[command(subcommand)]
@@ -380,7 +381,9 @@ fn page_json(page: keel_wire::client::ItemsPage) -> Json {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = ClientConfig::new(cli.endpoint.clone());
+    let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    let mut config =
+        if endpoints.len() > 1 { ClientConfig::cluster(endpoints) } else { ClientConfig::new(cli.endpoint.clone()) };
     config.connections = 1;
     let client = match BlockingClient::connect(config) {
         Ok(client) => client,

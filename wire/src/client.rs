@@ -1,10 +1,17 @@
 //! The client library (feature `client`): an async client on tokio with a
-//! pool of connections (requests go round-robin over them; a broken one is
-//! replaced on next use), each pipelining many requests (matched by request
-//! id); per-request timeouts and retries with exponential backoff on errors
-//! that mean "not executed, try again" (throttling, unavailable, or a
-//! request that never left because its connection had broken); a typed
-//! builder API; and a blocking wrapper for scripts and the CLI.
+//! pool of connections per endpoint (requests go round-robin over them; a
+//! broken one is replaced on next use), each pipelining many requests
+//! (matched by request id); per-request timeouts and retries with
+//! exponential backoff on errors that mean "not executed, try again"
+//! (throttling, unavailable, or a request that never left because its
+//! connection had broken); a typed builder API; and a blocking wrapper for
+//! scripts and the CLI.
+//!
+//! Against a cluster the client knows several endpoints. A `NotLeader`
+//! answer names the leader's endpoint: the request goes there at once (up
+//! to [`REDIRECTS_MAX`] times), and later requests start there. Without a
+//! hint, or when an endpoint cannot be reached, the request moves on to the
+//! next endpoint after the backoff.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keel_wire::client::ClientError> {
@@ -31,11 +38,19 @@ use crate::protocol::{
     self, ErrorCode, ExpressionArgs, KeyKind, ProtocolError, Reply, Request, ReturnValues, TableInfo,
 };
 
+/// Leader hints followed per attempt at most (a hint that points back and
+/// forth while leadership moves must not loop).
+pub const REDIRECTS_MAX: u32 = 4;
+/// The longest backoff between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `host:port` of a keel-node (or, later, a router).
     pub endpoint: String,
+    /// Other nodes of a cluster, tried when `endpoint` cannot answer.
+    pub more_endpoints: Vec<String>,
     /// How long one attempt may take.
     pub request_timeout: Duration,
     /// Retries after the first attempt, for retryable errors.
@@ -54,12 +69,24 @@ impl ClientConfig {
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            more_endpoints: Vec::new(),
             request_timeout: Duration::from_secs(5),
             retries_max: 3,
             backoff_base: Duration::from_millis(20),
             in_flight_max: 1024,
             connections: 2,
         }
+    }
+
+    /// Defaults for the nodes of a cluster (the first is tried first), with
+    /// enough retries to ride out a leader election.
+    #[must_use]
+    pub fn cluster<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        let mut endpoints = endpoints.into_iter().map(Into::into);
+        let mut config = Self::new(endpoints.next().unwrap_or_default());
+        config.more_endpoints = endpoints.collect();
+        config.retries_max = 12;
+        config
     }
 }
 
@@ -129,10 +156,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(&config.endpoint)
+    async fn open(config: &ClientConfig, endpoint: &str) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(endpoint)
             .await
-            .map_err(|source| ClientError::Connect { endpoint: config.endpoint.clone(), source })?;
+            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_owned(), source })?;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(config.in_flight_max.max(1));
@@ -176,73 +203,161 @@ struct AttemptError {
     sent: bool,
 }
 
-/// An async client over a pool of pipelined connections. Cheap to clone.
+/// The connections to one endpoint.
+type Pool = Vec<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// An async client over pools of pipelined connections. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pool: Arc<Vec<tokio::sync::Mutex<Arc<Connection>>>>,
+    /// Pools by endpoint, opened on first use.
+    pools: Arc<Mutex<HashMap<String, Arc<Pool>>>>,
+    /// The endpoints known, and which one requests start at.
+    endpoints: Arc<Mutex<(Vec<String>, usize)>>,
     next_slot: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     config: Arc<ClientConfig>,
 }
 
 impl Client {
-    /// Opens the pool's connections.
+    /// Opens the pool's connections to the first endpoint that answers.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let mut pool = Vec::new();
-        for _ in 0..config.connections.max(1) {
-            pool.push(tokio::sync::Mutex::new(Arc::new(Connection::open(&config).await?)));
-        }
-        Ok(Self {
-            pool: Arc::new(pool),
+        let endpoints: Vec<String> =
+            std::iter::once(config.endpoint.clone()).chain(config.more_endpoints.iter().cloned()).collect();
+        let client = Self {
+            pools: Arc::new(Mutex::new(HashMap::new())),
+            endpoints: Arc::new(Mutex::new((endpoints.clone(), 0))),
             next_slot: Arc::new(AtomicUsize::new(0)),
             next_id: Arc::new(AtomicU64::new(1)),
             config: Arc::new(config),
-        })
+        };
+        let mut failure = None;
+        for (at, endpoint) in endpoints.iter().enumerate() {
+            match client.open_all(endpoint).await {
+                Ok(()) => {
+                    client.prefer(at);
+                    return Ok(client);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| ClientError::ConnectionLost("no endpoint configured".into())))
     }
 
-    /// The next connection of the pool, reopened if it broke.
-    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
-        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.pool.len().max(1);
-        let Some(slot) = self.pool.get(slot) else {
+    fn pool(&self, endpoint: &str) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pool = pools.entry(endpoint.to_owned()).or_insert_with(|| {
+            Arc::new((0..self.config.connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect())
+        });
+        Arc::clone(pool)
+    }
+
+    async fn open_all(&self, endpoint: &str) -> Result<(), ClientError> {
+        for slot in self.pool(endpoint).iter() {
+            let mut connection = slot.lock().await;
+            if connection.as_ref().is_none_or(|c| c.frames.is_closed()) {
+                *connection = Some(Arc::new(Connection::open(&self.config, endpoint).await?));
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint requests start at.
+    fn current(&self) -> String {
+        let endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        endpoints.0.get(endpoints.1).cloned().unwrap_or_default()
+    }
+
+    fn prefer(&self, at: usize) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        endpoints.1 = at;
+    }
+
+    /// Requests start at `endpoint` from now on (learnt from a hint).
+    fn prefer_endpoint(&self, endpoint: &str) -> String {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = match endpoints.0.iter().position(|e| e == endpoint) {
+            Some(at) => at,
+            None => {
+                endpoints.0.push(endpoint.to_owned());
+                endpoints.0.len() - 1
+            }
+        };
+        endpoints.1 = at;
+        endpoint.to_owned()
+    }
+
+    /// Moves on from `failed` to the next endpoint (no change when another
+    /// request moved on already).
+    fn next_endpoint(&self, failed: &str) -> String {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = endpoints.0.len().max(1);
+        if endpoints.0.get(endpoints.1).is_some_and(|e| e == failed) {
+            endpoints.1 = (endpoints.1 + 1) % count;
+        }
+        endpoints.0.get(endpoints.1).cloned().unwrap_or_default()
+    }
+
+    /// The next connection of an endpoint's pool, (re)opened if needed.
+    async fn connection(&self, endpoint: &str) -> Result<Arc<Connection>, ClientError> {
+        let pool = self.pool(endpoint);
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % pool.len().max(1);
+        let Some(slot) = pool.get(slot) else {
             return Err(ClientError::ConnectionLost("the pool is empty".into()));
         };
         let mut connection = slot.lock().await;
-        if connection.frames.is_closed() {
-            *connection = Arc::new(Connection::open(&self.config).await?);
+        match connection.as_ref() {
+            Some(open) if !open.frames.is_closed() => Ok(Arc::clone(open)),
+            _ => {
+                let open = Arc::new(Connection::open(&self.config, endpoint).await?);
+                *connection = Some(Arc::clone(&open));
+                Ok(open)
+            }
         }
-        Ok(Arc::clone(&connection))
     }
 
     /// Sends a request and waits for its reply, retrying retryable errors
-    /// (and requests that never left) with exponential backoff. Server
-    /// errors come back as [`ClientError::Service`].
+    /// (and requests that never left) with exponential backoff, and
+    /// following leader hints (module docs). Server errors come back as
+    /// [`ClientError::Service`].
     pub async fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
         let mut attempt = 0;
+        let mut redirects = 0;
+        let mut endpoint = self.current();
         loop {
-            let retry = match self.call_once(request).await {
+            match self.call_once(&endpoint, request).await {
+                Ok(Reply::Error { code: ErrorCode::NotLeader, leader_hint: Some(hint), .. })
+                    if redirects < REDIRECTS_MAX && hint != endpoint =>
+                {
+                    redirects += 1;
+                    endpoint = self.prefer_endpoint(&hint);
+                    continue;
+                }
                 Ok(Reply::Error { code, message, .. }) => {
-                    if !retryable(code) || attempt >= self.config.retries_max {
+                    if !(retryable(code) || code == ErrorCode::NotLeader) || attempt >= self.config.retries_max {
                         return Err(ClientError::Service { code, message });
                     }
-                    true
+                    if code == ErrorCode::NotLeader {
+                        // No leader known there (an election): try another.
+                        endpoint = self.next_endpoint(&endpoint);
+                    }
                 }
                 Ok(reply) => return Ok(reply),
                 Err(AttemptError { error, sent }) => {
                     if sent || attempt >= self.config.retries_max {
                         return Err(error);
                     }
-                    true
+                    endpoint = self.next_endpoint(&endpoint);
                 }
-            };
-            if retry {
-                tokio::time::sleep(self.config.backoff_base * 2u32.saturating_pow(attempt)).await;
-                attempt += 1;
             }
+            let backoff = self.config.backoff_base.saturating_mul(2u32.saturating_pow(attempt)).min(BACKOFF_MAX);
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+            redirects = 0;
         }
     }
 
-    async fn call_once(&self, request: &Request<'_>) -> Result<Reply, AttemptError> {
-        let connection = self.connection().await.map_err(|error| AttemptError { error, sent: false })?;
+    async fn call_once(&self, endpoint: &str, request: &Request<'_>) -> Result<Reply, AttemptError> {
+        let connection = self.connection(endpoint).await.map_err(|error| AttemptError { error, sent: false })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout_ms = u32::try_from(self.config.request_timeout.as_millis()).unwrap_or(u32::MAX);
         let mut frame = Vec::new();

@@ -1,0 +1,334 @@
+//! End to end on loopback: three keel-node processes in three availability
+//! zones form a cluster; every partition is a Raft group with a replica on
+//! each. A write load runs through the client while the leader of a
+//! partition is killed with kill -9; writes to that partition succeed again
+//! within 5 s (a new leader is elected), every acknowledged write is
+//! readable with a strongly consistent read, and the killed node, restarted,
+//! catches up to the same content as the others.
+
+#![allow(clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_wire::client::{Client, ClientConfig};
+use keel_wire::frame::{FRAME_HEADER_BYTES, FrameDecoder, encode_frame};
+use keel_wire::item::{self, AttributeValue, Item};
+use keel_wire::protocol::{self, ExpressionArgs, KeyKind, Reply, Request};
+use serde_json::json;
+
+const TABLE: &str = "load";
+const WRITERS: usize = 8;
+
+/// One member's ports: entry, two shard ports, replication.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    entry: u16,
+    replication: u16,
+}
+
+impl Ports {
+    fn endpoint(self) -> String {
+        format!("127.0.0.1:{}", self.entry)
+    }
+}
+
+/// Four consecutive free ports per member (entry, shard 0, shard 1,
+/// replication), so that a restarted node comes back where it was.
+fn free_ports(members: usize) -> Vec<Ports> {
+    let mut found = Vec::new();
+    // Below Linux's ephemeral range (32768 up), where the nodes' own
+    // outgoing connections could take a port the restart needs.
+    let mut base = 20_000 + u16::try_from(std::process::id() % 700).unwrap_or(0) * 16;
+    while found.len() < members {
+        let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            found.push(Ports { entry: base, replication: base + 3 });
+        }
+        base += 4;
+    }
+    found
+}
+
+struct Member {
+    name: String,
+    ports: Ports,
+    dir: PathBuf,
+    spec: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn start(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+            .args(["--listen", &self.ports.endpoint()])
+            .args(["--shard-port-base", &(self.ports.entry + 1).to_string()])
+            .args(["--shards", "2", "--no-pin", "--dirty-mb", "1"])
+            .args(["--initial-cluster", &self.spec, "--node-id", &self.name])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("RUST_LOG", std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start keel-node");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        loop {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
+            if line.starts_with("keel-node listening on ") {
+                break;
+            }
+        }
+        // The node's logs (on stdout) go on to the test's stderr.
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                eprintln!("{name}: {line}");
+            }
+        });
+        self.child = Some(child);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// One request on a fresh connection, without following leader hints.
+fn call_raw(endpoint: &str, request: &Request<'_>) -> Option<Reply> {
+    let mut stream = TcpStream::connect(endpoint).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut frame = Vec::new();
+    encode_frame(&protocol::encode_request(1, 0, request), &mut frame);
+    stream.write_all(&frame).ok()?;
+    let mut buf = vec![0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut buf).ok()?;
+    let decoder = FrameDecoder::default();
+    buf.resize(decoder.needed_bytes(&buf), 0);
+    stream.read_exact(buf.get_mut(FRAME_HEADER_BYTES..)?).ok()?;
+    let span = decoder.decode(&buf).ok()??;
+    protocol::decode_response(buf.get(span.body_start..span.end)?).ok().map(|(_, reply)| reply)
+}
+
+fn key(id: &str) -> Item {
+    item::from_json(&json!({"id": {"S": id}})).expect("key")
+}
+
+/// Which member leads the partition of `id`: the one that answers a
+/// strongly consistent read of it itself.
+fn leader_of(members: &[Member], id: &str) -> Option<usize> {
+    let request = Request::GetItem {
+        table: TABLE.into(),
+        key: key(id),
+        projection: None,
+        args: ExpressionArgs::default(),
+        consistent_read: true,
+    };
+    members
+        .iter()
+        .position(|m| m.child.is_some() && matches!(call_raw(&m.ports.endpoint(), &request), Some(Reply::Item(_))))
+}
+
+/// Waits for `what` with a deadline, checking every 50 ms.
+fn eventually<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < until, "{what} did not happen within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every item one member holds, read from its own replicas (eventually
+/// consistent Scan), by id.
+fn content_of(member: &Member) -> Option<BTreeMap<String, String>> {
+    let mut content = BTreeMap::new();
+    let mut start = None;
+    loop {
+        let request = Request::Scan {
+            table: TABLE.into(),
+            filter: None,
+            projection: None,
+            args: ExpressionArgs::default(),
+            limit: 0,
+            exclusive_start_key: start.take(),
+            segment: 0,
+            total_segments: 0,
+            consistent_read: false,
+        };
+        let Reply::Page { items, last_evaluated_key, .. } = call_raw(&member.ports.endpoint(), &request)? else {
+            return None;
+        };
+        for bytes in items {
+            let it = item::decode(&bytes).ok()?;
+            let (Some(AttributeValue::S(id)), Some(AttributeValue::N(i))) = (it.get("id"), it.get("i")) else {
+                return None;
+            };
+            content.insert(id.clone(), i.clone());
+        }
+        match last_evaluated_key {
+            Some(next) => start = Some(next),
+            None => return Some(content),
+        }
+    }
+}
+
+#[test]
+fn a_killed_leader_is_replaced_within_5_s_without_losing_an_acknowledged_write_and_catches_up() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let ports = free_ports(3);
+    let spec = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("n{}=127.0.0.1:{}/az{}", i + 1, p.replication, i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Member {
+            name: format!("n{}", i + 1),
+            ports: *p,
+            dir: tmp.path().join(format!("n{}", i + 1)),
+            spec: spec.clone(),
+            child: None,
+        })
+        .collect();
+    for member in &mut members {
+        member.start();
+    }
+    let endpoints: Vec<String> = members.iter().map(|m| m.ports.endpoint()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = runtime.block_on(Client::connect(ClientConfig::cluster(endpoints.clone()))).expect("connect");
+    runtime.block_on(client.create_table(TABLE, ("id", KeyKind::S), None, 4)).expect("create table");
+    // Every node applies the catalog entry and creates its replicas.
+    let describe = Request::DescribeTable { table: TABLE.into() };
+    for endpoint in &endpoints {
+        eventually(Duration::from_secs(10), "every node knows the table", || {
+            matches!(call_raw(endpoint, &describe), Some(Reply::Table(_))).then_some(())
+        });
+    }
+
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let failed = Arc::new(Mutex::new(0_u64));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (acked, failed, stop) = (Arc::clone(&acked), Arc::clone(&failed), Arc::clone(&stop));
+        let endpoints = endpoints.clone();
+        std::thread::spawn(move || {
+            // The client's connections live on the runtime that opened them.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let mut config = ClientConfig::cluster(endpoints);
+            config.connections = 2;
+            let client = runtime.block_on(Client::connect(config)).expect("connect");
+            runtime.block_on(async {
+                let mut tasks = Vec::new();
+                for writer in 0..WRITERS {
+                    let (c, acked, failed, stop) =
+                        (client.clone(), Arc::clone(&acked), Arc::clone(&failed), Arc::clone(&stop));
+                    tasks.push(tokio::spawn(async move {
+                        for i in 0_u64.. {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                return;
+                            }
+                            let id = format!("w{writer}-{i}");
+                            let it =
+                                item::from_json(&json!({"id": {"S": id}, "i": {"N": i.to_string()}})).expect("item");
+                            match c.put_item(TABLE, it).send().await {
+                                Ok(_) => {
+                                    acked.lock().expect("lock").insert(id, i);
+                                }
+                                // The outcome of a write whose connection
+                                // died with its node is unknown; it is not
+                                // acknowledged.
+                                Err(_) => *failed.lock().expect("lock") += 1,
+                            }
+                        }
+                    }));
+                }
+                for task in tasks {
+                    let _ = task.await;
+                }
+            });
+        })
+    };
+    let acked_count = || acked.lock().expect("lock").len();
+    eventually(Duration::from_secs(30), "500 acknowledged writes", || (acked_count() >= 500).then_some(()));
+
+    // Kill -9 the leader of the partition that holds "probe".
+    let leader =
+        eventually(Duration::from_secs(10), "a leader of the probe's partition", || leader_of(&members, "probe"));
+    let before_kill = acked_count();
+    members[leader].kill_9();
+    let killed_at = Instant::now();
+    let probe = item::from_json(&json!({"id": {"S": "probe"}, "i": {"N": "1"}})).expect("item");
+    let mut probe_config =
+        ClientConfig::cluster(endpoints.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e.clone()));
+    probe_config.retries_max = 40;
+    probe_config.request_timeout = Duration::from_secs(2);
+    let probe_client = runtime.block_on(Client::connect(probe_config)).expect("connect to the survivors");
+    let recovered = runtime.block_on(async {
+        loop {
+            if probe_client.put_item(TABLE, probe.clone()).send().await.is_ok() {
+                return killed_at.elapsed();
+            }
+            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write succeeded after the kill");
+        }
+    });
+    eprintln!("a write to the killed leader's partition succeeded {recovered:?} after the kill");
+    assert!(recovered <= Duration::from_secs(5), "writes resumed after {recovered:?}");
+    let new_leader = eventually(Duration::from_secs(10), "a new leader", || leader_of(&members, "probe"));
+    assert_ne!(new_leader, leader);
+    eventually(Duration::from_secs(30), "500 more acknowledged writes", || {
+        (acked_count() >= before_kill + 500).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load thread");
+    let acked = acked.lock().expect("lock").clone();
+    eprintln!("{} writes acknowledged, {} failed or unknown", acked.len(), failed.lock().expect("lock"));
+
+    // Every acknowledged write is there, read strongly consistently.
+    let survivor =
+        ClientConfig::cluster(endpoints.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e.clone()));
+    let reader = runtime.block_on(Client::connect(survivor)).expect("connect");
+    runtime.block_on(async {
+        for (id, i) in &acked {
+            let got = reader.get_item(TABLE, key(id), None, Vec::new(), true).await.expect("consistent read");
+            let n = got.as_ref().and_then(|it| it.get("i"));
+            assert_eq!(n, Some(&AttributeValue::N(i.to_string())), "acknowledged write {id} lost");
+        }
+    });
+
+    // The killed node restarts and catches up to the same content.
+    members[leader].start();
+    let reference = content_of(&members[new_leader]).expect("the new leader's content");
+    assert!(acked.keys().all(|id| reference.contains_key(id)));
+    eventually(Duration::from_secs(60), "the restarted node catches up", || {
+        let everyone: Option<Vec<_>> = members.iter().map(content_of).collect();
+        everyone.filter(|all| all.iter().all(|c| *c == reference)).map(|_| ())
+    });
+    // And it serves: a write through it (it follows the leader's hint).
+    let via_restarted =
+        runtime.block_on(Client::connect(ClientConfig::new(endpoints[leader].clone()))).expect("connect");
+    let after = item::from_json(&json!({"id": {"S": "after"}, "i": {"N": "7"}})).expect("item");
+    runtime.block_on(via_restarted.put_item(TABLE, after).send()).expect("write after the restart");
+    let got = runtime.block_on(via_restarted.get_item(TABLE, key("after"), None, Vec::new(), true)).expect("read");
+    assert_eq!(got.and_then(|it| it.get("i").cloned()), Some(AttributeValue::N("7".into())));
+}
