@@ -12,6 +12,7 @@ use keel_wire::protocol::{
 
 use crate::engine::{Engine, EngineError, KeyDef, KeyType, Page, TableDef};
 use crate::io::Disk;
+use crate::repl::Role;
 
 fn key_def((name, kind): &(String, KeyKind)) -> KeyDef {
     let key_type = match kind {
@@ -172,6 +173,7 @@ async fn execute<D: Disk>(
     page: &mut Page,
 ) -> Result<Answer, Response<'static>> {
     match request {
+        Request::ClusterStatus => Ok(Answer::Plain(Response::ClusterStatus(node_status(engine, local_groups(engine))))),
         Request::CreateTable { table, partition_key, sort_key, partitions } => {
             let def = engine
                 .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)
@@ -387,6 +389,60 @@ pub enum Route {
     Scan,
     /// BatchGetItem and BatchWriteItem: split by shard.
     Batch,
+    /// ClusterStatus: every shard's replicas, gathered.
+    Status,
+}
+
+/// This shard's replicas as a cluster status lists them.
+#[must_use]
+pub fn local_groups<D: Disk>(engine: &Engine<D>) -> Vec<protocol::GroupInfo> {
+    let Some(raft) = engine.raft() else { return Vec::new() };
+    raft.partitions()
+        .into_iter()
+        .filter_map(|partition| {
+            let status = raft.status(partition)?;
+            let role = match status.role {
+                Role::Follower => 0,
+                Role::Candidate => 1,
+                Role::PreCandidate => 2,
+                Role::Leader => 3,
+            };
+            Some(protocol::GroupInfo {
+                partition,
+                shard: engine.placement().shard,
+                role,
+                leader: status.leader,
+                term: status.term,
+                commit: status.commit,
+                applied: engine.applied_index(partition).unwrap_or(status.applied),
+                last_index: status.last_index,
+                voters: raft.voters(partition),
+            })
+        })
+        .collect()
+}
+
+/// A node's cluster status with the given replicas (of all its shards).
+#[must_use]
+pub fn node_status<D: Disk>(engine: &Engine<D>, groups: Vec<protocol::GroupInfo>) -> protocol::NodeStatus {
+    let members = engine.cluster().map_or_else(Vec::new, |c| {
+        c.members()
+            .iter()
+            .map(|m| protocol::MemberInfo {
+                id: m.id,
+                name: m.name.clone(),
+                address: m.addr.to_string(),
+                az: m.az.clone(),
+            })
+            .collect()
+    });
+    protocol::NodeStatus { node_id: engine.raft().map_or(0, crate::repl::ShardRaft::node_id), members, groups }
+}
+
+/// The response to a ClusterStatus request.
+#[must_use]
+pub fn status_response<D: Disk>(engine: &Engine<D>, body: &[u8], groups: Vec<protocol::GroupInfo>) -> Vec<u8> {
+    protocol::encode_response(request_id(body), &Response::ClusterStatus(node_status(engine, groups)))
 }
 
 /// Decides where a request body runs.
@@ -401,6 +457,7 @@ pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
     let partition = match envelope.request {
         Request::CreateTable { .. } | Request::DeleteTable { .. } => return Route::Catalog,
         Request::Scan { .. } => return Route::Scan,
+        Request::ClusterStatus => return Route::Status,
         Request::BatchGetItem { .. } | Request::BatchWriteItem { .. } => return Route::Batch,
         Request::DescribeTable { .. } | Request::ListTables { .. } | Request::Unsupported(_) => return here,
         Request::PutItem { table, item, .. } => {

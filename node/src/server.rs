@@ -411,6 +411,8 @@ enum Op {
     Reconcile(Vec<TableDef>),
     /// Read one hosted partition of a Scan.
     ScanPart { body: Vec<u8>, partition: u64, after: Option<Vec<u8>>, page: Page },
+    /// List this shard's replicas (cluster status).
+    Groups,
 }
 
 #[derive(Debug)]
@@ -418,6 +420,7 @@ enum Answer {
     Body(Vec<u8>),
     Done(Result<(), String>),
     ScanPart(Result<(Page, bool), Response<'static>>),
+    Groups(Vec<keel_wire::protocol::GroupInfo>),
 }
 
 /// One shard, shared by its tasks.
@@ -677,6 +680,10 @@ impl Shard {
                 self.catalog_ready.fire();
                 Answer::Done(result)
             }
+            Op::Groups => match self.engine.read().await {
+                Ok(engine) => Answer::Groups(handler::local_groups(&engine)),
+                Err(e) => Answer::Done(Err(e.to_string())),
+            },
             Op::ScanPart { body, partition, after, mut page } => {
                 let result = self.scan_part_here(&body, partition, after, &mut page).await;
                 Answer::ScanPart(result.map(|full| (page, full)))
@@ -720,6 +727,7 @@ impl Shard {
             Route::Catalog => self.forward(0, Op::Catalog(body)).await,
             Route::Scan => self.scan(&body).await,
             Route::Batch => self.batch(&body).await,
+            Route::Status => self.status(&body).await,
         }
     }
 
@@ -896,6 +904,28 @@ impl Shard {
         handler::scan_answer(&job, Ok(page))
     }
 
+    /// ClusterStatus: the replicas of every shard.
+    async fn status(&self, body: &[u8]) -> Vec<u8> {
+        let mut groups = Vec::new();
+        for peer in (0..self.shards).filter(|&p| p != self.index) {
+            match self.call(peer, Op::Groups).await {
+                Answer::Groups(more) => groups.extend(more),
+                other => {
+                    let message = format!("shard {peer}: {other:?}");
+                    return handler::error_response(body, ErrorCode::InternalServerError, message);
+                }
+            }
+        }
+        match self.engine.read().await {
+            Ok(engine) => {
+                groups.extend(handler::local_groups(&engine));
+                groups.sort_by_key(|g| g.partition);
+                handler::status_response(&engine, body, groups)
+            }
+            Err(e) => handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
+        }
+    }
+
     /// BatchGetItem / BatchWriteItem: one sub-request per shard, at once.
     async fn batch(&self, body: &[u8]) -> Vec<u8> {
         let parts = match self.engine.read().await {
@@ -922,7 +952,7 @@ impl Answer {
     /// For catalog reconciliation: a body is an unexpected answer.
     fn map_body_to_err(self) -> Self {
         match self {
-            Self::Body(_) | Self::ScanPart(_) => Self::Done(Err("unexpected answer".into())),
+            Self::Body(_) | Self::ScanPart(_) | Self::Groups(_) => Self::Done(Err("unexpected answer".into())),
             done @ Self::Done(_) => done,
         }
     }

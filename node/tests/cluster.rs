@@ -324,6 +324,23 @@ fn a_killed_leader_is_replaced_within_5_s_without_losing_an_acknowledged_write_a
         let everyone: Option<Vec<_>> = members.iter().map(content_of).collect();
         everyone.filter(|all| all.iter().all(|c| *c == reference)).map(|_| ())
     });
+    // Every node reports the same members and a replica of every group
+    // (the catalog and the table's 4 partitions), with one leader each.
+    let mut leaders: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for endpoint in &endpoints {
+        let node = runtime.block_on(Client::connect(ClientConfig::new(endpoint.clone()))).expect("connect");
+        let status = runtime.block_on(node.cluster_status()).expect("status");
+        assert_eq!(status.members.len(), 3);
+        assert_eq!(status.groups.len(), 5, "{status:?}");
+        for group in &status.groups {
+            assert_eq!(group.voters, vec![1, 2, 3]);
+            if group.role == 3 {
+                leaders.entry(group.partition).or_default().push(status.node_id);
+            }
+        }
+    }
+    assert!(leaders.values().all(|l| l.len() <= 1), "one leader per group: {leaders:?}");
+
     // And it serves: a write through it (it follows the leader's hint).
     let via_restarted =
         runtime.block_on(Client::connect(ClientConfig::new(endpoints[leader].clone()))).expect("connect");

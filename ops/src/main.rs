@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keel_wire::client::{BlockingClient, Client, ClientConfig, ClientError};
 use keel_wire::item::{self, Item};
+use keel_wire::protocol::NodeStatus;
 use keel_wire::protocol::{ExpressionArgs, KeyKind, Request, ReturnValues, TableInfo};
 use serde_json::{Value as Json, json};
 
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The cluster: nodes, zones, health, and every partition's replicas.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Create, list, describe and delete tables.
     Table {
         #[command(subcommand)]
@@ -128,6 +134,18 @@ struct WriteArgs {
     /// ReturnValues: NONE, ALL_OLD, UPDATED_OLD, ALL_NEW, UPDATED_NEW.
     #[arg(long = "return", default_value = "NONE")]
     return_values: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Asks every node named in --endpoint for its view and merges them:
+    /// nodes (zone, health) and per partition its replicas, leader, term
+    /// and each replica's applied index.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -265,6 +283,10 @@ impl From<ClientError> for Failure {
 
 async fn run(client: &Client, command: Command) -> Result<Json, Failure> {
     Ok(match command {
+        // main asks every endpoint itself; this is the one-node view.
+        Command::Cluster { .. } => {
+            merge_status(&[(String::new(), client.cluster_status().await.map_err(|e| e.to_string()))])
+        }
         Command::Table { command } => match command {
             TableCommand::Create { name, pk, sk, partitions } => {
                 let pk = parse_key_spec(&pk)?;
@@ -382,6 +404,9 @@ fn page_json(page: keel_wire::client::ItemsPage) -> Json {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if let Command::Cluster { command: ClusterCommand::Status { json } } = &cli.command {
+        return cluster_status(&endpoints, *json);
+    }
     let mut config =
         if endpoints.len() > 1 { ClientConfig::cluster(endpoints) } else { ClientConfig::new(cli.endpoint.clone()) };
     config.connections = 1;
@@ -413,4 +438,145 @@ fn main() -> ExitCode {
             ExitCode::from(255)
         }
     }
+}
+
+/// What one endpoint said (or why it did not).
+type Answered = (String, Result<NodeStatus, String>);
+
+/// `keel cluster status`: every endpoint's view, merged.
+fn cluster_status(endpoints: &[&str], as_json: bool) -> ExitCode {
+    let answers: Vec<Answered> = endpoints
+        .iter()
+        .map(|endpoint| {
+            let mut config = ClientConfig::new(*endpoint);
+            config.connections = 1;
+            config.retries_max = 0;
+            config.request_timeout = std::time::Duration::from_secs(3);
+            let status = BlockingClient::connect(config)
+                .and_then(|client| client.run(async |c| c.cluster_status().await))
+                .map_err(|e| e.to_string());
+            ((*endpoint).to_owned(), status)
+        })
+        .collect();
+    let merged = merge_status(&answers);
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&merged).unwrap_or_default())
+    } else {
+        write!(out, "{}", status_text(&merged))
+    };
+    if answers.iter().any(|(_, a)| a.is_ok()) { ExitCode::SUCCESS } else { ExitCode::from(255) }
+}
+
+fn role_name(role: u8) -> &'static str {
+    match role {
+        3 => "leader",
+        1 => "candidate",
+        2 => "pre-candidate",
+        _ => "follower",
+    }
+}
+
+fn partition_name(partition: u64) -> String {
+    if partition == 0 {
+        "catalog".to_owned()
+    } else {
+        format!("table {} #{}", partition >> 32, partition & 0xffff_ffff)
+    }
+}
+
+/// Nodes with health, and partitions with their replicas as each node sees
+/// its own (JSON, the shape `--json` prints).
+fn merge_status(answers: &[Answered]) -> Json {
+    let statuses: Vec<(&str, &NodeStatus)> =
+        answers.iter().filter_map(|(e, a)| a.as_ref().ok().map(|s| (e.as_str(), s))).collect();
+    let members = statuses.iter().map(|(_, s)| &s.members).find(|m| !m.is_empty());
+    let answered = |id: u64| statuses.iter().find(|(_, s)| s.node_id == id).map(|(e, _)| *e);
+    let nodes: Vec<Json> = match members {
+        Some(members) => members
+            .iter()
+            .map(|m| {
+                json!({
+                    "Id": m.id, "Name": m.name, "AvailabilityZone": m.az, "ReplicationAddress": m.address,
+                    "Endpoint": answered(m.id), "Health": if answered(m.id).is_some() { "up" } else { "unreachable" },
+                })
+            })
+            .collect(),
+        None => statuses
+            .iter()
+            .map(|(e, _)| json!({"Id": 0, "Name": "standalone", "Endpoint": e, "Health": "up"}))
+            .collect(),
+    };
+    let mut partitions: std::collections::BTreeMap<u64, Vec<(u64, &keel_wire::protocol::GroupInfo)>> =
+        std::collections::BTreeMap::new();
+    for (_, status) in &statuses {
+        for group in &status.groups {
+            partitions.entry(group.partition).or_default().push((status.node_id, group));
+        }
+    }
+    let partitions: Vec<Json> = partitions
+        .into_iter()
+        .map(|(partition, seen)| {
+            let term = seen.iter().map(|(_, g)| g.term).max().unwrap_or(0);
+            let leader =
+                seen.iter().find(|(_, g)| g.role == 3 && g.term == term).map(|(node, _)| *node).or_else(|| {
+                    seen.iter().filter(|(_, g)| g.term == term && g.leader != 0).map(|(_, g)| g.leader).next()
+                });
+            let voters = seen.first().map(|(_, g)| g.voters.clone()).unwrap_or_default();
+            let replicas: Vec<Json> = voters
+                .iter()
+                .map(|node| match seen.iter().find(|(n, _)| n == node) {
+                    Some((_, g)) => json!({"Node": node, "Role": role_name(g.role), "Term": g.term,
+                        "Commit": g.commit, "Applied": g.applied, "LastIndex": g.last_index}),
+                    None => json!({"Node": node, "Role": "unknown"}),
+                })
+                .collect();
+            json!({"Partition": format!("{partition:#x}"), "Name": partition_name(partition),
+                "Leader": leader, "Term": term, "Replicas": replicas})
+        })
+        .collect();
+    let errors: Vec<Json> =
+        answers.iter().filter_map(|(e, a)| a.as_ref().err().map(|why| json!({"Endpoint": e, "Error": why}))).collect();
+    json!({"Nodes": nodes, "Partitions": partitions, "Unreachable": errors})
+}
+
+fn status_text(merged: &Json) -> String {
+    let text = |v: &Json| match v {
+        Json::String(s) => s.clone(),
+        Json::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut out = String::from("NODE  NAME        AZ          HEALTH       ENDPOINT\n");
+    for node in merged["Nodes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<5} {:<11} {:<11} {:<12} {}\n",
+            text(&node["Id"]),
+            text(&node["Name"]),
+            text(&node["AvailabilityZone"]),
+            text(&node["Health"]),
+            text(&node["Endpoint"])
+        ));
+    }
+    out.push_str("\nPARTITION            NAME             LEADER  TERM  REPLICAS (node role applied)\n");
+    for p in merged["Partitions"].as_array().into_iter().flatten() {
+        let replicas: Vec<String> = p["Replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| format!("{} {} {}", text(&r["Node"]), text(&r["Role"]), text(&r["Applied"])))
+            .collect();
+        out.push_str(&format!(
+            "{:<20} {:<16} {:<7} {:<5} {}\n",
+            text(&p["Partition"]),
+            text(&p["Name"]),
+            text(&p["Leader"]),
+            text(&p["Term"]),
+            replicas.join(", ")
+        ));
+    }
+    for e in merged["Unreachable"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\nunreachable: {} ({})\n", text(&e["Endpoint"]), text(&e["Error"])));
+    }
+    out
 }

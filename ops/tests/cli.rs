@@ -129,6 +129,20 @@ fn the_cli_speaks_dynamodb_json_and_aws_cli_shapes() {
     assert_eq!(server.keel(&["table", "describe", "nope"]).0, 254);
     assert_eq!(server.keel(&["put", "music", "{not json"]).0, 2);
     assert_eq!(server.keel(&["table", "delete", "music"]).0, 0);
+
+    // A standalone node is one healthy node with no replicated partitions;
+    // an unreachable endpoint is listed as such.
+    let both = format!("{},127.0.0.1:1", server.address);
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["--endpoint", &both, "cluster", "status", "--json"])
+        .output()
+        .expect("run keel");
+    assert_eq!(out.status.code(), Some(0));
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["Nodes"][0]["Health"], json!("up"));
+    assert_eq!(status["Nodes"][0]["Name"], json!("standalone"));
+    assert_eq!(status["Partitions"], json!([]));
+    assert_eq!(status["Unreachable"][0]["Endpoint"], json!("127.0.0.1:1"));
 }
 
 #[test]

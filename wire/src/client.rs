@@ -410,6 +410,16 @@ impl Client {
         expect_table(self.call(&Request::DescribeTable { table: table.to_owned() }).await?)
     }
 
+    /// The answering node's view of the cluster (its members and its
+    /// replicas). Sent to the endpoint requests start at, without retries
+    /// elsewhere: a status is about the node that gives it.
+    pub async fn cluster_status(&self) -> Result<protocol::NodeStatus, ClientError> {
+        match self.call(&Request::ClusterStatus).await? {
+            Reply::ClusterStatus(status) => Ok(status),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// ListTables (one page).
     pub async fn list_tables(
         &self,

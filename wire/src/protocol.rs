@@ -183,8 +183,62 @@ pub enum Request<'a> {
         /// Per table: its writes.
         tables: Vec<(String, Vec<BatchWrite<'a>>)>,
     },
+    /// The answering node's view of the cluster (`keel cluster status`).
+    ClusterStatus,
     /// An operation this server does not implement yet.
     Unsupported(&'static str),
+}
+
+/// Limits on a cluster status reply a client accepts.
+pub const STATUS_MEMBERS_MAX: usize = 256;
+/// Most groups listed in a status reply.
+pub const STATUS_GROUPS_MAX: usize = 1 << 20;
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Raft id.
+    pub id: u64,
+    /// Name (`--node-id`).
+    pub name: String,
+    /// Replication address.
+    pub address: String,
+    /// Availability zone.
+    pub az: String,
+}
+
+/// A Raft group as one node's replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The partition.
+    pub partition: u64,
+    /// The node's shard holding the replica.
+    pub shard: u32,
+    /// 0 follower, 1 candidate, 2 pre-candidate, 3 leader.
+    pub role: u8,
+    /// Node id of the known leader (0: none).
+    pub leader: u64,
+    /// Term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Voters (node ids).
+    pub voters: Vec<u64>,
+}
+
+/// One node's answer to [`Request::ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeStatus {
+    /// The node's id (0: standalone).
+    pub node_id: u64,
+    /// Every member.
+    pub members: Vec<MemberInfo>,
+    /// The node's replicas.
+    pub groups: Vec<GroupInfo>,
 }
 
 /// DynamoDB's limit on keys in one BatchGetItem.
@@ -236,6 +290,9 @@ pub enum ProtocolError {
     /// A key or value is not acceptable.
     #[error(transparent)]
     Item(#[from] ItemError),
+    /// A reply is outside the limits.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn key_kind(k: fb::KeyType) -> KeyKind {
@@ -406,6 +463,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
             }
             None => Request::Unsupported("empty BatchWriteItem"),
         },
+        fb::Request::ClusterStatusRequest => Request::ClusterStatus,
         _ => Request::Unsupported("unknown request type"),
     };
     Ok(Envelope { request_id: envelope.request_id(), timeout_ms: envelope.timeout_ms(), request })
@@ -489,6 +547,8 @@ pub enum Response<'a> {
     BatchGet(Vec<(String, Vec<&'a [u8]>)>),
     /// BatchWriteItem (everything processed).
     BatchWrite,
+    /// A node's view of the cluster.
+    ClusterStatus(NodeStatus),
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -621,6 +681,46 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
             let r =
                 fb::BatchWriteItemResponse::create(&mut b, &fb::BatchWriteItemResponseArgs { unprocessed_items: None });
             (fb::Response::BatchWriteItemResponse, r.as_union_value())
+        }
+        Response::ClusterStatus(status) => {
+            let members: Vec<_> = status
+                .members
+                .iter()
+                .map(|m| {
+                    let args = fb::ClusterMemberArgs {
+                        id: m.id,
+                        name: Some(b.create_string(&m.name)),
+                        address: Some(b.create_string(&m.address)),
+                        az: Some(b.create_string(&m.az)),
+                    };
+                    fb::ClusterMember::create(&mut b, &args)
+                })
+                .collect();
+            let groups: Vec<_> = status
+                .groups
+                .iter()
+                .map(|g| {
+                    let args = fb::ReplicaGroupStatusArgs {
+                        partition: g.partition,
+                        shard: g.shard,
+                        role: g.role,
+                        leader: g.leader,
+                        term: g.term,
+                        commit: g.commit,
+                        applied: g.applied,
+                        last_index: g.last_index,
+                        voters: Some(b.create_vector(&g.voters)),
+                    };
+                    fb::ReplicaGroupStatus::create(&mut b, &args)
+                })
+                .collect();
+            let args = fb::ClusterStatusResponseArgs {
+                node_id: status.node_id,
+                members: Some(b.create_vector(&members)),
+                groups: Some(b.create_vector(&groups)),
+            };
+            let r = fb::ClusterStatusResponse::create(&mut b, &args);
+            (fb::Response::ClusterStatusResponse, r.as_union_value())
         }
         Response::Page { items, scanned_count, last_evaluated_key } => {
             let built: Vec<_> = items.iter().map(|bytes| build_item_bytes(&mut b, bytes)).collect();
@@ -928,6 +1028,10 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
                 fb::BatchWriteItemRequest::create(&mut b, &fb::BatchWriteItemRequestArgs { requests: Some(requests) });
             (fb::Request::BatchWriteItemRequest, r.as_union_value())
         }
+        Request::ClusterStatus => {
+            let r = fb::ClusterStatusRequest::create(&mut b, &fb::ClusterStatusRequestArgs {});
+            (fb::Request::ClusterStatusRequest, r.as_union_value())
+        }
         Request::Unsupported(_) => {
             let table = b.create_string("");
             let r = fb::DescribeTableRequest::create(&mut b, &fb::DescribeTableRequestArgs { table_name: Some(table) });
@@ -969,6 +1073,8 @@ pub enum Reply {
     BatchGet(Vec<(String, Vec<Vec<u8>>)>),
     /// BatchWriteItem done.
     BatchWrite,
+    /// A node's view of the cluster.
+    ClusterStatus(NodeStatus),
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -988,6 +1094,40 @@ fn table_from_fb(t: fb::TableDescription<'_>) -> TableInfo {
         partitions: t.partitions(),
         created_at_ms: t.created_at_ms(),
     }
+}
+
+fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, ProtocolError> {
+    let members = r.members().unwrap_or_default();
+    let groups = r.groups().unwrap_or_default();
+    if members.len() > STATUS_MEMBERS_MAX || groups.len() > STATUS_GROUPS_MAX {
+        return Err(ProtocolError::Invalid("cluster status lists too many members or groups".into()));
+    }
+    Ok(NodeStatus {
+        node_id: r.node_id(),
+        members: members
+            .iter()
+            .map(|m| MemberInfo {
+                id: m.id(),
+                name: m.name().to_owned(),
+                address: m.address().to_owned(),
+                az: m.az().to_owned(),
+            })
+            .collect(),
+        groups: groups
+            .iter()
+            .map(|g| GroupInfo {
+                partition: g.partition(),
+                shard: g.shard(),
+                role: g.role(),
+                leader: g.leader(),
+                term: g.term(),
+                commit: g.commit(),
+                applied: g.applied(),
+                last_index: g.last_index(),
+                voters: g.voters().map(|v| v.iter().collect()).unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 /// Verifies and decodes a response frame body: its request id and reply.
@@ -1026,6 +1166,8 @@ pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
                 .map(|t| (t.table_name().to_owned(), t.items().iter().map(|i| i.bytes().bytes().to_vec()).collect()))
                 .collect(),
         )
+    } else if let Some(r) = envelope.body_as_cluster_status_response() {
+        Reply::ClusterStatus(node_status_from_fb(r)?)
     } else if envelope.body_as_batch_write_item_response().is_some() {
         Reply::BatchWrite
     } else if let Some(r) = envelope.body_as_item_page() {

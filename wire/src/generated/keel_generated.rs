@@ -527,10 +527,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 12;
+pub const ENUM_MAX_REQUEST: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 13] = [
+pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::NONE,
   Request::CreateTableRequest,
   Request::DeleteTableRequest,
@@ -544,6 +544,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 13] = [
   Request::ScanRequest,
   Request::BatchGetItemRequest,
   Request::BatchWriteItemRequest,
+  Request::ClusterStatusRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -564,9 +565,10 @@ impl Request {
   pub const ScanRequest: Self = Self(10);
   pub const BatchGetItemRequest: Self = Self(11);
   pub const BatchWriteItemRequest: Self = Self(12);
+  pub const ClusterStatusRequest: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::CreateTableRequest,
@@ -581,6 +583,7 @@ impl Request {
     Self::ScanRequest,
     Self::BatchGetItemRequest,
     Self::BatchWriteItemRequest,
+    Self::ClusterStatusRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -598,6 +601,7 @@ impl Request {
       Self::ScanRequest => Some("ScanRequest"),
       Self::BatchGetItemRequest => Some("BatchGetItemRequest"),
       Self::BatchWriteItemRequest => Some("BatchWriteItemRequest"),
+      Self::ClusterStatusRequest => Some("ClusterStatusRequest"),
       _ => None,
     }
   }
@@ -657,10 +661,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 12;
+pub const ENUM_MAX_RESPONSE: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 13] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 14] = [
   Response::NONE,
   Response::Error,
   Response::CreateTableResponse,
@@ -674,6 +678,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 13] = [
   Response::ItemPage,
   Response::BatchGetItemResponse,
   Response::BatchWriteItemResponse,
+  Response::ClusterStatusResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -694,9 +699,10 @@ impl Response {
   pub const ItemPage: Self = Self(10);
   pub const BatchGetItemResponse: Self = Self(11);
   pub const BatchWriteItemResponse: Self = Self(12);
+  pub const ClusterStatusResponse: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Error,
@@ -711,6 +717,7 @@ impl Response {
     Self::ItemPage,
     Self::BatchGetItemResponse,
     Self::BatchWriteItemResponse,
+    Self::ClusterStatusResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -728,6 +735,7 @@ impl Response {
       Self::ItemPage => Some("ItemPage"),
       Self::BatchGetItemResponse => Some("BatchGetItemResponse"),
       Self::BatchWriteItemResponse => Some("BatchWriteItemResponse"),
+      Self::ClusterStatusResponse => Some("ClusterStatusResponse"),
       _ => None,
     }
   }
@@ -6743,6 +6751,604 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum ClusterStatusRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClusterStatusRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterStatusRequest<'a> {
+  type Inner = ClusterStatusRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterStatusRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterStatusRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args ClusterStatusRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ClusterStatusRequest<'bldr>> {
+    let mut builder = ClusterStatusRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for ClusterStatusRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterStatusRequestArgs {
+}
+impl<'a> Default for ClusterStatusRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ClusterStatusRequestArgs {
+    }
+  }
+}
+
+pub struct ClusterStatusRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterStatusRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterStatusRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterStatusRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterStatusRequest");
+      ds.finish()
+  }
+}
+pub enum ClusterMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A member of the cluster, as `--initial-cluster` names it.
+pub struct ClusterMember<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterMember<'a> {
+  type Inner = ClusterMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterMember<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_AZ: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterMemberArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClusterMember<'bldr>> {
+    let mut builder = ClusterMemberBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.az { builder.add_az(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClusterMember::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterMember::VT_NAME, None).unwrap()}
+  }
+  /// Replication address (host:port).
+  #[inline]
+  pub fn address(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterMember::VT_ADDRESS, None).unwrap()}
+  }
+  #[inline]
+  pub fn az(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterMember::VT_AZ, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("az", Self::VT_AZ, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterMemberArgs<'a> {
+    pub id: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub az: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ClusterMemberArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClusterMemberArgs {
+      id: 0,
+      name: None, // required field
+      address: None, // required field
+      az: None, // required field
+    }
+  }
+}
+
+pub struct ClusterMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterMemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(ClusterMember::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterMember::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterMember::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_az(&mut self, az: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterMember::VT_AZ, az);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterMemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ClusterMember::VT_NAME,"name");
+    self.fbb_.required(o, ClusterMember::VT_ADDRESS,"address");
+    self.fbb_.required(o, ClusterMember::VT_AZ,"az");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterMember<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterMember");
+      ds.field("id", &self.id());
+      ds.field("name", &self.name());
+      ds.field("address", &self.address());
+      ds.field("az", &self.az());
+      ds.finish()
+  }
+}
+pub enum ReplicaGroupStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One Raft group (partition) as the answering node's replica sees it.
+pub struct ReplicaGroupStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaGroupStatus<'a> {
+  type Inner = ReplicaGroupStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaGroupStatus<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 12;
+  pub const VT_COMMIT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_APPLIED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 18;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaGroupStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaGroupStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaGroupStatus<'bldr>> {
+    let mut builder = ReplicaGroupStatusBuilder::new(_fbb);
+    builder.add_last_index(args.last_index);
+    builder.add_applied(args.applied);
+    builder.add_commit(args.commit);
+    builder.add_term(args.term);
+    builder.add_leader(args.leader);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.voters { builder.add_voters(x); }
+    builder.add_shard(args.shard);
+    builder.add_role(args.role);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The node's shard that holds the replica.
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaGroupStatus::VT_SHARD, Some(0)).unwrap()}
+  }
+  /// 0 follower, 1 candidate, 2 pre-candidate, 3 leader.
+  #[inline]
+  pub fn role(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(ReplicaGroupStatus::VT_ROLE, Some(0)).unwrap()}
+  }
+  /// Node id of the leader this replica knows of (0: none).
+  #[inline]
+  pub fn leader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_COMMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_APPLIED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_LAST_INDEX, Some(0)).unwrap()}
+  }
+  /// Node ids of the group's voters.
+  #[inline]
+  pub fn voters(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ReplicaGroupStatus::VT_VOTERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaGroupStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u8>("role", Self::VT_ROLE, false)?
+     .visit_field::<u64>("leader", Self::VT_LEADER, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<u64>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<u64>("applied", Self::VT_APPLIED, false)?
+     .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters", Self::VT_VOTERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaGroupStatusArgs<'a> {
+    pub partition: u64,
+    pub shard: u32,
+    pub role: u8,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for ReplicaGroupStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaGroupStatusArgs {
+      partition: 0,
+      shard: 0,
+      role: 0,
+      leader: 0,
+      term: 0,
+      commit: 0,
+      applied: 0,
+      last_index: 0,
+      voters: None,
+    }
+  }
+}
+
+pub struct ReplicaGroupStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaGroupStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaGroupStatus::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_role(&mut self, role: u8) {
+    self.fbb_.push_slot::<u8>(ReplicaGroupStatus::VT_ROLE, role, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_COMMIT, commit, 0);
+  }
+  #[inline]
+  pub fn add_applied(&mut self, applied: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_APPLIED, applied, 0);
+  }
+  #[inline]
+  pub fn add_last_index(&mut self, last_index: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_LAST_INDEX, last_index, 0);
+  }
+  #[inline]
+  pub fn add_voters(&mut self, voters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaGroupStatus::VT_VOTERS, voters);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaGroupStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaGroupStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaGroupStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaGroupStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaGroupStatus");
+      ds.field("partition", &self.partition());
+      ds.field("shard", &self.shard());
+      ds.field("role", &self.role());
+      ds.field("leader", &self.leader());
+      ds.field("term", &self.term());
+      ds.field("commit", &self.commit());
+      ds.field("applied", &self.applied());
+      ds.field("last_index", &self.last_index());
+      ds.field("voters", &self.voters());
+      ds.finish()
+  }
+}
+pub enum ClusterStatusResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClusterStatusResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterStatusResponse<'a> {
+  type Inner = ClusterStatusResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterStatusResponse<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterStatusResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterStatusResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClusterStatusResponse<'bldr>> {
+    let mut builder = ClusterStatusResponseBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.finish()
+  }
+
+
+  /// The answering node's id (0: a standalone node).
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClusterStatusResponse::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterMember>>>>(ClusterStatusResponse::VT_MEMBERS, None)}
+  }
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus>>>>(ClusterStatusResponse::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterStatusResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClusterMember>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterStatusResponseArgs<'a> {
+    pub node_id: u64,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterMember<'a>>>>>,
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus<'a>>>>>,
+}
+impl<'a> Default for ClusterStatusResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClusterStatusResponseArgs {
+      node_id: 0,
+      members: None,
+      groups: None,
+    }
+  }
+}
+
+pub struct ClusterStatusResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(ClusterStatusResponse::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ClusterMember<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterStatusResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterStatusResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterStatusResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterStatusResponse");
+      ds.field("node_id", &self.node_id());
+      ds.field("members", &self.members());
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
 pub enum RequestEnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6980,6 +7586,20 @@ impl<'a> RequestEnvelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_cluster_status_request(&self) -> Option<ClusterStatusRequest<'a>> {
+    if self.body_type() == Request::ClusterStatusRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClusterStatusRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestEnvelope<'_> {
@@ -7004,6 +7624,7 @@ impl ::flatbuffers::Verifiable for RequestEnvelope<'_> {
           Request::ScanRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanRequest>>("Request::ScanRequest", pos),
           Request::BatchGetItemRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchGetItemRequest>>("Request::BatchGetItemRequest", pos),
           Request::BatchWriteItemRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchWriteItemRequest>>("Request::BatchWriteItemRequest", pos),
+          Request::ClusterStatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusRequest>>("Request::ClusterStatusRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -7152,6 +7773,13 @@ impl ::core::fmt::Debug for RequestEnvelope<'_> {
         },
         Request::BatchWriteItemRequest => {
           if let Some(x) = self.body_as_batch_write_item_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::ClusterStatusRequest => {
+          if let Some(x) = self.body_as_cluster_status_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7391,6 +8019,20 @@ impl<'a> ResponseEnvelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_cluster_status_response(&self) -> Option<ClusterStatusResponse<'a>> {
+    if self.body_type() == Response::ClusterStatusResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ClusterStatusResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResponseEnvelope<'_> {
@@ -7414,6 +8056,7 @@ impl ::flatbuffers::Verifiable for ResponseEnvelope<'_> {
           Response::ItemPage => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ItemPage>>("Response::ItemPage", pos),
           Response::BatchGetItemResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchGetItemResponse>>("Response::BatchGetItemResponse", pos),
           Response::BatchWriteItemResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchWriteItemResponse>>("Response::BatchWriteItemResponse", pos),
+          Response::ClusterStatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResponse>>("Response::ClusterStatusResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -7555,6 +8198,13 @@ impl ::core::fmt::Debug for ResponseEnvelope<'_> {
         },
         Response::BatchWriteItemResponse => {
           if let Some(x) = self.body_as_batch_write_item_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::ClusterStatusResponse => {
+          if let Some(x) = self.body_as_cluster_status_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
