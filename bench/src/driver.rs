@@ -62,6 +62,15 @@ fn client_error(e: ClientError) -> OpError {
     }
 }
 
+/// The client settings for `endpoint`: one node, or the comma-separated
+/// nodes of a cluster (following leader hints, retrying what a leader
+/// change refuses).
+#[must_use]
+pub fn client_config(endpoint: &str) -> ClientConfig {
+    let endpoints: Vec<&str> = endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if endpoints.len() > 1 { ClientConfig::cluster(endpoints) } else { ClientConfig::new(endpoint) }
+}
+
 fn keel_key(key: &str) -> Item {
     Item::from([(KEEL_KEY.to_owned(), AttributeValue::S(key.to_owned()))])
 }
@@ -69,10 +78,14 @@ fn keel_key(key: &str) -> Item {
 impl KeelDriver {
     /// Connects (`connections` pipelined connections) and creates the table
     /// with `partitions` partitions if it does not exist.
+    /// `endpoint` may name several nodes of a cluster, comma-separated
+    /// (requests follow the leaders' hints).
     pub async fn connect(endpoint: &str, connections: usize, partitions: u32) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new(endpoint);
+        let mut config = client_config(endpoint);
         config.connections = connections.max(1);
-        config.retries_max = 0;
+        if !endpoint.contains(',') {
+            config.retries_max = 0; // errors are counted, not hidden
+        }
         let client = Client::connect(config).await?;
         match client.create_table(KEEL_TABLE, (KEEL_KEY, KeyKind::S), None, partitions).await {
             Ok(_) => {}

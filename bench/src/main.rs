@@ -14,7 +14,7 @@ use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, PhaseResult, RecordShape, RunConfig};
 use keel_bench::workload::{Distribution, InsertSequence, Workload};
 use keel_bench::{disk, servers};
-use keel_wire::client::{Client, ClientConfig};
+use keel_wire::client::Client;
 use keel_wire::item::{AttributeValue, Item};
 use keel_wire::protocol::{ErrorCode, KeyKind};
 use rand::{Rng, SeedableRng};
@@ -144,7 +144,8 @@ enum Phase {
 
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
-    /// Endpoint (a keel-node entry port).
+    /// Endpoint (a keel-node entry port; several, comma-separated, for the
+    /// nodes of a cluster).
     #[arg(long, default_value = "127.0.0.1:7400")]
     endpoint: String,
     /// Table (created with `--partitions` if missing).
@@ -364,7 +365,7 @@ fn key_of(i: u64) -> Item {
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(args.endpoint.clone());
+    let mut config = keel_bench::driver::client_config(&args.endpoint);
     config.connections = args.connections;
     config.in_flight_max = args.clients.max(1);
     let client = Client::connect(config).await.with_context(|| format!("connect to {}", args.endpoint))?;

@@ -630,6 +630,15 @@ impl<D: Disk> Engine<D> {
             repl.raft
                 .add_group(partition, GroupLog::new(&voters), 0)
                 .map_err(|e| EngineError::Internal(format!("start the Raft group of partition {partition:#x}: {e}")))?;
+            // One voter, rotating with the partition, campaigns at once, so
+            // that new partitions get leaders spread over the nodes within
+            // a round trip instead of an election timeout.
+            let first = usize::try_from(partition % voters.len().max(1) as u64).unwrap_or(0);
+            if voters.get(first) == Some(&repl.raft.node_id())
+                && let Err(e) = repl.raft.campaign(partition)
+            {
+                tracing::warn!(partition, error = %e, "could not campaign for a new partition");
+            }
         }
         Ok(())
     }

@@ -329,6 +329,16 @@ impl ShardRaft {
         Ok(())
     }
 
+    /// Starts an election in a group now (rather than after an election
+    /// timeout of silence): a node does it for a group just created, so
+    /// that a new table's partitions have leaders within a round trip.
+    pub fn campaign(&mut self, partition: u64) -> Result<(), raft::Error> {
+        match self.groups.get_mut(&partition) {
+            Some(group) => group.raw.campaign(),
+            None => Ok(()),
+        }
+    }
+
     /// Removes a group (its partition was dropped).
     pub fn remove_group(&mut self, partition: u64) {
         self.groups.remove(&partition);
