@@ -289,9 +289,24 @@ impl Replication {
         self.endpoints.get(&node).map(String::as_str)
     }
 
+    /// The voters and learners of a partition's group. The catalog has
+    /// every other member as a learner, so that every node knows every
+    /// table (its partitions may be placed anywhere).
+    fn members(&self, partition: u64) -> (Vec<u64>, Vec<u64>) {
+        let voters = self.cluster.replicas(partition);
+        let learners = if partition == CATALOG_PARTITION {
+            self.cluster.members().iter().map(|m| m.id).filter(|id| !voters.contains(id)).collect()
+        } else {
+            Vec::new()
+        };
+        (voters, learners)
+    }
+
     /// Whether this node holds a replica of `partition`.
     fn holds(&self, partition: u64) -> bool {
-        self.cluster.replicas(partition).contains(&self.raft.node_id())
+        let (voters, learners) = self.members(partition);
+        let me = self.raft.node_id();
+        voters.contains(&me) || learners.contains(&me)
     }
 }
 
@@ -490,8 +505,8 @@ impl<D: Disk> Engine<D> {
                 continue;
             }
             let at = self.store.checkpointed(partition).unwrap_or_default();
-            let voters = repl.cluster.replicas(partition);
-            logs.insert(partition, (GroupLog::after(&voters, at.index, at.term), at.index));
+            let (voters, learners) = repl.members(partition);
+            logs.insert(partition, (GroupLog::with_learners(&voters, &learners, at.index, at.term), at.index));
         }
         let mut only_logs: BTreeMap<u64, GroupLog> = logs.iter().map(|(p, (log, _))| (*p, log.clone())).collect();
         durable::rebuild(&records, &mut only_logs).map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -614,6 +629,19 @@ impl<D: Disk> Engine<D> {
         Ok(changed)
     }
 
+    /// (Replicated.) A request for a partition this node holds no replica
+    /// of is refused as `NotLeader`, pointing at a node that holds one.
+    fn held(&self, partition: u64) -> Result<(), EngineError> {
+        let Some(repl) = self.repl.as_ref() else { return Ok(()) };
+        if repl.holds(partition) {
+            return Ok(());
+        }
+        let (voters, _) = repl.members(partition);
+        let known = voters.iter().find_map(|&node| repl.endpoint(node).map(|e| (node, e.to_owned())));
+        let (leader, hint) = known.map_or((0, None), |(node, endpoint)| (node, Some(endpoint)));
+        Err(EngineError::NotLeader { partition, leader, hint })
+    }
+
     /// Whether this shard (and, replicated, this node) holds `partition`.
     fn hosts(&self, partition: u64) -> bool {
         self.placement.hosts(partition) && self.repl.as_ref().is_none_or(|r| r.holds(partition))
@@ -626,9 +654,9 @@ impl<D: Disk> Engine<D> {
         }
         self.store.create_partition(partition).await?;
         if let Some(repl) = self.repl.as_mut() {
-            let voters = repl.cluster.replicas(partition);
+            let (voters, learners) = repl.members(partition);
             repl.raft
-                .add_group(partition, GroupLog::new(&voters), 0)
+                .add_group(partition, GroupLog::with_learners(&voters, &learners, 0, 0), 0)
                 .map_err(|e| EngineError::Internal(format!("start the Raft group of partition {partition:#x}: {e}")))?;
             // One voter, rotating with the partition, campaigns at once, so
             // that new partitions get leaders spread over the nodes within
@@ -1029,6 +1057,7 @@ impl<D: Disk> Engine<D> {
         let item = item::decode(item_bytes)?;
         item::validate(&item)?;
         let (partition, storage_key) = Self::locate(def, &item)?;
+        self.held(partition)?;
         let old = if condition.is_some() || return_old { self.current(partition, &storage_key).await? } else { None };
         Self::check_condition(condition, old.as_deref())?;
         self.write(partition, &storage_key, Some(item_bytes)).await?;
@@ -1051,6 +1080,7 @@ impl<D: Disk> Engine<D> {
     ) -> Result<R, EngineError> {
         let def = self.table(table)?;
         let (partition, storage_key) = Self::locate_key(def, key)?;
+        self.held(partition)?;
         // Replicated reads see the applied state (module docs).
         if !self.is_replicated(partition)
             && let Some(pending) = self.pending(partition, &storage_key)
@@ -1080,6 +1110,7 @@ impl<D: Disk> Engine<D> {
     ) -> Result<Option<Vec<u8>>, EngineError> {
         let def = self.table(table)?;
         let (partition, storage_key) = Self::locate_key(def, key)?;
+        self.held(partition)?;
         let old = self.current(partition, &storage_key).await?;
         Self::check_condition(condition, old.as_deref())?;
         if old.is_some() {
@@ -1098,6 +1129,7 @@ impl<D: Disk> Engine<D> {
     ) -> Result<(Option<Vec<u8>>, Vec<u8>), EngineError> {
         let def = self.table(table)?.clone();
         let (partition, storage_key) = Self::locate_key(&def, key)?;
+        self.held(partition)?;
         let old = self.current(partition, &storage_key).await?;
         Self::check_condition(condition, old.as_deref())?;
         let base = match &old {
@@ -1189,6 +1221,7 @@ impl<D: Disk> Engine<D> {
             }
         }
         let def = def.clone();
+        self.held(partition)?;
         self.settle(partition).await?;
         let mut page = Page::default();
         self.read_range(&def, partition, (lo, hi), forward, limit, filter, &mut page).await?;
@@ -1317,6 +1350,7 @@ impl<D: Disk> Engine<D> {
         if !def.partition_ids().any(|p| p == partition) {
             return Err(EngineError::Internal(format!("partition {partition} is not part of table {table}")));
         }
+        self.held(partition)?;
         self.settle(partition).await?;
         let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         self.read_range(&def, partition, range, true, limit, filter, page).await

@@ -48,9 +48,17 @@ impl GroupLog {
     /// commit index starts there: applied entries are committed.
     #[must_use]
     pub fn after(voters: &[u64], index: u64, term: u64) -> Self {
+        Self::with_learners(voters, &[], index, term)
+    }
+
+    /// [`Self::after`] for a group that also has learners (members that
+    /// receive and apply every entry but neither vote nor campaign).
+    #[must_use]
+    pub fn with_learners(voters: &[u64], learners: &[u64], index: u64, term: u64) -> Self {
         assert!(!voters.is_empty(), "a group needs at least one voter");
         assert!(index == 0 || term > 0, "entries after the first are of a term ≥ 1");
-        let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
+        assert!(learners.iter().all(|l| !voters.contains(l)), "a learner is not a voter");
+        let conf_state = ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..ConfState::default() };
         let hard_state = HardState { term, commit: index, ..HardState::default() };
         Self { hard_state, conf_state, offset: index, offset_term: term, entries: Vec::new() }
     }
