@@ -2,11 +2,15 @@
 //! of a shard go into the one shard WAL, so that one group commit (one write
 //! and one fdatasync) persists a whole [`super::ReadyBatch`].
 //!
-//! Two record kinds (byte layout in `docs/format/wal.md`):
+//! Three record kinds (byte layout in `docs/format/wal.md`):
 //! - **18 raft entry**: header `partition`, `term`, `index`; payload
 //!   `[u8 entry type][data]`.
 //! - **19 raft hard state**: header `partition`, `term`, `index` = commit;
 //!   payload `[u64 term][u64 vote][u64 commit]`, little-endian.
+//! - **20 raft group state**: the configuration, the log replicas, whether
+//!   this node is one of them, and where the log restarts after a snapshot
+//!   ([`GroupState`]); written when it changes and again before WAL
+//!   segments are reclaimed.
 //!
 //! Within a group's write the entries come first and the hard state last
 //! (see [`super::GroupWrite::hard_state`]). Replaying the records in log
@@ -18,8 +22,10 @@ use std::collections::BTreeMap;
 
 use raft::eraftpb::{Entry, EntryType, HardState};
 
+use raft::eraftpb::ConfState;
+
 use super::log::GroupLog;
-use super::shard::GroupWrite;
+use super::shard::{GroupState, GroupWrite};
 use crate::io::Disk;
 use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError};
 
@@ -27,6 +33,120 @@ use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError};
 pub const KIND_RAFT_ENTRY: u8 = USER_KIND_MIN + 2;
 /// WAL record kind of a Raft hard state.
 pub const KIND_RAFT_HARD_STATE: u8 = USER_KIND_MIN + 3;
+/// WAL record kind of a group's state (configuration, log replicas).
+pub const KIND_RAFT_GROUP_STATE: u8 = USER_KIND_MIN + 4;
+
+const GROUP_STATE_VERSION: u8 = 1;
+/// Most members in one list of a group state.
+const GROUP_MEMBERS_MAX: usize = 64;
+const FLAG_LOG_ONLY: u8 = 1;
+const FLAG_RESTART: u8 = 2;
+
+fn put_list(out: &mut Vec<u8>, ids: &[u64]) {
+    assert!(ids.len() <= GROUP_MEMBERS_MAX, "groups are small");
+    out.push(u8::try_from(ids.len()).expect("bounded above"));
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+fn take_list(bytes: &mut &[u8]) -> Option<Vec<u64>> {
+    let (&count, rest) = bytes.split_first()?;
+    if usize::from(count) > GROUP_MEMBERS_MAX {
+        return None;
+    }
+    let (ids, rest) = rest.split_at_checked(usize::from(count) * 8)?;
+    *bytes = rest;
+    Some(ids.chunks_exact(8).filter_map(|c| c.try_into().ok().map(u64::from_le_bytes)).collect())
+}
+
+/// A group state's record payload: `[u8 version 1][u8 flags: 1 log only,
+/// 2 restart][u64 restart index][u64 restart term]`, then five lists
+/// `[u8 count][count × u64]` (voters, learners, outgoing voters, next
+/// learners, log replicas) and `[u8 auto_leave]`.
+#[must_use]
+pub fn encode_group_state(state: &GroupState) -> Vec<u8> {
+    let flags = u8::from(state.log_only) * FLAG_LOG_ONLY + u8::from(state.restart.is_some()) * FLAG_RESTART;
+    let (index, term) = state.restart.unwrap_or_default();
+    let mut out = vec![GROUP_STATE_VERSION, flags];
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    let cs = &state.conf_state;
+    for list in [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next, &state.log_replicas] {
+        put_list(&mut out, list);
+    }
+    out.push(u8::from(cs.auto_leave));
+    out
+}
+
+/// Reads [`encode_group_state`]'s form.
+pub fn decode_group_state(bytes: &[u8]) -> Option<GroupState> {
+    let (&version, rest) = bytes.split_first()?;
+    let (&flags, rest) = rest.split_first()?;
+    if version != GROUP_STATE_VERSION || flags & !(FLAG_LOG_ONLY | FLAG_RESTART) != 0 {
+        return None;
+    }
+    let (index, rest) = rest.split_at_checked(8)?;
+    let (term, mut rest) = rest.split_at_checked(8)?;
+    let index = u64::from_le_bytes(index.try_into().ok()?);
+    let term = u64::from_le_bytes(term.try_into().ok()?);
+    let mut lists = Vec::with_capacity(5);
+    for _ in 0..5 {
+        lists.push(take_list(&mut rest)?);
+    }
+    let (&auto_leave, rest) = rest.split_first()?;
+    if !rest.is_empty() || auto_leave > 1 {
+        return None;
+    }
+    let mut lists = lists.into_iter();
+    let mut next = || lists.next().unwrap_or_default();
+    let conf_state = ConfState {
+        voters: next(),
+        learners: next(),
+        voters_outgoing: next(),
+        learners_next: next(),
+        auto_leave: auto_leave == 1,
+        ..ConfState::default()
+    };
+    Some(GroupState {
+        log_only: flags & FLAG_LOG_ONLY != 0,
+        restart: (flags & FLAG_RESTART != 0).then_some((index, term)),
+        conf_state,
+        log_replicas: next(),
+    })
+}
+
+/// The context of a configuration change: the group's log replicas once it
+/// is applied, `[u8 count][count × u64]`.
+#[must_use]
+pub fn encode_log_replicas(ids: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + ids.len() * 8);
+    put_list(&mut out, ids);
+    out
+}
+
+/// Reads a configuration change's context; None when it carries none (the
+/// empty change that leaves a joint configuration).
+#[must_use]
+pub fn decode_log_replicas(context: &[u8]) -> Option<Vec<u64>> {
+    let mut bytes = context;
+    let ids = take_list(&mut bytes)?;
+    bytes.is_empty().then_some(ids)
+}
+
+/// The partitions whose newest group state says this node is a log replica
+/// of them (found among recovered records).
+#[must_use]
+pub fn log_only_groups(records: &[Record]) -> BTreeMap<u64, GroupState> {
+    let mut latest = BTreeMap::new();
+    for record in records.iter().filter(|r| r.meta.kind == KIND_RAFT_GROUP_STATE) {
+        if let Some(state) = decode_group_state(&record.payload) {
+            latest.insert(record.meta.partition, state);
+        }
+    }
+    latest.retain(|_, state| state.log_only);
+    latest
+}
 
 const HARD_STATE_BYTES: usize = 24;
 
@@ -71,6 +191,11 @@ pub fn submit<D: Disk>(
     let mut last = None;
     let mut payload = Vec::new();
     for write in writes {
+        if let Some(state) = &write.state {
+            let (index, term) = state.restart.unwrap_or_default();
+            let meta = RecordMeta { partition: write.partition, term, index, kind: KIND_RAFT_GROUP_STATE };
+            last = Some(wal.submit(meta, &encode_group_state(state))?);
+        }
         for entry in &write.entries {
             payload.clear();
             payload.push(entry_type_byte(entry.get_entry_type()));
@@ -139,6 +264,14 @@ pub fn rebuild(records: &[Record], logs: &mut BTreeMap<u64, GroupLog>) -> Result
                 }
                 log.set_hard_state(HardState { term, vote, commit, ..HardState::default() });
             }
+            KIND_RAFT_GROUP_STATE => {
+                let state = decode_group_state(&record.payload).ok_or_else(|| error("unreadable group state"))?;
+                if let Some((index, term)) = state.restart {
+                    log.restart_after(index, term);
+                }
+                log.set_conf_state(state.conf_state);
+                log.set_log_replicas(state.log_replicas);
+            }
             _ => {}
         }
     }
@@ -176,9 +309,14 @@ mod tests {
             let (wal, _) = Wal::open(disk.clone(), dir, config()).await.expect("open");
             let hs = |term, commit| Some(HardState { term, vote: 2, commit, ..HardState::default() });
             let writes = [
-                GroupWrite { partition: 7, entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b")], hard_state: hs(1, 1) },
-                GroupWrite { partition: 9, entries: vec![entry(1, 1, b"x")], hard_state: None },
-                GroupWrite { partition: 7, entries: vec![entry(2, 2, b"c")], hard_state: hs(2, 2) },
+                GroupWrite {
+                    partition: 7,
+                    state: None,
+                    entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b")],
+                    hard_state: hs(1, 1),
+                },
+                GroupWrite { partition: 9, state: None, entries: vec![entry(1, 1, b"x")], hard_state: None },
+                GroupWrite { partition: 7, state: None, entries: vec![entry(2, 2, b"c")], hard_state: hs(2, 2) },
             ];
             let lsn = submit(&wal, &writes, |_, _, _| {}).expect("submit").expect("something to write");
             wal.wait_durable(lsn).await.expect("durable");
@@ -192,6 +330,40 @@ mod tests {
         assert_eq!(seven.entry(2).map(|e| (e.term, e.get_data().to_vec())), Some((2, b"c".to_vec())));
         assert_eq!((seven.hard_state().term, seven.hard_state().vote, seven.hard_state().commit), (2, 2, 2));
         assert_eq!(logs.get(&9).map(GroupLog::last_index), Some(1));
+    }
+
+    #[test]
+    fn group_states_round_trip_and_restart_the_log() {
+        let state = GroupState {
+            log_only: true,
+            restart: Some((40, 3)),
+            conf_state: ConfState { voters: vec![1, 3, 4], learners: vec![5], ..ConfState::default() },
+            log_replicas: vec![4],
+        };
+        let bytes = encode_group_state(&state);
+        assert_eq!(decode_group_state(&bytes), Some(state.clone()));
+        for len in 0..bytes.len() {
+            assert_eq!(decode_group_state(bytes.get(..len).unwrap_or_default()), None, "length {len}");
+        }
+        assert_eq!(decode_log_replicas(&encode_log_replicas(&[4, 7])), Some(vec![4, 7]));
+        assert_eq!(decode_log_replicas(&[]), None);
+        let record = |kind, index, payload: Vec<u8>| Record {
+            lsn: Lsn::new(1, 4096),
+            meta: RecordMeta { partition: 2, term: 3, index, kind },
+            payload,
+        };
+        let records = [
+            record(KIND_RAFT_ENTRY, 1, vec![0]),
+            record(KIND_RAFT_GROUP_STATE, 40, bytes),
+            record(KIND_RAFT_ENTRY, 41, vec![0]),
+        ];
+        assert_eq!(log_only_groups(&records).keys().copied().collect::<Vec<_>>(), vec![2]);
+        let mut logs: BTreeMap<u64, GroupLog> = [(2, GroupLog::new(&[1, 2, 3]))].into_iter().collect();
+        rebuild(&records, &mut logs).expect("rebuild");
+        let log = logs.get(&2).expect("group 2");
+        assert_eq!((log.first_index(), log.last_index()), (41, 41));
+        assert_eq!(log.conf_state().voters, vec![1, 3, 4]);
+        assert_eq!(log.log_replicas(), &[4]);
     }
 
     #[test]

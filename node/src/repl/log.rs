@@ -14,8 +14,10 @@
 //! be reclaimed), and a running replica drops entries its tree holds once
 //! its peers no longer need them ([`GroupLog::compact`]). A peer that needs
 //! an entry from before the compaction point needs a snapshot of the B-tree;
-//! snapshots are not streamed yet, so [`Storage::snapshot`] answers
-//! "temporarily unavailable" and raft-rs tries again later.
+//! snapshots of the B-tree are not streamed yet, so [`Storage::snapshot`]
+//! answers "temporarily unavailable" and raft-rs tries again later — except
+//! for a log replica, which holds no B-tree: its snapshot is the metadata
+//! alone (where the log restarts and the configuration there).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -31,6 +33,10 @@ pub struct GroupLog {
     /// Term of the entry at `offset`.
     offset_term: u64,
     entries: Vec<Entry>,
+    /// Voters that keep only the log (no B-tree); see `repl` docs.
+    log_replicas: Vec<u64>,
+    /// The last applied entry (index, term): where `conf_state` holds.
+    applied: (u64, u64),
 }
 
 impl GroupLog {
@@ -55,12 +61,63 @@ impl GroupLog {
     /// receive and apply every entry but neither vote nor campaign).
     #[must_use]
     pub fn with_learners(voters: &[u64], learners: &[u64], index: u64, term: u64) -> Self {
-        assert!(!voters.is_empty(), "a group needs at least one voter");
         assert!(index == 0 || term > 0, "entries after the first are of a term ≥ 1");
         assert!(learners.iter().all(|l| !voters.contains(l)), "a learner is not a voter");
         let conf_state = ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..ConfState::default() };
         let hard_state = HardState { term, commit: index, ..HardState::default() };
-        Self { hard_state, conf_state, offset: index, offset_term: term, entries: Vec::new() }
+        Self {
+            hard_state,
+            conf_state,
+            offset: index,
+            offset_term: term,
+            entries: Vec::new(),
+            log_replicas: Vec::new(),
+            applied: (index, term),
+        }
+    }
+
+    /// The group's configuration (as of the last applied change).
+    #[must_use]
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Sets the configuration: after a change is applied, or as recovered.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
+    /// The voters that keep only the log.
+    #[must_use]
+    pub fn log_replicas(&self) -> &[u64] {
+        &self.log_replicas
+    }
+
+    /// Sets the log replicas (with the configuration change that made them).
+    pub fn set_log_replicas(&mut self, mut log_replicas: Vec<u64>) {
+        log_replicas.sort_unstable();
+        log_replicas.dedup();
+        self.log_replicas = log_replicas;
+    }
+
+    /// The state machine applied up to `index` (for snapshots of a log
+    /// replica: the configuration holds as of the last applied entry).
+    pub fn set_applied(&mut self, index: u64) {
+        let term = if index == self.offset { Some(self.offset_term) } else { self.entry(index).map(|e| e.term) };
+        if let Some(term) = term {
+            self.applied = (index, term);
+        }
+    }
+
+    /// Restarts the log after a snapshot at `index` (`term`): every entry is
+    /// dropped; the entries that follow come after it.
+    pub fn restart_after(&mut self, index: u64, term: u64) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+        self.applied = (index, term);
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
     }
 
     /// Drops the entries up to `index` (they are in the B-tree, and no peer
@@ -201,8 +258,20 @@ impl Storage for GroupLog {
         Ok(GroupLog::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if !self.log_replicas.contains(&to) {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        // A log replica needs no data: its log restarts after the last
+        // applied entry, with the configuration as of that entry (every
+        // change up to it is applied; later ones are in the entries that
+        // follow, which the leader holds: nothing above `applied` is
+        // compacted).
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        (meta.index, meta.term) = self.applied;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
 }
 

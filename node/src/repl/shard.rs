@@ -24,8 +24,9 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use raft::eraftpb::{Entry, HardState, Message, MessageType};
-use raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::log::GroupLog;
 use super::slog_bridge;
@@ -95,12 +96,30 @@ pub struct GroupWrite {
     pub partition: u64,
     /// Entries to append (they may replace an uncommitted tail).
     pub entries: Vec<Entry>,
+    /// The group's state (configuration, log replicas, where the log
+    /// restarts), when it changed. Write it **before** the entries: a log
+    /// that restarts after a snapshot drops what came before.
+    pub state: Option<GroupState>,
     /// New persistent state, if it changed. Write it **after** the entries:
     /// its commit index may cover them, and a restart must never find a
     /// commit index beyond its log (a torn write may keep the entries and
     /// lose the hard state, which is harmless: nothing that depends on the
     /// hard state was sent before the write was durable).
     pub hard_state: Option<HardState>,
+}
+
+/// A group's durable state besides its entries and hard state (WAL kind 20,
+/// `repl::durable`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupState {
+    /// This node keeps only the group's log (it is a log replica).
+    pub log_only: bool,
+    /// The log restarts after this entry (index, term): a snapshot.
+    pub restart: Option<(u64, u64)>,
+    /// The configuration.
+    pub conf_state: ConfState,
+    /// The voters that are log replicas.
+    pub log_replicas: Vec<u64>,
 }
 
 /// Committed entries of one group, to apply in order.
@@ -280,6 +299,9 @@ pub struct ShardRaft {
     config: ReplConfig,
     logger: slog::Logger,
     groups: BTreeMap<u64, Group>,
+    /// Groups of which this node is a log replica: never ticked, so they
+    /// never campaign (a log replica holds no state to serve as leader).
+    log_only: std::collections::BTreeSet<u64>,
     /// Ticks since this shard started.
     ticks: u64,
 }
@@ -299,7 +321,7 @@ impl ShardRaft {
         assert!(config.campaign_ticks.start < config.campaign_ticks.end, "empty campaign range");
         assert!(config.lease_margin_ticks < config.election_ticks, "a lease must last at least a tick");
         let logger = slog_bridge::logger(node_id);
-        Self { node_id, config, logger, groups: BTreeMap::new(), ticks: 0 }
+        Self { node_id, config, logger, groups: BTreeMap::new(), log_only: Default::default(), ticks: 0 }
     }
 
     /// Adds the replica of `partition` whose log (rebuilt from durable
@@ -342,6 +364,7 @@ impl ShardRaft {
     /// Removes a group (its partition was dropped).
     pub fn remove_group(&mut self, partition: u64) {
         self.groups.remove(&partition);
+        self.log_only.remove(&partition);
     }
 
     /// Whether this shard has a replica of `partition`.
@@ -392,6 +415,7 @@ impl ShardRaft {
             .iter()
             .map(|(&partition, g)| GroupWrite {
                 partition,
+                state: self.group_state(partition),
                 entries: Vec::new(),
                 hard_state: Some(g.raw.store().hard_state().clone()),
             })
@@ -417,11 +441,103 @@ impl ShardRaft {
         group.raw.mut_store().compact(to);
     }
 
-    /// Advances every group's logical clock by one tick.
+    /// Adds a group of which this node is a log replica (it never
+    /// campaigns; see [`Self::tick`]).
+    pub fn add_log_group(&mut self, partition: u64, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
+        self.add_group(partition, log, applied)?;
+        self.log_only.insert(partition);
+        Ok(())
+    }
+
+    /// Whether this node keeps only the log of `partition`.
+    #[must_use]
+    pub fn is_log_only(&self, partition: u64) -> bool {
+        self.log_only.contains(&partition)
+    }
+
+    /// The voters of a group that are log replicas.
+    #[must_use]
+    pub fn log_replicas(&self, partition: u64) -> Vec<u64> {
+        self.groups.get(&partition).map_or_else(Vec::new, |g| g.raw.store().log_replicas().to_vec())
+    }
+
+    /// The group's state as a write (for the WAL).
+    fn group_state(&self, partition: u64) -> Option<GroupState> {
+        let group = self.groups.get(&partition)?;
+        let log = group.raw.store();
+        Some(GroupState {
+            log_only: self.log_only.contains(&partition),
+            restart: None,
+            conf_state: log.conf_state().clone(),
+            log_replicas: log.log_replicas().to_vec(),
+        })
+    }
+
+    /// Proposes a configuration change (leader only), with Keel's context
+    /// (the log replicas after it, see `durable::encode_log_replicas`).
+    pub fn propose_conf_change(&mut self, partition: u64, cc: ConfChangeV2) -> Result<(), ProposeError> {
+        let group = self.groups.get_mut(&partition).ok_or(ProposeError::UnknownPartition(partition))?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
+        }
+        group.raw.propose_conf_change(Vec::new(), cc).map_err(|_| ProposeError::Dropped(partition))
+    }
+
+    /// Whether a configuration change of the group is proposed and not yet
+    /// applied (one at a time).
+    #[must_use]
+    pub fn conf_change_pending(&self, partition: u64) -> bool {
+        self.groups.get(&partition).is_some_and(|g| {
+            let raft = &g.raw.raft;
+            raft.pending_conf_index > raft.raft_log.applied || !g.raw.store().conf_state().voters_outgoing.is_empty()
+        })
+    }
+
+    /// Applies a committed configuration change entry (raft-rs's encoding,
+    /// from this node's own log). Returns the group's state to log.
+    pub fn apply_conf_change(&mut self, partition: u64, entry: &Entry) -> Result<GroupState, raft::Error> {
+        let state = {
+            let Some(group) = self.groups.get_mut(&partition) else {
+                return Err(raft::Error::ConfChangeError(format!("no group {partition}")));
+            };
+            let cc = ConfChangeV2::parse_from_bytes(entry.get_data())
+                .map_err(|e| raft::Error::ConfChangeError(format!("entry {}: {e}", entry.index)))?;
+            let conf_state = group.raw.apply_conf_change(&cc)?;
+            let log = group.raw.mut_store();
+            log.set_conf_state(conf_state);
+            if let Some(log_replicas) = super::durable::decode_log_replicas(cc.get_context()) {
+                log.set_log_replicas(log_replicas);
+            }
+            self.group_state(partition)
+        };
+        state.ok_or_else(|| raft::Error::ConfChangeError(format!("no group {partition}")))
+    }
+
+    /// The peers of a group this node leads, with when each was last heard
+    /// from as raft-rs tracks it (`recent_active`, reset every election
+    /// timeout under check-quorum): the ones not heard from lately.
+    #[must_use]
+    pub fn inactive_peers(&self, partition: u64) -> Vec<u64> {
+        let Some(group) = self.groups.get(&partition) else { return Vec::new() };
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let mut ids: Vec<u64> =
+            raft.prs().iter().filter(|(id, pr)| **id != self.node_id && !pr.recent_active).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Advances every group's logical clock by one tick (except the groups
+    /// of which this node is a log replica: they must never campaign).
     pub fn tick(&mut self) {
         self.ticks += 1;
-        for group in self.groups.values_mut() {
-            group.raw.tick();
+        for (partition, group) in &mut self.groups {
+            if !self.log_only.contains(partition) {
+                group.raw.tick();
+            }
         }
     }
 
@@ -503,9 +619,34 @@ impl ShardRaft {
                 continue;
             }
             let mut ready = group.raw.ready();
-            assert!(ready.snapshot().is_empty(), "snapshots are not produced yet (logs are never compacted)");
-            let outgoing = |message| Outgoing { partition, message };
-            batch.send.extend(ready.take_messages().into_iter().map(outgoing));
+            let outgoing = |mut message: Message| {
+                super::envelope::prepare_outgoing(&mut message);
+                Outgoing { partition, message }
+            };
+            let send = ready.take_messages();
+            for m in &send {
+                // A log replica's snapshot is its metadata alone: it is
+                // complete as soon as it is sent.
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    group.raw.report_snapshot(m.to, SnapshotStatus::Finish);
+                }
+            }
+            batch.send.extend(send.into_iter().map(outgoing));
+            let mut state = None;
+            if !ready.snapshot().is_empty() {
+                // Only log replicas receive snapshots (metadata alone): the
+                // log restarts after it, in the configuration it carries.
+                let meta = ready.snapshot().get_metadata().clone();
+                let log = group.raw.mut_store();
+                log.restart_after(meta.index, meta.term);
+                log.set_conf_state(meta.get_conf_state().clone());
+                state = Some(GroupState {
+                    log_only: self.log_only.contains(&partition),
+                    restart: Some((meta.index, meta.term)),
+                    conf_state: meta.get_conf_state().clone(),
+                    log_replicas: log.log_replicas().to_vec(),
+                });
+            }
             let committed = ready.take_committed_entries();
             if !committed.is_empty() {
                 batch.committed.push(Committed { partition, entries: committed });
@@ -516,8 +657,8 @@ impl ShardRaft {
             if let Some(hs) = &hard_state {
                 group.raw.mut_store().set_hard_state(hs.clone());
             }
-            if hard_state.is_some() || !entries.is_empty() {
-                batch.writes.push(GroupWrite { partition, entries, hard_state });
+            if hard_state.is_some() || !entries.is_empty() || state.is_some() {
+                batch.writes.push(GroupWrite { partition, state, entries, hard_state });
             }
             for read in ready.take_read_states() {
                 let (asked, rest) = read.request_ctx.split_at_checked(READ_CONTEXT_PREFIX_BYTES).unwrap_or_default();
@@ -565,6 +706,7 @@ impl ShardRaft {
     pub fn applied(&mut self, partition: u64, index: u64) {
         if let Some(group) = self.groups.get_mut(&partition) {
             group.raw.advance_apply_to(index);
+            group.raw.mut_store().set_applied(index);
         }
     }
 
