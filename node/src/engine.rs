@@ -61,7 +61,7 @@ use raft::eraftpb::{Entry, EntryType};
 use crate::btree::Direction;
 use crate::io::Disk;
 use crate::repl::membership::Cluster;
-use crate::repl::{GroupLog, Proposal, ProposeError, ShardRaft, durable};
+use crate::repl::{GroupLog, GroupState, GroupWrite, Proposal, ProposeError, ShardRaft, durable};
 use crate::replica::{Mutation, ShardStore, StoreReadError, StoreWriteError, Ticket};
 use crate::wal::{Lsn, Wal};
 
@@ -258,6 +258,17 @@ struct Pending {
     /// Where a standalone write was logged (None: a replicated proposal).
     lsn: Option<Lsn>,
     value: Option<Vec<u8>>,
+}
+
+/// What applying committed entries did beyond the trees.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Applied {
+    /// The catalog changed (the shell reconciles the other shards).
+    pub catalog_changed: bool,
+    /// Group states changed by configuration changes: the shell makes them
+    /// durable before anything checkpoints past them.
+    pub states: Vec<GroupWrite>,
 }
 
 /// How the engine's partitions are replicated: this shard's Raft groups,
@@ -508,16 +519,78 @@ impl<D: Disk> Engine<D> {
             let (voters, learners) = repl.members(partition);
             logs.insert(partition, (GroupLog::with_learners(&voters, &learners, at.index, at.term), at.index));
         }
+        // Groups this node keeps only the log of: no B-tree file, and their
+        // newest group state says so.
+        let present = self.store.partitions();
+        let log_only: Vec<u64> = durable::log_only_groups(&records)
+            .into_keys()
+            .filter(|p| !present.contains(p) && self.placement.hosts(*p))
+            .collect();
+        for &partition in &log_only {
+            let (voters, learners) = repl.members(partition);
+            logs.insert(partition, (GroupLog::with_learners(&voters, &learners, 0, 0), 0));
+            let first = records.iter().filter(|r| r.meta.partition == partition).map(|r| r.lsn).min();
+            if let Some(lsn) = first {
+                self.store.keep_log_from(partition, lsn);
+            }
+        }
         let mut only_logs: BTreeMap<u64, GroupLog> = logs.iter().map(|(p, (log, _))| (*p, log.clone())).collect();
         durable::rebuild(&records, &mut only_logs).map_err(|e| EngineError::Internal(e.to_string()))?;
         for (partition, log) in only_logs {
             let applied = logs.get(&partition).map_or(0, |(_, applied)| *applied);
-            repl.raft
-                .add_group(partition, log, applied)
+            let added = if log_only.contains(&partition) {
+                repl.raft.add_log_group(partition, log, applied)
+            } else {
+                repl.raft.add_group(partition, log, applied)
+            };
+            added
                 .map_err(|e| EngineError::Internal(format!("start the Raft group of partition {partition:#x}: {e}")))?;
         }
         self.repl = Some(repl);
         Ok(())
+    }
+
+    /// Starts a group of which this node keeps only the log (a leader added
+    /// it as a log replica and contacts it), in the partition's initial
+    /// configuration: the log it receives (from its first entry, or after a
+    /// metadata-only snapshot) brings it up to date. Returns the group state
+    /// to log, so that a restart finds the group again.
+    pub fn create_log_group(&mut self, partition: u64) -> Result<GroupWrite, EngineError> {
+        let repl = self.repl.as_mut().ok_or_else(|| EngineError::Internal("not replicated".into()))?;
+        let (voters, learners) = repl.members(partition);
+        let log = GroupLog::with_learners(&voters, &learners, 0, 0);
+        let state = GroupState {
+            log_only: true,
+            restart: None,
+            conf_state: log.conf_state().clone(),
+            log_replicas: Vec::new(),
+        };
+        repl.raft
+            .add_log_group(partition, log, 0)
+            .map_err(|e| EngineError::Internal(format!("start the log of partition {partition:#x}: {e}")))?;
+        tracing::info!(partition = format!("{partition:#x}"), "keeping the log of a partition (log replica)");
+        Ok(GroupWrite { partition, state: Some(state), entries: Vec::new(), hard_state: None })
+    }
+
+    /// Whether the partition's initial placement puts a replica on `node`
+    /// (a full replica: only those lead).
+    #[must_use]
+    pub fn placed_on(&self, partition: u64, node: u64) -> bool {
+        self.repl.as_ref().is_some_and(|r| r.members(partition).0.contains(&node))
+    }
+
+    /// Whether a message from a peer for a group this shard does not have
+    /// may start a log replica here: the partition belongs to a table this
+    /// node knows and is placed on this shard, but not on this node (its
+    /// replicas here exist from the catalog already).
+    #[must_use]
+    pub fn may_keep_log_of(&self, partition: u64) -> bool {
+        let Some(repl) = self.repl.as_ref() else { return false };
+        partition != CATALOG_PARTITION
+            && self.placement.hosts(partition)
+            && !repl.holds(partition)
+            && !repl.raft.has_group(partition)
+            && self.tables.values().any(|d| d.partition_ids().any(|p| p == partition))
     }
 
     fn replicated_with(&self, repl: &Replication, partition: u64) -> bool {
@@ -580,12 +653,36 @@ impl<D: Disk> Engine<D> {
     /// Applies committed entries of a group, in order, to its tree, and
     /// tells raft-rs. Returns whether the catalog changed (shard 0's
     /// catalog group: the shell then reconciles the other shards).
-    pub async fn apply_committed(&mut self, partition: u64, entries: &[Entry]) -> Result<bool, EngineError> {
-        let Some(last) = entries.last().map(|e| e.index) else { return Ok(false) };
-        if !self.store.partitions().contains(&partition) {
-            return Ok(false); // dropped by an earlier entry of the catalog
+    pub async fn apply_committed(&mut self, partition: u64, entries: &[Entry]) -> Result<Applied, EngineError> {
+        let mut outcome = Applied::default();
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(outcome) };
+        let log_only = self.raft().is_some_and(|r| r.is_log_only(partition));
+        if !log_only && !self.store.partitions().contains(&partition) {
+            return Ok(outcome); // dropped by an earlier entry of the catalog
         }
         for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let raft = self.raft_mut().expect("replicated groups have a driver");
+                let state = raft
+                    .apply_conf_change(partition, entry)
+                    .map_err(|e| EngineError::Internal(format!("partition {partition:#x}: {e}")))?;
+                tracing::info!(
+                    partition = format!("{partition:#x}"),
+                    voters = ?state.conf_state.voters,
+                    outgoing = ?state.conf_state.voters_outgoing,
+                    log_replicas = ?state.log_replicas,
+                    "configuration change applied"
+                );
+                outcome.states.push(GroupWrite {
+                    partition,
+                    state: Some(state),
+                    entries: Vec::new(),
+                    hard_state: None,
+                });
+            }
+            if log_only {
+                continue; // a log replica applies nothing to a tree
+            }
             let data = if entry.get_entry_type() == EntryType::EntryNormal { entry.get_data() } else { &[] };
             match self.store.apply_entry(partition, entry.index, entry.term, data).await {
                 Err(StoreWriteError::BadEntry { reason, .. }) => {
@@ -603,9 +700,9 @@ impl<D: Disk> Engine<D> {
             raft.applied(partition, last);
         }
         if partition == CATALOG_PARTITION && self.is_replicated(partition) {
-            return self.reload_catalog().await;
+            outcome.catalog_changed = self.reload_catalog().await?;
         }
-        Ok(false)
+        Ok(outcome)
     }
 
     /// (Shard 0, replicated.) Makes the catalog in memory and the hosted

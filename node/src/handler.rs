@@ -417,6 +417,7 @@ pub fn local_groups<D: Disk>(engine: &Engine<D>) -> Vec<protocol::GroupInfo> {
                 applied: engine.applied_index(partition).unwrap_or(status.applied),
                 last_index: status.last_index,
                 voters: raft.voters(partition),
+                log_replicas: raft.log_replicas(partition),
             })
         })
         .collect()

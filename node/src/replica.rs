@@ -45,7 +45,7 @@ use std::rc::Rc;
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
 use crate::btree::{Applied, BTree, BTreeError, CheckpointWrite, Direction, PageCache};
 use crate::io::{Disk, DiskFile, IoError};
-use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_HARD_STATE};
+use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_GROUP_STATE, KIND_RAFT_HARD_STATE};
 use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
 
 /// WAL record kind of a put.
@@ -337,6 +337,9 @@ pub struct ShardStore<D: Disk> {
     replicas: BTreeMap<u64, Replica<D>>,
     /// Raft records recovered at open, for the replication shell.
     raft_records: Vec<Record>,
+    /// Log-only groups (no B-tree here): the WAL keeps everything from
+    /// their first record on, until the group is removed.
+    kept_logs: BTreeMap<u64, Lsn>,
 }
 
 fn partition_file_name(partition: u64) -> String {
@@ -402,25 +405,27 @@ impl<D: Disk> ShardStore<D> {
             }
         }
         let wal = recovery.finish().await?;
-        Ok(Self { disk, config, wal: Rc::new(wal), cache, replicas, raft_records })
+        Ok(Self { disk, config, wal: Rc::new(wal), cache, replicas, raft_records, kept_logs: BTreeMap::new() })
     }
 }
 
 /// Applies one recovered WAL record to its replica, if it is newer than the
-/// replica's checkpoint; a Raft record of a present replica is handed back
-/// (for the shell to rebuild its log from).
+/// replica's checkpoint; a Raft record is handed back (for the shell to
+/// rebuild its logs from; a partition without a B-tree file may be a group
+/// this node keeps only the log of).
 async fn replay<D: Disk>(
     replicas: &mut BTreeMap<u64, Replica<D>>,
     record: Record,
 ) -> Result<Option<Record>, StoreOpenError> {
     {
         let partition = record.meta.partition;
+        let raft_kind = matches!(record.meta.kind, KIND_RAFT_ENTRY | KIND_RAFT_HARD_STATE | KIND_RAFT_GROUP_STATE);
         let Some(replica) = replicas.get_mut(&partition) else {
             // A partition's file is durable before any of its records is
             // acknowledged, so records without a file belong to a dropped
-            // partition.
-            tracing::debug!(partition, lsn = %record.lsn, "skipping WAL record of an absent partition");
-            return Ok(None);
+            // partition (or, Raft's, to a log replica).
+            tracing::debug!(partition, lsn = %record.lsn, "WAL record of a partition without a B-tree");
+            return Ok(raft_kind.then_some(record));
         };
         let index = record.meta.index;
         match record.meta.kind {
@@ -430,7 +435,7 @@ async fn replay<D: Disk>(
                 }
                 return Ok(Some(record));
             }
-            KIND_RAFT_HARD_STATE => return Ok(Some(record)),
+            KIND_RAFT_HARD_STATE | KIND_RAFT_GROUP_STATE => return Ok(Some(record)),
             _ => {}
         }
         if index <= replica.applied_index {
@@ -527,6 +532,19 @@ impl<D: Disk> ShardStore<D> {
     /// The Raft records recovered when the store opened (once).
     pub fn take_raft_records(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.raft_records)
+    }
+
+    /// A group this node keeps only the log of has a record at `lsn`: the
+    /// WAL keeps its records from the first one on (a log replica applies
+    /// nothing and checkpoints nothing).
+    pub fn keep_log_from(&mut self, partition: u64, lsn: Lsn) {
+        let kept = self.kept_logs.entry(partition).or_insert(lsn);
+        *kept = (*kept).min(lsn);
+    }
+
+    /// The log-only group is gone: its records may be reclaimed.
+    pub fn release_log(&mut self, partition: u64) {
+        self.kept_logs.remove(&partition);
     }
 
     /// A Raft entry of `partition` at `index` was submitted to the WAL at
@@ -797,6 +815,7 @@ impl<D: Disk> ShardStore<D> {
             .flatten()
             .chain(queued)
             .chain(logged)
+            .chain(self.kept_logs.values().copied())
             .min()
             .unwrap_or_else(|| self.wal.next_lsn())
     }

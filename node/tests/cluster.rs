@@ -4,7 +4,9 @@
 //! partition is killed with kill -9; writes to that partition succeed again
 //! within 5 s (a new leader is elected), every acknowledged write is
 //! readable with a strongly consistent read, and the killed node, restarted,
-//! catches up to the same content as the others.
+//! catches up to the same content as the others. With a fourth node, the
+//! leader replaces an unreachable replica with a log replica, which keeps
+//! the partition writable when a second replica fails.
 
 #![allow(clippy::indexing_slicing)]
 
@@ -38,13 +40,42 @@ impl Ports {
     }
 }
 
+/// The members of a cluster on loopback (one per zone, in order, except
+/// that `zones` may repeat), not started yet.
+fn members(tmp: &std::path::Path, zones: &[&str]) -> Vec<Member> {
+    let ports = free_ports(zones.len());
+    let spec = ports
+        .iter()
+        .zip(zones)
+        .enumerate()
+        .map(|(i, (p, az))| format!("n{}=127.0.0.1:{}/{az}", i + 1, p.replication))
+        .collect::<Vec<_>>()
+        .join(",");
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Member {
+            name: format!("n{}", i + 1),
+            ports: *p,
+            dir: tmp.join(format!("n{}", i + 1)),
+            spec: spec.clone(),
+            child: None,
+        })
+        .collect()
+}
+
 /// Four consecutive free ports per member (entry, shard 0, shard 1,
 /// replication), so that a restarted node comes back where it was.
 fn free_ports(members: usize) -> Vec<Ports> {
     let mut found = Vec::new();
     // Below Linux's ephemeral range (32768 up), where the nodes' own
     // outgoing connections could take a port the restart needs.
-    let mut base = 20_000 + u16::try_from(std::process::id() % 700).unwrap_or(0) * 16;
+    // The tests of this file run at once: each takes the ports after the
+    // last ones handed out.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 20_000 + u16::try_from(std::process::id() % 500).unwrap_or(0) * 16;
+    let _ = NEXT.compare_exchange(0, start, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst);
+    let mut base = NEXT.fetch_add(4 * 8, std::sync::atomic::Ordering::SeqCst);
     while found.len() < members {
         let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
@@ -348,4 +379,92 @@ fn a_killed_leader_is_replaced_within_5_s_without_losing_an_acknowledged_write_a
     runtime.block_on(via_restarted.put_item(TABLE, after).send()).expect("write after the restart");
     let got = runtime.block_on(via_restarted.get_item(TABLE, key("after"), None, Vec::new(), true)).expect("read");
     assert_eq!(got.and_then(|it| it.get("i").cloned()), Some(AttributeValue::N("7".into())));
+}
+
+/// The partition of table 1 (with `partitions` partitions) that holds `id`,
+/// as the engine computes it.
+fn partition_of(id: &str, partitions: u64) -> u64 {
+    let storage_key = keel_wire::key::encode_key("id", &AttributeValue::S(id.to_owned()), None).expect("key");
+    let hash = keel_wire::key::hash_of(&storage_key);
+    let index = (u128::from(hash) * u128::from(partitions)) >> 64;
+    (1 << 32) | u64::try_from(index).expect("below partitions")
+}
+
+/// Every reachable member's view of one group: (node id, its view).
+fn views(runtime: &tokio::runtime::Runtime, members: &[Member], partition: u64) -> Vec<(u64, protocol::GroupInfo)> {
+    members
+        .iter()
+        .filter(|m| m.child.is_some())
+        .filter_map(|m| {
+            let mut config = ClientConfig::new(m.ports.endpoint());
+            config.retries_max = 0;
+            let client = runtime.block_on(Client::connect(config)).ok()?;
+            let status = runtime.block_on(client.cluster_status()).ok()?;
+            let group = status.groups.into_iter().find(|g| g.partition == partition)?;
+            Some((status.node_id, group))
+        })
+        .collect()
+}
+
+#[test]
+fn a_log_replica_replaces_an_unreachable_replica_and_keeps_the_partition_writable_when_another_fails() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    // n4 shares az1 with n1: partitions placed on n1 have n4 as a spare.
+    let mut members = members(tmp.path(), &["az1", "az2", "az3", "az1"]);
+    for member in &mut members {
+        member.start();
+    }
+    let endpoints: Vec<String> = members.iter().map(|m| m.ports.endpoint()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = runtime.block_on(Client::connect(ClientConfig::cluster(endpoints.clone()))).expect("connect");
+    runtime.block_on(client.create_table(TABLE, ("id", KeyKind::S), None, 4)).expect("create table");
+    let describe = Request::DescribeTable { table: TABLE.into() };
+    for endpoint in &endpoints {
+        eventually(Duration::from_secs(10), "every node knows the table", || {
+            matches!(call_raw(endpoint, &describe), Some(Reply::Table(_))).then_some(())
+        });
+    }
+    // A key whose partition has its replicas on n1, n2 and n3, and that
+    // partition's leader.
+    let (id, partition, leader) =
+        eventually(Duration::from_secs(20), "a partition on n1, n2, n3 with a leader", || {
+            (0..64).map(|i| format!("k{i}")).find_map(|id| {
+                let partition = partition_of(&id, 4);
+                let seen = views(&runtime, &members, partition);
+                let leader = seen.iter().find(|(_, g)| g.role == 3 && g.voters == [1, 2, 3]).map(|(node, _)| *node)?;
+                Some((id, partition, leader))
+            })
+        });
+    let put = |c: &Client, n: u64| {
+        let it = item::from_json(&json!({"id": {"S": id}, "i": {"N": n.to_string()}})).expect("item");
+        runtime.block_on(c.put_item(TABLE, it).send())
+    };
+    put(&client, 1).expect("a write with every replica up");
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    let index_of = |node: u64| usize::try_from(node - 1).expect("small ids");
+
+    // One follower fails: within seconds the leader replaces it with a log
+    // replica on n4, which catches up.
+    members[index_of(followers[0])].kill_9();
+    let killed_at = Instant::now();
+    eventually(Duration::from_secs(30), "a log replica on n4 takes the failed replica's place", || {
+        let seen = views(&runtime, &members, partition);
+        let (_, at_leader) = seen.iter().find(|(node, _)| *node == leader)?;
+        let mut expected = vec![leader, followers[1], 4];
+        expected.sort_unstable();
+        let (_, at_log) = seen.iter().find(|(node, _)| *node == 4)?;
+        (at_leader.voters == expected && at_leader.log_replicas == [4] && at_log.commit >= at_leader.commit)
+            .then_some(())
+    });
+    eprintln!("the log replica was in place and caught up {:?} after the kill", killed_at.elapsed());
+
+    // A second replica fails: the leader and the log replica are a quorum.
+    members[index_of(followers[1])].kill_9();
+    let survivors: Vec<String> = [leader, 4].iter().map(|&n| endpoints[index_of(n)].clone()).collect();
+    let mut config = ClientConfig::cluster(survivors);
+    config.request_timeout = Duration::from_secs(3);
+    let survivor_client = runtime.block_on(Client::connect(config)).expect("connect to the survivors");
+    put(&survivor_client, 2).expect("a write with two of the three original replicas down");
+    let got = runtime.block_on(survivor_client.get_item(TABLE, key(&id), None, Vec::new(), true)).expect("read");
+    assert_eq!(got.and_then(|it| it.get("i").cloned()), Some(AttributeValue::N("2".into())));
 }

@@ -527,6 +527,8 @@ fn merge_status(answers: &[Answered]) -> Json {
             let replicas: Vec<Json> = voters
                 .iter()
                 .map(|node| match seen.iter().find(|(n, _)| n == node) {
+                    Some((_, g)) if g.log_replicas.contains(node) => json!({"Node": node, "Role": "log replica",
+                        "Term": g.term, "Commit": g.commit, "LastIndex": g.last_index}),
                     Some((_, g)) => json!({"Node": node, "Role": role_name(g.role), "Term": g.term,
                         "Commit": g.commit, "Applied": g.applied, "LastIndex": g.last_index}),
                     None => json!({"Node": node, "Role": "unknown"}),

@@ -228,6 +228,8 @@ pub struct GroupInfo {
     pub last_index: u64,
     /// Voters (node ids).
     pub voters: Vec<u64>,
+    /// The voters that are log replicas.
+    pub log_replicas: Vec<u64>,
 }
 
 /// One node's answer to [`Request::ClusterStatus`].
@@ -710,6 +712,7 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                         applied: g.applied,
                         last_index: g.last_index,
                         voters: Some(b.create_vector(&g.voters)),
+                        log_replicas: Some(b.create_vector(&g.log_replicas)),
                     };
                     fb::ReplicaGroupStatus::create(&mut b, &args)
                 })
@@ -1125,6 +1128,7 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
                 applied: g.applied(),
                 last_index: g.last_index(),
                 voters: g.voters().map(|v| v.iter().collect()).unwrap_or_default(),
+                log_replicas: g.log_replicas().map(|v| v.iter().collect()).unwrap_or_default(),
             })
             .collect(),
     })

@@ -32,6 +32,6 @@ mod slog_bridge;
 
 pub use log::GroupLog;
 pub use shard::{
-    Committed, GroupStatus, GroupWrite, Outgoing, PersistToken, Proposal, ProposeError, ReadPath, ReadReady,
-    ReadyBatch, ReplConfig, Role, ShardRaft, StepError,
+    Committed, GroupState, GroupStatus, GroupWrite, Outgoing, PersistToken, Proposal, ProposeError, ReadPath,
+    ReadReady, ReadyBatch, ReplConfig, Role, ShardRaft, StepError,
 };

@@ -299,12 +299,16 @@ pub struct ShardRaft {
     config: ReplConfig,
     logger: slog::Logger,
     groups: BTreeMap<u64, Group>,
-    /// Groups of which this node is a log replica: never ticked, so they
-    /// never campaign (a log replica holds no state to serve as leader).
+    /// Groups of which this node is a log replica: their campaign timeout
+    /// never comes (a log replica holds no state to serve as leader).
     log_only: std::collections::BTreeSet<u64>,
     /// Ticks since this shard started.
     ticks: u64,
 }
+
+/// The campaign timeout of a log replica's groups: never reached (about
+/// 3,500 years of 100 ms ticks).
+const NEVER_CAMPAIGN_TICKS: Range<usize> = (1 << 40)..(1 << 40) + 1;
 
 /// Bytes of Keel's prefix on a ReadIndex context: the tick and term at which
 /// the read was asked.
@@ -328,12 +332,20 @@ impl ShardRaft {
     /// records, or new) is `log`, and whose state machine has applied
     /// entries up to `applied`.
     pub fn add_group(&mut self, partition: u64, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
+        self.start_group(partition, log, applied, false)
+    }
+
+    fn start_group(&mut self, partition: u64, log: GroupLog, applied: u64, log_only: bool) -> Result<(), raft::Error> {
         assert!(!self.groups.contains_key(&partition), "partition {partition} added twice");
+        // A log replica's clock runs (a leader's lease it heard of expires,
+        // so it grants votes to a new leader), but its own election timeout
+        // never comes: it never campaigns.
+        let campaign = if log_only { NEVER_CAMPAIGN_TICKS } else { self.config.campaign_ticks.clone() };
         let config = raft::Config {
             id: self.node_id,
             election_tick: self.config.election_ticks,
-            min_election_tick: self.config.campaign_ticks.start,
-            max_election_tick: self.config.campaign_ticks.end,
+            min_election_tick: campaign.start,
+            max_election_tick: campaign.end,
             heartbeat_tick: self.config.heartbeat_ticks,
             applied,
             max_size_per_msg: self.config.message_entries_bytes_max,
@@ -444,7 +456,7 @@ impl ShardRaft {
     /// Adds a group of which this node is a log replica (it never
     /// campaigns; see [`Self::tick`]).
     pub fn add_log_group(&mut self, partition: u64, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
-        self.add_group(partition, log, applied)?;
+        self.start_group(partition, log, applied, true)?;
         self.log_only.insert(partition);
         Ok(())
     }
@@ -530,14 +542,11 @@ impl ShardRaft {
         ids
     }
 
-    /// Advances every group's logical clock by one tick (except the groups
-    /// of which this node is a log replica: they must never campaign).
+    /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
-        for (partition, group) in &mut self.groups {
-            if !self.log_only.contains(partition) {
-                group.raw.tick();
-            }
+        for group in self.groups.values_mut() {
+            group.raw.tick();
         }
     }
 

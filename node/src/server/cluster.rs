@@ -39,13 +39,13 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
 use keel_wire::raft::MESSAGES_PER_BATCH_MAX;
-use raft::eraftpb::EntryType;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType};
 use rustc_hash::FxHashMap;
 
 use super::{Message, READ_CHUNK_BYTES, Shard};
 use crate::engine::{EngineError, Replication};
 use crate::repl::membership::{Cluster, Member};
-use crate::repl::{Outgoing, ReadPath, ReplConfig, ShardRaft, durable, envelope};
+use crate::repl::{GroupWrite, Outgoing, ReadPath, ReplConfig, ShardRaft, durable, envelope};
 use crate::replica::Mutation;
 use crate::wal::Notify;
 
@@ -114,6 +114,10 @@ pub(super) struct ReplShell {
     next_read: Cell<u64>,
     /// Outgoing queues by node id.
     peers: RefCell<FxHashMap<u64, LocalSender<Outgoing>>>,
+    /// Since when each peer of a group this node leads has been silent.
+    inactive_since: RefCell<FxHashMap<(u64, u64), Instant>>,
+    /// Whether the last connection attempt to each peer succeeded.
+    reachable: RefCell<FxHashMap<u64, bool>>,
     /// Fired once client connections are drained: the driver and the peer
     /// connections stop.
     pub(super) stopping: super::StopSignal,
@@ -137,6 +141,8 @@ impl ReplShell {
             reads: RefCell::new(FxHashMap::default()),
             next_read: Cell::new(1),
             peers: RefCell::new(FxHashMap::default()),
+            inactive_since: RefCell::new(FxHashMap::default()),
+            reachable: RefCell::new(FxHashMap::default()),
             stopping: super::StopSignal::default(),
         }
     }
@@ -301,7 +307,9 @@ pub(super) async fn drive_once(shard: &Shard, tick: bool) -> Result<bool, String
     let Some(raft) = engine.raft_mut() else { return Ok(false) };
     if tick {
         raft.tick();
+        heal(shell, &mut engine, Instant::now());
     }
+    let Some(raft) = engine.raft_mut() else { return Ok(false) };
     if !raft.has_ready() {
         return Ok(false);
     }
@@ -322,13 +330,20 @@ pub(super) async fn drive_once(shard: &Shard, tick: bool) -> Result<bool, String
     let mut logged = Vec::new();
     let lsn = durable::submit(&wal, &batch.writes, |p, i, lsn| logged.push((p, i, lsn))).map_err(|e| e.to_string())?;
     for (partition, index, lsn) in logged {
-        // A group removed meanwhile has nothing to keep.
-        let _ = engine.store_mut().note_logged(partition, index, lsn);
+        if engine.raft().is_some_and(|r| r.is_log_only(partition)) {
+            engine.store_mut().keep_log_from(partition, lsn);
+        } else {
+            // A group removed meanwhile has nothing to keep.
+            let _ = engine.store_mut().note_logged(partition, index, lsn);
+        }
     }
     let mut catalog_changed = false;
+    let mut states = Vec::new();
     for committed in &batch.committed {
-        catalog_changed |=
+        let applied =
             engine.apply_committed(committed.partition, &committed.entries).await.map_err(|e| e.to_string())?;
+        catalog_changed |= applied.catalog_changed;
+        states.extend(applied.states);
         let mut writes = shell.writes.borrow_mut();
         for entry in &committed.entries {
             for (term, tx) in writes.remove(&(committed.partition, entry.index)).unwrap_or_default() {
@@ -341,6 +356,14 @@ pub(super) async fn drive_once(shard: &Shard, tick: bool) -> Result<bool, String
         if let Some(tx) = id.and_then(|id| shell.reads.borrow_mut().remove(&id)) {
             let _ = tx.try_send(read.index);
         }
+    }
+    if !states.is_empty() {
+        // A configuration change is durable before anything (a checkpoint
+        // past its entry) could make the entry's replay unnecessary.
+        if let Some(lsn) = durable::submit(&wal, &states, |_, _, _| {}).map_err(|e| e.to_string())? {
+            wal.wait_durable(lsn).await.map_err(|e| e.to_string())?;
+        }
+        leave_groups_left(&mut engine, &states);
     }
     let background = engine.store_mut().background_work_due();
     let tables = catalog_changed.then(|| engine.tables());
@@ -364,6 +387,88 @@ pub(super) async fn drive_once(shard: &Shard, tick: bool) -> Result<bool, String
     Ok(true)
 }
 
+/// After configuration changes: a log-only group that no longer names this
+/// node is dropped, and its records may be reclaimed.
+fn leave_groups_left(engine: &mut crate::engine::Engine<crate::io::glommio_disk::GlommioDisk>, states: &[GroupWrite]) {
+    let Some(me) = engine.raft().map(ShardRaft::node_id) else { return };
+    for write in states {
+        let Some(state) = &write.state else { continue };
+        let cs = &state.conf_state;
+        let member = [&cs.voters, &cs.voters_outgoing, &cs.learners, &cs.learners_next].iter().any(|l| l.contains(&me));
+        if !member && engine.raft().is_some_and(|r| r.is_log_only(write.partition)) {
+            if let Some(raft) = engine.raft_mut() {
+                raft.remove_group(write.partition);
+            }
+            engine.store_mut().release_log(write.partition);
+            tracing::info!(partition = format!("{:#x}", write.partition), "no longer a log replica");
+        }
+    }
+}
+
+/// How long a peer of a group this node leads may stay unheard from before
+/// the leader replaces it with a log replica.
+pub const HEAL_AFTER: Duration = Duration::from_secs(3);
+
+/// The leader's healing (`repl` docs): a voter of a group this node leads
+/// that has been silent for [`HEAL_AFTER`] is replaced, in one joint
+/// configuration change, by a log replica on a member outside the group,
+/// preferring a zone that none of the remaining voters is in.
+fn heal(shell: &ReplShell, engine: &mut crate::engine::Engine<crate::io::glommio_disk::GlommioDisk>, now: Instant) {
+    let Some(cluster) = engine.cluster().cloned() else { return };
+    let Some(raft) = engine.raft_mut() else { return };
+    let mut since = shell.inactive_since.borrow_mut();
+    for partition in raft.partitions() {
+        if partition == crate::engine::CATALOG_PARTITION || raft.is_log_only(partition) {
+            continue;
+        }
+        let inactive = raft.inactive_peers(partition);
+        since.retain(|(p, node), _| *p != partition || inactive.contains(node));
+        for &node in &inactive {
+            since.entry((partition, node)).or_insert(now);
+        }
+        if raft.writable(partition).is_err() || raft.conf_change_pending(partition) {
+            continue;
+        }
+        let silent = |node: &u64| since.get(&(partition, *node)).is_some_and(|t| now.duration_since(*t) >= HEAL_AFTER);
+        let voters = raft.voters(partition);
+        let Some(dead) = inactive.iter().copied().find(|n| silent(n) && voters.contains(n)) else { continue };
+        let zone = |id: u64| cluster.members().iter().find(|m| m.id == id).map(|m| m.az.clone());
+        let healthy_zones: Vec<Option<String>> = voters.iter().filter(|&&v| v != dead).map(|&v| zone(v)).collect();
+        let reachable = shell.reachable.borrow();
+        let spare = cluster
+            .members()
+            .iter()
+            .filter(|m| !voters.contains(&m.id) && reachable.get(&m.id) != Some(&false))
+            .min_by_key(|m| (healthy_zones.contains(&Some(m.az.clone())), m.id));
+        let Some(spare) = spare else { continue };
+        drop(reachable);
+        let mut log_replicas = raft.log_replicas(partition);
+        log_replicas.retain(|&n| n != dead);
+        log_replicas.push(spare.id);
+        let change = |kind, node_id| {
+            let mut c = ConfChangeSingle { node_id, ..ConfChangeSingle::default() };
+            c.set_change_type(kind);
+            c
+        };
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(
+            vec![change(ConfChangeType::RemoveNode, dead), change(ConfChangeType::AddNode, spare.id)].into(),
+        );
+        cc.context = durable::encode_log_replicas(&log_replicas).into();
+        match raft.propose_conf_change(partition, cc) {
+            Ok(()) => tracing::warn!(
+                partition = format!("{partition:#x}"),
+                unreachable = dead,
+                log_replica = spare.id,
+                "replacing an unreachable replica with a log replica"
+            ),
+            Err(e) => tracing::debug!(partition, error = %e, "could not propose a replacement"),
+        }
+        since.remove(&(partition, dead));
+    }
+}
+
 /// (Shard 0.) The replicated catalog changed: the node's other shards take
 /// the new catalog (their partitions and groups follow). One-way and in
 /// order: each shard's mesh channel delivers the changes as they were made.
@@ -383,8 +488,8 @@ pub(super) fn start_peers(shard: &Rc<Shard>, cluster: &Cluster) -> Vec<glommio::
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MAX);
         shell.peers.borrow_mut().insert(member.id, tx);
         let shard = Rc::clone(shard);
-        let addr = member.addr;
-        tasks.push(glommio::spawn_local(async move { peer_sender(&shard, addr, rx).await }));
+        let (id, addr) = (member.id, member.addr);
+        tasks.push(glommio::spawn_local(async move { peer_sender(&shard, id, addr, rx).await }));
     }
     tasks
 }
@@ -394,7 +499,7 @@ pub(super) fn stop_peers(shard: &Shard) {
     shard.shell().peers.borrow_mut().clear();
 }
 
-async fn peer_sender(shard: &Shard, addr: SocketAddr, rx: LocalReceiver<Outgoing>) {
+async fn peer_sender(shard: &Shard, node: u64, addr: SocketAddr, rx: LocalReceiver<Outgoing>) {
     let shell = shard.shell();
     let mut stream: Option<TcpStream> = None;
     let mut out = Vec::new();
@@ -411,8 +516,10 @@ async fn peer_sender(shard: &Shard, addr: SocketAddr, rx: LocalReceiver<Outgoing
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     stream = Some(s);
+                    shell.reachable.borrow_mut().insert(node, true);
                 }
                 Err(e) => {
+                    shell.reachable.borrow_mut().insert(node, false);
                     tracing::debug!(peer = %addr, error = %e, "peer unreachable; dropping its messages");
                     glommio::timer::sleep(PEER_RECONNECT_AFTER).await;
                     continue;
@@ -443,6 +550,7 @@ async fn peer_sender(shard: &Shard, addr: SocketAddr, rx: LocalReceiver<Outgoing
         {
             tracing::debug!(peer = %addr, error = %e, "peer connection lost");
             stream = None;
+            shell.reachable.borrow_mut().insert(node, false);
         }
     }
 }
@@ -564,6 +672,25 @@ pub(super) async fn step_here(shard: &Shard, from: u64, endpoint: &str, messages
         && repl.endpoint(from) != Some(endpoint)
     {
         repl.set_endpoint(from, endpoint.to_owned());
+    }
+    let wal = engine.wal();
+    for out in &messages {
+        // A leader contacts a member it added as a log replica: start the
+        // group here (logged, so that a restart finds it again).
+        let contact = matches!(
+            out.message.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        );
+        if contact && engine.may_keep_log_of(out.partition) && engine.placed_on(out.partition, from) {
+            match engine.create_log_group(out.partition) {
+                Ok(write) => match durable::submit(&wal, std::slice::from_ref(&write), |_, _, _| {}) {
+                    Ok(Some(lsn)) => engine.store_mut().keep_log_from(out.partition, lsn),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "could not log a new log replica"),
+                },
+                Err(e) => tracing::error!(error = %e, "could not start a log replica"),
+            }
+        }
     }
     if let Some(raft) = engine.raft_mut() {
         for out in messages {

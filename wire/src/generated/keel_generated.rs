@@ -7007,6 +7007,7 @@ impl<'a> ReplicaGroupStatus<'a> {
   pub const VT_APPLIED: ::flatbuffers::VOffsetT = 16;
   pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 18;
   pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_LOG_REPLICAS: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7024,6 +7025,7 @@ impl<'a> ReplicaGroupStatus<'a> {
     builder.add_term(args.term);
     builder.add_leader(args.leader);
     builder.add_partition(args.partition);
+    if let Some(x) = args.log_replicas { builder.add_log_replicas(x); }
     if let Some(x) = args.voters { builder.add_voters(x); }
     builder.add_shard(args.shard);
     builder.add_role(args.role);
@@ -7098,6 +7100,14 @@ impl<'a> ReplicaGroupStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ReplicaGroupStatus::VT_VOTERS, None)}
   }
+  /// The voters that keep only the log (log replicas).
+  #[inline]
+  pub fn log_replicas(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ReplicaGroupStatus::VT_LOG_REPLICAS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ReplicaGroupStatus<'_> {
@@ -7115,6 +7125,7 @@ impl ::flatbuffers::Verifiable for ReplicaGroupStatus<'_> {
      .visit_field::<u64>("applied", Self::VT_APPLIED, false)?
      .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters", Self::VT_VOTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("log_replicas", Self::VT_LOG_REPLICAS, false)?
      .finish();
     Ok(())
   }
@@ -7129,6 +7140,7 @@ pub struct ReplicaGroupStatusArgs<'a> {
     pub applied: u64,
     pub last_index: u64,
     pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub log_replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for ReplicaGroupStatusArgs<'a> {
   #[inline]
@@ -7143,6 +7155,7 @@ impl<'a> Default for ReplicaGroupStatusArgs<'a> {
       applied: 0,
       last_index: 0,
       voters: None,
+      log_replicas: None,
     }
   }
 }
@@ -7189,6 +7202,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaGroupStatusBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaGroupStatus::VT_VOTERS, voters);
   }
   #[inline]
+  pub fn add_log_replicas(&mut self, log_replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaGroupStatus::VT_LOG_REPLICAS, log_replicas);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaGroupStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ReplicaGroupStatusBuilder {
@@ -7215,6 +7232,7 @@ impl ::core::fmt::Debug for ReplicaGroupStatus<'_> {
       ds.field("applied", &self.applied());
       ds.field("last_index", &self.last_index());
       ds.field("voters", &self.voters());
+      ds.field("log_replicas", &self.log_replicas());
       ds.finish()
   }
 }
