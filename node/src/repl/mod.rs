@@ -21,6 +21,16 @@
 //! apart. A node that restarts stays out of elections for one election
 //! timeout, since it forgot whose lease it may have renewed. The simulator
 //! runs half its seeds with leases, on clocks up to 10 % apart.
+//!
+//! A *log replica* is a voter that keeps only the group's log in its shard
+//! WAL, with no B-tree: a leader puts one in the place of a replica it has
+//! not heard from (one joint configuration change), so that the group has
+//! three voters again at the cost of shipping the log alone. It votes and
+//! acknowledges like any voter but never campaigns (its campaign timeout is
+//! out of reach), since it could not serve reads or evaluate conditions.
+//! Configuration changes are `ConfChangeV2` entries; their context carries
+//! the log replicas after the change, and every replica records the
+//! resulting group state (WAL kind 20) when it applies one.
 
 pub mod durable;
 pub mod envelope;

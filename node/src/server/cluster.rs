@@ -20,6 +20,11 @@
 //!   are dropped, which Raft tolerates (it retries), and memory stays
 //!   bounded. Frames carry Keel's envelope (`docs/format/raft.md`); entries
 //!   from peers are checked to be mutations before raft-rs sees them.
+//! - **Healing.** Each tick the driver looks at the groups this node leads:
+//!   a voter not heard from for [`HEAL_AFTER`] is replaced, in one joint
+//!   configuration change, by a log replica on a reachable member outside
+//!   the group (preferring a zone the other voters are not in). The log
+//!   replica's node starts the group when the leader first contacts it.
 //! - **Waiting.** A replicated write is answered once the entry at its index
 //!   is applied: with success if that entry has the proposal's term, as a
 //!   retryable failure if another entry took its place, and as an error of
