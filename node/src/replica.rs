@@ -627,7 +627,7 @@ impl<D: Disk> ShardStore<D> {
                 self.checkpoint(partition).await?;
             }
         }
-        if self.wal.segment_count() > self.config.wal_segments_max {
+        if self.checkpointable_segments() > self.config.wal_segments_max {
             self.checkpoint_oldest().await?;
         }
         Ok(())
@@ -636,6 +636,17 @@ impl<D: Disk> ShardStore<D> {
     /// Dirty B-tree bytes of all replicas.
     pub fn dirty_bytes(&self) -> usize {
         self.replicas.values().map(|r| r.tree.dirty_bytes()).sum()
+    }
+
+    /// WAL segments a checkpoint could free: those below every log-only
+    /// group's first record (a log replica keeps its log whatever the trees
+    /// checkpoint, so its segments neither call for checkpoints nor slow
+    /// writers down; the WAL grows until the log replica leaves).
+    fn checkpointable_segments(&self) -> usize {
+        match self.kept_logs.values().map(|lsn| lsn.segment()).min() {
+            None => self.wal.segment_count(),
+            Some(floor) => self.wal.segments().iter().filter(|&&s| s < floor).count(),
+        }
     }
 
     /// The checkpoint policy, for background checkpoints: the replica that
@@ -647,7 +658,7 @@ impl<D: Disk> ShardStore<D> {
         if self.dirty_bytes() > self.config.dirty_bytes_max {
             return self.replicas.iter().max_by_key(|(_, r)| r.tree.dirty_bytes()).map(|(p, _)| *p);
         }
-        if self.wal.segment_count() > self.config.wal_segments_max {
+        if self.checkpointable_segments() > self.config.wal_segments_max {
             let oldest_segment = self.wal.segments().first().copied().unwrap_or(0);
             return self
                 .replicas
@@ -668,7 +679,7 @@ impl<D: Disk> ShardStore<D> {
     /// bounded when writes outrun checkpoints).
     pub fn checkpoint_backlogged(&self) -> bool {
         self.dirty_bytes() > self.config.dirty_bytes_max.saturating_mul(2)
-            || self.wal.segment_count() > self.config.wal_segments_max.saturating_mul(2)
+            || self.checkpointable_segments() > self.config.wal_segments_max.saturating_mul(2)
     }
 
     /// Whether a checkpoint is being written.
@@ -916,5 +927,43 @@ async fn apply_to_tree<F: crate::io::DiskFile>(tree: &mut BTree<F>, mutation: Mu
     match mutation {
         Mutation::Put { key, value } => tree.put(key, value).await,
         Mutation::Delete { key } => tree.delete(key).await.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_lite::future::block_on;
+
+    use super::*;
+    use crate::io::sim::SimDisk;
+
+    #[test]
+    fn a_kept_log_holds_its_wal_segments_until_released_without_backlogging_writers() {
+        let disk = SimDisk::new(3);
+        let mut config = StoreConfig::new("/s");
+        config.wal = WalConfig {
+            segment_size_bytes: 64 * 1024,
+            payload_max_bytes: 16 * 1024,
+            zero_fill: false,
+            ..WalConfig::default()
+        };
+        config.wal_segments_max = 2;
+        block_on(async {
+            let mut store = ShardStore::open(disk.clone(), config).await.expect("open");
+            store.create_partition(1).await.expect("create");
+            let first = store.wal().next_lsn();
+            store.keep_log_from(9, first);
+            for i in 0..300 {
+                store.put(1, format!("k{i}").as_bytes(), &[7; 1000]).await.expect("put");
+            }
+            store.checkpoint_all().await.expect("checkpoint");
+            assert!(store.wal().segment_count() > 4, "the kept log holds {} segments", store.wal().segment_count());
+            assert!(store.reclaim_watermark() <= first);
+            assert!(!store.checkpoint_backlogged(), "a log replica's segments do not slow writers down");
+            assert_eq!(store.checkpoint_due(), None);
+            store.release_log(9);
+            store.checkpoint_all().await.expect("checkpoint");
+            assert!(store.wal().segment_count() <= 2, "released: {} segments", store.wal().segment_count());
+        });
     }
 }
