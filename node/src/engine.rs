@@ -62,7 +62,7 @@ use crate::btree::Direction;
 use crate::io::Disk;
 use crate::repl::membership::Cluster;
 use crate::repl::{GroupLog, GroupState, GroupWrite, Proposal, ProposeError, ShardRaft, durable};
-use crate::replica::{Mutation, ShardStore, StoreReadError, StoreWriteError, Ticket};
+use crate::replica::{ENTRY_KIND_ROLES, Mutation, ShardStore, StoreReadError, StoreWriteError, Ticket};
 use crate::wal::{Lsn, Wal};
 
 /// The partition holding the catalog.
@@ -599,7 +599,8 @@ impl<D: Disk> Engine<D> {
             // keep local copies of it.
             self.placement.shard == 0 && repl.holds(partition)
         } else {
-            repl.holds(partition)
+            // Every table partition is a group, wherever healing put it.
+            true
         }
     }
 
@@ -680,10 +681,31 @@ impl<D: Disk> Engine<D> {
                     hard_state: None,
                 });
             }
+            let roles = (entry.get_entry_type() == EntryType::EntryNormal)
+                .then(|| entry.get_data().split_first())
+                .flatten()
+                .filter(|(kind, _)| **kind == ENTRY_KIND_ROLES)
+                .and_then(|(_, rest)| durable::decode_log_replicas(rest));
+            if let Some(log_replicas) = roles.clone() {
+                let raft = self.raft_mut().expect("replicated groups have a driver");
+                if let Some(state) = raft.set_log_replicas(partition, log_replicas) {
+                    tracing::info!(partition = format!("{partition:#x}"), log_replicas = ?state.log_replicas, "roles changed");
+                    outcome.states.push(GroupWrite {
+                        partition,
+                        state: Some(state),
+                        entries: Vec::new(),
+                        hard_state: None,
+                    });
+                }
+            }
             if log_only {
                 continue; // a log replica applies nothing to a tree
             }
-            let data = if entry.get_entry_type() == EntryType::EntryNormal { entry.get_data() } else { &[] };
+            let data = if entry.get_entry_type() == EntryType::EntryNormal && roles.is_none() {
+                entry.get_data()
+            } else {
+                &[]
+            };
             match self.store.apply_entry(partition, entry.index, entry.term, data).await {
                 Err(StoreWriteError::BadEntry { reason, .. }) => {
                     // Entries are checked when they arrive and when they are
@@ -730,6 +752,15 @@ impl<D: Disk> Engine<D> {
     /// of is refused as `NotLeader`, pointing at a node that holds one.
     fn held(&self, partition: u64) -> Result<(), EngineError> {
         let Some(repl) = self.repl.as_ref() else { return Ok(()) };
+        if repl.raft.has_group(partition) {
+            if !repl.raft.is_log_only(partition) {
+                return Ok(());
+            }
+            // A log replica holds no items: its leader does.
+            let leader = repl.raft.status(partition).map_or(0, |s| s.leader);
+            let hint = repl.endpoint(leader).map(str::to_owned);
+            return Err(EngineError::NotLeader { partition, leader, hint });
+        }
         if repl.holds(partition) {
             return Ok(());
         }
@@ -783,6 +814,51 @@ impl<D: Disk> Engine<D> {
     /// The store underneath (for checkpoints and shutdown).
     pub fn store_mut(&mut self) -> &mut ShardStore<D> {
         &mut self.store
+    }
+
+    /// The store underneath (for snapshots).
+    #[must_use]
+    pub fn store(&self) -> &ShardStore<D> {
+        &self.store
+    }
+
+    /// Ends the rebuild of a log replica into a full one: installs the
+    /// built B-tree (a snapshot whose checkpoint says `applied_index`, at
+    /// or after which every key holds a value of some moment since), applies
+    /// this replica's own log on top of it up to what the group has applied
+    /// (puts and deletes of whole items: replaying them over a state
+    /// between the snapshot's start and end gives the state at the end),
+    /// and starts the group again as a full replica. Returns the group
+    /// state to make durable.
+    pub async fn finish_rebuild(&mut self, partition: u64) -> Result<GroupWrite, EngineError> {
+        let raft = self.raft().ok_or_else(|| EngineError::Internal("not replicated".into()))?;
+        let log = raft.log(partition).cloned().ok_or_else(|| EngineError::Internal("no such group".into()))?;
+        let applied = raft.status(partition).map_or(0, |s| s.applied);
+        self.store.install_built(partition).await?;
+        let from = self.store.applied_index(partition).unwrap_or(0);
+        if from + 1 < log.first_index() {
+            self.store.drop_partition(partition).await?;
+            return Err(EngineError::Internal(format!(
+                "partition {partition:#x}: the snapshot ({from}) is older than this replica's log ({})",
+                log.first_index()
+            )));
+        }
+        for index in from + 1..=applied {
+            let entry = log.entry(index).ok_or_else(|| EngineError::Internal(format!("entry {index} missing")))?;
+            let data = entry.get_data();
+            let mutation = entry.get_entry_type() == EntryType::EntryNormal && data.first() != Some(&ENTRY_KIND_ROLES);
+            self.store.apply_entry(partition, index, entry.term, if mutation { data } else { &[] }).await?;
+        }
+        let raft = self.raft_mut().ok_or_else(|| EngineError::Internal("not replicated".into()))?;
+        raft.become_full(partition).map_err(|e| EngineError::Internal(format!("restart the group: {e}")))?;
+        let state = raft.set_log_replicas(partition, raft.log_replicas(partition));
+        // Entries after the applied ones were logged as the log replica's:
+        // the WAL keeps them until the new tree's checkpoint holds them.
+        self.store.keep_log_until_checkpointed(partition, log.last_index());
+        let mut state = state.ok_or_else(|| EngineError::Internal("no such group".into()))?;
+        state.log_only = false;
+        tracing::info!(partition = format!("{partition:#x}"), from, applied, "rebuilt as a full replica");
+        Ok(GroupWrite { partition, state: Some(state), entries: Vec::new(), hard_state: None })
     }
 
     /// Whether writers should wait for the background checkpoint (see

@@ -52,6 +52,9 @@ use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, Wa
 pub const KIND_PUT: u8 = USER_KIND_MIN;
 /// WAL record kind of a delete.
 pub const KIND_DELETE: u8 = USER_KIND_MIN + 1;
+/// First byte of a Raft entry that changes which voters of a group are log
+/// replicas (`[21][u8 count][count × u64 node]`); not a mutation.
+pub const ENTRY_KIND_ROLES: u8 = USER_KIND_MIN + 5;
 
 /// Settings of one shard's storage.
 #[derive(Debug, Clone)]
@@ -254,6 +257,14 @@ pub enum StoreWriteError {
     },
 }
 
+/// Where a log-only group's records start, and (once the group became a
+/// full replica) the index its tree must checkpoint past before they may go.
+#[derive(Debug, Clone, Copy)]
+struct KeptLog {
+    from: Lsn,
+    until_checkpointed: Option<u64>,
+}
+
 /// A submitted, not yet applied write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
@@ -339,7 +350,7 @@ pub struct ShardStore<D: Disk> {
     raft_records: Vec<Record>,
     /// Log-only groups (no B-tree here): the WAL keeps everything from
     /// their first record on, until the group is removed.
-    kept_logs: BTreeMap<u64, Lsn>,
+    kept_logs: BTreeMap<u64, KeptLog>,
 }
 
 fn partition_file_name(partition: u64) -> String {
@@ -538,8 +549,26 @@ impl<D: Disk> ShardStore<D> {
     /// WAL keeps its records from the first one on (a log replica applies
     /// nothing and checkpoints nothing).
     pub fn keep_log_from(&mut self, partition: u64, lsn: Lsn) {
-        let kept = self.kept_logs.entry(partition).or_insert(lsn);
-        *kept = (*kept).min(lsn);
+        let kept = self.kept_logs.entry(partition).or_insert(KeptLog { from: lsn, until_checkpointed: None });
+        kept.from = kept.from.min(lsn);
+    }
+
+    /// The log-only group became a full replica: its records are needed
+    /// until its tree's checkpoint holds `index` (the log's last entry when
+    /// it changed; the ones after it are noted as usual).
+    pub fn keep_log_until_checkpointed(&mut self, partition: u64, index: u64) {
+        if let Some(kept) = self.kept_logs.get_mut(&partition) {
+            kept.until_checkpointed = Some(index);
+        }
+    }
+
+    /// The kept logs still needed.
+    fn kept_floors(&self) -> impl Iterator<Item = Lsn> + '_ {
+        self.kept_logs.iter().filter_map(|(partition, kept)| {
+            let checkpointed = self.replicas.get(partition).map(|r| r.tree.applied_index());
+            let done = kept.until_checkpointed.zip(checkpointed).is_some_and(|(until, at)| at >= until);
+            (!done).then_some(kept.from)
+        })
     }
 
     /// The log-only group is gone: its records may be reclaimed.
@@ -643,7 +672,7 @@ impl<D: Disk> ShardStore<D> {
     /// checkpoint, so its segments neither call for checkpoints nor slow
     /// writers down; the WAL grows until the log replica leaves).
     fn checkpointable_segments(&self) -> usize {
-        match self.kept_logs.values().map(|lsn| lsn.segment()).min() {
+        match self.kept_floors().map(Lsn::segment).min() {
             None => self.wal.segment_count(),
             Some(floor) => self.wal.segments().iter().filter(|&&s| s < floor).count(),
         }
@@ -826,7 +855,7 @@ impl<D: Disk> ShardStore<D> {
             .flatten()
             .chain(queued)
             .chain(logged)
-            .chain(self.kept_logs.values().copied())
+            .chain(self.kept_floors())
             .min()
             .unwrap_or_else(|| self.wal.next_lsn())
     }
@@ -903,6 +932,54 @@ impl<D: Disk> ShardStore<D> {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.config.dir
+    }
+
+    fn building_path(&self, partition: u64) -> PathBuf {
+        self.config.dir.join("partitions").join(format!("{}.building", partition_file_name(partition)))
+    }
+
+    /// Starts building a partition's B-tree from a snapshot, in a file of
+    /// its own (any earlier, unfinished one is dropped): the caller fills
+    /// and checkpoints it without the store, then installs it with
+    /// [`Self::install_built`].
+    pub async fn begin_building(&mut self, partition: u64) -> Result<BTree<D::File>, StoreWriteError> {
+        if self.replicas.contains_key(&partition) {
+            return Err(StoreWriteError::PartitionExists(partition));
+        }
+        let path = self.building_path(partition);
+        if self.disk.exists(&path).await? {
+            self.disk.remove(&path).await?;
+        }
+        let file = self.disk.open(&path, true).await?;
+        Ok(BTree::create(file, partition, Rc::clone(&self.cache)).await?)
+    }
+
+    /// Makes a built (and checkpointed) B-tree the partition's replica:
+    /// renames its file into place durably and opens it at the position its
+    /// checkpoint records.
+    pub async fn install_built(&mut self, partition: u64) -> Result<(), StoreWriteError> {
+        if self.replicas.contains_key(&partition) {
+            return Err(StoreWriteError::PartitionExists(partition));
+        }
+        let dir = self.config.dir.join("partitions");
+        let path = self.partition_path(partition);
+        self.disk.rename(&self.building_path(partition), &path).await?;
+        self.disk.sync_dir(&dir).await?;
+        let file = self.disk.open(&path, false).await?;
+        let tree = BTree::open(file, partition, Rc::clone(&self.cache)).await?;
+        let applied = tree.applied();
+        let replica = Replica {
+            tree,
+            last_index: applied.index,
+            applied_index: applied.index,
+            applied_term: applied.term,
+            logged: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            oldest_unflushed: None,
+            checkpointing_from: None,
+        };
+        self.replicas.insert(partition, replica);
+        Ok(())
     }
 
     /// Path of a partition's B-tree file.

@@ -413,6 +413,8 @@ enum Op {
     ScanPart { body: Vec<u8>, partition: u64, after: Option<Vec<u8>>, page: Page },
     /// List this shard's replicas (cluster status).
     Groups,
+    /// (Cluster.) Read the next chunk of a snapshot of a hosted partition.
+    SnapshotChunk { partition: u64, after: Option<Vec<u8>> },
 }
 
 #[derive(Debug)]
@@ -421,6 +423,7 @@ enum Answer {
     Done(Result<(), String>),
     ScanPart(Result<(Page, bool), Response<'static>>),
     Groups(Vec<keel_wire::protocol::GroupInfo>),
+    SnapshotChunk(Result<cluster::ChunkRead, String>),
 }
 
 /// One shard, shared by its tasks.
@@ -440,6 +443,8 @@ struct Shard {
     checkpointed: Notify,
     /// Replication (cluster mode).
     repl: Option<ReplShell>,
+    /// The low-share task queue (checkpoints, snapshots).
+    background_queue: Cell<Option<glommio::TaskQueueHandle>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -482,6 +487,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         background_wanted: Notify::default(),
         checkpointed: Notify::default(),
         repl,
+        background_queue: Cell::new(None),
     });
     if shard.repl.is_some() {
         // Committed entries the trees do not hold yet (applied after the
@@ -490,6 +496,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     }
     let background =
         glommio::executor().create_task_queue(Shares::Static(BACKGROUND_SHARES), Latency::NotImportant, "background");
+    shard.background_queue.set(Some(background));
     let background = glommio::spawn_local_into(background_work(Rc::clone(&shard)), background)
         .map_err(|e| anyhow::anyhow!("start the background task: {e}"))?;
     let dispatchers = start_dispatchers(&shard, &mut receivers);
@@ -516,6 +523,11 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         repl_tasks.extend(cluster::start_peers(&shard, &cluster.cluster));
         repl_tasks.push(glommio::spawn_local(cluster::accept_peers(Rc::clone(&shard), peers)));
         repl_tasks.push(glommio::spawn_local(cluster::driver(Rc::clone(&shard))));
+        if let Some(queue) = shard.background_queue.get() {
+            let rebuilds = glommio::spawn_local_into(cluster::rebuild_log_replicas(Rc::clone(&shard)), queue)
+                .map_err(|e| anyhow::anyhow!("start the rebuild task: {e}"))?;
+            repl_tasks.push(rebuilds);
+        }
     }
 
     if shard.index == 0 {
@@ -679,6 +691,9 @@ impl Shard {
                 let result = self.serve_reconcile(&tables).await;
                 self.catalog_ready.fire();
                 Answer::Done(result)
+            }
+            Op::SnapshotChunk { partition, after } => {
+                Answer::SnapshotChunk(cluster::read_chunk(self, partition, after.as_deref()).await)
             }
             Op::Groups => match self.engine.read().await {
                 Ok(engine) => Answer::Groups(handler::local_groups(&engine)),
@@ -952,7 +967,9 @@ impl Answer {
     /// For catalog reconciliation: a body is an unexpected answer.
     fn map_body_to_err(self) -> Self {
         match self {
-            Self::Body(_) | Self::ScanPart(_) | Self::Groups(_) => Self::Done(Err("unexpected answer".into())),
+            Self::Body(_) | Self::ScanPart(_) | Self::Groups(_) | Self::SnapshotChunk(_) => {
+                Self::Done(Err("unexpected answer".into()))
+            }
             done @ Self::Done(_) => done,
         }
     }

@@ -407,7 +407,7 @@ fn views(runtime: &tokio::runtime::Runtime, members: &[Member], partition: u64) 
 }
 
 #[test]
-fn a_log_replica_replaces_an_unreachable_replica_and_keeps_the_partition_writable_when_another_fails() {
+fn a_log_replica_replaces_an_unreachable_replica_is_rebuilt_into_a_full_one_and_keeps_the_partition_writable() {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     // n4 shares az1 with n1: partitions placed on n1 have n4 as a spare.
     let mut members = members(tmp.path(), &["az1", "az2", "az3", "az1"]);
@@ -440,6 +440,25 @@ fn a_log_replica_replaces_an_unreachable_replica_and_keeps_the_partition_writabl
         runtime.block_on(c.put_item(TABLE, it).send())
     };
     put(&client, 1).expect("a write with every replica up");
+    // Items of that partition, enough for a snapshot of several chunks.
+    let pad = "p".repeat(4000);
+    let ids: Vec<String> = (0..4000).map(|i| format!("p{i}")).filter(|i| partition_of(i, 4) == partition).collect();
+    let write_all = |c: &Client, ids: &[String], n: u64| {
+        runtime.block_on(async {
+            for chunk in ids.chunks(32) {
+                let writes = chunk.iter().map(|id| {
+                    let it = item::from_json(&json!({"id": {"S": id}, "i": {"N": n.to_string()}, "pad": {"S": pad}}))
+                        .expect("item");
+                    c.put_item(TABLE, it).send()
+                });
+                for result in futures_util::future::join_all(writes).await {
+                    result.expect("write");
+                }
+            }
+        });
+    };
+    let (before, during) = ids.split_at(ids.len() / 2);
+    write_all(&client, before, 1);
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
     let index_of = |node: u64| usize::try_from(node - 1).expect("small ids");
 
@@ -457,6 +476,45 @@ fn a_log_replica_replaces_an_unreachable_replica_and_keeps_the_partition_writabl
             .then_some(())
     });
     eprintln!("the log replica was in place and caught up {:?} after the kill", killed_at.elapsed());
+    // Writes go on while it is rebuilt.
+    write_all(&client, during, 2);
+
+    // In the background it is rebuilt into a full replica from the leader's
+    // snapshot: the group lists no log replica any more, and n4 answers an
+    // eventually consistent read from its own B-tree.
+    let read_here = Request::GetItem {
+        table: TABLE.into(),
+        key: key(&id),
+        projection: None,
+        args: ExpressionArgs::default(),
+        consistent_read: false,
+    };
+    eventually(Duration::from_secs(60), "the log replica becomes a full replica", || {
+        let seen = views(&runtime, &members, partition);
+        let none_listed = seen.iter().all(|(_, g)| g.log_replicas.is_empty()) && seen.len() == 3;
+        let local = matches!(call_raw(&endpoints[3], &read_here), Some(Reply::Item(Some(_))));
+        (none_listed && local).then_some(())
+    });
+    eprintln!("the log replica was a full replica {:?} after the kill", killed_at.elapsed());
+    for (ids, n) in [(before, 1), (during, 2)] {
+        for id in ids {
+            let request = Request::GetItem {
+                table: TABLE.into(),
+                key: key(id),
+                projection: None,
+                args: ExpressionArgs::default(),
+                consistent_read: false,
+            };
+            let got = eventually(Duration::from_secs(10), "n4 holds every item of the partition", || {
+                match call_raw(&endpoints[3], &request) {
+                    Some(Reply::Item(Some(bytes))) => item::decode(&bytes).ok(),
+                    _ => None,
+                }
+                .filter(|it| it.get("i") == Some(&AttributeValue::N(n.to_string())))
+            });
+            assert_eq!(got.get("pad"), Some(&AttributeValue::S(pad.clone())));
+        }
+    }
 
     // A second replica fails: the leader and the log replica are a quorum.
     members[index_of(followers[1])].kill_9();

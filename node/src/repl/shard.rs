@@ -197,7 +197,8 @@ pub struct ReadyBatch {
 #[derive(Debug)]
 #[must_use = "hand the token back once the batch's writes are durable"]
 pub struct PersistToken {
-    numbers: Vec<(u64, u64)>,
+    /// (partition, group incarnation, ready number).
+    numbers: Vec<(u64, u64, u64)>,
     after: Vec<Outgoing>,
 }
 
@@ -281,6 +282,9 @@ pub struct Proposal {
 
 struct Group {
     raw: RawNode<GroupLog>,
+    /// Which start of the group this is: a token taken before the group was
+    /// started again (a log replica becoming a full one) is not its own.
+    incarnation: u64,
     last_status: Option<(Role, u64, u64)>,
     /// The leader may serve reads locally until this shard tick (exclusive).
     lease_until_tick: u64,
@@ -304,6 +308,8 @@ pub struct ShardRaft {
     log_only: std::collections::BTreeSet<u64>,
     /// Ticks since this shard started.
     ticks: u64,
+    /// Groups started so far (each start gets the next number).
+    incarnations: u64,
 }
 
 /// The campaign timeout of a log replica's groups: never reached (about
@@ -325,7 +331,15 @@ impl ShardRaft {
         assert!(config.campaign_ticks.start < config.campaign_ticks.end, "empty campaign range");
         assert!(config.lease_margin_ticks < config.election_ticks, "a lease must last at least a tick");
         let logger = slog_bridge::logger(node_id);
-        Self { node_id, config, logger, groups: BTreeMap::new(), log_only: Default::default(), ticks: 0 }
+        Self {
+            node_id,
+            config,
+            logger,
+            groups: BTreeMap::new(),
+            log_only: Default::default(),
+            ticks: 0,
+            incarnations: 0,
+        }
     }
 
     /// Adds the replica of `partition` whose log (rebuilt from durable
@@ -359,7 +373,9 @@ impl ShardRaft {
         };
         let logger = self.logger.new(slog::o!("partition" => partition));
         let raw = RawNode::new(&config, log, &logger)?;
-        self.groups.insert(partition, Group { raw, last_status: None, lease_until_tick: 0 });
+        self.incarnations += 1;
+        let incarnation = self.incarnations;
+        self.groups.insert(partition, Group { raw, incarnation, last_status: None, lease_until_tick: 0 });
         Ok(())
     }
 
@@ -459,6 +475,27 @@ impl ShardRaft {
         self.start_group(partition, log, applied, true)?;
         self.log_only.insert(partition);
         Ok(())
+    }
+
+    /// A log replica of `partition` whose B-tree now holds every applied
+    /// entry becomes a full replica: its group starts again from the same
+    /// log and durable state, campaigning like any other. The caller has
+    /// made every submitted record durable first (the new group takes the
+    /// whole log as persisted).
+    pub fn become_full(&mut self, partition: u64) -> Result<(), raft::Error> {
+        let Some(group) = self.groups.remove(&partition) else { return Ok(()) };
+        self.log_only.remove(&partition);
+        let applied = group.raw.raft.raft_log.applied;
+        // The group still lists this node among its log replicas until the
+        // leader's roles entry (asked for once the tree is installed) applies.
+        let log = group.raw.store().clone();
+        self.start_group(partition, log, applied, false)
+    }
+
+    /// Records the group's log replicas (a roles entry was applied).
+    pub fn set_log_replicas(&mut self, partition: u64, log_replicas: Vec<u64>) -> Option<GroupState> {
+        self.groups.get_mut(&partition)?.raw.mut_store().set_log_replicas(log_replicas);
+        self.group_state(partition)
     }
 
     /// Whether this node keeps only the log of `partition`.
@@ -684,7 +721,7 @@ impl ShardRaft {
                 batch.reads.push((partition, ReadReady { index: read.index, context: rest.to_vec() }));
             }
             batch.token.after.extend(ready.take_persisted_messages().into_iter().map(outgoing));
-            batch.token.numbers.push((partition, ready.number()));
+            batch.token.numbers.push((partition, group.incarnation, ready.number()));
             group.raw.advance_append_async(ready);
             let status = status_of(&group.raw);
             let key = (status.role, status.leader, status.term);
@@ -702,9 +739,10 @@ impl ShardRaft {
     /// Step 3 of the module docs: the batch's writes are durable. Returns
     /// the messages that had to wait for them.
     pub fn persisted(&mut self, token: PersistToken) -> Vec<Outgoing> {
-        for (partition, number) in token.numbers {
-            // A group removed meanwhile has nothing left to acknowledge.
-            if let Some(group) = self.groups.get_mut(&partition) {
+        for (partition, incarnation, number) in token.numbers {
+            // A group removed (or started again) meanwhile has nothing left
+            // to acknowledge for that ready.
+            if let Some(group) = self.groups.get_mut(&partition).filter(|g| g.incarnation == incarnation) {
                 group.raw.on_persist_ready(number);
             }
         }

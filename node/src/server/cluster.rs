@@ -48,6 +48,8 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, Conf
 use rustc_hash::FxHashMap;
 
 use super::{Message, READ_CHUNK_BYTES, Shard};
+
+mod snapshot;
 use crate::engine::{EngineError, Replication};
 use crate::repl::membership::{Cluster, Member};
 use crate::repl::{GroupWrite, Outgoing, ReadPath, ReplConfig, ShardRaft, durable, envelope};
@@ -573,7 +575,7 @@ pub(super) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
             Some(Ok(stream)) => {
                 let shard = Rc::clone(&shard);
                 glommio::spawn_local(async move {
-                    if let Err(e) = peer_connection(&shard, stream).await {
+                    if let Err(e) = peer_connection(shard, stream).await {
                         tracing::debug!(error = %e, "peer connection closed");
                     }
                 })
@@ -585,7 +587,7 @@ pub(super) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn peer_connection(shard: &Shard, mut stream: TcpStream) -> Result<(), String> {
+async fn peer_connection(shard: Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
     let shell = shard.shell();
     let decoder = FrameDecoder::new(FRAME_BODY_MAX_BYTES);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -596,9 +598,21 @@ async fn peer_connection(shard: &Shard, mut stream: TcpStream) -> Result<(), Str
             let rest = buf.get(consumed..).unwrap_or(&[]);
             let Some(span) = decoder.decode(rest).map_err(|e| e.to_string())? else { break };
             let body = rest.get(span.body_start..span.end).unwrap_or(&[]);
-            let routed = route_batch(shard, body)?;
+            if body.starts_with(snapshot::REQUEST_MAGIC) {
+                // A snapshot stream: served in the low-share queue, on this
+                // connection, which it takes over.
+                let request = snapshot::Request::decode(body).map_err(str::to_owned)?;
+                return snapshot::serve_in_background(shard, stream, request).await;
+            }
+            if body.starts_with(snapshot::DONE_MAGIC) {
+                let done = snapshot::Done::decode(body).map_err(str::to_owned)?;
+                consumed += span.end;
+                snapshot::rebuilt(&shard, done).await;
+                continue;
+            }
+            let routed = route_batch(&shard, body)?;
             consumed += span.end;
-            deliver(shard, routed).await;
+            deliver(&shard, routed).await;
         }
         buf.drain(..consumed);
         let read = futures_lite::future::or(async { Some(stream.read(&mut chunk).await) }, async {
@@ -644,7 +658,11 @@ fn route_batch(shard: &Shard, body: &[u8]) -> Result<Routed, String> {
         }
         let bad_entry = out.message.get_entries().iter().find_map(|e| {
             let normal = e.get_entry_type() == EntryType::EntryNormal;
-            (normal && !e.get_data().is_empty()).then(|| Mutation::decode_entry(e.get_data()).err()).flatten()
+            let data = e.get_data();
+            let roles = data.split_first().is_some_and(|(kind, rest)| {
+                *kind == crate::replica::ENTRY_KIND_ROLES && durable::decode_log_replicas(rest).is_some()
+            });
+            (normal && !data.is_empty() && !roles).then(|| Mutation::decode_entry(data).err()).flatten()
         });
         if let Some(reason) = bad_entry {
             tracing::warn!(from = batch.from_node, reason, "refusing a message whose entry is not a mutation");
@@ -709,6 +727,8 @@ pub(super) async fn step_here(shard: &Shard, from: u64, endpoint: &str, messages
     drop(engine);
     shard.shell().wake.notify_all();
 }
+
+pub(super) use snapshot::{ChunkRead, read_chunk, rebuild_log_replicas};
 
 /// The engine's replication for member `config.node` of the cluster.
 pub(super) fn replication(config: &ClusterConfig) -> anyhow::Result<Replication> {
