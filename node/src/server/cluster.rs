@@ -24,7 +24,10 @@
 //!   a voter not heard from for [`HEAL_AFTER`] is replaced, in one joint
 //!   configuration change, by a log replica on a reachable member outside
 //!   the group (preferring a zone the other voters are not in). The log
-//!   replica's node starts the group when the leader first contacts it.
+//!   replica's node starts the group when the leader first contacts it, and
+//!   its rebuild task turns it into a full replica from a snapshot of the
+//!   leader's B-tree ([`snapshot`]), after which the leader's roles entry
+//!   takes it off the log replicas.
 //! - **Waiting.** A replicated write is answered once the entry at its index
 //!   is applied: with success if that entry has the proposal's term, as a
 //!   retryable failure if another entry took its place, and as an error of
