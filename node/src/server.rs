@@ -24,7 +24,7 @@
 //!   checkpoints every partition and returns.
 //! - **Cluster.** With [`NodeConfig::cluster`] the node is one member of a
 //!   cluster: partitions are Raft groups replicated across nodes, driven by
-//!   the shell in [`cluster`] (its module docs say how).
+//!   the shell in `server/cluster.rs` (its module docs say how).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
