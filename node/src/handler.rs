@@ -39,6 +39,7 @@ fn table_info(def: &TableDef) -> TableInfo {
         sort_key: def.sort_key.as_ref().map(key_kind),
         partitions: def.partitions,
         created_at_ms: def.created_at_ms,
+        id: def.id,
     }
 }
 
@@ -437,13 +438,18 @@ pub fn node_status<D: Disk>(engine: &Engine<D>, groups: Vec<protocol::GroupInfo>
             })
             .collect()
     });
-    protocol::NodeStatus { node_id: engine.raft().map_or(0, crate::repl::ShardRaft::node_id), members, groups }
+    protocol::NodeStatus {
+        node_id: engine.raft().map_or(0, crate::repl::ShardRaft::node_id),
+        members,
+        groups,
+        ..protocol::NodeStatus::default()
+    }
 }
 
 /// The response to a ClusterStatus request.
 #[must_use]
-pub fn status_response<D: Disk>(engine: &Engine<D>, body: &[u8], groups: Vec<protocol::GroupInfo>) -> Vec<u8> {
-    protocol::encode_response(request_id(body), &Response::ClusterStatus(node_status(engine, groups)))
+pub fn status_response(body: &[u8], status: protocol::NodeStatus) -> Vec<u8> {
+    protocol::encode_response(request_id(body), &Response::ClusterStatus(status))
 }
 
 /// Decides where a request body runs.
@@ -451,7 +457,9 @@ pub fn status_response<D: Disk>(engine: &Engine<D>, body: &[u8], groups: Vec<pro
 pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
     let placement = engine.placement();
     let here = Route::Shard(placement.shard);
-    if placement.shards <= 1 {
+    // (A cluster node's status always goes to the server, which adds
+    // where it listens.)
+    if placement.shards <= 1 && engine.raft().is_none() {
         return here;
     }
     let Ok(envelope) = protocol::decode_request(body) else { return here };

@@ -422,7 +422,8 @@ enum Answer {
     Body(Vec<u8>),
     Done(Result<(), String>),
     ScanPart(Result<(Page, bool), Response<'static>>),
-    Groups(Vec<keel_wire::protocol::GroupInfo>),
+    /// The shard's own client endpoint and its replicas.
+    Groups(String, Vec<keel_wire::protocol::GroupInfo>),
     SnapshotChunk(Result<cluster::ChunkRead, String>),
 }
 
@@ -445,6 +446,9 @@ struct Shard {
     repl: Option<ReplShell>,
     /// The low-share task queue (checkpoints, snapshots).
     background_queue: Cell<Option<glommio::TaskQueueHandle>>,
+    /// Where the node (entry port) and this shard (own port) serve clients,
+    /// once bound: cluster status tells routers.
+    addresses: RefCell<(String, String)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -488,6 +492,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         checkpointed: Notify::default(),
         repl,
         background_queue: Cell::new(None),
+        addresses: RefCell::new((String::new(), String::new())),
     });
     if shard.repl.is_some() {
         // Committed entries the trees do not hold yet (applied after the
@@ -515,6 +520,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let own_address = config.shard_address(index)?;
     let own = TcpListener::bind(own_address).map_err(|e| anyhow::anyhow!("listen on {own_address}: {e}"))?;
     let own_address = own.local_addr().map_err(|e| anyhow::anyhow!("read the shard address: {e}"))?;
+    *shard.addresses.borrow_mut() = (entry_address.to_string(), own_address.to_string());
     let mut repl_tasks = Vec::new();
     if let (Some(shell), Some(cluster)) = (&shard.repl, &config.cluster) {
         shell.set_endpoint(entry_address.to_string());
@@ -696,7 +702,7 @@ impl Shard {
                 Answer::SnapshotChunk(cluster::read_chunk(self, partition, after.as_deref()).await)
             }
             Op::Groups => match self.engine.read().await {
-                Ok(engine) => Answer::Groups(handler::local_groups(&engine)),
+                Ok(engine) => Answer::Groups(self.addresses.borrow().1.clone(), handler::local_groups(&engine)),
                 Err(e) => Answer::Done(Err(e.to_string())),
             },
             Op::ScanPart { body, partition, after, mut page } => {
@@ -922,9 +928,19 @@ impl Shard {
     /// ClusterStatus: the replicas of every shard.
     async fn status(&self, body: &[u8]) -> Vec<u8> {
         let mut groups = Vec::new();
+        let (entry, own) = self.addresses.borrow().clone();
+        let mut shard_endpoints = vec![String::new(); usize::try_from(self.shards).unwrap_or(0)];
+        if let Some(slot) = usize::try_from(self.index).ok().and_then(|i| shard_endpoints.get_mut(i)) {
+            *slot = own;
+        }
         for peer in (0..self.shards).filter(|&p| p != self.index) {
             match self.call(peer, Op::Groups).await {
-                Answer::Groups(more) => groups.extend(more),
+                Answer::Groups(endpoint, more) => {
+                    if let Some(slot) = usize::try_from(peer).ok().and_then(|i| shard_endpoints.get_mut(i)) {
+                        *slot = endpoint;
+                    }
+                    groups.extend(more);
+                }
                 other => {
                     let message = format!("shard {peer}: {other:?}");
                     return handler::error_response(body, ErrorCode::InternalServerError, message);
@@ -935,7 +951,10 @@ impl Shard {
             Ok(engine) => {
                 groups.extend(handler::local_groups(&engine));
                 groups.sort_by_key(|g| g.partition);
-                handler::status_response(&engine, body, groups)
+                let mut status = handler::node_status(&engine, groups);
+                status.endpoint = entry;
+                status.shard_endpoints = shard_endpoints;
+                handler::status_response(body, status)
             }
             Err(e) => handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
         }
@@ -967,7 +986,7 @@ impl Answer {
     /// For catalog reconciliation: a body is an unexpected answer.
     fn map_body_to_err(self) -> Self {
         match self {
-            Self::Body(_) | Self::ScanPart(_) | Self::Groups(_) | Self::SnapshotChunk(_) => {
+            Self::Body(_) | Self::ScanPart(_) | Self::Groups(..) | Self::SnapshotChunk(_) => {
                 Self::Done(Err("unexpected answer".into()))
             }
             done @ Self::Done(_) => done,

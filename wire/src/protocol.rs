@@ -193,6 +193,8 @@ pub enum Request<'a> {
 pub const STATUS_MEMBERS_MAX: usize = 256;
 /// Most groups listed in a status reply.
 pub const STATUS_GROUPS_MAX: usize = 1 << 20;
+/// Most shard endpoints in a cluster status.
+pub const STATUS_SHARDS_MAX: usize = 1024;
 
 /// A member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +243,10 @@ pub struct NodeStatus {
     pub members: Vec<MemberInfo>,
     /// The node's replicas.
     pub groups: Vec<GroupInfo>,
+    /// Where the node serves clients (empty: standalone, or not said).
+    pub endpoint: String,
+    /// Each shard's own client port, by shard index.
+    pub shard_endpoints: Vec<String>,
 }
 
 /// DynamoDB's limit on keys in one BatchGetItem.
@@ -487,6 +493,8 @@ pub struct TableInfo {
     pub partitions: u32,
     /// Creation time.
     pub created_at_ms: u64,
+    /// The table's id (its partitions are `(id << 32) | index`).
+    pub id: u32,
 }
 
 /// Which operation a table description answers.
@@ -608,6 +616,7 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                     partitions: info.partitions,
                     item_count: 0,
                     created_at_ms: info.created_at_ms,
+                    table_id: info.id,
                 },
             );
             match op {
@@ -717,10 +726,13 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                     fb::ReplicaGroupStatus::create(&mut b, &args)
                 })
                 .collect();
+            let shard_endpoints: Vec<_> = status.shard_endpoints.iter().map(|e| b.create_string(e)).collect();
             let args = fb::ClusterStatusResponseArgs {
                 node_id: status.node_id,
                 members: Some(b.create_vector(&members)),
                 groups: Some(b.create_vector(&groups)),
+                endpoint: Some(b.create_string(&status.endpoint)),
+                shard_endpoints: Some(b.create_vector(&shard_endpoints)),
             };
             let r = fb::ClusterStatusResponse::create(&mut b, &args);
             (fb::Response::ClusterStatusResponse, r.as_union_value())
@@ -1096,13 +1108,18 @@ fn table_from_fb(t: fb::TableDescription<'_>) -> TableInfo {
         sort_key: t.sort_key().map(|k| (k.name().to_owned(), key_kind(k.type_()))),
         partitions: t.partitions(),
         created_at_ms: t.created_at_ms(),
+        id: t.table_id(),
     }
 }
 
 fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, ProtocolError> {
     let members = r.members().unwrap_or_default();
     let groups = r.groups().unwrap_or_default();
-    if members.len() > STATUS_MEMBERS_MAX || groups.len() > STATUS_GROUPS_MAX {
+    let shard_endpoints = r.shard_endpoints().unwrap_or_default();
+    if members.len() > STATUS_MEMBERS_MAX
+        || groups.len() > STATUS_GROUPS_MAX
+        || shard_endpoints.len() > STATUS_SHARDS_MAX
+    {
         return Err(ProtocolError::Invalid("cluster status lists too many members or groups".into()));
     }
     Ok(NodeStatus {
@@ -1131,6 +1148,8 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
                 log_replicas: g.log_replicas().map(|v| v.iter().collect()).unwrap_or_default(),
             })
             .collect(),
+        endpoint: r.endpoint().unwrap_or_default().to_owned(),
+        shard_endpoints: shard_endpoints.iter().map(str::to_owned).collect(),
     })
 }
 

@@ -2630,6 +2630,7 @@ impl<'a> TableDescription<'a> {
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 12;
   pub const VT_ITEM_COUNT: ::flatbuffers::VOffsetT = 14;
   pub const VT_CREATED_AT_MS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_TABLE_ID: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2643,6 +2644,7 @@ impl<'a> TableDescription<'a> {
     let mut builder = TableDescriptionBuilder::new(_fbb);
     builder.add_created_at_ms(args.created_at_ms);
     builder.add_item_count(args.item_count);
+    builder.add_table_id(args.table_id);
     builder.add_partitions(args.partitions);
     if let Some(x) = args.sort_key { builder.add_sort_key(x); }
     if let Some(x) = args.partition_key { builder.add_partition_key(x); }
@@ -2701,6 +2703,14 @@ impl<'a> TableDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TableDescription::VT_CREATED_AT_MS, Some(0)).unwrap()}
   }
+  /// The table's id: partition i of the table is `(table_id << 32) | i`.
+  #[inline]
+  pub fn table_id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(TableDescription::VT_TABLE_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TableDescription<'_> {
@@ -2716,6 +2726,7 @@ impl ::flatbuffers::Verifiable for TableDescription<'_> {
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<u64>("item_count", Self::VT_ITEM_COUNT, false)?
      .visit_field::<u64>("created_at_ms", Self::VT_CREATED_AT_MS, false)?
+     .visit_field::<u32>("table_id", Self::VT_TABLE_ID, false)?
      .finish();
     Ok(())
   }
@@ -2728,6 +2739,7 @@ pub struct TableDescriptionArgs<'a> {
     pub partitions: u32,
     pub item_count: u64,
     pub created_at_ms: u64,
+    pub table_id: u32,
 }
 impl<'a> Default for TableDescriptionArgs<'a> {
   #[inline]
@@ -2740,6 +2752,7 @@ impl<'a> Default for TableDescriptionArgs<'a> {
       partitions: 0,
       item_count: 0,
       created_at_ms: 0,
+      table_id: 0,
     }
   }
 }
@@ -2778,6 +2791,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TableDescriptionBuilder<'a, '
     self.fbb_.push_slot::<u64>(TableDescription::VT_CREATED_AT_MS, created_at_ms, 0);
   }
   #[inline]
+  pub fn add_table_id(&mut self, table_id: u32) {
+    self.fbb_.push_slot::<u32>(TableDescription::VT_TABLE_ID, table_id, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TableDescriptionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TableDescriptionBuilder {
@@ -2804,6 +2821,7 @@ impl ::core::fmt::Debug for TableDescription<'_> {
       ds.field("partitions", &self.partitions());
       ds.field("item_count", &self.item_count());
       ds.field("created_at_ms", &self.created_at_ms());
+      ds.field("table_id", &self.table_id());
       ds.finish()
   }
 }
@@ -7255,6 +7273,8 @@ impl<'a> ClusterStatusResponse<'a> {
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ENDPOINT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARD_ENDPOINTS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7267,6 +7287,8 @@ impl<'a> ClusterStatusResponse<'a> {
   ) -> ::flatbuffers::WIPOffset<ClusterStatusResponse<'bldr>> {
     let mut builder = ClusterStatusResponseBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.shard_endpoints { builder.add_shard_endpoints(x); }
+    if let Some(x) = args.endpoint { builder.add_endpoint(x); }
     if let Some(x) = args.groups { builder.add_groups(x); }
     if let Some(x) = args.members { builder.add_members(x); }
     builder.finish()
@@ -7295,6 +7317,24 @@ impl<'a> ClusterStatusResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus>>>>(ClusterStatusResponse::VT_GROUPS, None)}
   }
+  /// Where the answering node serves clients (its entry port, host:port);
+  /// empty from a standalone node.
+  #[inline]
+  pub fn endpoint(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterStatusResponse::VT_ENDPOINT, None)}
+  }
+  /// The answering node's shards' own client ports, by shard index (a
+  /// router sends a partition's requests to its shard directly).
+  #[inline]
+  pub fn shard_endpoints(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterStatusResponse::VT_SHARD_ENDPOINTS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClusterStatusResponse<'_> {
@@ -7306,6 +7346,8 @@ impl ::flatbuffers::Verifiable for ClusterStatusResponse<'_> {
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClusterMember>>>>("members", Self::VT_MEMBERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus>>>>("groups", Self::VT_GROUPS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("endpoint", Self::VT_ENDPOINT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("shard_endpoints", Self::VT_SHARD_ENDPOINTS, false)?
      .finish();
     Ok(())
   }
@@ -7314,6 +7356,8 @@ pub struct ClusterStatusResponseArgs<'a> {
     pub node_id: u64,
     pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterMember<'a>>>>>,
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus<'a>>>>>,
+    pub endpoint: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shard_endpoints: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for ClusterStatusResponseArgs<'a> {
   #[inline]
@@ -7322,6 +7366,8 @@ impl<'a> Default for ClusterStatusResponseArgs<'a> {
       node_id: 0,
       members: None,
       groups: None,
+      endpoint: None,
+      shard_endpoints: None,
     }
   }
 }
@@ -7344,6 +7390,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusResponseBuilder<
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_GROUPS, groups);
   }
   #[inline]
+  pub fn add_endpoint(&mut self, endpoint: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_ENDPOINT, endpoint);
+  }
+  #[inline]
+  pub fn add_shard_endpoints(&mut self, shard_endpoints: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_SHARD_ENDPOINTS, shard_endpoints);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ClusterStatusResponseBuilder {
@@ -7364,6 +7418,8 @@ impl ::core::fmt::Debug for ClusterStatusResponse<'_> {
       ds.field("node_id", &self.node_id());
       ds.field("members", &self.members());
       ds.field("groups", &self.groups());
+      ds.field("endpoint", &self.endpoint());
+      ds.field("shard_endpoints", &self.shard_endpoints());
       ds.finish()
   }
 }
