@@ -363,6 +363,12 @@ fn a_killed_leader_is_replaced_within_5_s_without_losing_an_acknowledged_write_a
         let status = runtime.block_on(node.cluster_status()).expect("status");
         assert_eq!(status.members.len(), 3);
         assert_eq!(status.groups.len(), 5, "{status:?}");
+        // Where it and each shard serve clients (shard i on the entry port + 1 + i).
+        assert_eq!(&status.endpoint, endpoint);
+        let entry_port: u16 = endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let shard_ports: Vec<u16> =
+            status.shard_endpoints.iter().filter_map(|e| e.rsplit(':').next()?.parse().ok()).collect();
+        assert_eq!(shard_ports, vec![entry_port + 1, entry_port + 2]);
         for group in &status.groups {
             assert_eq!(group.voters, vec![1, 2, 3]);
             if group.role == 3 {
