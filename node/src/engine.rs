@@ -279,6 +279,9 @@ pub struct Replication {
     cluster: Cluster,
     /// Client endpoints of the nodes, by node id, for leader hints.
     endpoints: BTreeMap<u64, String>,
+    /// Where this node (entry port) and this shard (own port) serve
+    /// clients, once bound (cluster status tells routers).
+    listening: (String, String),
 }
 
 impl Replication {
@@ -286,7 +289,19 @@ impl Replication {
     /// the member's Raft id in `cluster`).
     #[must_use]
     pub fn new(raft: ShardRaft, cluster: Cluster) -> Self {
-        Self { raft, cluster, endpoints: BTreeMap::new() }
+        Self { raft, cluster, endpoints: BTreeMap::new(), listening: (String::new(), String::new()) }
+    }
+
+    /// Where this node's entry port and this shard's own port listen.
+    pub fn set_listening(&mut self, entry: String, shard: String) {
+        self.listening = (entry, shard);
+    }
+
+    /// The node's entry endpoint and this shard's own endpoint (empty
+    /// before they are bound).
+    #[must_use]
+    pub fn listening(&self) -> (&str, &str) {
+        (&self.listening.0, &self.listening.1)
     }
 
     /// Where clients reach node `node` (learnt from its messages).
@@ -625,6 +640,12 @@ impl<D: Disk> Engine<D> {
     #[must_use]
     pub fn cluster(&self) -> Option<&Cluster> {
         self.repl.as_ref().map(|r| &r.cluster)
+    }
+
+    /// Replication state (replicated mode).
+    #[must_use]
+    pub fn replication(&self) -> Option<&Replication> {
+        self.repl.as_ref()
     }
 
     /// Replication state (replicated mode).

@@ -438,11 +438,23 @@ pub fn node_status<D: Disk>(engine: &Engine<D>, groups: Vec<protocol::GroupInfo>
             })
             .collect()
     });
+    // This shard's own endpoint at its index; the server fills in the
+    // other shards' (`Shard::status`).
+    let (endpoint, shard_endpoints) = engine.replication().map_or_else(Default::default, |r| {
+        let (entry, own) = r.listening();
+        let placement = engine.placement();
+        let mut shards = vec![String::new(); usize::try_from(placement.shards).unwrap_or(0)];
+        if let Some(slot) = usize::try_from(placement.shard).ok().and_then(|i| shards.get_mut(i)) {
+            own.clone_into(slot);
+        }
+        (entry.to_owned(), shards)
+    });
     protocol::NodeStatus {
         node_id: engine.raft().map_or(0, crate::repl::ShardRaft::node_id),
         members,
         groups,
-        ..protocol::NodeStatus::default()
+        endpoint,
+        shard_endpoints,
     }
 }
 
@@ -457,9 +469,7 @@ pub fn status_response(body: &[u8], status: protocol::NodeStatus) -> Vec<u8> {
 pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
     let placement = engine.placement();
     let here = Route::Shard(placement.shard);
-    // (A cluster node's status always goes to the server, which adds
-    // where it listens.)
-    if placement.shards <= 1 && engine.raft().is_none() {
+    if placement.shards <= 1 {
         return here;
     }
     let Ok(envelope) = protocol::decode_request(body) else { return here };

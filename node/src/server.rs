@@ -446,9 +446,6 @@ struct Shard {
     repl: Option<ReplShell>,
     /// The low-share task queue (checkpoints, snapshots).
     background_queue: Cell<Option<glommio::TaskQueueHandle>>,
-    /// Where the node (entry port) and this shard (own port) serve clients,
-    /// once bound: cluster status tells routers.
-    addresses: RefCell<(String, String)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -492,7 +489,6 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         checkpointed: Notify::default(),
         repl,
         background_queue: Cell::new(None),
-        addresses: RefCell::new((String::new(), String::new())),
     });
     if shard.repl.is_some() {
         // Committed entries the trees do not hold yet (applied after the
@@ -520,7 +516,9 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let own_address = config.shard_address(index)?;
     let own = TcpListener::bind(own_address).map_err(|e| anyhow::anyhow!("listen on {own_address}: {e}"))?;
     let own_address = own.local_addr().map_err(|e| anyhow::anyhow!("read the shard address: {e}"))?;
-    *shard.addresses.borrow_mut() = (entry_address.to_string(), own_address.to_string());
+    if let Some(repl) = shard.engine.write().await.map_err(|e| anyhow::anyhow!("{e}"))?.replication_mut() {
+        repl.set_listening(entry_address.to_string(), own_address.to_string());
+    }
     let mut repl_tasks = Vec::new();
     if let (Some(shell), Some(cluster)) = (&shard.repl, &config.cluster) {
         shell.set_endpoint(entry_address.to_string());
@@ -702,7 +700,10 @@ impl Shard {
                 Answer::SnapshotChunk(cluster::read_chunk(self, partition, after.as_deref()).await)
             }
             Op::Groups => match self.engine.read().await {
-                Ok(engine) => Answer::Groups(self.addresses.borrow().1.clone(), handler::local_groups(&engine)),
+                Ok(engine) => {
+                    let own = engine.replication().map(|r| r.listening().1.to_owned()).unwrap_or_default();
+                    Answer::Groups(own, handler::local_groups(&engine))
+                }
                 Err(e) => Answer::Done(Err(e.to_string())),
             },
             Op::ScanPart { body, partition, after, mut page } => {
@@ -928,17 +929,11 @@ impl Shard {
     /// ClusterStatus: the replicas of every shard.
     async fn status(&self, body: &[u8]) -> Vec<u8> {
         let mut groups = Vec::new();
-        let (entry, own) = self.addresses.borrow().clone();
-        let mut shard_endpoints = vec![String::new(); usize::try_from(self.shards).unwrap_or(0)];
-        if let Some(slot) = usize::try_from(self.index).ok().and_then(|i| shard_endpoints.get_mut(i)) {
-            *slot = own;
-        }
+        let mut shard_endpoints = Vec::new();
         for peer in (0..self.shards).filter(|&p| p != self.index) {
             match self.call(peer, Op::Groups).await {
                 Answer::Groups(endpoint, more) => {
-                    if let Some(slot) = usize::try_from(peer).ok().and_then(|i| shard_endpoints.get_mut(i)) {
-                        *slot = endpoint;
-                    }
+                    shard_endpoints.push((peer, endpoint));
                     groups.extend(more);
                 }
                 other => {
@@ -952,8 +947,11 @@ impl Shard {
                 groups.extend(handler::local_groups(&engine));
                 groups.sort_by_key(|g| g.partition);
                 let mut status = handler::node_status(&engine, groups);
-                status.endpoint = entry;
-                status.shard_endpoints = shard_endpoints;
+                for (peer, endpoint) in shard_endpoints {
+                    if let Some(slot) = usize::try_from(peer).ok().and_then(|i| status.shard_endpoints.get_mut(i)) {
+                        *slot = endpoint;
+                    }
+                }
                 handler::status_response(body, status)
             }
             Err(e) => handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
