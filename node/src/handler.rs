@@ -419,6 +419,7 @@ pub fn local_groups<D: Disk>(engine: &Engine<D>) -> Vec<protocol::GroupInfo> {
                 last_index: status.last_index,
                 voters: raft.voters(partition),
                 log_replicas: raft.log_replicas(partition),
+                node: raft.node_id(),
             })
         })
         .collect()
@@ -455,6 +456,7 @@ pub fn node_status<D: Disk>(engine: &Engine<D>, groups: Vec<protocol::GroupInfo>
         groups,
         endpoint,
         shard_endpoints,
+        services: Vec::new(),
     }
 }
 

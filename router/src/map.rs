@@ -207,7 +207,7 @@ mod tests {
             s.nodes.insert(id, node(id, healthy || id != 3));
         }
         for &(name, id, partitions) in tables {
-            let t = TableRoute { name: name.into(), id, partitions, partition_key: "pk".into() };
+            let t = TableRoute { name: name.into(), id, partitions, partition_key: "pk".into(), sort_key: None };
             for i in 0..partitions {
                 let partition = (u64::from(id) << 32) | u64::from(i);
                 let replicas = (1..=3).map(|n| ReplicaRoute { node: n, shard: i % 2, log_only: false }).collect();

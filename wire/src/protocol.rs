@@ -232,6 +232,8 @@ pub struct GroupInfo {
     pub voters: Vec<u64>,
     /// The voters that are log replicas.
     pub log_replicas: Vec<u64>,
+    /// The node holding the replica (0: the answering node).
+    pub node: u64,
 }
 
 /// One node's answer to [`Request::ClusterStatus`].
@@ -247,7 +249,32 @@ pub struct NodeStatus {
     pub endpoint: String,
     /// Each shard's own client port, by shard index.
     pub shard_endpoints: Vec<String>,
+    /// Front-end processes (filled in by a router; empty from a node).
+    pub services: Vec<ServiceInfo>,
 }
+
+/// A front-end process (router, MemDS server, control plane) as a router
+/// sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// "router", "memds" or "control".
+    pub role: String,
+    /// Where it listens.
+    pub endpoint: String,
+    /// Answered the router's last status poll.
+    pub healthy: bool,
+    /// Routing-map version it holds.
+    pub version: u64,
+    /// Lookups answered (MemDS) or sent (router).
+    pub lookups: u64,
+    /// Client requests served (router).
+    pub requests: u64,
+    /// For role "node": the storage node's id.
+    pub node: u64,
+}
+
+/// Most services in a cluster status.
+pub const STATUS_SERVICES_MAX: usize = 256;
 
 /// DynamoDB's limit on keys in one BatchGetItem.
 pub const BATCH_GET_KEYS_MAX: usize = 100;
@@ -722,17 +749,35 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                         last_index: g.last_index,
                         voters: Some(b.create_vector(&g.voters)),
                         log_replicas: Some(b.create_vector(&g.log_replicas)),
+                        node: g.node,
                     };
                     fb::ReplicaGroupStatus::create(&mut b, &args)
                 })
                 .collect();
             let shard_endpoints: Vec<_> = status.shard_endpoints.iter().map(|e| b.create_string(e)).collect();
+            let services: Vec<_> = status
+                .services
+                .iter()
+                .map(|s| {
+                    let args = fb::ServiceStatusArgs {
+                        role: Some(b.create_string(&s.role)),
+                        endpoint: Some(b.create_string(&s.endpoint)),
+                        healthy: s.healthy,
+                        version: s.version,
+                        lookups: s.lookups,
+                        requests: s.requests,
+                        node: s.node,
+                    };
+                    fb::ServiceStatus::create(&mut b, &args)
+                })
+                .collect();
             let args = fb::ClusterStatusResponseArgs {
                 node_id: status.node_id,
                 members: Some(b.create_vector(&members)),
                 groups: Some(b.create_vector(&groups)),
                 endpoint: Some(b.create_string(&status.endpoint)),
                 shard_endpoints: Some(b.create_vector(&shard_endpoints)),
+                services: Some(b.create_vector(&services)),
             };
             let r = fb::ClusterStatusResponse::create(&mut b, &args);
             (fb::Response::ClusterStatusResponse, r.as_union_value())
@@ -1061,6 +1106,46 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
     b.finished_data().to_vec()
 }
 
+/// Rewrites the request id of a verified request or response envelope in
+/// place (both envelopes hold it as their first field), so that a router
+/// forwards a client's bytes as they are under an id of its own. False
+/// when the envelope carries no id field (id 0 is FlatBuffers' default and
+/// is not written): the caller then encodes the envelope again.
+#[must_use]
+pub fn set_envelope_id(body: &mut [u8], id: u64) -> bool {
+    let Some(at) = envelope_id_offset(body) else { return false };
+    match body.get_mut(at..at + 8) {
+        Some(slot) => {
+            slot.copy_from_slice(&id.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Where the id of a request or response envelope lies in `body`.
+fn envelope_id_offset(body: &[u8]) -> Option<usize> {
+    let u32_at = |at: usize| body.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u16_at = |at: usize| body.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
+    // [u32 root offset] → table; [i32 at the table] = table − vtable;
+    // vtable = [u16 vtable bytes][u16 table bytes][u16 offset of field 0]…
+    let table = usize::try_from(u32_at(0)?).ok()?;
+    let back = i64::from(i32::from_le_bytes(body.get(table..table + 4)?.try_into().ok()?));
+    let vtable = usize::try_from(i64::try_from(table).ok()? - back).ok()?;
+    if u16_at(vtable)? < 6 {
+        return None;
+    }
+    let field = usize::from(u16_at(vtable + 4)?);
+    (field != 0).then_some(table + field)
+}
+
+/// The error a verified response carries, if it is one: its code and
+/// leader hint (a router acts on NotLeader without decoding anything else).
+pub fn response_error(body: &[u8]) -> Result<Option<(ErrorCode, Option<String>)>, ProtocolError> {
+    let envelope = verify::response(body)?;
+    Ok(envelope.body_as_error().map(|e| (e.code(), e.leader_hint().map(str::to_owned))))
+}
+
 /// A decoded response (the client side of [`encode_response`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -1116,7 +1201,8 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
     let members = r.members().unwrap_or_default();
     let groups = r.groups().unwrap_or_default();
     let shard_endpoints = r.shard_endpoints().unwrap_or_default();
-    if members.len() > STATUS_MEMBERS_MAX
+    let services = r.services().unwrap_or_default();
+    if services.len() > STATUS_SERVICES_MAX || members.len() > STATUS_MEMBERS_MAX
         || groups.len() > STATUS_GROUPS_MAX
         || shard_endpoints.len() > STATUS_SHARDS_MAX
     {
@@ -1146,10 +1232,23 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
                 last_index: g.last_index(),
                 voters: g.voters().map(|v| v.iter().collect()).unwrap_or_default(),
                 log_replicas: g.log_replicas().map(|v| v.iter().collect()).unwrap_or_default(),
+                node: g.node(),
             })
             .collect(),
         endpoint: r.endpoint().unwrap_or_default().to_owned(),
         shard_endpoints: shard_endpoints.iter().map(str::to_owned).collect(),
+        services: services
+            .iter()
+            .map(|s| ServiceInfo {
+                role: s.role().to_owned(),
+                endpoint: s.endpoint().to_owned(),
+                healthy: s.healthy(),
+                version: s.version(),
+                lookups: s.lookups(),
+                requests: s.requests(),
+                node: s.node(),
+            })
+            .collect(),
     })
 }
 

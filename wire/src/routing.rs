@@ -26,6 +26,8 @@ pub const SHARDS_MAX: usize = 1024;
 pub const NODES_MAX: usize = 4096;
 /// Longest name, zone or endpoint.
 pub const STRING_MAX_BYTES: usize = 1024;
+/// Most named counters in a status answer.
+pub const COUNTERS_MAX: usize = 64;
 
 /// A table as a router needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,6 +40,8 @@ pub struct TableRoute {
     pub partitions: u32,
     /// Partition key attribute.
     pub partition_key: String,
+    /// Sort key attribute, if the table has one.
+    pub sort_key: Option<String>,
 }
 
 impl TableRoute {
@@ -189,6 +193,16 @@ pub struct MapStatus {
     pub nodes: Vec<NodeRoute>,
     /// Lookups answered.
     pub lookups: u64,
+    /// Named counters (a router's requests, cache hits and misses, lookups).
+    pub counters: Vec<(String, u64)>,
+}
+
+impl MapStatus {
+    /// The counter named `name` (0 when absent).
+    #[must_use]
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.iter().find(|(n, _)| n == name).map_or(0, |&(_, v)| v)
+    }
 }
 
 /// A routing message body.
@@ -233,6 +247,9 @@ pub enum Body {
     StatusAnswer(MapStatus),
     /// The request could not be served.
     Error(String),
+    /// Asks a router to drop its routing cache; answered with
+    /// [`Body::StatusAnswer`].
+    FlushCache,
 }
 
 /// A routing message that could not be read.
@@ -268,6 +285,7 @@ fn table_route<'a>(b: &mut Fbb<'a>, t: &TableRoute) -> Off<rtfb::TableRoute<'a>>
         id: t.id,
         partitions: t.partitions,
         partition_key: Some(b.create_string(&t.partition_key)),
+        sort_key: t.sort_key.as_deref().map(|k| b.create_string(k)),
     };
     rtfb::TableRoute::create(b, &args)
 }
@@ -403,6 +421,16 @@ pub fn encode(id: u64, body: &Body) -> Vec<u8> {
         Body::StatusAnswer(s) => {
             let nodes: Vec<_> = s.nodes.iter().map(|n| node_route(&mut b, n)).collect();
             let nodes = b.create_vector(&nodes);
+            assert!(s.counters.len() <= COUNTERS_MAX, "a status has at most COUNTERS_MAX counters");
+            let counters: Vec<_> = s
+                .counters
+                .iter()
+                .map(|(name, value)| {
+                    let args = rtfb::CounterArgs { name: Some(b.create_string(name)), value: *value };
+                    rtfb::Counter::create(&mut b, &args)
+                })
+                .collect();
+            let counters = b.create_vector(&counters);
             let args = rtfb::StatusResponseArgs {
                 role: Some(b.create_string(&s.role)),
                 epoch: s.epoch,
@@ -411,6 +439,7 @@ pub fn encode(id: u64, body: &Body) -> Vec<u8> {
                 partitions: s.partitions,
                 nodes: Some(nodes),
                 lookups: s.lookups,
+                counters: Some(counters),
             };
             (rtfb::Body::StatusResponse, rtfb::StatusResponse::create(&mut b, &args).as_union_value())
         }
@@ -418,6 +447,10 @@ pub fn encode(id: u64, body: &Body) -> Vec<u8> {
             let args = rtfb::RoutingErrorArgs { message: Some(b.create_string(message)) };
             (rtfb::Body::RoutingError, rtfb::RoutingError::create(&mut b, &args).as_union_value())
         }
+        Body::FlushCache => (
+            rtfb::Body::FlushCacheRequest,
+            rtfb::FlushCacheRequest::create(&mut b, &rtfb::FlushCacheRequestArgs {}).as_union_value(),
+        ),
     };
     let root =
         rtfb::RoutingMessage::create(&mut b, &rtfb::RoutingMessageArgs { id, body_type: kind, body: Some(value) });
@@ -440,6 +473,7 @@ fn read_table(t: rtfb::TableRoute<'_>) -> Result<TableRoute, RoutingDecodeError>
         id: t.id(),
         partitions: t.partitions(),
         partition_key: text("partition key bytes", t.partition_key())?,
+        sort_key: t.sort_key().map(|k| text("sort key bytes", k)).transpose()?,
     })
 }
 
@@ -562,6 +596,8 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Body), RoutingDecodeError> {
     } else if let Some(r) = message.body_as_status_response() {
         let nodes = r.nodes().unwrap_or_default();
         limit("nodes", nodes.len(), NODES_MAX)?;
+        let counters = r.counters().unwrap_or_default();
+        limit("counters", counters.len(), COUNTERS_MAX)?;
         Body::StatusAnswer(MapStatus {
             role: text("role bytes", r.role())?,
             epoch: r.epoch(),
@@ -570,9 +606,15 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Body), RoutingDecodeError> {
             partitions: r.partitions(),
             nodes: nodes.iter().map(read_node).collect::<Result<_, _>>()?,
             lookups: r.lookups(),
+            counters: counters
+                .iter()
+                .map(|c| Ok((text("counter name bytes", c.name())?, c.value())))
+                .collect::<Result<_, RoutingDecodeError>>()?,
         })
     } else if let Some(r) = message.body_as_routing_error() {
         Body::Error(text("error message bytes", r.message())?)
+    } else if message.body_as_flush_cache_request().is_some() {
+        Body::FlushCache
     } else {
         return Err(RoutingDecodeError::Invalid("unknown body type"));
     };
@@ -595,7 +637,7 @@ mod tests {
     }
 
     fn samples() -> Vec<Body> {
-        let table = TableRoute { name: "music".into(), id: 3, partitions: 8, partition_key: "artist".into() };
+        let table = TableRoute { name: "music".into(), id: 3, partitions: 8, partition_key: "artist".into(), sort_key: Some("song".into()) };
         vec![
             Body::Changes { epoch: 9, after: 41, max: 1000, wait_ms: 500 },
             Body::ChangesAnswer {
@@ -665,8 +707,10 @@ mod tests {
                 partitions: 8,
                 nodes: vec![node()],
                 lookups: 77,
+                counters: vec![("requests".into(), 5), ("cache_hits".into(), 4)],
             }),
             Body::Error("no".into()),
+            Body::FlushCache,
         ]
     }
 
@@ -702,7 +746,7 @@ mod tests {
 
     #[test]
     fn a_partition_is_found_by_its_hash_range() {
-        let t = TableRoute { name: "t".into(), id: 5, partitions: 4, partition_key: "k".into() };
+        let t = TableRoute { name: "t".into(), id: 5, partitions: 4, partition_key: "k".into(), sort_key: None };
         assert_eq!(t.partition_of(0), 5 << 32);
         assert_eq!(t.partition_of(u64::MAX / 4 + 1), (5 << 32) | 1);
         assert_eq!(t.partition_of(u64::MAX), (5 << 32) | 3);

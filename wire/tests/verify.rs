@@ -138,3 +138,37 @@ fn garbage_and_bit_flips_never_panic() {
     assert!(verify::request(&random).is_err());
     assert!(verify::response(&[]).is_err());
 }
+
+#[test]
+fn an_envelope_id_is_rewritten_in_place_and_nothing_else_changes() {
+    use keel_wire::protocol::{self, ErrorCode, Reply, Request, Response};
+    let request = Request::DescribeTable { table: "music".into() };
+    let mut body = protocol::encode_request(41, 250, &request);
+    assert!(protocol::set_envelope_id(&mut body, 0xfeed_0000_0001));
+    let envelope = protocol::decode_request(&body).expect("still a valid request");
+    assert_eq!((envelope.request_id, envelope.timeout_ms, envelope.request), (0xfeed_0000_0001, 250, request));
+
+    let error = Response::Error { code: ErrorCode::NotLeader, message: "no".into(), leader_hint: Some("h:1".into()) };
+    let mut body = protocol::encode_response(7, &error);
+    assert_eq!(protocol::response_error(&body).expect("valid"), Some((ErrorCode::NotLeader, Some("h:1".into()))));
+    assert!(protocol::set_envelope_id(&mut body, 0));
+    let (id, reply) = protocol::decode_response(&body).expect("still a valid response");
+    assert_eq!(id, 0);
+    assert!(matches!(reply, Reply::Error { code: ErrorCode::NotLeader, .. }));
+
+    // Id 0 is not written at all: there is nothing to rewrite.
+    let mut body = protocol::encode_request(0, 0, &Request::ClusterStatus);
+    assert!(!protocol::set_envelope_id(&mut body, 5));
+    let ok = protocol::encode_response(3, &Response::BatchWrite);
+    assert_eq!(protocol::response_error(&ok).expect("valid"), None);
+}
+
+#[test]
+fn rewriting_the_id_of_garbage_never_panics() {
+    for len in 0..64usize {
+        let mut bytes: Vec<u8> = (0..len).map(|i| u8::try_from(i * 37 % 251).unwrap_or(0)).collect();
+        let _ = keel_wire::protocol::set_envelope_id(&mut bytes, 9);
+        let mut ones = vec![0xff; len];
+        let _ = keel_wire::protocol::set_envelope_id(&mut ones, 9);
+    }
+}

@@ -7026,6 +7026,7 @@ impl<'a> ReplicaGroupStatus<'a> {
   pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 18;
   pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
   pub const VT_LOG_REPLICAS: ::flatbuffers::VOffsetT = 22;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7037,6 +7038,7 @@ impl<'a> ReplicaGroupStatus<'a> {
     args: &'args ReplicaGroupStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ReplicaGroupStatus<'bldr>> {
     let mut builder = ReplicaGroupStatusBuilder::new(_fbb);
+    builder.add_node(args.node);
     builder.add_last_index(args.last_index);
     builder.add_applied(args.applied);
     builder.add_commit(args.commit);
@@ -7126,6 +7128,15 @@ impl<'a> ReplicaGroupStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ReplicaGroupStatus::VT_LOG_REPLICAS, None)}
   }
+  /// The node holding this replica (0: the answering node; a router's
+  /// merged status names it).
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaGroupStatus::VT_NODE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ReplicaGroupStatus<'_> {
@@ -7144,6 +7155,7 @@ impl ::flatbuffers::Verifiable for ReplicaGroupStatus<'_> {
      .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters", Self::VT_VOTERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("log_replicas", Self::VT_LOG_REPLICAS, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
      .finish();
     Ok(())
   }
@@ -7159,6 +7171,7 @@ pub struct ReplicaGroupStatusArgs<'a> {
     pub last_index: u64,
     pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub log_replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub node: u64,
 }
 impl<'a> Default for ReplicaGroupStatusArgs<'a> {
   #[inline]
@@ -7174,6 +7187,7 @@ impl<'a> Default for ReplicaGroupStatusArgs<'a> {
       last_index: 0,
       voters: None,
       log_replicas: None,
+      node: 0,
     }
   }
 }
@@ -7224,6 +7238,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaGroupStatusBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaGroupStatus::VT_LOG_REPLICAS, log_replicas);
   }
   #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaGroupStatus::VT_NODE, node, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaGroupStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ReplicaGroupStatusBuilder {
@@ -7251,6 +7269,7 @@ impl ::core::fmt::Debug for ReplicaGroupStatus<'_> {
       ds.field("last_index", &self.last_index());
       ds.field("voters", &self.voters());
       ds.field("log_replicas", &self.log_replicas());
+      ds.field("node", &self.node());
       ds.finish()
   }
 }
@@ -7275,6 +7294,7 @@ impl<'a> ClusterStatusResponse<'a> {
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 8;
   pub const VT_ENDPOINT: ::flatbuffers::VOffsetT = 10;
   pub const VT_SHARD_ENDPOINTS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SERVICES: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7287,6 +7307,7 @@ impl<'a> ClusterStatusResponse<'a> {
   ) -> ::flatbuffers::WIPOffset<ClusterStatusResponse<'bldr>> {
     let mut builder = ClusterStatusResponseBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.services { builder.add_services(x); }
     if let Some(x) = args.shard_endpoints { builder.add_shard_endpoints(x); }
     if let Some(x) = args.endpoint { builder.add_endpoint(x); }
     if let Some(x) = args.groups { builder.add_groups(x); }
@@ -7335,6 +7356,15 @@ impl<'a> ClusterStatusResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterStatusResponse::VT_SHARD_ENDPOINTS, None)}
   }
+  /// Filled in by a router: itself, the MemDS servers and the control
+  /// plane it knows, with what each last said (empty from a node).
+  #[inline]
+  pub fn services(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ServiceStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ServiceStatus>>>>(ClusterStatusResponse::VT_SERVICES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClusterStatusResponse<'_> {
@@ -7348,6 +7378,7 @@ impl ::flatbuffers::Verifiable for ClusterStatusResponse<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus>>>>("groups", Self::VT_GROUPS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("endpoint", Self::VT_ENDPOINT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("shard_endpoints", Self::VT_SHARD_ENDPOINTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ServiceStatus>>>>("services", Self::VT_SERVICES, false)?
      .finish();
     Ok(())
   }
@@ -7358,6 +7389,7 @@ pub struct ClusterStatusResponseArgs<'a> {
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaGroupStatus<'a>>>>>,
     pub endpoint: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard_endpoints: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub services: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ServiceStatus<'a>>>>>,
 }
 impl<'a> Default for ClusterStatusResponseArgs<'a> {
   #[inline]
@@ -7368,6 +7400,7 @@ impl<'a> Default for ClusterStatusResponseArgs<'a> {
       groups: None,
       endpoint: None,
       shard_endpoints: None,
+      services: None,
     }
   }
 }
@@ -7398,6 +7431,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusResponseBuilder<
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_SHARD_ENDPOINTS, shard_endpoints);
   }
   #[inline]
+  pub fn add_services(&mut self, services: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ServiceStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResponse::VT_SERVICES, services);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ClusterStatusResponseBuilder {
@@ -7420,6 +7457,214 @@ impl ::core::fmt::Debug for ClusterStatusResponse<'_> {
       ds.field("groups", &self.groups());
       ds.field("endpoint", &self.endpoint());
       ds.field("shard_endpoints", &self.shard_endpoints());
+      ds.field("services", &self.services());
+      ds.finish()
+  }
+}
+pub enum ServiceStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A front-end process as a router sees it.
+pub struct ServiceStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ServiceStatus<'a> {
+  type Inner = ServiceStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ServiceStatus<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ENDPOINT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_HEALTHY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LOOKUPS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_REQUESTS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ServiceStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ServiceStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ServiceStatus<'bldr>> {
+    let mut builder = ServiceStatusBuilder::new(_fbb);
+    builder.add_node(args.node);
+    builder.add_requests(args.requests);
+    builder.add_lookups(args.lookups);
+    builder.add_version(args.version);
+    if let Some(x) = args.endpoint { builder.add_endpoint(x); }
+    if let Some(x) = args.role { builder.add_role(x); }
+    builder.add_healthy(args.healthy);
+    builder.finish()
+  }
+
+
+  /// "router", "memds", "control" or "node" (a storage node).
+  #[inline]
+  pub fn role(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ServiceStatus::VT_ROLE, None).unwrap()}
+  }
+  #[inline]
+  pub fn endpoint(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ServiceStatus::VT_ENDPOINT, None).unwrap()}
+  }
+  /// Answered the router's last status poll.
+  #[inline]
+  pub fn healthy(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ServiceStatus::VT_HEALTHY, Some(false)).unwrap()}
+  }
+  /// Routing-map version it holds.
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServiceStatus::VT_VERSION, Some(0)).unwrap()}
+  }
+  /// Lookups answered (MemDS) or sent (router).
+  #[inline]
+  pub fn lookups(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServiceStatus::VT_LOOKUPS, Some(0)).unwrap()}
+  }
+  /// Client requests served (router).
+  #[inline]
+  pub fn requests(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServiceStatus::VT_REQUESTS, Some(0)).unwrap()}
+  }
+  /// For role "node": the storage node's id.
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServiceStatus::VT_NODE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ServiceStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("role", Self::VT_ROLE, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("endpoint", Self::VT_ENDPOINT, true)?
+     .visit_field::<bool>("healthy", Self::VT_HEALTHY, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("lookups", Self::VT_LOOKUPS, false)?
+     .visit_field::<u64>("requests", Self::VT_REQUESTS, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ServiceStatusArgs<'a> {
+    pub role: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub endpoint: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub healthy: bool,
+    pub version: u64,
+    pub lookups: u64,
+    pub requests: u64,
+    pub node: u64,
+}
+impl<'a> Default for ServiceStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ServiceStatusArgs {
+      role: None, // required field
+      endpoint: None, // required field
+      healthy: false,
+      version: 0,
+      lookups: 0,
+      requests: 0,
+      node: 0,
+    }
+  }
+}
+
+pub struct ServiceStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServiceStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServiceStatus::VT_ROLE, role);
+  }
+  #[inline]
+  pub fn add_endpoint(&mut self, endpoint: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ServiceStatus::VT_ENDPOINT, endpoint);
+  }
+  #[inline]
+  pub fn add_healthy(&mut self, healthy: bool) {
+    self.fbb_.push_slot::<bool>(ServiceStatus::VT_HEALTHY, healthy, false);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ServiceStatus::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_lookups(&mut self, lookups: u64) {
+    self.fbb_.push_slot::<u64>(ServiceStatus::VT_LOOKUPS, lookups, 0);
+  }
+  #[inline]
+  pub fn add_requests(&mut self, requests: u64) {
+    self.fbb_.push_slot::<u64>(ServiceStatus::VT_REQUESTS, requests, 0);
+  }
+  #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(ServiceStatus::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServiceStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ServiceStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ServiceStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ServiceStatus::VT_ROLE,"role");
+    self.fbb_.required(o, ServiceStatus::VT_ENDPOINT,"endpoint");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ServiceStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ServiceStatus");
+      ds.field("role", &self.role());
+      ds.field("endpoint", &self.endpoint());
+      ds.field("healthy", &self.healthy());
+      ds.field("version", &self.version());
+      ds.field("lookups", &self.lookups());
+      ds.field("requests", &self.requests());
+      ds.field("node", &self.node());
       ds.finish()
   }
 }

@@ -102,10 +102,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LookupStatus {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 7;
+pub const ENUM_MAX_BODY: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 8] = [
+pub const ENUM_VALUES_BODY: [Body; 9] = [
   Body::NONE,
   Body::ChangesRequest,
   Body::ChangesResponse,
@@ -114,6 +114,7 @@ pub const ENUM_VALUES_BODY: [Body; 8] = [
   Body::StatusRequest,
   Body::StatusResponse,
   Body::RoutingError,
+  Body::FlushCacheRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -129,9 +130,10 @@ impl Body {
   pub const StatusRequest: Self = Self(5);
   pub const StatusResponse: Self = Self(6);
   pub const RoutingError: Self = Self(7);
+  pub const FlushCacheRequest: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ChangesRequest,
@@ -141,6 +143,7 @@ impl Body {
     Self::StatusRequest,
     Self::StatusResponse,
     Self::RoutingError,
+    Self::FlushCacheRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -153,6 +156,7 @@ impl Body {
       Self::StatusRequest => Some("StatusRequest"),
       Self::StatusResponse => Some("StatusResponse"),
       Self::RoutingError => Some("RoutingError"),
+      Self::FlushCacheRequest => Some("FlushCacheRequest"),
       _ => None,
     }
   }
@@ -230,6 +234,7 @@ impl<'a> TableRoute<'a> {
   pub const VT_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
   pub const VT_PARTITION_KEY: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SORT_KEY: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -241,6 +246,7 @@ impl<'a> TableRoute<'a> {
     args: &'args TableRouteArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TableRoute<'bldr>> {
     let mut builder = TableRouteBuilder::new(_fbb);
+    if let Some(x) = args.sort_key { builder.add_sort_key(x); }
     if let Some(x) = args.partition_key { builder.add_partition_key(x); }
     builder.add_partitions(args.partitions);
     builder.add_id(args.id);
@@ -281,6 +287,15 @@ impl<'a> TableRoute<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TableRoute::VT_PARTITION_KEY, None).unwrap()}
   }
+  /// Sort key attribute name (absent: the table has none). A router needs
+  /// it to read a Query's partition key out of its key condition.
+  #[inline]
+  pub fn sort_key(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TableRoute::VT_SORT_KEY, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TableRoute<'_> {
@@ -293,6 +308,7 @@ impl ::flatbuffers::Verifiable for TableRoute<'_> {
      .visit_field::<u32>("id", Self::VT_ID, false)?
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("partition_key", Self::VT_PARTITION_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sort_key", Self::VT_SORT_KEY, false)?
      .finish();
     Ok(())
   }
@@ -302,6 +318,7 @@ pub struct TableRouteArgs<'a> {
     pub id: u32,
     pub partitions: u32,
     pub partition_key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub sort_key: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for TableRouteArgs<'a> {
   #[inline]
@@ -311,6 +328,7 @@ impl<'a> Default for TableRouteArgs<'a> {
       id: 0,
       partitions: 0,
       partition_key: None, // required field
+      sort_key: None,
     }
   }
 }
@@ -337,6 +355,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TableRouteBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TableRoute::VT_PARTITION_KEY, partition_key);
   }
   #[inline]
+  pub fn add_sort_key(&mut self, sort_key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TableRoute::VT_SORT_KEY, sort_key);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TableRouteBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TableRouteBuilder {
@@ -360,6 +382,7 @@ impl ::core::fmt::Debug for TableRoute<'_> {
       ds.field("id", &self.id());
       ds.field("partitions", &self.partitions());
       ds.field("partition_key", &self.partition_key());
+      ds.field("sort_key", &self.sort_key());
       ds.finish()
   }
 }
@@ -2173,6 +2196,7 @@ impl<'a> StatusResponse<'a> {
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 12;
   pub const VT_NODES: ::flatbuffers::VOffsetT = 14;
   pub const VT_LOOKUPS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_COUNTERS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2187,6 +2211,7 @@ impl<'a> StatusResponse<'a> {
     builder.add_lookups(args.lookups);
     builder.add_version(args.version);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.counters { builder.add_counters(x); }
     if let Some(x) = args.nodes { builder.add_nodes(x); }
     builder.add_partitions(args.partitions);
     builder.add_tables(args.tables);
@@ -2246,6 +2271,15 @@ impl<'a> StatusResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(StatusResponse::VT_LOOKUPS, Some(0)).unwrap()}
   }
+  /// Named counters (a router: requests, cache hits and misses, lookups
+  /// sent and answered).
+  #[inline]
+  pub fn counters(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Counter<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Counter>>>>(StatusResponse::VT_COUNTERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StatusResponse<'_> {
@@ -2261,6 +2295,7 @@ impl ::flatbuffers::Verifiable for StatusResponse<'_> {
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeRoute>>>>("nodes", Self::VT_NODES, false)?
      .visit_field::<u64>("lookups", Self::VT_LOOKUPS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Counter>>>>("counters", Self::VT_COUNTERS, false)?
      .finish();
     Ok(())
   }
@@ -2273,6 +2308,7 @@ pub struct StatusResponseArgs<'a> {
     pub partitions: u32,
     pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeRoute<'a>>>>>,
     pub lookups: u64,
+    pub counters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Counter<'a>>>>>,
 }
 impl<'a> Default for StatusResponseArgs<'a> {
   #[inline]
@@ -2285,6 +2321,7 @@ impl<'a> Default for StatusResponseArgs<'a> {
       partitions: 0,
       nodes: None,
       lookups: 0,
+      counters: None,
     }
   }
 }
@@ -2323,6 +2360,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusResponseBuilder<'a, 'b,
     self.fbb_.push_slot::<u64>(StatusResponse::VT_LOOKUPS, lookups, 0);
   }
   #[inline]
+  pub fn add_counters(&mut self, counters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Counter<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusResponse::VT_COUNTERS, counters);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusResponseBuilder {
@@ -2348,6 +2389,201 @@ impl ::core::fmt::Debug for StatusResponse<'_> {
       ds.field("partitions", &self.partitions());
       ds.field("nodes", &self.nodes());
       ds.field("lookups", &self.lookups());
+      ds.field("counters", &self.counters());
+      ds.finish()
+  }
+}
+pub enum CounterOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Counter<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Counter<'a> {
+  type Inner = Counter<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Counter<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Counter { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CounterArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Counter<'bldr>> {
+    let mut builder = CounterBuilder::new(_fbb);
+    builder.add_value(args.value);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Counter::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Counter::VT_VALUE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Counter<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<u64>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CounterArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub value: u64,
+}
+impl<'a> Default for CounterArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CounterArgs {
+      name: None, // required field
+      value: 0,
+    }
+  }
+}
+
+pub struct CounterBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CounterBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Counter::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: u64) {
+    self.fbb_.push_slot::<u64>(Counter::VT_VALUE, value, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CounterBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CounterBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Counter<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Counter::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Counter<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Counter");
+      ds.field("name", &self.name());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum FlushCacheRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a router to drop its routing cache (answered with its status): for
+/// measuring that a cold cache costs MemDS no more work than a warm one.
+pub struct FlushCacheRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for FlushCacheRequest<'a> {
+  type Inner = FlushCacheRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> FlushCacheRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    FlushCacheRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args FlushCacheRequestArgs
+  ) -> ::flatbuffers::WIPOffset<FlushCacheRequest<'bldr>> {
+    let mut builder = FlushCacheRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for FlushCacheRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FlushCacheRequestArgs {
+}
+impl<'a> Default for FlushCacheRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    FlushCacheRequestArgs {
+    }
+  }
+}
+
+pub struct FlushCacheRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FlushCacheRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FlushCacheRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FlushCacheRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<FlushCacheRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for FlushCacheRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("FlushCacheRequest");
       ds.finish()
   }
 }
@@ -2605,6 +2841,20 @@ impl<'a> RoutingMessage<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_flush_cache_request(&self) -> Option<FlushCacheRequest<'a>> {
+    if self.body_type() == Body::FlushCacheRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { FlushCacheRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RoutingMessage<'_> {
@@ -2623,6 +2873,7 @@ impl ::flatbuffers::Verifiable for RoutingMessage<'_> {
           Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
           Body::StatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResponse>>("Body::StatusResponse", pos),
           Body::RoutingError => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RoutingError>>("Body::RoutingError", pos),
+          Body::FlushCacheRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FlushCacheRequest>>("Body::FlushCacheRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -2729,6 +2980,13 @@ impl ::core::fmt::Debug for RoutingMessage<'_> {
         },
         Body::RoutingError => {
           if let Some(x) = self.body_as_routing_error() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::FlushCacheRequest => {
+          if let Some(x) = self.body_as_flush_cache_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
