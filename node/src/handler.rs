@@ -174,7 +174,7 @@ async fn execute<D: Disk>(
     page: &mut Page,
 ) -> Result<Answer, Response<'static>> {
     match request {
-        Request::ClusterStatus => Ok(Answer::Plain(Response::ClusterStatus(node_status(engine, local_groups(engine))))),
+        Request::ClusterStatus => Ok(Answer::Plain(Response::ClusterStatus(Box::new(node_status(engine, local_groups(engine)))))),
         Request::CreateTable { table, partition_key, sort_key, partitions } => {
             let def = engine
                 .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)
@@ -463,7 +463,7 @@ pub fn node_status<D: Disk>(engine: &Engine<D>, groups: Vec<protocol::GroupInfo>
 /// The response to a ClusterStatus request.
 #[must_use]
 pub fn status_response(body: &[u8], status: protocol::NodeStatus) -> Vec<u8> {
-    protocol::encode_response(request_id(body), &Response::ClusterStatus(status))
+    protocol::encode_response(request_id(body), &Response::ClusterStatus(Box::new(status)))
 }
 
 /// Decides where a request body runs.

@@ -5,6 +5,8 @@
 
 use std::process::ExitCode;
 
+mod dev;
+
 use clap::{Parser, Subcommand};
 use keel_wire::client::{BlockingClient, Client, ClientConfig, ClientError};
 use keel_wire::item::{self, Item};
@@ -25,6 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Starts a local cluster on loopback: three nodes in three zones, a
+    /// control plane, two MemDS servers and a router; Ctrl-C stops it.
+    Dev(dev::DevArgs),
     /// The cluster: nodes, zones, health, and every partition's replicas.
     Cluster {
         #[command(subcommand)]
@@ -140,7 +145,8 @@ struct WriteArgs {
 enum ClusterCommand {
     /// Asks every node named in --endpoint for its view and merges them:
     /// nodes (zone, health) and per partition its replicas, leader, term
-    /// and each replica's applied index.
+    /// and each replica's applied index. A router answers for the whole
+    /// cluster, and lists itself, its MemDS servers and the control plane.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -283,6 +289,7 @@ impl From<ClientError> for Failure {
 
 async fn run(client: &Client, command: Command) -> Result<Json, Failure> {
     Ok(match command {
+        Command::Dev(_) => return Err(Failure::Usage("keel dev runs by itself".into())),
         // main asks every endpoint itself; this is the one-node view.
         Command::Cluster { .. } => {
             merge_status(&[(String::new(), client.cluster_status().await.map_err(|e| e.to_string()))])
@@ -404,6 +411,9 @@ fn page_json(page: keel_wire::client::ItemsPage) -> Json {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if let Command::Dev(args) = &cli.command {
+        return dev::run(args);
+    }
     if let Command::Cluster { command: ClusterCommand::Status { json } } = &cli.command {
         return cluster_status(&endpoints, *json);
     }
@@ -492,7 +502,13 @@ fn merge_status(answers: &[Answered]) -> Json {
     let statuses: Vec<(&str, &NodeStatus)> =
         answers.iter().filter_map(|(e, a)| a.as_ref().ok().map(|s| (e.as_str(), s))).collect();
     let members = statuses.iter().map(|(_, s)| &s.members).find(|m| !m.is_empty());
-    let answered = |id: u64| statuses.iter().find(|(_, s)| s.node_id == id).map(|(e, _)| *e);
+    // A router's status lists the storage nodes it reached as services.
+    let services: Vec<&keel_wire::protocol::ServiceInfo> = statuses.iter().flat_map(|(_, s)| &s.services).collect();
+    let answered = |id: u64| {
+        statuses.iter().find(|(_, s)| s.node_id == id && id != 0).map(|(e, _)| *e).or_else(|| {
+            services.iter().find(|s| s.role == "node" && s.node == id && s.healthy).map(|s| s.endpoint.as_str())
+        })
+    };
     let nodes: Vec<Json> = match members {
         Some(members) => members
             .iter()
@@ -512,7 +528,8 @@ fn merge_status(answers: &[Answered]) -> Json {
         std::collections::BTreeMap::new();
     for (_, status) in &statuses {
         for group in &status.groups {
-            partitions.entry(group.partition).or_default().push((status.node_id, group));
+            let node = if group.node != 0 { group.node } else { status.node_id };
+            partitions.entry(group.partition).or_default().push((node, group));
         }
     }
     let partitions: Vec<Json> = partitions
@@ -540,7 +557,15 @@ fn merge_status(answers: &[Answered]) -> Json {
         .collect();
     let errors: Vec<Json> =
         answers.iter().filter_map(|(e, a)| a.as_ref().err().map(|why| json!({"Endpoint": e, "Error": why}))).collect();
-    json!({"Nodes": nodes, "Partitions": partitions, "Unreachable": errors})
+    let front: Vec<Json> = services
+        .iter()
+        .filter(|s| s.role != "node")
+        .map(|s| {
+            json!({"Role": s.role, "Endpoint": s.endpoint, "Health": if s.healthy { "up" } else { "unreachable" },
+                "Version": s.version, "Lookups": s.lookups, "Requests": s.requests})
+        })
+        .collect();
+    json!({"Nodes": nodes, "Partitions": partitions, "Services": front, "Unreachable": errors})
 }
 
 fn status_text(merged: &Json) -> String {
@@ -576,6 +601,21 @@ fn status_text(merged: &Json) -> String {
             text(&p["Term"]),
             replicas.join(", ")
         ));
+    }
+    let services = merged["Services"].as_array().into_iter().flatten().collect::<Vec<_>>();
+    if !services.is_empty() {
+        out.push_str("\nSERVICE  HEALTH       ENDPOINT              MAP VERSION  LOOKUPS     REQUESTS\n");
+        for s in services {
+            out.push_str(&format!(
+                "{:<8} {:<12} {:<21} {:<12} {:<11} {}\n",
+                text(&s["Role"]),
+                text(&s["Health"]),
+                text(&s["Endpoint"]),
+                text(&s["Version"]),
+                text(&s["Lookups"]),
+                text(&s["Requests"])
+            ));
+        }
     }
     for e in merged["Unreachable"].as_array().into_iter().flatten() {
         out.push_str(&format!("\nunreachable: {} ({})\n", text(&e["Endpoint"]), text(&e["Error"])));

@@ -79,6 +79,13 @@ impl RoutingMap {
         *self = Self { epoch, ..Self::default() };
     }
 
+    /// Drops everything and starts over in `epoch`, with the next change
+    /// expected after `version` (a reset's snapshot continues the
+    /// control plane's numbering).
+    pub fn reset_at(&mut self, epoch: u64, version: u64) {
+        *self = Self { epoch, version, ..Self::default() };
+    }
+
     /// Applies the next change.
     pub fn apply(&mut self, change: &Change) -> Result<(), MapError> {
         if change.version != self.version + 1 {

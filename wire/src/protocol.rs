@@ -584,8 +584,9 @@ pub enum Response<'a> {
     BatchGet(Vec<(String, Vec<&'a [u8]>)>),
     /// BatchWriteItem (everything processed).
     BatchWrite,
-    /// A node's view of the cluster.
-    ClusterStatus(NodeStatus),
+    /// A node's view of the cluster (boxed: it is far larger than the
+    /// other answers).
+    ClusterStatus(Box<NodeStatus>),
     /// Query and Scan.
     Page {
         /// Item bytes.

@@ -1,0 +1,272 @@
+//! `keel dev`: a whole local cluster on loopback with one command.
+//!
+//! Three storage nodes in three availability zones (each partition and the
+//! catalog a Raft group with a replica on each), a control plane, two MemDS
+//! servers and a router, all as child processes of this one, with every
+//! byte of data under one directory (`node-1/`, `node-2/`, …) and each
+//! process's log in `logs/`. It prints the router's endpoint once the
+//! router sees every node, writes `dev.json` (every process's endpoint, pid
+//! and command line, for tests and scripts), and on Ctrl-C or SIGTERM stops
+//! the router, MemDS and the control plane, then the nodes (each answers
+//! its requests in flight and checkpoints), and exits.
+//!
+//! Ports, from `--port` P (default 7400): the router P, its admin port P+1;
+//! node i: clients P+10·i, its shards P+10·i+1…, replication P+10·i+9; the
+//! control plane P+50; MemDS P+60 and P+61.
+//!
+//! The binaries (keel-node, keel-control, keel-memds, keel-router) are
+//! taken from the directory `keel` itself runs from: build them with
+//! `cargo build --release -p keel-node -p keel-router -p keel-ops`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use keel_wire::client::{BlockingClient, ClientConfig};
+use serde_json::json;
+
+/// Settings of `keel dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where every process keeps its data and logs.
+    #[arg(long, default_value = "keel-dev")]
+    pub data_dir: PathBuf,
+    /// The router's port; the others follow from it (module docs).
+    #[arg(long, default_value_t = 7400)]
+    pub port: u16,
+    /// Storage nodes (one per zone, az1, az2, …; at least 3).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Shards (cores) per node.
+    #[arg(long, default_value_t = 2)]
+    pub shards: u16,
+    /// Page cache per shard, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub page_cache_mb: u32,
+    /// How long to wait for the cluster to come up, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub ready_timeout_s: u64,
+}
+
+/// One child process.
+struct Process {
+    name: String,
+    endpoint: String,
+    args: Vec<String>,
+    binary: PathBuf,
+    child: Child,
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the keel binary")?;
+    let dir = exe.parent().context("the keel binary's directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: keel dev runs it from the directory keel runs from; build it with \
+             `cargo build --release -p keel-node -p keel-router -p keel-ops`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn spawn(name: &str, binary_name: &str, endpoint: String, args: Vec<String>, logs: &Path) -> anyhow::Result<Process> {
+    let binary = binary(binary_name)?;
+    let log = std::fs::File::create(logs.join(format!("{name}.log"))).context("create a log file")?;
+    let child = Command::new(&binary)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("open the log file twice")?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {name} ({})", binary.display()))?;
+    Ok(Process { name: name.to_owned(), endpoint, args, binary, child })
+}
+
+fn address(port: u32) -> anyhow::Result<String> {
+    let port = u16::try_from(port).context("--port leaves no room for the cluster's ports")?;
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// Starts every process (nodes first).
+fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
+    if args.nodes < 3 {
+        bail!("--nodes must be at least 3 (one replica per zone, three zones)");
+    }
+    if args.shards == 0 || args.shards > 8 {
+        bail!("--shards must be 1 to 8 (each node has ten ports)");
+    }
+    let base = u32::from(args.port);
+    let logs = args.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let names: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
+    let spec = names
+        .iter()
+        .zip(1u32..)
+        .map(|(name, i)| Ok(format!("{name}={}/az{i}", address(base + 10 * i + 9)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .join(",");
+    let mut processes = Vec::new();
+    let mut node_endpoints = Vec::new();
+    for (name, i) in names.iter().zip(1u32..) {
+        let endpoint = address(base + 10 * i)?;
+        let data = args.data_dir.join(format!("node-{i}"));
+        let node_args = vec![
+            "--initial-cluster".into(),
+            spec.clone(),
+            "--node-id".into(),
+            name.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            endpoint.clone(),
+            "--shards".into(),
+            args.shards.to_string(),
+            "--no-pin".into(),
+            "--page-cache-mb".into(),
+            args.page_cache_mb.to_string(),
+        ];
+        node_endpoints.push(endpoint.clone());
+        processes.push(spawn(name, "keel-node", endpoint, node_args, &logs)?);
+    }
+    let control = address(base + 50)?;
+    let control_args = vec!["--nodes".into(), node_endpoints.join(","), "--listen".into(), control.clone()];
+    processes.push(spawn("control", "keel-control", control.clone(), control_args, &logs)?);
+    let mut memds = Vec::new();
+    for i in 0..2 {
+        let endpoint = address(base + 60 + i)?;
+        let memds_args = vec!["--control".into(), control.clone(), "--listen".into(), endpoint.clone()];
+        processes.push(spawn(&format!("memds-{}", i + 1), "keel-memds", endpoint.clone(), memds_args, &logs)?);
+        memds.push(endpoint);
+    }
+    let router = address(base)?;
+    let router_args = vec![
+        "--listen".into(),
+        router.clone(),
+        "--admin-listen".into(),
+        address(base + 1)?,
+        "--memds".into(),
+        memds.join(","),
+        "--control".into(),
+        control,
+    ];
+    processes.push(spawn("router", "keel-router", router, router_args, &logs)?);
+    Ok(processes)
+}
+
+/// Waits until the router reports every node up.
+fn wait_ready(router: &str, nodes: u16, timeout: Duration, stop: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        let mut config = ClientConfig::new(router);
+        config.retries_max = 0;
+        config.connections = 1;
+        config.request_timeout = Duration::from_secs(3);
+        match BlockingClient::connect(config).and_then(|c| c.run(async |c| c.cluster_status().await)) {
+            Ok(status) => {
+                let up = status.services.iter().filter(|s| s.role == "node" && s.healthy).count();
+                if up >= usize::from(nodes) {
+                    return Ok(());
+                }
+                last = format!("{up} of {nodes} storage nodes up");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the cluster did not come up within {timeout:?} ({last}); see the logs")
+}
+
+fn write_manifest(args: &DevArgs, processes: &[Process]) -> anyhow::Result<()> {
+    let list: Vec<_> = processes
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "endpoint": p.endpoint, "pid": p.child.id(),
+                "binary": p.binary.display().to_string(), "args": p.args})
+        })
+        .collect();
+    let manifest = json!({
+        "router": address(u32::from(args.port))?,
+        "admin": address(u32::from(args.port) + 1)?,
+        "processes": list,
+    });
+    let path = args.data_dir.join("dev.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?).with_context(|| format!("write {}", path.display()))
+}
+
+/// Stops the front end first, then the nodes; waits for each.
+fn stop_all(processes: &mut [Process]) {
+    let (nodes, front): (Vec<_>, Vec<_>) = processes.iter_mut().partition(|p| p.binary.ends_with("keel-node"));
+    for group in [front, nodes] {
+        for p in &group {
+            // std's Child::kill sends SIGKILL; SIGTERM lets each process stop
+            // cleanly, and kill(1) sends it without unsafe code here.
+            let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+        }
+        for p in group {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+/// `keel dev`.
+pub fn run(args: &DevArgs) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("keel dev: install a signal handler: {e}");
+            return ExitCode::from(255);
+        }
+    }
+    let mut processes = match start(args) {
+        Ok(processes) => processes,
+        Err(e) => {
+            eprintln!("keel dev: {e:#}");
+            return ExitCode::from(255);
+        }
+    };
+    let router = processes.last().map(|p| p.endpoint.clone()).unwrap_or_default();
+    let ready = write_manifest(args, &processes)
+        .and_then(|()| wait_ready(&router, args.nodes, Duration::from_secs(args.ready_timeout_s), &stop));
+    if let Err(e) = ready {
+        eprintln!("keel dev: {e:#}");
+        stop_all(&mut processes);
+        return ExitCode::from(255);
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "keel dev: router at {router} (KEEL_ENDPOINT={router}); data and logs in {}", args.data_dir.display());
+        let _ = writeln!(out, "keel dev: {} nodes, a control plane, 2 MemDS servers; Ctrl-C stops them all", args.nodes);
+        let _ = out.flush();
+    }
+    let mut exited = vec![false; processes.len()];
+    while !stop.load(Ordering::Relaxed) {
+        for (p, seen) in processes.iter_mut().zip(exited.iter_mut()) {
+            if !*seen && let Ok(Some(status)) = p.child.try_wait() {
+                *seen = true;
+                eprintln!("keel dev: {} exited ({status}); the others keep running", p.name);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("keel dev: stopping");
+    stop_all(&mut processes);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,497 @@
+//! The control plane: the authority MemDS servers follow.
+//!
+//! Its durable state is the cluster's own: tables live in the catalog, the
+//! replicated system partition (partition 0, a Raft group with a replica in
+//! every zone), and replica placement, leadership and healing are decided
+//! by the storage nodes' Raft groups (one replica per zone, log replicas
+//! after 3 s of silence). The control plane polls every storage node's
+//! cluster status and the catalog, turns what it sees into a routing
+//! [`State`] ([`observe`]), and publishes the difference from the last one
+//! as numbered changes ([`ControlPlane::publish`]). It keeps nothing that a
+//! restart could lose: a restarted control plane starts a new epoch (its
+//! start time), observes the same state again, and followers of the old
+//! epoch start over from a snapshot.
+//!
+//! The change stream: a follower asks for the changes after its version
+//! (`ChangesRequest`); the answer holds up to `max` of them, or waits up to
+//! `wait_ms` for the next one (a long poll, so changes reach MemDS within a
+//! poll interval plus one round trip). A follower of another epoch, or one
+//! so far behind that its next change is no longer retained
+//! ([`CHANGE_LOG_MAX`]), gets a reset: the whole state as changes ending at
+//! the current version.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use keel_wire::protocol::{NodeStatus, TableInfo};
+use keel_wire::routing::{self, Body, CHANGES_MAX, Change, MapStatus, NodeRoute, PartitionRoute, ReplicaRoute, TableRoute};
+use tokio::sync::watch;
+
+use crate::map::{State, diff};
+use crate::net::Handler;
+
+/// Changes retained for followers that fall behind.
+pub const CHANGE_LOG_MAX: usize = 100_000;
+/// Longest long poll a follower may ask for.
+pub const WAIT_MS_MAX: u32 = 10_000;
+
+/// The catalog's partition (not routed: only storage nodes use it).
+const CATALOG_PARTITION: u64 = 0;
+/// Raft role of a leader in a node's status.
+const ROLE_LEADER: u8 = 3;
+
+/// The routing state as the storage nodes report it.
+///
+/// `statuses` are the nodes that answered this poll (each reports its own
+/// replicas); `tables` the catalog's tables. What nobody reports now is
+/// taken from `previous`: a node that stopped answering keeps its entry
+/// (unhealthy), and a partition none of whose replicas answered keeps its
+/// last known replicas and leader.
+#[must_use]
+pub fn observe(previous: &State, statuses: &[NodeStatus], tables: &[TableInfo]) -> State {
+    let mut state = State::default();
+    for table in tables {
+        let route = TableRoute {
+            name: table.name.clone(),
+            id: table.id,
+            partitions: table.partitions,
+            partition_key: table.partition_key.0.clone(),
+            sort_key: table.sort_key.as_ref().map(|k| k.0.clone()),
+        };
+        state.tables.insert(route.name.clone(), route);
+    }
+    // Nodes: every member any node knows of, healthy when it answered.
+    for status in statuses {
+        for member in &status.members {
+            let known = previous.nodes.get(&member.id);
+            let entry = state.nodes.entry(member.id).or_insert_with(|| NodeRoute {
+                id: member.id,
+                name: member.name.clone(),
+                az: member.az.clone(),
+                endpoint: known.map(|n| n.endpoint.clone()).unwrap_or_default(),
+                shard_endpoints: known.map(|n| n.shard_endpoints.clone()).unwrap_or_default(),
+                healthy: false,
+            });
+            if member.id == status.node_id {
+                entry.endpoint.clone_from(&status.endpoint);
+                entry.shard_endpoints.clone_from(&status.shard_endpoints);
+                entry.healthy = true;
+            }
+        }
+    }
+    for (id, node) in &previous.nodes {
+        state.nodes.entry(*id).or_insert_with(|| NodeRoute { healthy: false, ..node.clone() });
+    }
+    // Partitions: each replica reports its own group.
+    let mut reports: BTreeMap<u64, Vec<(u64, &keel_wire::protocol::GroupInfo)>> = BTreeMap::new();
+    for status in statuses {
+        for group in &status.groups {
+            let node = if group.node != 0 { group.node } else { status.node_id };
+            reports.entry(group.partition).or_default().push((node, group));
+        }
+    }
+    for table in state.tables.values() {
+        for index in 0..table.partitions {
+            let partition = (u64::from(table.id) << 32) | u64::from(index);
+            let route = match reports.get(&partition) {
+                Some(seen) => partition_route(partition, seen, previous, &state.nodes),
+                None => match previous.partitions.get(&partition) {
+                    Some(route) => route.clone(),
+                    None => continue,
+                },
+            };
+            state.partitions.insert(partition, route);
+        }
+    }
+    debug_assert!(!state.partitions.contains_key(&CATALOG_PARTITION));
+    state
+}
+
+/// One partition from its replicas' reports: the voters and log replicas
+/// of the newest term reported, the leader that term's leader claims (or
+/// that its followers name).
+fn partition_route(
+    partition: u64,
+    seen: &[(u64, &keel_wire::protocol::GroupInfo)],
+    previous: &State,
+    nodes: &BTreeMap<u64, NodeRoute>,
+) -> PartitionRoute {
+    let term = seen.iter().map(|(_, g)| g.term).max().unwrap_or(0);
+    let newest = seen.iter().find(|(_, g)| g.term == term).map(|(_, g)| *g);
+    let leader = seen
+        .iter()
+        .find(|(_, g)| g.role == ROLE_LEADER && g.term == term)
+        .map(|(node, _)| *node)
+        .or_else(|| seen.iter().filter(|(_, g)| g.term == term && g.leader != 0).map(|(_, g)| g.leader).next())
+        .unwrap_or(0);
+    let old = previous.partitions.get(&partition);
+    let replicas = newest
+        .map(|g| {
+            g.voters
+                .iter()
+                .map(|&node| {
+                    let shard = seen
+                        .iter()
+                        .find(|(n, _)| *n == node)
+                        .map(|(_, g)| g.shard)
+                        .or_else(|| old.and_then(|o| o.replicas.iter().find(|r| r.node == node)).map(|r| r.shard))
+                        .unwrap_or_else(|| placement_shard(partition, nodes.get(&node)));
+                    ReplicaRoute { node, shard, log_only: g.log_replicas.contains(&node) }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    PartitionRoute { partition, leader, term, replicas }
+}
+
+/// The shard a node places a partition on (keel-node's `Placement`), for a
+/// replica whose node has not reported it.
+fn placement_shard(partition: u64, node: Option<&NodeRoute>) -> u32 {
+    let shards = node.map_or(1, |n| n.shard_endpoints.len().max(1));
+    let (table, index) = (partition >> 32, partition & 0xffff_ffff);
+    u32::try_from((table + index) % u64::try_from(shards).unwrap_or(1)).unwrap_or(0)
+}
+
+/// What has been published.
+#[derive(Debug, Default)]
+struct Published {
+    state: State,
+    version: u64,
+    /// The newest changes, ending at `version`.
+    log: VecDeque<Change>,
+}
+
+/// The change stream's publisher and server.
+#[derive(Debug)]
+pub struct ControlPlane {
+    epoch: u64,
+    published: Mutex<Published>,
+    versions: watch::Sender<u64>,
+}
+
+impl ControlPlane {
+    /// An empty map in `epoch` (nonzero: 0 means "none" to followers).
+    #[must_use]
+    pub fn new(epoch: u64) -> Self {
+        assert!(epoch != 0, "epoch 0 means no epoch");
+        Self { epoch, published: Mutex::new(Published::default()), versions: watch::Sender::new(0) }
+    }
+
+    /// The epoch.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The state last published.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.lock().state.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the changes that take the last state to `new`; returns how
+    /// many there were.
+    pub fn publish(&self, new: State) -> usize {
+        let mut published = self.lock();
+        let kinds = diff(&published.state, &new);
+        let count = kinds.len();
+        for kind in kinds {
+            published.version += 1;
+            let change = Change { version: published.version, kind };
+            published.log.push_back(change);
+            if published.log.len() > CHANGE_LOG_MAX {
+                published.log.pop_front();
+            }
+        }
+        published.state = new;
+        let version = published.version;
+        drop(published);
+        if count > 0 {
+            self.versions.send_replace(version);
+        }
+        count
+    }
+
+    /// The answer to a follower at `after` of `epoch`, or `None` when there
+    /// is nothing newer yet.
+    fn changes(&self, epoch: u64, after: u64, max: u32) -> Option<Body> {
+        let published = self.lock();
+        let first_retained = published.log.front().map_or(published.version + 1, |c| c.version);
+        if epoch != self.epoch || after > published.version || after + 1 < first_retained {
+            // The whole state, numbered to end at the current version.
+            let snapshot = diff(&State::default(), &published.state);
+            if snapshot.len() > CHANGES_MAX {
+                return Some(Body::Error(format!(
+                    "the routing map has {} entries, more than a reset carries ({CHANGES_MAX})",
+                    snapshot.len()
+                )));
+            }
+            let start = published.version + 1 - u64::try_from(snapshot.len()).unwrap_or(0);
+            let changes = (start..).zip(snapshot).map(|(version, kind)| Change { version, kind }).collect();
+            return Some(Body::ChangesAnswer { epoch: self.epoch, reset: true, last: published.version, changes });
+        }
+        if after == published.version {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first_retained).unwrap_or(0);
+        let take = usize::try_from(max).unwrap_or(CHANGES_MAX).clamp(1, CHANGES_MAX);
+        let changes: Vec<Change> = published.log.iter().skip(skip).take(take).cloned().collect();
+        Some(Body::ChangesAnswer { epoch: self.epoch, reset: false, last: published.version, changes })
+    }
+
+    /// Answers a change request, waiting up to `wait_ms` for a change.
+    pub async fn answer_changes(&self, epoch: u64, after: u64, max: u32, wait_ms: u32) -> Body {
+        let mut versions = self.versions.subscribe();
+        if let Some(body) = self.changes(epoch, after, max) {
+            return body;
+        }
+        let wait = Duration::from_millis(u64::from(wait_ms.min(WAIT_MS_MAX)));
+        let _ = tokio::time::timeout(wait, versions.wait_for(|&v| v > after)).await;
+        self.changes(epoch, after, max).unwrap_or(Body::ChangesAnswer {
+            epoch: self.epoch,
+            reset: false,
+            last: after,
+            changes: Vec::new(),
+        })
+    }
+
+    /// The status answer.
+    #[must_use]
+    pub fn status(&self) -> MapStatus {
+        let published = self.lock();
+        MapStatus {
+            role: "control".into(),
+            epoch: self.epoch,
+            version: published.version,
+            tables: u32::try_from(published.state.tables.len()).unwrap_or(u32::MAX),
+            partitions: u32::try_from(published.state.partitions.len()).unwrap_or(u32::MAX),
+            nodes: published.state.nodes.values().cloned().collect(),
+            lookups: 0,
+            counters: Vec::new(),
+        }
+    }
+}
+
+impl Handler for ControlPlane {
+    async fn handle(self: Arc<Self>, body: Vec<u8>) -> Vec<u8> {
+        let (id, answer) = match routing::decode(&body) {
+            Ok((id, Body::Changes { epoch, after, max, wait_ms })) => {
+                (id, self.answer_changes(epoch, after, max, wait_ms).await)
+            }
+            Ok((id, Body::Status)) => (id, Body::StatusAnswer(self.status())),
+            Ok((id, other)) => (id, Body::Error(format!("a control plane does not serve {other:?}"))),
+            Err(e) => (0, Body::Error(format!("unreadable request: {e}"))),
+        };
+        routing::encode(id, &answer)
+    }
+}
+
+/// Polls the storage nodes and publishes what it sees, forever.
+pub async fn poll_nodes(control: Arc<ControlPlane>, endpoints: Vec<String>, interval: Duration) {
+    use keel_wire::client::{Client, ClientConfig};
+    let mut clients: Vec<Option<Client>> = endpoints.iter().map(|_| None).collect();
+    let timeout = interval.max(Duration::from_millis(500));
+    let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
+    loop {
+        let mut polls = tokio::task::JoinSet::new();
+        for (at, endpoint) in endpoints.iter().enumerate() {
+            let client = clients.get_mut(at).and_then(Option::take);
+            let endpoint = endpoint.clone();
+            polls.spawn(async move {
+                let client = match client {
+                    Some(client) => client,
+                    None => {
+                        let mut config = ClientConfig::new(endpoint);
+                        config.retries_max = 0;
+                        config.connections = 1;
+                        config.request_timeout = timeout;
+                        let connect = tokio::time::timeout(timeout, Client::connect(config)).await;
+                        match connect {
+                            Ok(Ok(client)) => client,
+                            _ => return (at, None, None),
+                        }
+                    }
+                };
+                let status = client.cluster_status().await.ok();
+                (at, status.is_some().then_some(client), status)
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(done) = polls.join_next().await {
+            let Ok((at, client, status)) = done else { continue };
+            if let Some(slot) = clients.get_mut(at) {
+                *slot = client;
+            }
+            statuses.extend(status);
+        }
+        // The catalog, read from the first node that answers.
+        for client in clients.iter().flatten() {
+            if read_catalog(client, &mut tables).await.is_ok() {
+                break;
+            }
+        }
+        let tables_now: Vec<TableInfo> = tables.values().cloned().collect();
+        let state = observe(&control.state(), &statuses, &tables_now);
+        let changes = control.publish(state);
+        if changes > 0 {
+            tracing::debug!(changes, "published routing changes");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Brings `tables` up to the catalog's list (a new name is described once;
+/// a table's schema does not change while it exists).
+async fn read_catalog(
+    client: &keel_wire::client::Client,
+    tables: &mut BTreeMap<String, TableInfo>,
+) -> Result<(), keel_wire::client::ClientError> {
+    let mut names = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let (page, last) = client.list_tables(start.as_deref(), 0).await?;
+        names.extend(page);
+        match last {
+            Some(last) => start = Some(last),
+            None => break,
+        }
+    }
+    tables.retain(|name, _| names.contains(name));
+    for name in names {
+        if let std::collections::btree_map::Entry::Vacant(slot) = tables.entry(name) {
+            let info = client.describe_table(slot.key()).await?;
+            slot.insert(info);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+// A missing entry failing the test by panicking is what the test wants.
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use keel_wire::protocol::{GroupInfo, KeyKind, MemberInfo};
+
+    use super::*;
+
+    fn member(id: u64) -> MemberInfo {
+        MemberInfo { id, name: format!("n{id}"), address: format!("127.0.0.1:74{id}9"), az: format!("az{id}") }
+    }
+
+    fn group(partition: u64, shard: u32, role: u8, leader: u64, term: u64) -> GroupInfo {
+        GroupInfo {
+            partition,
+            shard,
+            role,
+            leader,
+            term,
+            commit: 5,
+            applied: 5,
+            last_index: 5,
+            voters: vec![1, 2, 3],
+            log_replicas: Vec::new(),
+            node: 0,
+        }
+    }
+
+    fn status(id: u64, groups: Vec<GroupInfo>) -> NodeStatus {
+        NodeStatus {
+            node_id: id,
+            members: (1..=3).map(member).collect(),
+            groups,
+            endpoint: format!("127.0.0.1:74{id}0"),
+            shard_endpoints: vec![format!("127.0.0.1:74{id}1"), format!("127.0.0.1:74{id}2")],
+            services: Vec::new(),
+        }
+    }
+
+    fn table() -> TableInfo {
+        TableInfo {
+            name: "music".into(),
+            partition_key: ("artist".into(), KeyKind::S),
+            sort_key: Some(("song".into(), KeyKind::S)),
+            partitions: 2,
+            created_at_ms: 1,
+            id: 1,
+        }
+    }
+
+    const P0: u64 = 1 << 32;
+    const P1: u64 = (1 << 32) | 1;
+
+    #[test]
+    fn the_observed_state_names_leaders_shards_and_health_and_remembers_the_silent() {
+        let everyone = [
+            status(1, vec![group(0, 0, 3, 1, 2), group(P0, 1, 3, 1, 4), group(P1, 0, 0, 2, 4)]),
+            status(2, vec![group(P0, 1, 0, 1, 4), group(P1, 0, 3, 2, 4)]),
+            status(3, vec![group(P0, 1, 0, 1, 4), group(P1, 0, 0, 2, 4)]),
+        ];
+        let first = observe(&State::default(), &everyone, &[table()]);
+        assert_eq!(first.tables["music"].sort_key.as_deref(), Some("song"));
+        assert_eq!((first.partitions[&P0].leader, first.partitions[&P1].leader), (1, 2));
+        assert!(first.partitions[&P0].replicas.iter().all(|r| r.shard == 1 && !r.log_only));
+        assert!(!first.partitions.contains_key(&0), "the catalog is not routed");
+        assert!(first.nodes.values().all(|n| n.healthy && n.shard_endpoints.len() == 2));
+
+        // Node 1 stops answering; node 2 leads P0 in a newer term with a log
+        // replica on node 3.
+        let mut newer = group(P0, 1, 3, 2, 5);
+        newer.log_replicas = vec![3];
+        let rest = [status(2, vec![newer, group(P1, 0, 3, 2, 4)]), status(3, vec![group(P0, 1, 0, 2, 5)])];
+        let second = observe(&first, &rest, &[table()]);
+        assert!(!second.nodes[&1].healthy, "a silent node stays, unhealthy");
+        assert_eq!(second.nodes[&1].endpoint, "127.0.0.1:7410", "with its last known endpoints");
+        let p0 = &second.partitions[&P0];
+        assert_eq!((p0.leader, p0.term), (2, 5));
+        assert_eq!(p0.replicas.iter().find(|r| r.node == 1).map(|r| r.shard), Some(1), "shard remembered");
+        assert!(p0.replicas.iter().any(|r| r.node == 3 && r.log_only));
+        assert_eq!(diff(&second, &second), Vec::new());
+    }
+
+    fn follow(control: &ControlPlane, map: &mut crate::map::RoutingMap) {
+        let Some(Body::ChangesAnswer { epoch, reset, changes, .. }) =
+            control.changes(map.epoch(), map.version(), 3)
+        else {
+            return;
+        };
+        if reset {
+            let first = changes.first().map_or(0, |c| c.version);
+            map.reset_at(epoch, first.saturating_sub(1));
+        }
+        for change in &changes {
+            map.apply(change).expect("changes come in order");
+        }
+    }
+
+    #[test]
+    fn a_follower_reaches_the_published_state_from_scratch_and_after_a_restart() {
+        let everyone = [status(1, vec![group(P0, 0, 3, 1, 2), group(P1, 1, 3, 1, 2)])];
+        let control = ControlPlane::new(11);
+        let mut map = crate::map::RoutingMap::new();
+        control.publish(observe(&State::default(), &everyone, &[table()]));
+        for _ in 0..10 {
+            follow(&control, &mut map);
+        }
+        assert_eq!((map.epoch(), map.state()), (11, &control.state()));
+        // A new table arrives in small pieces (max 3 per answer).
+        let mut second = table();
+        second.name = "books".into();
+        second.id = 2;
+        control.publish(observe(&control.state(), &everyone, &[table(), second]));
+        while map.version() < control.status().version {
+            follow(&control, &mut map);
+        }
+        assert_eq!(map.state(), &control.state());
+        assert_eq!(control.changes(11, map.version(), 3), None, "nothing newer: the request waits");
+        // A restarted control plane (new epoch) resets the follower.
+        let restarted = ControlPlane::new(12);
+        restarted.publish(control.state());
+        follow(&restarted, &mut map);
+        assert_eq!((map.epoch(), map.version(), map.state()), (12, restarted.status().version, &restarted.state()));
+    }
+}
