@@ -174,7 +174,9 @@ async fn execute<D: Disk>(
     page: &mut Page,
 ) -> Result<Answer, Response<'static>> {
     match request {
-        Request::ClusterStatus => Ok(Answer::Plain(Response::ClusterStatus(Box::new(node_status(engine, local_groups(engine)))))),
+        Request::ClusterStatus => {
+            Ok(Answer::Plain(Response::ClusterStatus(Box::new(node_status(engine, local_groups(engine))))))
+        }
         Request::CreateTable { table, partition_key, sort_key, partitions } => {
             let def = engine
                 .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)

@@ -252,8 +252,13 @@ pub fn run(args: &DevArgs) -> ExitCode {
     }
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "keel dev: router at {router} (KEEL_ENDPOINT={router}); data and logs in {}", args.data_dir.display());
-        let _ = writeln!(out, "keel dev: {} nodes, a control plane, 2 MemDS servers; Ctrl-C stops them all", args.nodes);
+        let _ = writeln!(
+            out,
+            "keel dev: router at {router} (KEEL_ENDPOINT={router}); data and logs in {}",
+            args.data_dir.display()
+        );
+        let _ =
+            writeln!(out, "keel dev: {} nodes, a control plane, 2 MemDS servers; Ctrl-C stops them all", args.nodes);
         let _ = out.flush();
     }
     let mut exited = vec![false; processes.len()];

@@ -12,6 +12,7 @@ use keel_wire::client::{BlockingClient, Client, ClientConfig, ClientError};
 use keel_wire::item::{self, Item};
 use keel_wire::protocol::NodeStatus;
 use keel_wire::protocol::{ExpressionArgs, KeyKind, Request, ReturnValues, TableInfo};
+use keel_wire::routing;
 use serde_json::{Value as Json, json};
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,14 @@ enum Command {
     /// Starts a local cluster on loopback: three nodes in three zones, a
     /// control plane, two MemDS servers and a router; Ctrl-C stops it.
     Dev(dev::DevArgs),
+    /// A router's admin port: its counters, or a cache flush.
+    Router {
+        /// The router's admin endpoint (`keel dev`: the router's port + 1).
+        #[arg(long, default_value = "127.0.0.1:7401", env = "KEEL_ROUTER_ADMIN")]
+        admin: String,
+        #[command(subcommand)]
+        command: RouterCommand,
+    },
     /// The cluster: nodes, zones, health, and every partition's replicas.
     Cluster {
         #[command(subcommand)]
@@ -99,6 +108,20 @@ enum Command {
         segment: u32,
         #[arg(long, default_value_t = 1)]
         total_segments: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouterCommand {
+    /// Requests, cache hits and misses, MemDS lookups sent and answered.
+    Status,
+    /// Drops the routing cache; with --every-ms, again and again for
+    /// --for-s seconds (to measure a cold cache under load).
+    Flush {
+        #[arg(long)]
+        every_ms: Option<u64>,
+        #[arg(long, default_value_t = 10)]
+        for_s: u64,
     },
 }
 
@@ -289,7 +312,7 @@ impl From<ClientError> for Failure {
 
 async fn run(client: &Client, command: Command) -> Result<Json, Failure> {
     Ok(match command {
-        Command::Dev(_) => return Err(Failure::Usage("keel dev runs by itself".into())),
+        Command::Dev(_) | Command::Router { .. } => return Err(Failure::Usage("runs by itself".into())),
         // main asks every endpoint itself; this is the one-node view.
         Command::Cluster { .. } => {
             merge_status(&[(String::new(), client.cluster_status().await.map_err(|e| e.to_string()))])
@@ -414,6 +437,9 @@ fn main() -> ExitCode {
     if let Command::Dev(args) = &cli.command {
         return dev::run(args);
     }
+    if let Command::Router { admin, command } = &cli.command {
+        return router_admin(admin, command);
+    }
     if let Command::Cluster { command: ClusterCommand::Status { json } } = &cli.command {
         return cluster_status(&endpoints, *json);
     }
@@ -445,6 +471,63 @@ fn main() -> ExitCode {
         }
         Err(Failure::Client(e)) => {
             eprintln!("keel: {e}");
+            ExitCode::from(255)
+        }
+    }
+}
+
+/// One routing-protocol request to a router's admin port.
+fn admin_call(admin: &str, body: &routing::Body) -> anyhow::Result<routing::MapStatus> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(admin)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut frame = Vec::new();
+    keel_wire::frame::encode_frame(&routing::encode(1, body), &mut frame);
+    stream.write_all(&frame)?;
+    let decoder = keel_wire::frame::FrameDecoder::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let span = loop {
+        if let Some(span) = decoder.decode(&buf)? {
+            break span;
+        }
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "the router closed the connection");
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+    };
+    match routing::decode(buf.get(span.body_start..span.end).unwrap_or(&[]))? {
+        (_, routing::Body::StatusAnswer(status)) => Ok(status),
+        (_, other) => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `keel router status|flush`.
+fn router_admin(admin: &str, command: &RouterCommand) -> ExitCode {
+    let outcome = match command {
+        RouterCommand::Status => admin_call(admin, &routing::Body::Status),
+        RouterCommand::Flush { every_ms: None, .. } => admin_call(admin, &routing::Body::FlushCache),
+        RouterCommand::Flush { every_ms: Some(every), for_s } => {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(*for_s);
+            let mut flushes = 0u64;
+            let mut last = admin_call(admin, &routing::Body::FlushCache);
+            while last.is_ok() && std::time::Instant::now() < end {
+                std::thread::sleep(std::time::Duration::from_millis(*every));
+                last = admin_call(admin, &routing::Body::FlushCache);
+                flushes += 1;
+            }
+            eprintln!("keel: {flushes} flushes");
+            last
+        }
+    };
+    match outcome {
+        Ok(status) => {
+            let counters: serde_json::Map<String, Json> =
+                status.counters.into_iter().map(|(name, value)| (name, json!(value))).collect();
+            println!("{}", serde_json::to_string_pretty(&Json::Object(counters)).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keel: router admin {admin}: {e:#}");
             ExitCode::from(255)
         }
     }

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use keel_wire::protocol::{NodeStatus, TableInfo};
-use keel_wire::routing::{self, Body, CHANGES_MAX, Change, MapStatus, NodeRoute, PartitionRoute, ReplicaRoute, TableRoute};
+use keel_wire::routing::{
+    self, Body, CHANGES_MAX, Change, MapStatus, NodeRoute, PartitionRoute, ReplicaRoute, TableRoute,
+};
 use tokio::sync::watch;
 
 use crate::map::{State, diff};
@@ -454,8 +456,7 @@ mod tests {
     }
 
     fn follow(control: &ControlPlane, map: &mut crate::map::RoutingMap) {
-        let Some(Body::ChangesAnswer { epoch, reset, changes, .. }) =
-            control.changes(map.epoch(), map.version(), 3)
+        let Some(Body::ChangesAnswer { epoch, reset, changes, .. }) = control.changes(map.epoch(), map.version(), 3)
         else {
             return;
         };

@@ -336,21 +336,41 @@ impl Router {
             }
         };
         let (client_id, timeout_ms) = (envelope.request_id, envelope.timeout_ms);
+        let timeout = match timeout_ms {
+            0 => self.config.request_timeout,
+            ms => Duration::from_millis(u64::from(ms)).max(Duration::from_millis(100)),
+        };
+        // A batch's keys live in many partitions, whose leaders may be on
+        // different nodes: it is split per partition. (One outside the
+        // limits goes to a node as it is, which says what is wrong.)
+        let split = match &envelope.request {
+            Request::BatchWriteItem { tables }
+                if (1..=protocol::BATCH_WRITE_REQUESTS_MAX).contains(&tables.iter().map(|t| t.1.len()).sum()) =>
+            {
+                Some(self.batch_write(client_id, timeout, tables).await)
+            }
+            Request::BatchGetItem { tables }
+                if (1..=protocol::BATCH_GET_KEYS_MAX).contains(&tables.iter().map(|t| t.keys.len()).sum()) =>
+            {
+                Some(self.batch_get(client_id, timeout, tables).await)
+            }
+            _ => None,
+        };
+        if let Some(answer) = split {
+            return answer.unwrap_or_else(|response| {
+                bump(&self.counters.errors);
+                protocol::encode_response(client_id, &response)
+            });
+        }
         let target = classify(&envelope.request);
         // An id of 0 is not written into the envelope, so there is nothing
         // to rewrite in place: encode it once more with an id.
         let again = (client_id == 0).then(|| protocol::encode_request(1, timeout_ms, &envelope.request));
         drop(envelope);
         let body = again.unwrap_or(body);
-        let timeout = match timeout_ms {
-            0 => self.config.request_timeout,
-            ms => Duration::from_millis(u64::from(ms)).max(Duration::from_millis(100)),
-        };
         let answer = match target {
             Target::Status => self.cluster_status(client_id).await,
-            Target::Anywhere { idempotent } => {
-                self.forward(body, client_id, None, false, idempotent, timeout).await
-            }
+            Target::Anywhere { idempotent } => self.forward(body, client_id, None, false, idempotent, timeout).await,
             Target::Keyed { table, key, leader, idempotent } => match self.locate(&table, &key).await {
                 Some(partition) => self.forward(body, client_id, Some(partition), leader, idempotent, timeout).await,
                 // Unknown to MemDS (just created?) or an invalid key: a
@@ -365,6 +385,107 @@ impl Router {
                 protocol::encode_response(client_id, &response)
             }
         }
+    }
+
+    /// The partition of each key (one lookup each, as for single requests),
+    /// grouped: `None` gathers the keys that could not be located.
+    async fn group_by_partition<T>(
+        &self,
+        table: &str,
+        keys: impl IntoIterator<Item = (Item, T)>,
+    ) -> Vec<(Option<(u64, LookupKey)>, Vec<T>)> {
+        let mut groups: Vec<(Option<(u64, LookupKey)>, Vec<T>)> = Vec::new();
+        for (key, value) in keys {
+            let route = self.locate(table, &KeySource::Item(key)).await;
+            let partition = route.as_ref().map(|(p, _)| *p);
+            match groups.iter_mut().find(|(r, _)| r.as_ref().map(|(p, _)| *p) == partition) {
+                Some((_, values)) => values.push(value),
+                None => groups.push((route, vec![value])),
+            }
+        }
+        groups
+    }
+
+    /// One part of a split batch, sent like a single request; its answer,
+    /// or the error answer that ends the batch.
+    async fn batch_part(
+        &self,
+        request: &Request<'_>,
+        route: Option<(u64, LookupKey)>,
+        leader: bool,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Result<Vec<u8>, Response<'static>>> {
+        let body = protocol::encode_request(1, 0, request);
+        let answer = self.forward(body, 1, route, leader, true, timeout).await.map_err(Err)?;
+        match protocol::response_error(&answer) {
+            Ok(None) => Ok(answer),
+            _ => Err(Ok(answer)),
+        }
+    }
+
+    /// BatchWriteItem, one part per partition; done when every part is.
+    async fn batch_write(
+        &self,
+        client_id: u64,
+        timeout: Duration,
+        tables: &[(String, Vec<protocol::BatchWrite<'_>>)],
+    ) -> Result<Vec<u8>, Response<'static>> {
+        for (table, writes) in tables {
+            let keyed = writes.iter().map(|w| {
+                let key = match w {
+                    protocol::BatchWrite::Put(bytes) => item::decode(bytes).unwrap_or_default(),
+                    protocol::BatchWrite::Delete(key) => key.clone(),
+                };
+                (key, w.clone())
+            });
+            for (route, part) in self.group_by_partition(table, keyed.collect::<Vec<_>>()).await {
+                let request = Request::BatchWriteItem { tables: vec![(table.clone(), part)] };
+                if let Err(failed) = self.batch_part(&request, route, true, timeout).await {
+                    return with_id(failed, client_id);
+                }
+            }
+        }
+        Ok(protocol::encode_response(client_id, &Response::BatchWrite))
+    }
+
+    /// BatchGetItem, one part per partition; the items merged per table.
+    async fn batch_get(
+        &self,
+        client_id: u64,
+        timeout: Duration,
+        tables: &[protocol::BatchGetTable],
+    ) -> Result<Vec<u8>, Response<'static>> {
+        let mut found: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for table in tables {
+            let keyed = table.keys.iter().map(|k| (k.clone(), k.clone())).collect::<Vec<_>>();
+            for (route, keys) in self.group_by_partition(&table.table, keyed).await {
+                let part = protocol::BatchGetTable { keys, ..table.clone() };
+                let request = Request::BatchGetItem { tables: vec![part] };
+                let answer = match self.batch_part(&request, route, table.consistent_read, timeout).await {
+                    Ok(answer) => answer,
+                    Err(failed) => return with_id(failed, client_id),
+                };
+                match protocol::decode_response(&answer) {
+                    Ok((_, Reply::BatchGet(items))) => {
+                        for (name, mut list) in items {
+                            match found.iter_mut().find(|(n, _)| *n == name) {
+                                Some((_, all)) => all.append(&mut list),
+                                None => found.push((name, list)),
+                            }
+                        }
+                    }
+                    other => {
+                        return Err(Response::error(
+                            ErrorCode::InternalServerError,
+                            format!("unexpected answer to a BatchGetItem part: {other:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let borrowed =
+            found.iter().map(|(name, items)| (name.clone(), items.iter().map(Vec::as_slice).collect())).collect();
+        Ok(protocol::encode_response(client_id, &Response::BatchGet(borrowed)))
     }
 
     /// Finds a request's partition: one lookup sent to MemDS in any case;
@@ -408,8 +529,7 @@ impl Router {
             }
         }
         let nodes = self.nodes();
-        let usable: Vec<_> =
-            nodes.iter().filter(|n| !n.endpoint.is_empty() && !avoid.contains(&n.endpoint)).collect();
+        let usable: Vec<_> = nodes.iter().filter(|n| !n.endpoint.is_empty() && !avoid.contains(&n.endpoint)).collect();
         let healthy: Vec<_> = usable.iter().filter(|n| n.healthy).collect();
         healthy
             .get(turn % healthy.len().max(1))
@@ -641,10 +761,12 @@ impl Router {
             if merged.members.is_empty() {
                 merged.members = status.members;
             }
-            merged.groups.extend(status.groups.into_iter().map(|g| GroupInfo {
-                node: if g.node == 0 { status.node_id } else { g.node },
-                ..g
-            }));
+            merged.groups.extend(
+                status
+                    .groups
+                    .into_iter()
+                    .map(|g| GroupInfo { node: if g.node == 0 { status.node_id } else { g.node }, ..g }),
+            );
         }
         let own = self.status();
         merged.services.insert(
@@ -660,7 +782,8 @@ impl Router {
             },
         );
         let heard = self.heard().clone();
-        let others = self.config.memds.iter().map(|e| ("memds", e)).chain(self.config.control.iter().map(|e| ("control", e)));
+        let others =
+            self.config.memds.iter().map(|e| ("memds", e)).chain(self.config.control.iter().map(|e| ("control", e)));
         for (role, endpoint) in others {
             let h = heard.get(endpoint).cloned().unwrap_or_default();
             merged.services.push(ServiceInfo {
@@ -697,6 +820,14 @@ impl Router {
             }
         }
     }
+}
+
+/// A batch part's error answer (or the router's own) under the client's id.
+fn with_id(failed: Result<Vec<u8>, Response<'static>>, client_id: u64) -> Result<Vec<u8>, Response<'static>> {
+    let mut answer = failed?;
+    let patched = protocol::set_envelope_id(&mut answer, client_id);
+    debug_assert!(patched, "answers to the router's parts carry its id");
+    Ok(answer)
 }
 
 /// Gathers queued lookups into batches, at most
@@ -774,13 +905,11 @@ mod tests {
     #[test]
     fn a_query_and_a_get_of_the_same_partition_key_hash_alike() {
         let artist = AttributeValue::S("Arvo".into());
-        let key = Item::from([("artist".to_owned(), artist.clone()), ("song".to_owned(), AttributeValue::S("x".into()))]);
+        let key =
+            Item::from([("artist".to_owned(), artist.clone()), ("song".to_owned(), AttributeValue::S("x".into()))]);
         let get = key_hash(&table(), &KeySource::Item(key));
         let args = ExpressionArgs { names: Vec::new(), values: vec![(":a".into(), artist.clone())] };
-        let query = key_hash(
-            &table(),
-            &KeySource::Condition { text: "artist = :a AND song > :a".into(), args },
-        );
+        let query = key_hash(&table(), &KeySource::Condition { text: "artist = :a AND song > :a".into(), args });
         assert!(get.is_some());
         assert_eq!(get, query);
         assert_eq!(get, hash_of_value("artist", &artist));

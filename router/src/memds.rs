@@ -16,8 +16,8 @@
 //! (about 40 bytes with overhead); a million partitions fit in about
 //! 170 MB. Tables and nodes are few and small beside them.
 
-use std::sync::{Arc, PoisonError, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use keel_wire::routing::{self, Body, MapStatus};

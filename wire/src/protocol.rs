@@ -1203,7 +1203,8 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
     let groups = r.groups().unwrap_or_default();
     let shard_endpoints = r.shard_endpoints().unwrap_or_default();
     let services = r.services().unwrap_or_default();
-    if services.len() > STATUS_SERVICES_MAX || members.len() > STATUS_MEMBERS_MAX
+    if services.len() > STATUS_SERVICES_MAX
+        || members.len() > STATUS_MEMBERS_MAX
         || groups.len() > STATUS_GROUPS_MAX
         || shard_endpoints.len() > STATUS_SHARDS_MAX
     {

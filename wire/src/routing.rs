@@ -637,7 +637,13 @@ mod tests {
     }
 
     fn samples() -> Vec<Body> {
-        let table = TableRoute { name: "music".into(), id: 3, partitions: 8, partition_key: "artist".into(), sort_key: Some("song".into()) };
+        let table = TableRoute {
+            name: "music".into(),
+            id: 3,
+            partitions: 8,
+            partition_key: "artist".into(),
+            sort_key: Some("song".into()),
+        };
         vec![
             Body::Changes { epoch: 9, after: 41, max: 1000, wait_ms: 500 },
             Body::ChangesAnswer {

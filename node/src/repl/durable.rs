@@ -257,6 +257,15 @@ pub fn rebuild(records: &[Record], logs: &mut BTreeMap<u64, GroupLog>) -> Result
                     return Err(error("hard state record is not 24 bytes"));
                 }
                 if term < log.hard_state().term {
+                    // A log restarted after its B-tree checkpoint starts at
+                    // the checkpoint's term; hard states logged before the
+                    // checkpoint are older and commit nothing after it: they
+                    // are superseded, not a term going back. (A hard state of
+                    // a lower term always commits below the checkpoint, whose
+                    // entry was committed under a term at least its own.)
+                    if commit < log.first_index() {
+                        continue;
+                    }
                     return Err(error("hard state term goes back"));
                 }
                 if commit > log.last_index() {
@@ -299,6 +308,35 @@ mod tests {
             zero_fill: false,
             ..WalConfig::default()
         }
+    }
+
+    #[test]
+    fn hard_states_from_before_the_checkpoint_are_skipped_and_a_later_lower_term_is_refused() {
+        let disk = SimDisk::new(2);
+        let dir = Path::new("/wal");
+        let hs = |term, commit| Some(HardState { term, vote: 1, commit, ..HardState::default() });
+        let write = |hard_state| GroupWrite { partition: 7, state: None, entries: Vec::new(), hard_state };
+        block_on(async {
+            let (wal, _) = Wal::open(disk.clone(), dir, config()).await.expect("open");
+            // Logged while the term was 1, before a checkpoint at (5, term 2).
+            let lsn = submit(&wal, &[write(hs(1, 3)), write(hs(2, 5))], |_, _, _| {}).expect("submit");
+            wal.wait_durable(lsn.expect("written")).await.expect("durable");
+        });
+        let records = block_on(Wal::open(disk.clone(), dir, config())).expect("reopen").1;
+        let restarted = || GroupLog::with_learners(&[1, 2, 3], &[], 5, 2);
+        let mut logs: BTreeMap<u64, GroupLog> = [(7, restarted())].into_iter().collect();
+        rebuild(&records, &mut logs).expect("the older hard state is superseded by the checkpoint");
+        assert_eq!(logs.get(&7).map(|l| (l.hard_state().term, l.hard_state().commit)), Some((2, 5)));
+        // A lower term that commits past the checkpoint is damage.
+        block_on(async {
+            let (wal, _) = Wal::open(disk.clone(), dir, config()).await.expect("open");
+            let lsn = submit(&wal, &[write(hs(1, 7))], |_, _, _| {}).expect("submit");
+            wal.wait_durable(lsn.expect("written")).await.expect("durable");
+        });
+        let records = block_on(Wal::open(disk, dir, config())).expect("reopen").1;
+        let mut logs: BTreeMap<u64, GroupLog> = [(7, restarted())].into_iter().collect();
+        let refused = rebuild(&records, &mut logs).expect_err("a term going back after the checkpoint");
+        assert_eq!(refused.reason, "hard state term goes back");
     }
 
     #[test]

@@ -742,15 +742,22 @@ pub(super) fn replication(config: &ClusterConfig) -> anyhow::Result<Replication>
 /// Hard states of every group, logged again before WAL segments are
 /// reclaimed (see `docs/format/wal.md`), and the checkpointed group's log
 /// compacted in memory.
+///
+/// The states are submitted while the engine is held: the driver logs a
+/// group's newer hard state only under the engine too, so these copies
+/// can never land in the WAL after a newer one (recovery refuses a hard
+/// state whose term goes back; a restart after an election failed so).
 pub(super) async fn before_reclaim(shard: &Shard, partition: u64) -> Result<(), String> {
-    let (writes, wal) = {
+    let (lsn, wal) = {
         let mut engine = shard.engine.write().await.map_err(|e| e.to_string())?;
         let checkpointed = engine.store_mut().checkpointed(partition).map_or(0, |a| a.index);
         let Some(raft) = engine.raft_mut() else { return Ok(()) };
         raft.compact(partition, checkpointed, LOG_RETAIN_ENTRIES_MAX);
-        (raft.hard_states(), engine.wal())
+        let writes = raft.hard_states();
+        let wal = engine.wal();
+        (durable::submit(&wal, &writes, |_, _, _| {}).map_err(|e| e.to_string())?, wal)
     };
-    if let Some(lsn) = durable::submit(&wal, &writes, |_, _, _| {}).map_err(|e| e.to_string())? {
+    if let Some(lsn) = lsn {
         wal.wait_durable(lsn).await.map_err(|e| e.to_string())?;
     }
     Ok(())
