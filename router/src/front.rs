@@ -134,6 +134,9 @@ struct Heard {
     status: MapStatus,
 }
 
+/// A located partition and the lookup that located it (None: not located).
+type Route = Option<(u64, LookupKey)>;
+
 /// How a request finds its partition.
 #[derive(Debug)]
 enum KeySource {
@@ -393,8 +396,8 @@ impl Router {
         &self,
         table: &str,
         keys: impl IntoIterator<Item = (Item, T)>,
-    ) -> Vec<(Option<(u64, LookupKey)>, Vec<T>)> {
-        let mut groups: Vec<(Option<(u64, LookupKey)>, Vec<T>)> = Vec::new();
+    ) -> Vec<(Route, Vec<T>)> {
+        let mut groups: Vec<(Route, Vec<T>)> = Vec::new();
         for (key, value) in keys {
             let route = self.locate(table, &KeySource::Item(key)).await;
             let partition = route.as_ref().map(|(p, _)| *p);
