@@ -81,8 +81,8 @@ pub struct RouterConfig {
     pub memds: Vec<String>,
     /// The control plane, for cluster status only.
     pub control: Option<String>,
-    /// Longest wait for a storage node's answer to one attempt (the
-    /// request's own timeout wins when it is shorter... or longer).
+    /// Longest wait for a storage node's answer to one attempt, for a
+    /// request that names no timeout of its own.
     pub request_timeout: Duration,
 }
 
@@ -635,7 +635,11 @@ impl Router {
                             format!("the outcome is unknown: {e}"),
                         ));
                     }
-                    Err(e) => last_error = e.to_string(),
+                    Err(e) => {
+                        last_error = e.to_string();
+                        avoid.push(endpoint);
+                        break;
+                    }
                 }
             }
             // Ask MemDS again before the next attempt: the leader or the
