@@ -302,13 +302,15 @@ async fn connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
 }
 
 /// The id of a routing message, for [`Pipe`]s of the routing protocol.
+/// Read in place: the caller verifies the answer once when it decodes it.
 #[must_use]
 pub fn routing_id(body: &[u8]) -> Option<u64> {
-    keel_wire::routing::decode(body).ok().map(|(id, _)| id)
+    keel_wire::protocol::envelope_id(body)
 }
 
-/// The request id of a client-protocol response.
+/// The request id of a client-protocol response, read in place (the
+/// router verifies each answer once, in `protocol::response_error`).
 #[must_use]
 pub fn response_id(body: &[u8]) -> Option<u64> {
-    keel_wire::verify::response(body).ok().map(|r| r.request_id())
+    keel_wire::protocol::envelope_id(body)
 }

@@ -1124,6 +1124,16 @@ pub fn set_envelope_id(body: &mut [u8], id: u64) -> bool {
     }
 }
 
+/// The id of a request or response envelope (or of a routing message,
+/// whose id is its first field too), read without verifying the rest: for
+/// matching an answer to its waiter before the one full verification.
+/// Bounds-checked, so any bytes are safe; `None` when no id is written.
+#[must_use]
+pub fn envelope_id(body: &[u8]) -> Option<u64> {
+    let at = envelope_id_offset(body)?;
+    body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+}
+
 /// Where the id of a request or response envelope lies in `body`.
 fn envelope_id_offset(body: &[u8]) -> Option<usize> {
     let u32_at = |at: usize| body.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);

@@ -144,7 +144,12 @@ fn an_envelope_id_is_rewritten_in_place_and_nothing_else_changes() {
     use keel_wire::protocol::{self, ErrorCode, Reply, Request, Response};
     let request = Request::DescribeTable { table: "music".into() };
     let mut body = protocol::encode_request(41, 250, &request);
+    assert_eq!(protocol::envelope_id(&body), Some(41));
     assert!(protocol::set_envelope_id(&mut body, 0xfeed_0000_0001));
+    assert_eq!(protocol::envelope_id(&body), Some(0xfeed_0000_0001));
+    // A routing message keeps its id first too.
+    let routing = keel_wire::routing::encode(77, &keel_wire::routing::Body::Status);
+    assert_eq!(protocol::envelope_id(&routing), Some(77));
     let envelope = protocol::decode_request(&body).expect("still a valid request");
     assert_eq!((envelope.request_id, envelope.timeout_ms, envelope.request), (0xfeed_0000_0001, 250, request));
 
@@ -168,6 +173,7 @@ fn rewriting_the_id_of_garbage_never_panics() {
     for len in 0..64usize {
         let mut bytes: Vec<u8> = (0..len).map(|i| u8::try_from(i * 37 % 251).unwrap_or(0)).collect();
         let _ = keel_wire::protocol::set_envelope_id(&mut bytes, 9);
+        let _ = keel_wire::protocol::envelope_id(&bytes);
         let mut ones = vec![0xff; len];
         let _ = keel_wire::protocol::set_envelope_id(&mut ones, 9);
     }
