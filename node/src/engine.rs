@@ -666,6 +666,38 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// (ReplaceReplica, from a control plane.) Proposes replacing the
+    /// replica of `partition` on node `remove` with a log replica on node
+    /// `add`; this shard must lead the partition.
+    pub fn replace_replica(&mut self, partition: u64, remove: u64, add: u64) -> Result<(), EngineError> {
+        use crate::repl::ReplaceError;
+        let Some(repl) = self.repl.as_mut() else {
+            return Err(EngineError::Validation("a standalone node has no replicas to replace".into()));
+        };
+        if partition == CATALOG_PARTITION {
+            return Err(EngineError::Validation("the catalog's replicas are not replaced (not supported yet)".into()));
+        }
+        if !repl.cluster.members().iter().any(|m| m.id == add) {
+            return Err(EngineError::Validation(format!("node {add} is not a member of the cluster")));
+        }
+        // The asker's view is checked against the leader's own: a replica
+        // that the leader still hears from is not evicted (a control plane
+        // cut off from a healthy node must not take its replicas away).
+        if repl.raft.writable(partition).is_ok() && !repl.raft.inactive_peers(partition).contains(&remove) {
+            return Err(EngineError::Validation(format!(
+                "node {remove} is in contact with the leader of partition {partition:#x}: not replaced"
+            )));
+        }
+        match repl.raft.propose_replacement(partition, remove, add) {
+            Ok(()) => Ok(()),
+            Err(ReplaceError::Propose(e)) => Err(self.propose_error(e)),
+            Err(e @ ReplaceError::ChangePending(_)) => Err(EngineError::Unavailable(e.to_string())),
+            Err(e @ (ReplaceError::NotAVoter { .. } | ReplaceError::AlreadyAVoter { .. })) => {
+                Err(EngineError::Validation(e.to_string()))
+            }
+        }
+    }
+
     /// A group's leadership changed: the proposals in its overlay may never
     /// commit, and a new leader's writes are evaluated afresh.
     pub fn leadership_changed(&mut self, partition: u64) {

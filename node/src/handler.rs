@@ -177,6 +177,16 @@ async fn execute<D: Disk>(
         Request::ClusterStatus => {
             Ok(Answer::Plain(Response::ClusterStatus(Box::new(node_status(engine, local_groups(engine))))))
         }
+        Request::ReplaceReplica { partition, remove, add } => {
+            engine.replace_replica(partition, remove, add).map_err(engine_error)?;
+            tracing::warn!(
+                partition = format!("{partition:#x}"),
+                remove,
+                log_replica = add,
+                "replacing a replica with a log replica, as asked"
+            );
+            Ok(Answer::Plain(Response::ReplicaReplaced(partition)))
+        }
         Request::CreateTable { table, partition_key, sort_key, partitions } => {
             let def = engine
                 .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)
@@ -481,6 +491,7 @@ pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
         Request::CreateTable { .. } | Request::DeleteTable { .. } => return Route::Catalog,
         Request::Scan { .. } => return Route::Scan,
         Request::ClusterStatus => return Route::Status,
+        Request::ReplaceReplica { partition, .. } => Some(partition),
         Request::BatchGetItem { .. } | Request::BatchWriteItem { .. } => return Route::Batch,
         Request::DescribeTable { .. } | Request::ListTables { .. } | Request::Unsupported(_) => return here,
         Request::PutItem { table, item, .. } => {

@@ -471,7 +471,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let repl = match &config.cluster {
         Some(cluster) => {
             engine.enable_replication(cluster::replication(cluster)?).context("start the Raft groups")?;
-            Some(ReplShell::new(cluster.member()?.id, cluster.tick))
+            Some(ReplShell::new(cluster.member()?.id, cluster.tick, cluster.heal_after))
         }
         None => None,
     };

@@ -645,7 +645,8 @@ fn merge_status(answers: &[Answered]) -> Json {
         .filter(|s| s.role != "node")
         .map(|s| {
             json!({"Role": s.role, "Endpoint": s.endpoint, "Health": if s.healthy { "up" } else { "unreachable" },
-                "Version": s.version, "Lookups": s.lookups, "Requests": s.requests})
+                "Version": s.version, "Lookups": s.lookups, "Requests": s.requests,
+                "Replacements": s.replacements})
         })
         .collect();
     json!({"Nodes": nodes, "Partitions": partitions, "Services": front, "Unreachable": errors})
@@ -687,16 +688,19 @@ fn status_text(merged: &Json) -> String {
     }
     let services = merged["Services"].as_array().into_iter().flatten().collect::<Vec<_>>();
     if !services.is_empty() {
-        out.push_str("\nSERVICE  HEALTH       ENDPOINT              MAP VERSION  LOOKUPS     REQUESTS\n");
+        out.push_str(
+            "\nSERVICE  HEALTH       ENDPOINT              MAP VERSION  LOOKUPS     REQUESTS    REPLACEMENTS\n",
+        );
         for s in services {
             out.push_str(&format!(
-                "{:<8} {:<12} {:<21} {:<12} {:<11} {}\n",
+                "{:<8} {:<12} {:<21} {:<12} {:<11} {:<11} {}\n",
                 text(&s["Role"]),
                 text(&s["Health"]),
                 text(&s["Endpoint"]),
                 text(&s["Version"]),
                 text(&s["Lookups"]),
-                text(&s["Requests"])
+                text(&s["Requests"]),
+                text(&s["Replacements"])
             ));
         }
     }

@@ -1,16 +1,28 @@
-//! The control plane: the authority MemDS servers follow.
+//! The control plane: the authority MemDS servers follow, and the one that
+//! heals partitions.
 //!
 //! Its durable state is the cluster's own: tables live in the catalog, the
 //! replicated system partition (partition 0, a Raft group with a replica in
-//! every zone), and replica placement, leadership and healing are decided
-//! by the storage nodes' Raft groups (one replica per zone, log replicas
-//! after 3 s of silence). The control plane polls every storage node's
-//! cluster status and the catalog, turns what it sees into a routing
-//! [`State`] ([`observe`]), and publishes the difference from the last one
-//! as numbered changes ([`ControlPlane::publish`]). It keeps nothing that a
+//! every zone), and each partition's replicas, leader and term in its own
+//! Raft group. The control plane polls every storage node's cluster status
+//! and the catalog, turns what it sees into a routing [`State`]
+//! ([`observe`]), and publishes the difference from the last one as
+//! numbered changes ([`ControlPlane::publish`]). It keeps nothing that a
 //! restart could lose: a restarted control plane starts a new epoch (its
 //! start time), observes the same state again, and followers of the old
 //! epoch start over from a snapshot.
+//!
+//! Healing: a storage node that has not answered for [`REPLACE_AFTER`] is
+//! down; for each partition with a replica there, the control plane picks
+//! a replacement with the whole cluster in view ([`plan_replacements`]: a
+//! healthy node outside the group, in a zone the group lacks, holding the
+//! fewest replicas) and asks the partition's leader to swap it in as a log
+//! replica (`ReplaceReplica`), which restores the write quorum at once and
+//! is rebuilt into a full replica in the background. The leader checks the
+//! request against its own view (the replica must be silent to it too), so
+//! a control plane cut off from a healthy node cannot evict it. Nodes run
+//! with their own leader-driven healing off under a control plane
+//! (`keel-node --self-heal-after-ms 0`, as `keel dev` starts them).
 //!
 //! The change stream: a follower asks for the changes after its version
 //! (`ChangesRequest`); the answer holds up to `max` of them, or waits up to
@@ -20,9 +32,10 @@
 //! ([`CHANGE_LOG_MAX`]), gets a reset: the whole state as changes ending at
 //! the current version.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_wire::protocol::{NodeStatus, TableInfo};
 use keel_wire::routing::{
@@ -37,6 +50,12 @@ use crate::net::Handler;
 pub const CHANGE_LOG_MAX: usize = 100_000;
 /// Longest long poll a follower may ask for.
 pub const WAIT_MS_MAX: u32 = 10_000;
+/// How long a storage node stays unanswering before its replicas are
+/// replaced (the default of `keel-control --replace-after-ms`).
+pub const REPLACE_AFTER: Duration = Duration::from_secs(3);
+/// A replacement asked for is asked again after this if the node is still
+/// a replica (the leader refused, or lost leadership before committing it).
+pub const REPLACE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The catalog's partition (not routed: only storage nodes use it).
 const CATALOG_PARTITION: u64 = 0;
@@ -155,6 +174,93 @@ fn placement_shard(partition: u64, node: Option<&NodeRoute>) -> u32 {
     u32::try_from((table + index) % u64::try_from(shards).unwrap_or(1)).unwrap_or(0)
 }
 
+/// A replica to replace: the leader of `partition` is asked to swap the
+/// replica on node `remove` for a log replica on node `add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The partition.
+    pub partition: u64,
+    /// Its leader (the node asked).
+    pub leader: u64,
+    /// The node whose replica goes.
+    pub remove: u64,
+    /// The node that takes it.
+    pub add: u64,
+}
+
+/// The replicas on `down` nodes to replace now, at most one per partition
+/// (a group changes its configuration one step at a time). Each goes to a
+/// healthy node outside its group, preferring a zone none of the group's
+/// other replicas is in (one replica per zone), and among those to the
+/// node holding the fewest replicas, counting the replacements planned
+/// before it, so that a failed node's partitions spread over the others by
+/// load. A partition whose leader is down or unknown waits for its
+/// election; one with no spare node is left as it is.
+#[must_use]
+pub fn plan_replacements(state: &State, down: &BTreeSet<u64>) -> Vec<Replacement> {
+    let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
+    for route in state.partitions.values() {
+        for replica in &route.replicas {
+            *load.entry(replica.node).or_default() += 1;
+        }
+    }
+    let up = |id: u64| state.nodes.get(&id).is_some_and(|n| n.healthy) && !down.contains(&id);
+    let mut plan = Vec::new();
+    for route in state.partitions.values() {
+        if !up(route.leader) {
+            continue;
+        }
+        let holds = |id: u64| route.replicas.iter().any(|r| r.node == id);
+        let Some(remove) = route.replicas.iter().map(|r| r.node).find(|n| down.contains(n)) else { continue };
+        let zone = |id: u64| state.nodes.get(&id).map(|n| n.az.as_str());
+        let covered: Vec<Option<&str>> =
+            route.replicas.iter().filter(|r| r.node != remove).map(|r| zone(r.node)).collect();
+        let spare = state
+            .nodes
+            .values()
+            .filter(|n| up(n.id) && !holds(n.id))
+            .min_by_key(|n| (covered.contains(&Some(n.az.as_str())), load.get(&n.id).copied().unwrap_or(0), n.id));
+        let Some(add) = spare.map(|n| n.id) else { continue };
+        *load.entry(add).or_default() += 1;
+        plan.push(Replacement { partition: route.partition, leader: route.leader, remove, add });
+    }
+    plan
+}
+
+/// When each node stopped answering, and which replacements were asked
+/// for when: what [`plan_replacements`] needs from one poll to the next.
+#[derive(Debug, Default)]
+pub struct Healer {
+    down_since: BTreeMap<u64, Instant>,
+    asked: BTreeMap<(u64, u64), Instant>,
+}
+
+impl Healer {
+    /// The replacements to ask for now, given the state just observed:
+    /// nodes silent for `after` are down; a replacement already asked for
+    /// within [`REPLACE_RETRY_AFTER`] is not asked again.
+    pub fn due(&mut self, state: &State, now: Instant, after: Duration) -> Vec<Replacement> {
+        self.down_since.retain(|id, _| state.nodes.get(id).is_some_and(|n| !n.healthy));
+        for node in state.nodes.values().filter(|n| !n.healthy) {
+            self.down_since.entry(node.id).or_insert(now);
+        }
+        let down: BTreeSet<u64> =
+            self.down_since.iter().filter(|(_, since)| now.duration_since(**since) >= after).map(|(id, _)| *id).collect();
+        self.asked.retain(|_, at| now.duration_since(*at) < REPLACE_RETRY_AFTER);
+        if down.is_empty() {
+            return Vec::new();
+        }
+        let plan: Vec<Replacement> = plan_replacements(state, &down)
+            .into_iter()
+            .filter(|r| !self.asked.contains_key(&(r.partition, r.remove)))
+            .collect();
+        for r in &plan {
+            self.asked.insert((r.partition, r.remove), now);
+        }
+        plan
+    }
+}
+
 /// What has been published.
 #[derive(Debug, Default)]
 struct Published {
@@ -170,6 +276,10 @@ pub struct ControlPlane {
     epoch: u64,
     published: Mutex<Published>,
     versions: watch::Sender<u64>,
+    /// Replacements a leader accepted.
+    replacements_asked: AtomicU64,
+    /// Replacements a leader refused or that could not be sent.
+    replacements_refused: AtomicU64,
 }
 
 impl ControlPlane {
@@ -177,7 +287,13 @@ impl ControlPlane {
     #[must_use]
     pub fn new(epoch: u64) -> Self {
         assert!(epoch != 0, "epoch 0 means no epoch");
-        Self { epoch, published: Mutex::new(Published::default()), versions: watch::Sender::new(0) }
+        Self {
+            epoch,
+            published: Mutex::new(Published::default()),
+            versions: watch::Sender::new(0),
+            replacements_asked: AtomicU64::new(0),
+            replacements_refused: AtomicU64::new(0),
+        }
     }
 
     /// The epoch.
@@ -274,7 +390,10 @@ impl ControlPlane {
             partitions: u32::try_from(published.state.partitions.len()).unwrap_or(u32::MAX),
             nodes: published.state.nodes.values().cloned().collect(),
             lookups: 0,
-            counters: Vec::new(),
+            counters: vec![
+                ("replacements_asked".into(), self.replacements_asked.load(Ordering::Relaxed)),
+                ("replacements_refused".into(), self.replacements_refused.load(Ordering::Relaxed)),
+            ],
         }
     }
 }
@@ -293,12 +412,20 @@ impl Handler for ControlPlane {
     }
 }
 
-/// Polls the storage nodes and publishes what it sees, forever.
-pub async fn poll_nodes(control: Arc<ControlPlane>, endpoints: Vec<String>, interval: Duration) {
+/// Polls the storage nodes and publishes what it sees, forever; asks for
+/// replacements of the replicas on nodes silent for `replace_after`
+/// (`None`: never).
+pub async fn poll_nodes(
+    control: Arc<ControlPlane>,
+    endpoints: Vec<String>,
+    interval: Duration,
+    replace_after: Option<Duration>,
+) {
     use keel_wire::client::{Client, ClientConfig};
     let mut clients: Vec<Option<Client>> = endpoints.iter().map(|_| None).collect();
     let timeout = interval.max(Duration::from_millis(500));
     let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
+    let mut healer = Healer::default();
     loop {
         let mut polls = tokio::task::JoinSet::new();
         for (at, endpoint) in endpoints.iter().enumerate() {
@@ -339,11 +466,46 @@ pub async fn poll_nodes(control: Arc<ControlPlane>, endpoints: Vec<String>, inte
         }
         let tables_now: Vec<TableInfo> = tables.values().cloned().collect();
         let state = observe(&control.state(), &statuses, &tables_now);
+        if let Some(after) = replace_after {
+            for replacement in healer.due(&state, Instant::now(), after) {
+                let endpoint = state.nodes.get(&replacement.leader).map(|n| n.endpoint.clone()).unwrap_or_default();
+                tokio::spawn(ask_replacement(Arc::clone(&control), endpoint, replacement, timeout));
+            }
+        }
         let changes = control.publish(state);
         if changes > 0 {
             tracing::debug!(changes, "published routing changes");
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Asks a partition's leader for one replacement (a fresh connection: this
+/// is rare, and the leader may be a node the poll does not reach first).
+async fn ask_replacement(control: Arc<ControlPlane>, endpoint: String, r: Replacement, timeout: Duration) {
+    use keel_wire::client::{Client, ClientConfig};
+    let mut config = ClientConfig::new(endpoint.clone());
+    config.retries_max = 0;
+    config.connections = 1;
+    config.request_timeout = timeout;
+    let asked = async {
+        let client = Client::connect(config).await?;
+        client.replace_replica(r.partition, r.remove, r.add).await
+    };
+    let partition = format!("{:#x}", r.partition);
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(())) => {
+            control.replacements_asked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition, remove = r.remove, add = r.add, leader = %endpoint, "asked for a replica replacement");
+        }
+        Ok(Err(e)) => {
+            control.replacements_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(partition, remove = r.remove, add = r.add, error = %e, "replica replacement not made");
+        }
+        Err(_) => {
+            control.replacements_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(partition, remove = r.remove, add = r.add, "replica replacement request timed out");
+        }
     }
 }
 
@@ -453,6 +615,78 @@ mod tests {
         assert_eq!(p0.replicas.iter().find(|r| r.node == 1).map(|r| r.shard), Some(1), "shard remembered");
         assert!(p0.replicas.iter().any(|r| r.node == 3 && r.log_only));
         assert_eq!(diff(&second, &second), Vec::new());
+    }
+
+    /// Six nodes, two per zone (n1 n4 in az1, n2 n5 in az2, n3 n6 in az3),
+    /// and partitions `1..=count` each on `replicas`, led by the first.
+    fn cluster(partitions: &[(u64, [u64; 3])]) -> State {
+        let mut state = State::default();
+        for id in 1..=6 {
+            let az = format!("az{}", (id - 1) % 3 + 1);
+            let endpoint = format!("127.0.0.1:7{id}00");
+            let route =
+                NodeRoute { id, name: format!("n{id}"), az, endpoint, shard_endpoints: Vec::new(), healthy: true };
+            state.nodes.insert(id, route);
+        }
+        for &(partition, nodes) in partitions {
+            let replicas = nodes.iter().map(|&node| ReplicaRoute { node, shard: 0, log_only: false }).collect();
+            state.partitions.insert(partition, PartitionRoute { partition, leader: nodes[0], term: 2, replicas });
+        }
+        state
+    }
+
+    #[test]
+    fn a_down_nodes_replicas_go_to_its_zone_spread_by_load_one_change_per_partition() {
+        // n1 (az1) is down. n4, az1's other node, takes both of its
+        // replicas whose leaders are up, though it then holds more than
+        // n5 or n6: one replica per zone comes before load.
+        let mut state = cluster(&[(10, [2, 1, 3]), (11, [3, 2, 1]), (12, [5, 6, 4]), (13, [1, 2, 3])]);
+        state.nodes.get_mut(&1).expect("n1").healthy = false;
+        let down = BTreeSet::from([1]);
+        let plan = plan_replacements(&state, &down);
+        let asked: Vec<(u64, u64, u64, u64)> = plan.iter().map(|r| (r.partition, r.leader, r.remove, r.add)).collect();
+        // Partition 13's leader is the down node: it waits for its election.
+        assert_eq!(asked, vec![(10, 2, 1, 4), (11, 3, 1, 4)]);
+
+        // With az1 gone entirely (n1 and n4), the replicas go to the
+        // least-loaded nodes of other zones, and each choice counts.
+        let state = {
+            let mut s = cluster(&[(10, [2, 1, 3]), (11, [3, 2, 1]), (14, [2, 5, 1]), (15, [5, 3, 6])]);
+            s.nodes.get_mut(&1).expect("n1").healthy = false;
+            s.nodes.get_mut(&4).expect("n4").healthy = false;
+            s
+        };
+        let plan = plan_replacements(&state, &BTreeSet::from([1, 4]));
+        let adds: Vec<(u64, u64)> = plan.iter().map(|r| (r.partition, r.add)).collect();
+        // Loads before: n2 3, n3 3, n5 2, n6 1. Partition 10 (n2 and n3
+        // stay, az2 and az3 both covered) takes the lighter of n5 and n6:
+        // n6, now 2. Partition 11 (the same zones): n5 and n6 hold 2 each,
+        // the lower id wins: n5. Partition 14 (n2 and n5 stay, both az2)
+        // prefers az3: n3 holds 3, n6 2: n6.
+        assert_eq!(adds, vec![(10, 6), (11, 5), (14, 6)]);
+        assert!(plan.iter().all(|r| r.remove == 1), "one change per partition: the first down replica");
+    }
+
+    #[test]
+    fn the_healer_waits_for_the_silence_and_does_not_repeat_itself() {
+        let mut state = cluster(&[(10, [2, 1, 3])]);
+        let mut healer = Healer::default();
+        let start = Instant::now();
+        let after = Duration::from_secs(3);
+        assert_eq!(healer.due(&state, start, after), Vec::new(), "everyone answers");
+        state.nodes.get_mut(&1).expect("n1").healthy = false;
+        assert_eq!(healer.due(&state, start, after), Vec::new(), "silent, not yet for long");
+        assert_eq!(healer.due(&state, start + Duration::from_millis(2_900), after), Vec::new());
+        let due = healer.due(&state, start + after, after);
+        assert_eq!(due, vec![Replacement { partition: 10, leader: 2, remove: 1, add: 4 }]);
+        assert_eq!(healer.due(&state, start + after + Duration::from_secs(1), after), Vec::new(), "asked already");
+        let again = start + after + REPLACE_RETRY_AFTER;
+        assert_eq!(healer.due(&state, again, after), due, "still a replica: asked again");
+        // n1 answers again: its silence starts over.
+        state.nodes.get_mut(&1).expect("n1").healthy = true;
+        assert_eq!(healer.due(&state, again, after), Vec::new());
+        state.nodes.get_mut(&1).expect("n1").healthy = false;
+        assert_eq!(healer.due(&state, again + Duration::from_secs(5), after), Vec::new(), "silent since just now");
     }
 
     fn follow(control: &ControlPlane, map: &mut crate::map::RoutingMap) {

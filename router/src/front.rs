@@ -155,6 +155,8 @@ enum Target {
     Anywhere { idempotent: bool },
     /// The router answers itself (cluster status).
     Status,
+    /// Not a client's request: refused with a validation error.
+    Refused(&'static str),
 }
 
 fn classify(request: &Request<'_>) -> Target {
@@ -166,6 +168,9 @@ fn classify(request: &Request<'_>) -> Target {
     };
     match request {
         Request::ClusterStatus => Target::Status,
+        Request::ReplaceReplica { .. } => {
+            Target::Refused("ReplaceReplica is the control plane's request to a partition's leader, not a router's")
+        }
         Request::GetItem { table, key, consistent_read, .. } => {
             keyed(table, KeySource::Item(key.clone()), *consistent_read, true)
         }
@@ -373,6 +378,11 @@ impl Router {
         let body = again.unwrap_or(body);
         let answer = match target {
             Target::Status => self.cluster_status(client_id).await,
+            Target::Refused(why) => {
+                bump(&self.counters.errors);
+                let refusal = Response::Error { code: ErrorCode::ValidationException, message: why.into(), leader_hint: None };
+                return protocol::encode_response(client_id, &refusal);
+            }
             Target::Anywhere { idempotent } => self.forward(body, client_id, None, false, idempotent, timeout).await,
             Target::Keyed { table, key, leader, idempotent } => match self.locate(&table, &key).await {
                 Some(partition) => self.forward(body, client_id, Some(partition), leader, idempotent, timeout).await,
@@ -786,6 +796,7 @@ impl Router {
                 lookups: own.lookups,
                 requests: own.counter("requests"),
                 node: 0,
+                replacements: 0,
             },
         );
         let heard = self.heard().clone();
@@ -801,6 +812,7 @@ impl Router {
                 lookups: h.status.lookups,
                 requests: 0,
                 node: 0,
+                replacements: h.status.counter("replacements_asked"),
             });
         }
         Ok(protocol::encode_response(client_id, &Response::ClusterStatus(Box::new(merged))))
@@ -958,5 +970,7 @@ mod tests {
             Target::Keyed { idempotent: false, .. }
         ));
         assert!(matches!(classify(&Request::ClusterStatus), Target::Status));
+        let replace = Request::ReplaceReplica { partition: 1 << 32, remove: 1, add: 4 };
+        assert!(matches!(classify(&replace), Target::Refused(_)), "only the control plane asks nodes for it");
     }
 }

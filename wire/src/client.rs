@@ -420,6 +420,17 @@ impl Client {
         }
     }
 
+    /// Asks the node at the endpoint requests start at, the leader of
+    /// `partition`, to replace the replica on node `remove` with a log
+    /// replica on node `add` (the control plane's healing). A NotLeader
+    /// answer's hint is followed, like any request's.
+    pub async fn replace_replica(&self, partition: u64, remove: u64, add: u64) -> Result<(), ClientError> {
+        match self.call(&Request::ReplaceReplica { partition, remove, add }).await? {
+            Reply::ReplicaReplaced(p) if p == partition => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// ListTables (one page).
     pub async fn list_tables(
         &self,

@@ -185,6 +185,16 @@ pub enum Request<'a> {
     },
     /// The answering node's view of the cluster (`keel cluster status`).
     ClusterStatus,
+    /// (Control plane → a partition's leader.) Replace the replica on node
+    /// `remove` with a log replica on node `add`.
+    ReplaceReplica {
+        /// The partition (its Raft group).
+        partition: u64,
+        /// Node id of the replica to remove.
+        remove: u64,
+        /// Node id of the new log replica.
+        add: u64,
+    },
     /// An operation this server does not implement yet.
     Unsupported(&'static str),
 }
@@ -271,6 +281,8 @@ pub struct ServiceInfo {
     pub requests: u64,
     /// For role "node": the storage node's id.
     pub node: u64,
+    /// For role "control": replica replacements it has asked leaders for.
+    pub replacements: u64,
 }
 
 /// Most services in a cluster status.
@@ -499,6 +511,10 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
             None => Request::Unsupported("empty BatchWriteItem"),
         },
         fb::Request::ClusterStatusRequest => Request::ClusterStatus,
+        fb::Request::ReplaceReplicaRequest => match envelope.body_as_replace_replica_request() {
+            Some(r) => Request::ReplaceReplica { partition: r.partition(), remove: r.remove(), add: r.add() },
+            None => Request::Unsupported("empty ReplaceReplica"),
+        },
         _ => Request::Unsupported("unknown request type"),
     };
     Ok(Envelope { request_id: envelope.request_id(), timeout_ms: envelope.timeout_ms(), request })
@@ -587,6 +603,8 @@ pub enum Response<'a> {
     /// A node's view of the cluster (boxed: it is far larger than the
     /// other answers).
     ClusterStatus(Box<NodeStatus>),
+    /// ReplaceReplica proposed, for this partition.
+    ReplicaReplaced(u64),
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -721,6 +739,10 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                 fb::BatchWriteItemResponse::create(&mut b, &fb::BatchWriteItemResponseArgs { unprocessed_items: None });
             (fb::Response::BatchWriteItemResponse, r.as_union_value())
         }
+        Response::ReplicaReplaced(partition) => {
+            let r = fb::ReplaceReplicaResponse::create(&mut b, &fb::ReplaceReplicaResponseArgs { partition: *partition });
+            (fb::Response::ReplaceReplicaResponse, r.as_union_value())
+        }
         Response::ClusterStatus(status) => {
             let members: Vec<_> = status
                 .members
@@ -768,6 +790,7 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
                         lookups: s.lookups,
                         requests: s.requests,
                         node: s.node,
+                        replacements: s.replacements,
                     };
                     fb::ServiceStatus::create(&mut b, &args)
                 })
@@ -1093,6 +1116,11 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
             let r = fb::ClusterStatusRequest::create(&mut b, &fb::ClusterStatusRequestArgs {});
             (fb::Request::ClusterStatusRequest, r.as_union_value())
         }
+        Request::ReplaceReplica { partition, remove, add } => {
+            let args = fb::ReplaceReplicaRequestArgs { partition: *partition, remove: *remove, add: *add };
+            let r = fb::ReplaceReplicaRequest::create(&mut b, &args);
+            (fb::Request::ReplaceReplicaRequest, r.as_union_value())
+        }
         Request::Unsupported(_) => {
             let table = b.create_string("");
             let r = fb::DescribeTableRequest::create(&mut b, &fb::DescribeTableRequestArgs { table_name: Some(table) });
@@ -1186,6 +1214,8 @@ pub enum Reply {
     BatchWrite,
     /// A node's view of the cluster.
     ClusterStatus(NodeStatus),
+    /// ReplaceReplica proposed, for this partition.
+    ReplicaReplaced(u64),
     /// Query and Scan.
     Page {
         /// Item bytes.
@@ -1259,6 +1289,7 @@ fn node_status_from_fb(r: fb::ClusterStatusResponse<'_>) -> Result<NodeStatus, P
                 lookups: s.lookups(),
                 requests: s.requests(),
                 node: s.node(),
+                replacements: s.replacements(),
             })
             .collect(),
     })
@@ -1302,6 +1333,8 @@ pub fn decode_response(body: &[u8]) -> Result<(u64, Reply), ProtocolError> {
         )
     } else if let Some(r) = envelope.body_as_cluster_status_response() {
         Reply::ClusterStatus(node_status_from_fb(r)?)
+    } else if let Some(r) = envelope.body_as_replace_replica_response() {
+        Reply::ReplicaReplaced(r.partition())
     } else if envelope.body_as_batch_write_item_response().is_some() {
         Reply::BatchWrite
     } else if let Some(r) = envelope.body_as_item_page() {

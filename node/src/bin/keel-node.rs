@@ -53,6 +53,12 @@ struct Args {
     /// 10 to 20 silent ticks). Default: 100.
     #[arg(long)]
     raft_tick_ms: Option<u64>,
+    /// Milliseconds a partition's leader waits for a silent replica before
+    /// replacing it with a log replica on another node itself; 0: never (a
+    /// control plane, which sees every node's load, asks for replacements
+    /// instead; `keel dev` runs its nodes so). Default: 3000.
+    #[arg(long)]
+    self_heal_after_ms: Option<u64>,
     /// Where the node keeps its WAL and B-tree files (never on tmpfs).
     /// Default: keel-data.
     #[arg(long, env = "KEEL_DATA_DIR")]
@@ -96,6 +102,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     node_id: Option<String>,
     raft_tick_ms: Option<u64>,
+    self_heal_after_ms: Option<u64>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     shard_port_base: Option<u16>,
@@ -156,6 +163,10 @@ fn main() -> anyhow::Result<()> {
         if let Some(ms) = args.raft_tick_ms.or(file.raft_tick_ms) {
             anyhow::ensure!((10..=10_000).contains(&ms), "raft_tick_ms must be 10 to 10000");
             cluster_config.tick = Duration::from_millis(ms);
+        }
+        if let Some(ms) = args.self_heal_after_ms.or(file.self_heal_after_ms) {
+            anyhow::ensure!(ms <= 3_600_000, "self_heal_after_ms must be at most 3600000 (0: never)");
+            cluster_config.heal_after = (ms > 0).then(|| Duration::from_millis(ms));
         }
         config.cluster = Some(cluster_config);
     }

@@ -43,5 +43,5 @@ mod slog_bridge;
 pub use log::GroupLog;
 pub use shard::{
     Committed, GroupState, GroupStatus, GroupWrite, Outgoing, PersistToken, Proposal, ProposeError, ReadPath,
-    ReadReady, ReadyBatch, ReplConfig, Role, ShardRaft, StepError,
+    ReadReady, ReadyBatch, ReplConfig, ReplaceError, Role, ShardRaft, StepError,
 };

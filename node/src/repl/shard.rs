@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::log::GroupLog;
@@ -249,6 +251,35 @@ pub enum ProposeError {
     /// retry shortly.
     #[error("the new leader of partition {0} is catching up; retry")]
     NotReady(u64),
+}
+
+/// Why a replacement of a replica was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplaceError {
+    /// The group cannot take the proposal here (not the leader, or not yet).
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// Another configuration change of the group is under way; retry once
+    /// it is applied.
+    #[error("partition {0:#x} is already changing its replicas; retry")]
+    ChangePending(u64),
+    /// The replica to remove is not one of the group's voters (or is the
+    /// leader itself).
+    #[error("node {node} is not a replica of partition {partition:#x} that its leader can remove")]
+    NotAVoter {
+        /// The group.
+        partition: u64,
+        /// The node named.
+        node: u64,
+    },
+    /// The node to add already holds a replica (or is no node).
+    #[error("node {node} cannot be added to partition {partition:#x}: it is already a replica")]
+    AlreadyAVoter {
+        /// The group.
+        partition: u64,
+        /// The node named.
+        node: u64,
+    },
 }
 
 /// Why a message was refused.
@@ -531,6 +562,40 @@ impl ShardRaft {
             return Err(ProposeError::NotLeader { partition, leader: raft.leader_id });
         }
         group.raw.propose_conf_change(Vec::new(), cc).map_err(|_| ProposeError::Dropped(partition))
+    }
+
+    /// Proposes replacing voter `remove` of a group this node leads with a
+    /// log replica on `add`, in one joint configuration change (the
+    /// replication issue's healing; `add`'s rebuild later makes it a full
+    /// replica). Checked here: the leader takes proposals of its term, no
+    /// other change is under way, `remove` is a voter other than this node
+    /// and `add` is not in the group.
+    pub fn propose_replacement(&mut self, partition: u64, remove: u64, add: u64) -> Result<(), ReplaceError> {
+        self.writable(partition)?;
+        if self.conf_change_pending(partition) {
+            return Err(ReplaceError::ChangePending(partition));
+        }
+        let voters = self.voters(partition);
+        if !voters.contains(&remove) || remove == self.node_id {
+            return Err(ReplaceError::NotAVoter { partition, node: remove });
+        }
+        if voters.contains(&add) || add == 0 {
+            return Err(ReplaceError::AlreadyAVoter { partition, node: add });
+        }
+        let mut log_replicas = self.log_replicas(partition);
+        log_replicas.retain(|&n| n != remove);
+        log_replicas.push(add);
+        let change = |kind, node_id| {
+            let mut c = ConfChangeSingle { node_id, ..ConfChangeSingle::default() };
+            c.set_change_type(kind);
+            c
+        };
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(vec![change(ConfChangeType::RemoveNode, remove), change(ConfChangeType::AddNode, add)].into());
+        cc.context = super::durable::encode_log_replicas(&log_replicas).into();
+        self.propose_conf_change(partition, cc)?;
+        Ok(())
     }
 
     /// Whether a configuration change of the group is proposed and not yet
@@ -834,6 +899,91 @@ mod tests {
             settle(&mut shard);
         }
         assert_eq!(shard.read_index(7, b"c".to_vec()), Ok(ReadPath::Quorum), "the lease has run out");
+    }
+
+    /// Delivers every message among `shards` (writes durable at once),
+    /// applying committed entries, until nothing moves; messages to nodes
+    /// not in `shards` are lost.
+    fn pump(shards: &mut [ShardRaft]) {
+        for _ in 0..100 {
+            let mut mail = Vec::new();
+            for shard in shards.iter_mut() {
+                while shard.has_ready() {
+                    let batch = shard.ready();
+                    mail.extend(batch.send);
+                    for committed in &batch.committed {
+                        for entry in &committed.entries {
+                            if entry.get_entry_type() == raft::eraftpb::EntryType::EntryConfChangeV2 {
+                                shard.apply_conf_change(committed.partition, entry).expect("conf change applies");
+                            }
+                        }
+                        if let Some(last) = committed.entries.last() {
+                            shard.applied(committed.partition, last.index);
+                        }
+                    }
+                    mail.extend(shard.persisted(batch.token));
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for out in mail {
+                // Through the wire encoding, as between nodes.
+                let out = super::super::envelope::from_wire(&super::super::envelope::to_wire(&out)).expect("round trip");
+                if let Some(to) = shards.iter_mut().find(|s| s.node_id() == out.message.to) {
+                    let _ = to.step(out.partition, out.message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_leader_replaces_a_voter_with_a_log_replica_and_refuses_what_does_not_fit() {
+        let mut shards: Vec<ShardRaft> = (1..=3).map(|id| ShardRaft::new(id, ReplConfig::default())).collect();
+        for shard in &mut shards {
+            shard.add_group(7, GroupLog::new(&[1, 2, 3]), 0).expect("group");
+        }
+        assert!(matches!(
+            shards.first_mut().expect("node 1").propose_replacement(7, 3, 4),
+            Err(ReplaceError::Propose(ProposeError::NotLeader { .. }))
+        ));
+        // New groups refuse votes for an election timeout: tick until one leads.
+        for _ in 0..200 {
+            if shards.iter().any(|s| s.writable(7).is_ok()) {
+                break;
+            }
+            shards.iter_mut().for_each(ShardRaft::tick);
+            pump(&mut shards);
+        }
+        let at = shards.iter().position(|s| s.writable(7).is_ok()).expect("a leader within 200 ticks");
+        let me = shards.get(at).map(ShardRaft::node_id).expect("leader");
+        let (a, b) = match me {
+            1 => (2, 3),
+            2 => (1, 3),
+            _ => (1, 2),
+        };
+        let leader = shards.get_mut(at).expect("leader");
+        assert_eq!(leader.propose_replacement(7, me, 4), Err(ReplaceError::NotAVoter { partition: 7, node: me }));
+        assert_eq!(leader.propose_replacement(7, 5, 4), Err(ReplaceError::NotAVoter { partition: 7, node: 5 }));
+        assert_eq!(leader.propose_replacement(7, a, b), Err(ReplaceError::AlreadyAVoter { partition: 7, node: b }));
+        assert_eq!(leader.propose_replacement(7, a, 4), Ok(()));
+        assert_eq!(leader.propose_replacement(7, b, 5), Err(ReplaceError::ChangePending(7)), "one change at a time");
+        // Node `a` is gone (its messages are lost); the other two make a
+        // quorum of both the old and the new configuration.
+        let gone = shards.remove(shards.iter().position(|s| s.node_id() == a).expect("node a"));
+        // (The automatic leave-joint entry goes out with a heartbeat.)
+        for _ in 0..10 {
+            shards.iter_mut().for_each(ShardRaft::tick);
+            pump(&mut shards);
+        }
+        let leader = shards.iter().find(|s| s.node_id() == me).expect("leader");
+        let mut want = vec![me, b, 4];
+        want.sort_unstable();
+        assert_eq!(leader.voters(7), want);
+        assert_eq!(leader.log_replicas(7), vec![4]);
+        assert!(!leader.conf_change_pending(7), "the joint configuration was left");
+        assert_eq!(gone.voters(7), vec![1, 2, 3], "the removed node never heard of it");
+        assert!(shards.iter().all(|s| s.voters(7) == want), "the remaining voters applied it");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
 use keel_wire::raft::MESSAGES_PER_BATCH_MAX;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType};
+use raft::eraftpb::{EntryType, MessageType};
 use rustc_hash::FxHashMap;
 
 use super::{Message, READ_CHUNK_BYTES, Shard};
@@ -88,6 +88,11 @@ pub struct ClusterConfig {
     pub tick: Duration,
     /// Raft settings.
     pub repl: ReplConfig,
+    /// How long a group's leader waits for a silent voter before replacing
+    /// it with a log replica itself (`None`: never; a control plane asks
+    /// for replacements instead, with `ReplaceReplica`). Default:
+    /// [`HEAL_AFTER`].
+    pub heal_after: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -95,7 +100,13 @@ impl ClusterConfig {
     /// every 200 ms and elections after 1 to 2 s of silence.
     #[must_use]
     pub fn new(cluster: Cluster, node: impl Into<String>) -> Self {
-        Self { cluster, node: node.into(), tick: Duration::from_millis(100), repl: ReplConfig::default() }
+        Self {
+            cluster,
+            node: node.into(),
+            tick: Duration::from_millis(100),
+            repl: ReplConfig::default(),
+            heal_after: Some(HEAL_AFTER),
+        }
     }
 
     /// This node's member entry.
@@ -111,6 +122,8 @@ type WriteWaiter = (u64, LocalSender<bool>);
 pub(super) struct ReplShell {
     node_id: u64,
     tick: Duration,
+    /// [`ClusterConfig::heal_after`].
+    heal_after: Option<Duration>,
     /// Where this node serves clients (told to peers for leader hints).
     endpoint: RefCell<String>,
     /// Wakes the driver: a proposal, a message, a read to confirm.
@@ -140,10 +153,11 @@ impl std::fmt::Debug for ReplShell {
 }
 
 impl ReplShell {
-    pub(super) fn new(node_id: u64, tick: Duration) -> Self {
+    pub(super) fn new(node_id: u64, tick: Duration, heal_after: Option<Duration>) -> Self {
         Self {
             node_id,
             tick,
+            heal_after,
             endpoint: RefCell::new(String::new()),
             wake: Notify::default(),
             applied: Notify::default(),
@@ -416,7 +430,8 @@ fn leave_groups_left(engine: &mut crate::engine::Engine<crate::io::glommio_disk:
 }
 
 /// How long a peer of a group this node leads may stay unheard from before
-/// the leader replaces it with a log replica.
+/// the leader replaces it with a log replica (the default of
+/// [`ClusterConfig::heal_after`]).
 pub const HEAL_AFTER: Duration = Duration::from_secs(3);
 
 /// The leader's healing (`repl` docs): a voter of a group this node leads
@@ -424,6 +439,7 @@ pub const HEAL_AFTER: Duration = Duration::from_secs(3);
 /// configuration change, by a log replica on a member outside the group,
 /// preferring a zone that none of the remaining voters is in.
 fn heal(shell: &ReplShell, engine: &mut crate::engine::Engine<crate::io::glommio_disk::GlommioDisk>, now: Instant) {
+    let Some(heal_after) = shell.heal_after else { return };
     let Some(cluster) = engine.cluster().cloned() else { return };
     let Some(raft) = engine.raft_mut() else { return };
     let mut since = shell.inactive_since.borrow_mut();
@@ -439,7 +455,7 @@ fn heal(shell: &ReplShell, engine: &mut crate::engine::Engine<crate::io::glommio
         if raft.writable(partition).is_err() || raft.conf_change_pending(partition) {
             continue;
         }
-        let silent = |node: &u64| since.get(&(partition, *node)).is_some_and(|t| now.duration_since(*t) >= HEAL_AFTER);
+        let silent = |node: &u64| since.get(&(partition, *node)).is_some_and(|t| now.duration_since(*t) >= heal_after);
         let voters = raft.voters(partition);
         let Some(dead) = inactive.iter().copied().find(|n| silent(n) && voters.contains(n)) else { continue };
         let zone = |id: u64| cluster.members().iter().find(|m| m.id == id).map(|m| m.az.clone());
@@ -450,27 +466,13 @@ fn heal(shell: &ReplShell, engine: &mut crate::engine::Engine<crate::io::glommio
             .iter()
             .filter(|m| !voters.contains(&m.id) && reachable.get(&m.id) != Some(&false))
             .min_by_key(|m| (healthy_zones.contains(&Some(m.az.clone())), m.id));
-        let Some(spare) = spare else { continue };
+        let Some(spare) = spare.map(|m| m.id) else { continue };
         drop(reachable);
-        let mut log_replicas = raft.log_replicas(partition);
-        log_replicas.retain(|&n| n != dead);
-        log_replicas.push(spare.id);
-        let change = |kind, node_id| {
-            let mut c = ConfChangeSingle { node_id, ..ConfChangeSingle::default() };
-            c.set_change_type(kind);
-            c
-        };
-        let mut cc = ConfChangeV2::default();
-        cc.set_transition(ConfChangeTransition::Auto);
-        cc.set_changes(
-            vec![change(ConfChangeType::RemoveNode, dead), change(ConfChangeType::AddNode, spare.id)].into(),
-        );
-        cc.context = durable::encode_log_replicas(&log_replicas).into();
-        match raft.propose_conf_change(partition, cc) {
+        match raft.propose_replacement(partition, dead, spare) {
             Ok(()) => tracing::warn!(
                 partition = format!("{partition:#x}"),
                 unreachable = dead,
-                log_replica = spare.id,
+                log_replica = spare,
                 "replacing an unreachable replica with a log replica"
             ),
             Err(e) => tracing::debug!(partition, error = %e, "could not propose a replacement"),

@@ -21,6 +21,11 @@ struct Args {
     /// How often every node is polled, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// Milliseconds a storage node may stay unanswering before the leaders
+    /// of its partitions are asked to replace its replicas with log
+    /// replicas on other nodes; 0: never.
+    #[arg(long, default_value_t = 3000)]
+    replace_after_ms: u64,
 }
 
 #[tokio::main]
@@ -33,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis().max(1));
     let control = Arc::new(ControlPlane::new(u64::try_from(epoch).unwrap_or(u64::MAX)));
     daemon::listen("control plane", &args.listen, Arc::clone(&control)).await?;
-    tokio::spawn(poll_nodes(control, nodes, Duration::from_millis(args.poll_ms.max(10))));
+    let replace_after = (args.replace_after_ms > 0).then(|| Duration::from_millis(args.replace_after_ms));
+    tokio::spawn(poll_nodes(control, nodes, Duration::from_millis(args.poll_ms.max(10)), replace_after));
     daemon::until_stopped().await
 }

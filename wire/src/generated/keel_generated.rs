@@ -527,10 +527,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 13;
+pub const ENUM_MAX_REQUEST: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 14] = [
+pub const ENUM_VALUES_REQUEST: [Request; 15] = [
   Request::NONE,
   Request::CreateTableRequest,
   Request::DeleteTableRequest,
@@ -545,6 +545,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::BatchGetItemRequest,
   Request::BatchWriteItemRequest,
   Request::ClusterStatusRequest,
+  Request::ReplaceReplicaRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -566,9 +567,10 @@ impl Request {
   pub const BatchGetItemRequest: Self = Self(11);
   pub const BatchWriteItemRequest: Self = Self(12);
   pub const ClusterStatusRequest: Self = Self(13);
+  pub const ReplaceReplicaRequest: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::CreateTableRequest,
@@ -584,6 +586,7 @@ impl Request {
     Self::BatchGetItemRequest,
     Self::BatchWriteItemRequest,
     Self::ClusterStatusRequest,
+    Self::ReplaceReplicaRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -602,6 +605,7 @@ impl Request {
       Self::BatchGetItemRequest => Some("BatchGetItemRequest"),
       Self::BatchWriteItemRequest => Some("BatchWriteItemRequest"),
       Self::ClusterStatusRequest => Some("ClusterStatusRequest"),
+      Self::ReplaceReplicaRequest => Some("ReplaceReplicaRequest"),
       _ => None,
     }
   }
@@ -661,10 +665,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 13;
+pub const ENUM_MAX_RESPONSE: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 14] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 15] = [
   Response::NONE,
   Response::Error,
   Response::CreateTableResponse,
@@ -679,6 +683,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 14] = [
   Response::BatchGetItemResponse,
   Response::BatchWriteItemResponse,
   Response::ClusterStatusResponse,
+  Response::ReplaceReplicaResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -700,9 +705,10 @@ impl Response {
   pub const BatchGetItemResponse: Self = Self(11);
   pub const BatchWriteItemResponse: Self = Self(12);
   pub const ClusterStatusResponse: Self = Self(13);
+  pub const ReplaceReplicaResponse: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Error,
@@ -718,6 +724,7 @@ impl Response {
     Self::BatchGetItemResponse,
     Self::BatchWriteItemResponse,
     Self::ClusterStatusResponse,
+    Self::ReplaceReplicaResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -736,6 +743,7 @@ impl Response {
       Self::BatchGetItemResponse => Some("BatchGetItemResponse"),
       Self::BatchWriteItemResponse => Some("BatchWriteItemResponse"),
       Self::ClusterStatusResponse => Some("ClusterStatusResponse"),
+      Self::ReplaceReplicaResponse => Some("ReplaceReplicaResponse"),
       _ => None,
     }
   }
@@ -7485,6 +7493,7 @@ impl<'a> ServiceStatus<'a> {
   pub const VT_LOOKUPS: ::flatbuffers::VOffsetT = 12;
   pub const VT_REQUESTS: ::flatbuffers::VOffsetT = 14;
   pub const VT_NODE: ::flatbuffers::VOffsetT = 16;
+  pub const VT_REPLACEMENTS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7496,6 +7505,7 @@ impl<'a> ServiceStatus<'a> {
     args: &'args ServiceStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ServiceStatus<'bldr>> {
     let mut builder = ServiceStatusBuilder::new(_fbb);
+    builder.add_replacements(args.replacements);
     builder.add_node(args.node);
     builder.add_requests(args.requests);
     builder.add_lookups(args.lookups);
@@ -7562,6 +7572,14 @@ impl<'a> ServiceStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ServiceStatus::VT_NODE, Some(0)).unwrap()}
   }
+  /// For role "control": replica replacements it has asked leaders for.
+  #[inline]
+  pub fn replacements(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ServiceStatus::VT_REPLACEMENTS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ServiceStatus<'_> {
@@ -7577,6 +7595,7 @@ impl ::flatbuffers::Verifiable for ServiceStatus<'_> {
      .visit_field::<u64>("lookups", Self::VT_LOOKUPS, false)?
      .visit_field::<u64>("requests", Self::VT_REQUESTS, false)?
      .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<u64>("replacements", Self::VT_REPLACEMENTS, false)?
      .finish();
     Ok(())
   }
@@ -7589,6 +7608,7 @@ pub struct ServiceStatusArgs<'a> {
     pub lookups: u64,
     pub requests: u64,
     pub node: u64,
+    pub replacements: u64,
 }
 impl<'a> Default for ServiceStatusArgs<'a> {
   #[inline]
@@ -7601,6 +7621,7 @@ impl<'a> Default for ServiceStatusArgs<'a> {
       lookups: 0,
       requests: 0,
       node: 0,
+      replacements: 0,
     }
   }
 }
@@ -7639,6 +7660,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ServiceStatusBuilder<'a, 'b, 
     self.fbb_.push_slot::<u64>(ServiceStatus::VT_NODE, node, 0);
   }
   #[inline]
+  pub fn add_replacements(&mut self, replacements: u64) {
+    self.fbb_.push_slot::<u64>(ServiceStatus::VT_REPLACEMENTS, replacements, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ServiceStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ServiceStatusBuilder {
@@ -7665,6 +7690,240 @@ impl ::core::fmt::Debug for ServiceStatus<'_> {
       ds.field("lookups", &self.lookups());
       ds.field("requests", &self.requests());
       ds.field("node", &self.node());
+      ds.field("replacements", &self.replacements());
+      ds.finish()
+  }
+}
+pub enum ReplaceReplicaRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks the leader of `partition` to replace the replica on node `remove`
+/// (node ids as ClusterMember names them) with a log replica on node `add`,
+/// in one joint configuration change; `add` then rebuilds it into a full
+/// replica. Answered once proposed (ReplaceReplicaResponse), or with
+/// NotLeader (and the leader's endpoint), ServiceUnavailable while another
+/// change of the group is under way, ValidationException for nodes that do
+/// not fit.
+pub struct ReplaceReplicaRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplaceReplicaRequest<'a> {
+  type Inner = ReplaceReplicaRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplaceReplicaRequest<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REMOVE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ADD: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplaceReplicaRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplaceReplicaRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ReplaceReplicaRequest<'bldr>> {
+    let mut builder = ReplaceReplicaRequestBuilder::new(_fbb);
+    builder.add_add(args.add);
+    builder.add_remove(args.remove);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplaceReplicaRequest::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn remove(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplaceReplicaRequest::VT_REMOVE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn add(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplaceReplicaRequest::VT_ADD, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplaceReplicaRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u64>("remove", Self::VT_REMOVE, false)?
+     .visit_field::<u64>("add", Self::VT_ADD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplaceReplicaRequestArgs {
+    pub partition: u64,
+    pub remove: u64,
+    pub add: u64,
+}
+impl<'a> Default for ReplaceReplicaRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ReplaceReplicaRequestArgs {
+      partition: 0,
+      remove: 0,
+      add: 0,
+    }
+  }
+}
+
+pub struct ReplaceReplicaRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplaceReplicaRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(ReplaceReplicaRequest::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_remove(&mut self, remove: u64) {
+    self.fbb_.push_slot::<u64>(ReplaceReplicaRequest::VT_REMOVE, remove, 0);
+  }
+  #[inline]
+  pub fn add_add(&mut self, add: u64) {
+    self.fbb_.push_slot::<u64>(ReplaceReplicaRequest::VT_ADD, add, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplaceReplicaRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplaceReplicaRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplaceReplicaRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplaceReplicaRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplaceReplicaRequest");
+      ds.field("partition", &self.partition());
+      ds.field("remove", &self.remove());
+      ds.field("add", &self.add());
+      ds.finish()
+  }
+}
+pub enum ReplaceReplicaResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplaceReplicaResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplaceReplicaResponse<'a> {
+  type Inner = ReplaceReplicaResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplaceReplicaResponse<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplaceReplicaResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplaceReplicaResponseArgs
+  ) -> ::flatbuffers::WIPOffset<ReplaceReplicaResponse<'bldr>> {
+    let mut builder = ReplaceReplicaResponseBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplaceReplicaResponse::VT_PARTITION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplaceReplicaResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplaceReplicaResponseArgs {
+    pub partition: u64,
+}
+impl<'a> Default for ReplaceReplicaResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    ReplaceReplicaResponseArgs {
+      partition: 0,
+    }
+  }
+}
+
+pub struct ReplaceReplicaResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplaceReplicaResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(ReplaceReplicaResponse::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplaceReplicaResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplaceReplicaResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplaceReplicaResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplaceReplicaResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplaceReplicaResponse");
+      ds.field("partition", &self.partition());
       ds.finish()
   }
 }
@@ -7919,6 +8178,20 @@ impl<'a> RequestEnvelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replace_replica_request(&self) -> Option<ReplaceReplicaRequest<'a>> {
+    if self.body_type() == Request::ReplaceReplicaRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplaceReplicaRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestEnvelope<'_> {
@@ -7944,6 +8217,7 @@ impl ::flatbuffers::Verifiable for RequestEnvelope<'_> {
           Request::BatchGetItemRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchGetItemRequest>>("Request::BatchGetItemRequest", pos),
           Request::BatchWriteItemRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchWriteItemRequest>>("Request::BatchWriteItemRequest", pos),
           Request::ClusterStatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusRequest>>("Request::ClusterStatusRequest", pos),
+          Request::ReplaceReplicaRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplaceReplicaRequest>>("Request::ReplaceReplicaRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -8099,6 +8373,13 @@ impl ::core::fmt::Debug for RequestEnvelope<'_> {
         },
         Request::ClusterStatusRequest => {
           if let Some(x) = self.body_as_cluster_status_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::ReplaceReplicaRequest => {
+          if let Some(x) = self.body_as_replace_replica_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -8352,6 +8633,20 @@ impl<'a> ResponseEnvelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replace_replica_response(&self) -> Option<ReplaceReplicaResponse<'a>> {
+    if self.body_type() == Response::ReplaceReplicaResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplaceReplicaResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResponseEnvelope<'_> {
@@ -8376,6 +8671,7 @@ impl ::flatbuffers::Verifiable for ResponseEnvelope<'_> {
           Response::BatchGetItemResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchGetItemResponse>>("Response::BatchGetItemResponse", pos),
           Response::BatchWriteItemResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchWriteItemResponse>>("Response::BatchWriteItemResponse", pos),
           Response::ClusterStatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResponse>>("Response::ClusterStatusResponse", pos),
+          Response::ReplaceReplicaResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplaceReplicaResponse>>("Response::ReplaceReplicaResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -8524,6 +8820,13 @@ impl ::core::fmt::Debug for ResponseEnvelope<'_> {
         },
         Response::ClusterStatusResponse => {
           if let Some(x) = self.body_as_cluster_status_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::ReplaceReplicaResponse => {
+          if let Some(x) = self.body_as_replace_replica_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
