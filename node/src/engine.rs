@@ -378,7 +378,9 @@ impl From<ProposeError> for EngineError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::NotLeader { partition, leader } => Self::NotLeader { partition, leader, hint: None },
-            ProposeError::UnknownPartition(p) => Self::Internal(format!("partition {p:#x} has no replica here")),
+            // With more nodes than zones a node holds only some partitions
+            // (and healing moves replicas): the asker tries another node.
+            ProposeError::UnknownPartition(partition) => Self::NotLeader { partition, leader: 0, hint: None },
             other @ (ProposeError::Dropped(_) | ProposeError::NotReady(_)) => Self::Unavailable(other.to_string()),
         }
     }

@@ -1,8 +1,9 @@
 //! `keel dev`: a whole local cluster on loopback with one command.
 //!
-//! Three storage nodes in three availability zones (each partition and the
-//! catalog a Raft group with a replica on each), a control plane, two MemDS
-//! servers and a router, all as child processes of this one, with every
+//! Storage nodes in three availability zones (three by default, one per
+//! zone; with `--nodes 4` or more the zones take turns: n4 joins az1, …;
+//! each partition and the catalog is a Raft group with a replica in each
+//! zone), a control plane, two MemDS servers and a router, all as child processes of this one, with every
 //! byte of data under one directory (`node-1/`, `node-2/`, …) and each
 //! process's log in `logs/`. It prints the router's endpoint once the
 //! router sees every node, writes `dev.json` (every process's endpoint, pid
@@ -11,8 +12,14 @@
 //! its requests in flight and checkpoints), and exits.
 //!
 //! Ports, from `--port` P (default 7400): the router P, its admin port P+1;
-//! node i: clients P+10·i, its shards P+10·i+1…, replication P+10·i+9; the
-//! control plane P+50; MemDS P+60 and P+61.
+//! the control plane P+5; MemDS P+6 and P+7; node i: clients P+10·i, its
+//! shards P+10·i+1…, replication P+10·i+9.
+//!
+//! The control plane heals: the nodes run with their own leader-driven
+//! healing off (`--self-heal-after-ms 0`), and the control plane asks the
+//! leaders to replace the replicas of a node silent for 3 s (with three
+//! nodes there is no spare node to move them to; with four or more there
+//! is).
 //!
 //! The binaries (keel-node, keel-control, keel-memds, keel-router) are
 //! taken from the directory `keel` itself runs from: build them with
@@ -38,7 +45,7 @@ pub struct DevArgs {
     /// The router's port; the others follow from it (module docs).
     #[arg(long, default_value_t = 7400)]
     pub port: u16,
-    /// Storage nodes (one per zone, az1, az2, …; at least 3).
+    /// Storage nodes (3 to 9), spread over the zones az1, az2, az3 in turn.
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
     /// Shards (cores) per node.
@@ -51,6 +58,11 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 120)]
     pub ready_timeout_s: u64,
 }
+
+/// Most storage nodes (node i's ports are P+10·i to P+10·i+9).
+const NODES_MAX: u16 = 9;
+/// Availability zones the nodes are spread over.
+const ZONES: u32 = 3;
 
 /// One child process.
 struct Process {
@@ -95,8 +107,8 @@ fn address(port: u32) -> anyhow::Result<String> {
 
 /// Starts every process (nodes first).
 fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
-    if args.nodes < 3 {
-        bail!("--nodes must be at least 3 (one replica per zone, three zones)");
+    if !(3..=NODES_MAX).contains(&args.nodes) {
+        bail!("--nodes must be 3 to {NODES_MAX} (one replica per zone, three zones; ten ports per node)");
     }
     if args.shards == 0 || args.shards > 8 {
         bail!("--shards must be 1 to 8 (each node has ten ports)");
@@ -108,7 +120,7 @@ fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
     let spec = names
         .iter()
         .zip(1u32..)
-        .map(|(name, i)| Ok(format!("{name}={}/az{i}", address(base + 10 * i + 9)?)))
+        .map(|(name, i)| Ok(format!("{name}={}/az{}", address(base + 10 * i + 9)?, (i - 1) % ZONES + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?
         .join(",");
     let mut processes = Vec::new();
@@ -130,16 +142,19 @@ fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
             "--no-pin".into(),
             "--page-cache-mb".into(),
             args.page_cache_mb.to_string(),
+            // The control plane heals (module docs).
+            "--self-heal-after-ms".into(),
+            "0".into(),
         ];
         node_endpoints.push(endpoint.clone());
         processes.push(spawn(name, "keel-node", endpoint, node_args, &logs)?);
     }
-    let control = address(base + 50)?;
+    let control = address(base + 5)?;
     let control_args = vec!["--nodes".into(), node_endpoints.join(","), "--listen".into(), control.clone()];
     processes.push(spawn("control", "keel-control", control.clone(), control_args, &logs)?);
     let mut memds = Vec::new();
     for i in 0..2 {
-        let endpoint = address(base + 60 + i)?;
+        let endpoint = address(base + 6 + i)?;
         let memds_args = vec!["--control".into(), control.clone(), "--listen".into(), endpoint.clone()];
         processes.push(spawn(&format!("memds-{}", i + 1), "keel-memds", endpoint.clone(), memds_args, &logs)?);
         memds.push(endpoint);

@@ -623,7 +623,7 @@ fn merge_status(answers: &[Answered]) -> Json {
                 seen.iter().find(|(_, g)| g.role == 3 && g.term == term).map(|(node, _)| *node).or_else(|| {
                     seen.iter().filter(|(_, g)| g.term == term && g.leader != 0).map(|(_, g)| g.leader).next()
                 });
-            let voters = seen.first().map(|(_, g)| g.voters.clone()).unwrap_or_default();
+            let voters = keel_wire::protocol::newest_report(&seen).map(|g| g.voters.clone()).unwrap_or_default();
             let replicas: Vec<Json> = voters
                 .iter()
                 .map(|node| match seen.iter().find(|(n, _)| n == node) {

@@ -138,8 +138,8 @@ fn partition_route(
     previous: &State,
     nodes: &BTreeMap<u64, NodeRoute>,
 ) -> PartitionRoute {
-    let term = seen.iter().map(|(_, g)| g.term).max().unwrap_or(0);
-    let newest = seen.iter().find(|(_, g)| g.term == term).map(|(_, g)| *g);
+    let newest = keel_wire::protocol::newest_report(seen);
+    let term = newest.map_or(0, |g| g.term);
     let leader = seen
         .iter()
         .find(|(_, g)| g.role == ROLE_LEADER && g.term == term)
@@ -244,8 +244,12 @@ impl Healer {
         for node in state.nodes.values().filter(|n| !n.healthy) {
             self.down_since.entry(node.id).or_insert(now);
         }
-        let down: BTreeSet<u64> =
-            self.down_since.iter().filter(|(_, since)| now.duration_since(**since) >= after).map(|(id, _)| *id).collect();
+        let down: BTreeSet<u64> = self
+            .down_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(id, _)| *id)
+            .collect();
         self.asked.retain(|_, at| now.duration_since(*at) < REPLACE_RETRY_AFTER);
         if down.is_empty() {
             return Vec::new();
@@ -687,6 +691,30 @@ mod tests {
         assert_eq!(healer.due(&state, again, after), Vec::new());
         state.nodes.get_mut(&1).expect("n1").healthy = false;
         assert_eq!(healer.due(&state, again + Duration::from_secs(5), after), Vec::new(), "silent since just now");
+    }
+
+    #[test]
+    fn a_replaced_replica_reporting_its_old_group_is_not_believed() {
+        // Node 1 was replaced by node 4 in term 4 while it was down; back,
+        // it reports its old group (same term, less committed), and no
+        // leader is elected yet.
+        let mut zombie = group(P0, 1, 0, 0, 4);
+        zombie.commit = 3;
+        let mut current = group(P0, 1, 0, 0, 4);
+        current.commit = 9;
+        current.voters = vec![2, 3, 4];
+        let reports = [status(1, vec![zombie.clone()]), status(2, vec![current.clone()]), status(3, vec![current])];
+        let state = observe(&State::default(), &reports, &[table()]);
+        let nodes: Vec<u64> = state.partitions[&P0].replicas.iter().map(|r| r.node).collect();
+        assert_eq!(nodes, vec![2, 3, 4]);
+        // Whoever leads in the newest term is believed over any follower.
+        let mut leader = zombie;
+        leader.role = ROLE_LEADER;
+        leader.term = 5;
+        let reports = [status(1, vec![leader]), status(2, vec![group(P0, 1, 0, 1, 5)])];
+        let state = observe(&State::default(), &reports, &[table()]);
+        let nodes: Vec<u64> = state.partitions[&P0].replicas.iter().map(|r| r.node).collect();
+        assert_eq!((state.partitions[&P0].leader, nodes), (1, vec![1, 2, 3]));
     }
 
     fn follow(control: &ControlPlane, map: &mut crate::map::RoutingMap) {

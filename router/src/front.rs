@@ -380,7 +380,8 @@ impl Router {
             Target::Status => self.cluster_status(client_id).await,
             Target::Refused(why) => {
                 bump(&self.counters.errors);
-                let refusal = Response::Error { code: ErrorCode::ValidationException, message: why.into(), leader_hint: None };
+                let refusal =
+                    Response::Error { code: ErrorCode::ValidationException, message: why.into(), leader_hint: None };
                 return protocol::encode_response(client_id, &refusal);
             }
             Target::Anywhere { idempotent } => self.forward(body, client_id, None, false, idempotent, timeout).await,
@@ -536,9 +537,10 @@ impl Router {
                     let healthy: Vec<_> = usable.iter().filter(|r| r.healthy).collect();
                     healthy.get(turn % healthy.len().max(1)).copied()
                 };
-                if let Some(replica) = chosen.or_else(|| usable.first()) {
-                    return Some(replica.endpoint.clone());
-                }
+                // A partition's requests go to its replicas only (with more
+                // nodes than zones, other nodes do not hold it): none left
+                // to try means wait and look it up again.
+                return chosen.or_else(|| usable.first()).map(|replica| replica.endpoint.clone());
             }
         }
         let nodes = self.nodes();

@@ -285,6 +285,23 @@ pub struct ServiceInfo {
     pub replacements: u64,
 }
 
+/// Of the reports of one group by its replicas (node id, report), the one
+/// that knows the group best: its leader's in the newest term
+/// reported, else the one with the newest term and the most committed. (A
+/// replica that was replaced while it was down still reports its old group,
+/// often in the same term, but it has committed less.)
+#[must_use]
+pub fn newest_report<'a>(seen: &[(u64, &'a GroupInfo)]) -> Option<&'a GroupInfo> {
+    let term = seen.iter().map(|(_, g)| g.term).max()?;
+    seen.iter()
+        .find(|(_, g)| g.role == ROLE_LEADER && g.term == term)
+        .or_else(|| seen.iter().filter(|(_, g)| g.term == term).max_by_key(|(_, g)| g.commit))
+        .map(|(_, g)| *g)
+}
+
+/// [`GroupInfo::role`] of a leader.
+pub const ROLE_LEADER: u8 = 3;
+
 /// Most services in a cluster status.
 pub const STATUS_SERVICES_MAX: usize = 256;
 
@@ -740,7 +757,8 @@ pub fn encode_response(request_id: u64, response: &Response<'_>) -> Vec<u8> {
             (fb::Response::BatchWriteItemResponse, r.as_union_value())
         }
         Response::ReplicaReplaced(partition) => {
-            let r = fb::ReplaceReplicaResponse::create(&mut b, &fb::ReplaceReplicaResponseArgs { partition: *partition });
+            let r =
+                fb::ReplaceReplicaResponse::create(&mut b, &fb::ReplaceReplicaResponseArgs { partition: *partition });
             (fb::Response::ReplaceReplicaResponse, r.as_union_value())
         }
         Response::ClusterStatus(status) => {

@@ -26,7 +26,8 @@ use std::ops::Range;
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message, MessageType,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
+    MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 
@@ -929,7 +930,8 @@ mod tests {
             }
             for out in mail {
                 // Through the wire encoding, as between nodes.
-                let out = super::super::envelope::from_wire(&super::super::envelope::to_wire(&out)).expect("round trip");
+                let out =
+                    super::super::envelope::from_wire(&super::super::envelope::to_wire(&out)).expect("round trip");
                 if let Some(to) = shards.iter_mut().find(|s| s.node_id() == out.message.to) {
                     let _ = to.step(out.partition, out.message);
                 }
