@@ -142,6 +142,10 @@ pub struct TableDef {
     pub partitions: u32,
     /// Creation time (milliseconds since the epoch).
     pub created_at_ms: u64,
+    /// Each partition's replicas (node ids), by partition index, as the
+    /// control plane chose them; empty: the membership's rotation
+    /// (`Cluster::replicas`).
+    pub placement: Vec<Vec<u64>>,
 }
 
 impl TableDef {
@@ -154,6 +158,7 @@ impl TableDef {
             "sort_key": self.sort_key.as_ref().map(key),
             "partitions": self.partitions,
             "created_at_ms": self.created_at_ms,
+            "placement": (!self.placement.is_empty()).then_some(&self.placement),
         })
     }
 
@@ -174,6 +179,14 @@ impl TableDef {
             },
             partitions: u32::try_from(value.get("partitions")?.as_u64()?).ok()?,
             created_at_ms: value.get("created_at_ms")?.as_u64()?,
+            placement: match value.get("placement") {
+                Some(serde_json::Value::Null) | None => Vec::new(),
+                Some(v) => v
+                    .as_array()?
+                    .iter()
+                    .map(|nodes| nodes.as_array()?.iter().map(serde_json::Value::as_u64).collect::<Option<Vec<u64>>>())
+                    .collect::<Option<Vec<Vec<u64>>>>()?,
+            },
         })
     }
 
@@ -282,6 +295,9 @@ pub struct Replication {
     /// Where this node (entry port) and this shard (own port) serve
     /// clients, once bound (cluster status tells routers).
     listening: (String, String),
+    /// The initial replicas of partitions whose table was placed by the
+    /// control plane ([`TableDef::placement`]); others rotate.
+    placed: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Replication {
@@ -289,7 +305,13 @@ impl Replication {
     /// the member's Raft id in `cluster`).
     #[must_use]
     pub fn new(raft: ShardRaft, cluster: Cluster) -> Self {
-        Self { raft, cluster, endpoints: BTreeMap::new(), listening: (String::new(), String::new()) }
+        Self {
+            raft,
+            cluster,
+            endpoints: BTreeMap::new(),
+            listening: (String::new(), String::new()),
+            placed: BTreeMap::new(),
+        }
     }
 
     /// Where this node's entry port and this shard's own port listen.
@@ -319,13 +341,45 @@ impl Replication {
     /// every other member as a learner, so that every node knows every
     /// table (its partitions may be placed anywhere).
     fn members(&self, partition: u64) -> (Vec<u64>, Vec<u64>) {
-        let voters = self.cluster.replicas(partition);
+        let voters = self.placed.get(&partition).cloned().unwrap_or_else(|| self.cluster.replicas(partition));
         let learners = if partition == CATALOG_PARTITION {
             self.cluster.members().iter().map(|m| m.id).filter(|id| !voters.contains(id)).collect()
         } else {
             Vec::new()
         };
         (voters, learners)
+    }
+
+    /// Records where a table's partitions were placed (before any of them
+    /// is created: every node derives the same groups from the catalog).
+    fn note_placement(&mut self, def: &TableDef) {
+        for (partition, nodes) in def.partition_ids().zip(&def.placement) {
+            self.placed.insert(partition, nodes.clone());
+        }
+    }
+
+    /// Checks a placement asked for in a CreateTable: one list per
+    /// partition, each of [`REPLICAS_PER_PARTITION`] distinct members in
+    /// distinct zones.
+    fn check_placement(&self, partitions: u32, placement: &[Vec<u64>]) -> Result<(), EngineError> {
+        use crate::repl::membership::REPLICAS_PER_PARTITION;
+        let bad = |why: String| Err(EngineError::Validation(format!("placement: {why}")));
+        if placement.len() != usize::try_from(partitions).unwrap_or(usize::MAX) {
+            return bad(format!("{} lists for {partitions} partitions", placement.len()));
+        }
+        for nodes in placement {
+            let zones: Option<Vec<&str>> = nodes
+                .iter()
+                .map(|id| self.cluster.members().iter().find(|m| m.id == *id).map(|m| m.az.as_str()))
+                .collect();
+            let Some(mut zones) = zones else { return bad(format!("{nodes:?} names a node that is not a member")) };
+            zones.sort_unstable();
+            zones.dedup();
+            if nodes.len() != REPLICAS_PER_PARTITION || zones.len() != REPLICAS_PER_PARTITION {
+                return bad(format!("{nodes:?} is not {REPLICAS_PER_PARTITION} nodes in distinct zones"));
+            }
+        }
+        Ok(())
     }
 
     /// Whether this node holds a replica of `partition`.
@@ -526,6 +580,9 @@ impl<D: Disk> Engine<D> {
     /// The shell then drives the groups; committed entries not yet in the
     /// trees come out of the first readies.
     pub fn enable_replication(&mut self, mut repl: Replication) -> Result<(), EngineError> {
+        for def in self.tables.values() {
+            repl.note_placement(def);
+        }
         let records = self.store.take_raft_records();
         let mut logs = BTreeMap::new();
         for partition in self.store.partitions() {
@@ -794,6 +851,9 @@ impl<D: Disk> Engine<D> {
             }
         }
         for def in tables.values() {
+            if let Some(repl) = self.repl.as_mut() {
+                repl.note_placement(def);
+            }
             for partition in def.partition_ids() {
                 self.create_hosted(partition).await?;
             }
@@ -1054,6 +1114,9 @@ impl<D: Disk> Engine<D> {
             }
             self.forget_table(&def.name).await?;
         }
+        if let Some(repl) = self.repl.as_mut() {
+            repl.note_placement(def);
+        }
         for partition in def.partition_ids() {
             self.create_hosted(partition).await?;
         }
@@ -1090,13 +1153,27 @@ impl<D: Disk> Engine<D> {
         })
     }
 
-    /// CreateTable.
+    /// CreateTable, its partitions placed by the nodes' own rotation.
     pub async fn create_table(
         &mut self,
         name: &str,
         partition_key: KeyDef,
         sort_key: Option<KeyDef>,
         partitions: u32,
+        now_ms: u64,
+    ) -> Result<TableDef, EngineError> {
+        self.create_table_placed(name, partition_key, sort_key, partitions, Vec::new(), now_ms).await
+    }
+
+    /// CreateTable with each partition's replicas named (`placement`, by
+    /// partition index; empty: the nodes' rotation).
+    pub async fn create_table_placed(
+        &mut self,
+        name: &str,
+        partition_key: KeyDef,
+        sort_key: Option<KeyDef>,
+        partitions: u32,
+        placement: Vec<Vec<u64>>,
         now_ms: u64,
     ) -> Result<TableDef, EngineError> {
         validate_table_name(name)?;
@@ -1115,6 +1192,12 @@ impl<D: Disk> Engine<D> {
         if sort_key.as_ref().is_some_and(|sk| sk.name == partition_key.name) {
             return Err(EngineError::Validation("the sort key must differ from the partition key".into()));
         }
+        if !placement.is_empty() {
+            match self.repl.as_ref() {
+                Some(repl) => repl.check_placement(partitions, &placement)?,
+                None => return Err(EngineError::Validation("a standalone node holds every partition itself".into())),
+            }
+        }
         let def = TableDef {
             id: self.next_table_id,
             name: name.to_owned(),
@@ -1122,6 +1205,7 @@ impl<D: Disk> Engine<D> {
             sort_key,
             partitions,
             created_at_ms: now_ms,
+            placement,
         };
         if self.is_replicated(CATALOG_PARTITION) {
             // Two entries of the catalog group: the id, then the record.
@@ -1582,5 +1666,62 @@ impl<D: Disk> Engine<D> {
         self.settle(partition).await?;
         let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
         self.read_range(&def, partition, range, true, limit, filter, page).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repl::ReplConfig;
+
+    fn def(placement: Vec<Vec<u64>>) -> TableDef {
+        TableDef {
+            id: 3,
+            name: "music".into(),
+            partition_key: KeyDef { name: "artist".into(), key_type: KeyType::S },
+            sort_key: None,
+            partitions: 2,
+            created_at_ms: 7,
+            placement,
+        }
+    }
+
+    #[test]
+    fn a_catalog_record_keeps_its_placement_and_older_records_have_none() {
+        for table in [def(Vec::new()), def(vec![vec![1, 2, 3], vec![4, 2, 3]])] {
+            let record = table.to_json();
+            assert_eq!(record.get("placement").is_some_and(|p| !p.is_null()), !table.placement.is_empty());
+            assert_eq!(TableDef::from_json(&record), Some(table));
+        }
+        let mut bad = def(vec![vec![1, 2, 3]]).to_json();
+        if let Some(placement) = bad.get_mut("placement") {
+            *placement = serde_json::json!([["one"]]);
+        }
+        assert_eq!(TableDef::from_json(&bad), None, "a damaged placement is not read as none");
+    }
+
+    #[test]
+    fn a_placement_names_three_members_in_three_zones_for_every_partition() {
+        let spec = "n1=127.0.0.1:7419/az1,n2=127.0.0.1:7429/az2,n3=127.0.0.1:7439/az3,n4=127.0.0.1:7449/az1";
+        let cluster = Cluster::parse(spec).expect("valid");
+        let mut repl = Replication::new(ShardRaft::new(1, ReplConfig::default()), cluster);
+        assert!(repl.check_placement(2, &[vec![4, 2, 3], vec![1, 2, 3]]).is_ok());
+        for (partitions, placement) in [
+            (2, vec![vec![1, 2, 3]]),    // one list short
+            (1, vec![vec![1, 4, 3]]),    // n1 and n4 share az1
+            (1, vec![vec![1, 2]]),       // two replicas
+            (1, vec![vec![1, 2, 9]]),    // no node 9
+            (1, vec![vec![1, 2, 3, 4]]), // four replicas
+        ] {
+            assert!(repl.check_placement(partitions, &placement).is_err(), "{placement:?}");
+        }
+        // Placed partitions start their groups on the named nodes; others rotate.
+        let table = def(vec![vec![4, 2, 3], vec![1, 2, 3]]);
+        let rotated = repl.members(0x0000_0009_0000_0000).0;
+        repl.note_placement(&table);
+        assert_eq!(repl.members(0x0000_0003_0000_0000).0, vec![4, 2, 3]);
+        assert!(!repl.holds(0x0000_0003_0000_0000), "node 1 holds no replica of partition 0");
+        assert!(repl.holds(0x0000_0003_0000_0001));
+        assert_eq!(repl.members(0x0000_0009_0000_0000).0, rotated);
     }
 }

@@ -187,9 +187,10 @@ async fn execute<D: Disk>(
             );
             Ok(Answer::Plain(Response::ReplicaReplaced(partition)))
         }
-        Request::CreateTable { table, partition_key, sort_key, partitions } => {
+        Request::CreateTable { table, partition_key, sort_key, partitions, placement } => {
+            let (pk, sk) = (key_def(&partition_key), sort_key.as_ref().map(key_def));
             let def = engine
-                .create_table(&table, key_def(&partition_key), sort_key.as_ref().map(key_def), partitions, now_ms)
+                .create_table_placed(&table, pk, sk, partitions, placement, now_ms)
                 .await
                 .map_err(engine_error)?;
             Ok(Answer::Plain(Response::Table(TableOp::Create, table_info(&def))))

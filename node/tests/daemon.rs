@@ -132,6 +132,7 @@ fn the_daemon_serves_stops_cleanly_and_keeps_acknowledged_writes() {
         partition_key: ("id".into(), KeyKind::S),
         sort_key: None,
         partitions: 4,
+        placement: Vec::new(),
     };
     assert!(matches!(node.call(&create), Reply::Table(_)));
     for i in 0..50 {
@@ -452,6 +453,7 @@ fn bad_input_gets_a_typed_error_or_a_clean_close_and_the_server_keeps_serving() 
         partition_key: ("id".into(), KeyKind::S),
         sort_key: None,
         partitions: 4,
+        placement: Vec::new(),
     };
     assert!(matches!(node.call(&create), Reply::Table(_)));
     let address = node.address.clone();
@@ -703,6 +705,7 @@ fn the_wal_and_btree_files_are_open_with_o_direct() {
         partition_key: ("id".into(), KeyKind::S),
         sort_key: None,
         partitions: 4,
+        placement: Vec::new(),
     };
     assert!(matches!(node.call(&create), Reply::Table(_)));
     for i in 0..20 {

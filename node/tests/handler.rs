@@ -56,6 +56,7 @@ fn requests_round_trip_through_the_protocol_edge() {
         partition_key: ("id".into(), KeyKind::S),
         sort_key: None,
         partitions: 2,
+        placement: Vec::new(),
     };
     assert!(matches!(server.call(&create), Reply::Table(t) if t.name == "users" && t.partitions == 2));
     assert_eq!(error_code(&server.call(&create)), Some(ErrorCode::ResourceInUseException));
@@ -158,6 +159,7 @@ fn batch_writes_and_reads_span_tables_and_respect_limits() {
             partition_key: ("id".into(), KeyKind::S),
             sort_key: None,
             partitions: 2,
+            placement: Vec::new(),
         };
         assert!(matches!(server.call(&create), Reply::Table(_)));
     }

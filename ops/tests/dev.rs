@@ -267,7 +267,7 @@ fn writers(c: &Client, count: usize, stop: &Arc<AtomicBool>) -> Vec<tokio::task:
         .collect()
 }
 
-async fn read_back(c: &Client, acked: &[Item]) {
+async fn read_back(c: &Client, table: &str, acked: &[Item]) {
     for item in acked {
         let k = key(
             item.get("artist")
@@ -277,7 +277,7 @@ async fn read_back(c: &Client, acked: &[Item]) {
                 .and_then(|v| if let AttributeValue::S(s) = v { Some(s.as_str()) } else { None })
                 .unwrap_or(""),
         );
-        let got = get(c, k).await.expect("read an acknowledged write back");
+        let got = c.get_item(table, k, None, Vec::new(), true).await.expect("read an acknowledged write back");
         assert_eq!(got.as_ref(), Some(item), "acknowledged write lost");
     }
 }
@@ -356,6 +356,25 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
     .await;
     let healed = killed_at.elapsed();
 
+    // A table created now is placed by the control plane, by load, on
+    // healthy nodes: az1's replica of every partition goes to n4, none to
+    // the dead n1 (the nodes' rotation would have put some there).
+    let created = c.create_table("books", ("artist", KeyKind::S), Some(("song", KeyKind::S)), 4).await;
+    let placed = created.expect("create a table with a node down");
+    until("the new table's partitions led, on n4 and not on n1", async || {
+        let status = c.cluster_status().await.expect("cluster status");
+        (0..4).all(|i| {
+            status.groups.iter().any(|g| {
+                g.partition == placed.id_partition(i) && g.role == 3 && g.voters.len() == 3 && g.voters.contains(&n4)
+            }) && !status.groups.iter().any(|g| g.partition == placed.id_partition(i) && g.voters.contains(&n1))
+        })
+    })
+    .await;
+    let books: Vec<Item> = (0..16).map(|i| key(&format!("author-{i}"), "title")).collect();
+    for book in &books {
+        c.put_item("books", book.clone()).send().await.expect("write to the new table");
+    }
+
     // Kill a MemDS server: routing goes on through the other, even with
     // the router's cache flushed (every request then waits for MemDS).
     dev.kill("memds-1");
@@ -369,7 +388,8 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
     stop.store(true, Ordering::Relaxed);
     let acked = tokio::task::block_in_place(|| count_acked(load));
     assert!(acked.len() > 100, "the load ran ({} writes acknowledged)", acked.len());
-    read_back(&c, &acked).await;
+    read_back(&c, "music", &acked).await;
+    read_back(&c, "books", &books).await;
     let counters = Command::new(env!("CARGO_BIN_EXE_keel")).args(["router", "--admin", &admin, "status"]).output();
     let counters: Value = serde_json::from_slice(&counters.expect("keel router status").stdout).expect("JSON");
     assert!(counters["cache_misses"].as_u64() > Some(0), "{counters}");
@@ -384,6 +404,7 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
     tokio::task::block_in_place(|| dev.stop());
     let dev = tokio::task::block_in_place(|| Dev::start(dir.path(), base));
     let c = client(&dev.router);
-    read_back(&c, &acked).await;
+    read_back(&c, "music", &acked).await;
+    read_back(&c, "books", &books).await;
     drop(dev);
 }

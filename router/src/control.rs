@@ -194,10 +194,17 @@ pub struct Replacement {
 /// other replicas is in (one replica per zone), and among those to the
 /// node holding the fewest replicas, counting the replacements planned
 /// before it, so that a failed node's partitions spread over the others by
-/// load. A partition whose leader is down or unknown waits for its
-/// election; one with no spare node is left as it is.
+/// load. A node that reports a group of the partition although it is not
+/// one of its replicas (`reported`: node → partitions; a replica replaced
+/// while it was down keeps its old group) is not chosen: its stale copy is
+/// not a place to start a log replica. A partition whose leader is down or
+/// unknown waits for its election; one with no spare node is left as it is.
 #[must_use]
-pub fn plan_replacements(state: &State, down: &BTreeSet<u64>) -> Vec<Replacement> {
+pub fn plan_replacements(
+    state: &State,
+    down: &BTreeSet<u64>,
+    reported: &BTreeMap<u64, BTreeSet<u64>>,
+) -> Vec<Replacement> {
     let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
     for route in state.partitions.values() {
         for replica in &route.replicas {
@@ -218,7 +225,7 @@ pub fn plan_replacements(state: &State, down: &BTreeSet<u64>) -> Vec<Replacement
         let spare = state
             .nodes
             .values()
-            .filter(|n| up(n.id) && !holds(n.id))
+            .filter(|n| up(n.id) && !holds(n.id) && !reported.get(&n.id).is_some_and(|p| p.contains(&route.partition)))
             .min_by_key(|n| (covered.contains(&Some(n.az.as_str())), load.get(&n.id).copied().unwrap_or(0), n.id));
         let Some(add) = spare.map(|n| n.id) else { continue };
         *load.entry(add).or_default() += 1;
@@ -233,28 +240,43 @@ pub fn plan_replacements(state: &State, down: &BTreeSet<u64>) -> Vec<Replacement
 pub struct Healer {
     down_since: BTreeMap<u64, Instant>,
     asked: BTreeMap<(u64, u64), Instant>,
+    /// Nodes seen answering: only they can go down (a node that has not
+    /// answered since this control plane started may still be starting).
+    seen_up: BTreeSet<u64>,
+    /// The partitions each node last reported a group of.
+    reported: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 impl Healer {
+    /// Takes the groups each answering node reported this poll (a silent
+    /// node's last report is kept).
+    pub fn note_reports(&mut self, statuses: &[NodeStatus]) {
+        for status in statuses {
+            let partitions = status.groups.iter().map(|g| g.partition).collect();
+            self.reported.insert(status.node_id, partitions);
+        }
+    }
+
+    /// The nodes silent for `after` in the state just observed.
+    pub fn down(&mut self, state: &State, now: Instant, after: Duration) -> BTreeSet<u64> {
+        self.seen_up.extend(state.nodes.values().filter(|n| n.healthy).map(|n| n.id));
+        self.down_since.retain(|id, _| state.nodes.get(id).is_some_and(|n| !n.healthy));
+        for node in state.nodes.values().filter(|n| !n.healthy && self.seen_up.contains(&n.id)) {
+            self.down_since.entry(node.id).or_insert(now);
+        }
+        self.down_since.iter().filter(|(_, since)| now.duration_since(**since) >= after).map(|(id, _)| *id).collect()
+    }
+
     /// The replacements to ask for now, given the state just observed:
     /// nodes silent for `after` are down; a replacement already asked for
     /// within [`REPLACE_RETRY_AFTER`] is not asked again.
     pub fn due(&mut self, state: &State, now: Instant, after: Duration) -> Vec<Replacement> {
-        self.down_since.retain(|id, _| state.nodes.get(id).is_some_and(|n| !n.healthy));
-        for node in state.nodes.values().filter(|n| !n.healthy) {
-            self.down_since.entry(node.id).or_insert(now);
-        }
-        let down: BTreeSet<u64> = self
-            .down_since
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= after)
-            .map(|(id, _)| *id)
-            .collect();
+        let down = self.down(state, now, after);
         self.asked.retain(|_, at| now.duration_since(*at) < REPLACE_RETRY_AFTER);
         if down.is_empty() {
             return Vec::new();
         }
-        let plan: Vec<Replacement> = plan_replacements(state, &down)
+        let plan: Vec<Replacement> = plan_replacements(state, &down, &self.reported)
             .into_iter()
             .filter(|r| !self.asked.contains_key(&(r.partition, r.remove)))
             .collect();
@@ -263,6 +285,61 @@ impl Healer {
         }
         plan
     }
+}
+
+/// Replicas of every partition (one per zone).
+pub const REPLICAS_PER_PARTITION: usize = 3;
+/// Partitions of a table whose CreateTable does not say (keel-node's
+/// default too).
+pub const PARTITIONS_DEFAULT: u32 = 4;
+/// Most partitions of one table (keel-node's `PARTITIONS_MAX`).
+pub const PARTITIONS_MAX: u32 = 1024;
+
+/// Where a new table's `partitions` partitions go: for each, one node that
+/// is not `down` in each of [`REPLICAS_PER_PARTITION`] zones; in each zone the node
+/// holding the fewest replicas (counting those placed before it, so a
+/// table's partitions spread over the zone's nodes), and the zones whose
+/// chosen nodes are the least loaded. Refused when fewer zones have a node
+/// up. (Down means silent for [`REPLACE_AFTER`], not a missed poll: under
+/// load a busy node may miss one, and a table placed without it would
+/// crowd the others.)
+pub fn plan_placement(state: &State, down: &BTreeSet<u64>, partitions: u32) -> Result<Vec<Vec<u64>>, String> {
+    if partitions == 0 || partitions > PARTITIONS_MAX {
+        return Err(format!("a table has 1 to {PARTITIONS_MAX} partitions, not {partitions}"));
+    }
+    let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
+    for route in state.partitions.values() {
+        for replica in &route.replicas {
+            *load.entry(replica.node).or_default() += 1;
+        }
+    }
+    let mut zones: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for node in state.nodes.values().filter(|n| !down.contains(&n.id)) {
+        zones.entry(node.az.as_str()).or_default().push(node.id);
+    }
+    if zones.len() < REPLICAS_PER_PARTITION {
+        return Err(format!(
+            "{} zones have a storage node up; a partition needs {REPLICAS_PER_PARTITION}",
+            zones.len()
+        ));
+    }
+    let mut placement = Vec::new();
+    for _ in 0..partitions {
+        let lightest = |ids: &Vec<u64>| ids.iter().copied().min_by_key(|id| (load.get(id).copied().unwrap_or(0), *id));
+        let mut chosen: Vec<(usize, &str, u64)> = zones
+            .iter()
+            .filter_map(|(zone, ids)| lightest(ids).map(|id| (load.get(&id).copied().unwrap_or(0), *zone, id)))
+            .collect();
+        chosen.sort_unstable();
+        chosen.truncate(REPLICAS_PER_PARTITION);
+        chosen.sort_unstable_by_key(|&(_, zone, _)| zone);
+        let nodes: Vec<u64> = chosen.iter().map(|&(_, _, id)| id).collect();
+        for id in &nodes {
+            *load.entry(*id).or_default() += 1;
+        }
+        placement.push(nodes);
+    }
+    Ok(placement)
 }
 
 /// What has been published.
@@ -284,6 +361,9 @@ pub struct ControlPlane {
     replacements_asked: AtomicU64,
     /// Replacements a leader refused or that could not be sent.
     replacements_refused: AtomicU64,
+    /// The storage nodes silent for [`REPLACE_AFTER`] (no new replicas go
+    /// there).
+    down: Mutex<BTreeSet<u64>>,
 }
 
 impl ControlPlane {
@@ -297,6 +377,7 @@ impl ControlPlane {
             versions: watch::Sender::new(0),
             replacements_asked: AtomicU64::new(0),
             replacements_refused: AtomicU64::new(0),
+            down: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -409,6 +490,17 @@ impl Handler for ControlPlane {
                 (id, self.answer_changes(epoch, after, max, wait_ms).await)
             }
             Ok((id, Body::Status)) => (id, Body::StatusAnswer(self.status())),
+            Ok((id, Body::Place(partitions))) => {
+                let partitions = if partitions == 0 { PARTITIONS_DEFAULT } else { partitions };
+                let down = self.down.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                match plan_placement(&self.state(), &down, partitions) {
+                    Ok(placement) => {
+                        tracing::info!(partitions, ?placement, "placed a new table's partitions");
+                        (id, Body::PlaceAnswer(placement))
+                    }
+                    Err(why) => (id, Body::Error(why)),
+                }
+            }
             Ok((id, other)) => (id, Body::Error(format!("a control plane does not serve {other:?}"))),
             Err(e) => (0, Body::Error(format!("unreadable request: {e}"))),
         };
@@ -455,23 +547,38 @@ pub async fn poll_nodes(
             });
         }
         let mut statuses = Vec::new();
+        let mut catalog_leader = None;
         while let Some(done) = polls.join_next().await {
             let Ok((at, client, status)) = done else { continue };
             if let Some(slot) = clients.get_mut(at) {
                 *slot = client;
             }
+            let leads =
+                |s: &NodeStatus| s.groups.iter().any(|g| g.partition == CATALOG_PARTITION && g.role == ROLE_LEADER);
+            if status.as_ref().is_some_and(leads) {
+                catalog_leader = Some(at);
+            }
             statuses.extend(status);
         }
-        // The catalog, read from the first node that answers.
-        for client in clients.iter().flatten() {
+        // The catalog, read from its leader first: a node's copy is what
+        // it has applied, and one that was down may lag behind (or, once
+        // the leader's log restarted past it, stay behind: see
+        // ARCHITECTURE.md), so another node's list could drop a table.
+        let order = catalog_leader.into_iter().chain((0..clients.len()).filter(|&at| Some(at) != catalog_leader));
+        for at in order {
+            let Some(client) = clients.get(at).and_then(Option::as_ref) else { continue };
             if read_catalog(client, &mut tables).await.is_ok() {
                 break;
             }
         }
         let tables_now: Vec<TableInfo> = tables.values().cloned().collect();
         let state = observe(&control.state(), &statuses, &tables_now);
+        let now = Instant::now();
+        healer.note_reports(&statuses);
+        let down = healer.down(&state, now, replace_after.unwrap_or(REPLACE_AFTER));
+        *control.down.lock().unwrap_or_else(PoisonError::into_inner) = down;
         if let Some(after) = replace_after {
-            for replacement in healer.due(&state, Instant::now(), after) {
+            for replacement in healer.due(&state, now, after) {
                 let endpoint = state.nodes.get(&replacement.leader).map(|n| n.endpoint.clone()).unwrap_or_default();
                 tokio::spawn(ask_replacement(Arc::clone(&control), endpoint, replacement, timeout));
             }
@@ -647,7 +754,7 @@ mod tests {
         let mut state = cluster(&[(10, [2, 1, 3]), (11, [3, 2, 1]), (12, [5, 6, 4]), (13, [1, 2, 3])]);
         state.nodes.get_mut(&1).expect("n1").healthy = false;
         let down = BTreeSet::from([1]);
-        let plan = plan_replacements(&state, &down);
+        let plan = plan_replacements(&state, &down, &BTreeMap::new());
         let asked: Vec<(u64, u64, u64, u64)> = plan.iter().map(|r| (r.partition, r.leader, r.remove, r.add)).collect();
         // Partition 13's leader is the down node: it waits for its election.
         assert_eq!(asked, vec![(10, 2, 1, 4), (11, 3, 1, 4)]);
@@ -660,7 +767,7 @@ mod tests {
             s.nodes.get_mut(&4).expect("n4").healthy = false;
             s
         };
-        let plan = plan_replacements(&state, &BTreeSet::from([1, 4]));
+        let plan = plan_replacements(&state, &BTreeSet::from([1, 4]), &BTreeMap::new());
         let adds: Vec<(u64, u64)> = plan.iter().map(|r| (r.partition, r.add)).collect();
         // Loads before: n2 3, n3 3, n5 2, n6 1. Partition 10 (n2 and n3
         // stay, az2 and az3 both covered) takes the lighter of n5 and n6:
@@ -677,6 +784,10 @@ mod tests {
         let mut healer = Healer::default();
         let start = Instant::now();
         let after = Duration::from_secs(3);
+        state.nodes.get_mut(&1).expect("n1").healthy = false;
+        assert_eq!(healer.due(&state, start, after), Vec::new(), "n1 has never answered: maybe starting");
+        assert_eq!(healer.due(&state, start + after * 2, after), Vec::new(), "still never seen up");
+        state.nodes.get_mut(&1).expect("n1").healthy = true;
         assert_eq!(healer.due(&state, start, after), Vec::new(), "everyone answers");
         state.nodes.get_mut(&1).expect("n1").healthy = false;
         assert_eq!(healer.due(&state, start, after), Vec::new(), "silent, not yet for long");
@@ -691,6 +802,14 @@ mod tests {
         assert_eq!(healer.due(&state, again, after), Vec::new());
         state.nodes.get_mut(&1).expect("n1").healthy = false;
         assert_eq!(healer.due(&state, again + Duration::from_secs(5), after), Vec::new(), "silent since just now");
+        // n4 still reports an old group of partition 10: n5 would be the
+        // next choice (another zone), not n4.
+        let mut n4 = status(4, vec![group(10, 0, 0, 0, 1)]);
+        n4.node_id = 4;
+        healer.note_reports(&[n4]);
+        let later = again + Duration::from_secs(5) + after;
+        let due = healer.due(&state, later, after);
+        assert_eq!(due.iter().map(|r| r.add).collect::<Vec<_>>(), vec![5], "{due:?}");
     }
 
     #[test]
@@ -715,6 +834,27 @@ mod tests {
         let state = observe(&State::default(), &reports, &[table()]);
         let nodes: Vec<u64> = state.partitions[&P0].replicas.iter().map(|r| r.node).collect();
         assert_eq!((state.partitions[&P0].leader, nodes), (1, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_new_tables_partitions_go_one_per_zone_to_the_least_loaded_healthy_nodes() {
+        // n1 holds two replicas, n4 (az1 too) none: az1's replicas go to n4
+        // until it holds as many as n1, then they alternate.
+        let state = cluster(&[(10, [1, 2, 3]), (11, [1, 5, 6])]);
+        let placement = plan_placement(&state, &BTreeSet::new(), 4).expect("placed");
+        let az1: Vec<u64> = placement.iter().map(|nodes| nodes[0]).collect();
+        assert_eq!(az1, vec![4, 4, 1, 4]);
+        assert!(placement.iter().all(|nodes| nodes.len() == 3), "{placement:?}");
+        for nodes in &placement {
+            let zones: BTreeSet<&str> = nodes.iter().map(|id| state.nodes[id].az.as_str()).collect();
+            assert_eq!(zones.len(), 3, "one replica per zone: {nodes:?}");
+        }
+        // A down node is never chosen.
+        let placement = plan_placement(&state, &BTreeSet::from([4]), 3).expect("placed");
+        assert!(placement.iter().all(|nodes| nodes[0] == 1), "{placement:?}");
+        // With a zone gone there is nowhere to put a third replica.
+        assert!(plan_placement(&state, &BTreeSet::from([1, 4]), 1).is_err());
+        assert!(plan_placement(&cluster(&[]), &BTreeSet::new(), 0).is_err(), "a table has a partition");
     }
 
     fn follow(control: &ControlPlane, map: &mut crate::map::RoutingMap) {

@@ -322,6 +322,24 @@ impl Router {
         rx.await.ok().flatten()
     }
 
+    /// Where the control plane puts a new table's partitions (`partitions`
+    /// 0: as many as it chooses). None when no control plane answers: the
+    /// storage nodes then place them by their own rotation.
+    async fn place(&self, partitions: u32) -> Option<Vec<Vec<u64>>> {
+        if let Some(control) = &self.config.control {
+            let id = self.id();
+            let request = routing::encode(id, &Body::Place(partitions));
+            let reply = self.routing.call(control, id, &request, LOOKUP_TIMEOUT).await;
+            match reply.map_err(|e| e.to_string()).and_then(|b| routing::decode(&b).map_err(|e| e.to_string())) {
+                Ok((_, Body::PlaceAnswer(placement))) if !placement.is_empty() => return Some(placement),
+                Ok((_, Body::Error(why))) => tracing::warn!(%control, %why, "the control plane placed no table"),
+                Ok((_, other)) => tracing::warn!(%control, ?other, "unexpected answer to a placement"),
+                Err(e) => tracing::warn!(%control, error = %e, "no placement from the control plane"),
+            }
+        }
+        None
+    }
+
     /// The table's schema, from the cache or (waiting) from MemDS.
     async fn table(&self, name: &str) -> Option<TableRoute> {
         if let Some(table) = self.cache().tables.get(name) {
@@ -371,9 +389,26 @@ impl Router {
             });
         }
         let target = classify(&envelope.request);
+        // A new table's partitions go where the control plane places them.
+        let placed = match &envelope.request {
+            Request::CreateTable { table, partition_key, sort_key, partitions, placement } if placement.is_empty() => {
+                self.place(*partitions).await.map(|placement| {
+                    let request = Request::CreateTable {
+                        table: table.clone(),
+                        partition_key: partition_key.clone(),
+                        sort_key: sort_key.clone(),
+                        partitions: u32::try_from(placement.len()).unwrap_or(u32::MAX),
+                        placement,
+                    };
+                    protocol::encode_request(1, timeout_ms, &request)
+                })
+            }
+            _ => None,
+        };
         // An id of 0 is not written into the envelope, so there is nothing
         // to rewrite in place: encode it once more with an id.
-        let again = (client_id == 0).then(|| protocol::encode_request(1, timeout_ms, &envelope.request));
+        let again =
+            placed.or_else(|| (client_id == 0).then(|| protocol::encode_request(1, timeout_ms, &envelope.request)));
         drop(envelope);
         let body = again.unwrap_or(body);
         let answer = match target {

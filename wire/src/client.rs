@@ -396,6 +396,7 @@ impl Client {
             partition_key: (partition_key.0.to_owned(), partition_key.1),
             sort_key: sort_key.map(|(n, k)| (n.to_owned(), k)),
             partitions,
+            placement: Vec::new(),
         };
         expect_table(self.call(&request).await?)
     }

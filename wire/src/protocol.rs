@@ -59,6 +59,8 @@ pub enum Request<'a> {
         sort_key: Option<(String, KeyKind)>,
         /// Partitions (0: default).
         partitions: u32,
+        /// Each partition's nodes, by index (empty: the nodes choose).
+        placement: Vec<Vec<u64>>,
     },
     /// DeleteTable.
     DeleteTable {
@@ -390,6 +392,36 @@ fn args(names: NameVec<'_>, values: ValueVec<'_>) -> Result<ExpressionArgs, Prot
     Ok(ExpressionArgs { names, values: out })
 }
 
+/// Most partitions a CreateTable's placement lists.
+pub const PLACEMENT_PARTITIONS_MAX: usize = 1024;
+/// Most nodes one partition's placement lists.
+pub const PLACEMENT_NODES_MAX: usize = 16;
+
+type PlacementVec<'a> = Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<fb::PartitionPlacement<'a>>>>;
+
+fn placement_from_fb(placement: PlacementVec<'_>) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    let Some(placement) = placement else { return Ok(Vec::new()) };
+    if placement.len() > PLACEMENT_PARTITIONS_MAX {
+        return Err(ProtocolError::Invalid(format!(
+            "a placement of {} partitions (at most {PLACEMENT_PARTITIONS_MAX})",
+            placement.len()
+        )));
+    }
+    placement
+        .iter()
+        .map(|p| {
+            let nodes = p.nodes();
+            if nodes.len() > PLACEMENT_NODES_MAX {
+                return Err(ProtocolError::Invalid(format!(
+                    "a partition placed on {} nodes (at most {PLACEMENT_NODES_MAX})",
+                    nodes.len()
+                )));
+            }
+            Ok(nodes.iter().collect())
+        })
+        .collect()
+}
+
 /// Verifies and decodes a request frame body.
 pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
     let envelope = verify::request(body)?;
@@ -401,6 +433,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<'_>, ProtocolError> {
                 partition_key: (r.partition_key().name().to_owned(), key_kind(r.partition_key().type_())),
                 sort_key: r.sort_key().map(|k| (k.name().to_owned(), key_kind(k.type_()))),
                 partitions: r.partitions(),
+                placement: placement_from_fb(r.placement())?,
             },
             None => Request::Unsupported("empty CreateTable"),
         },
@@ -907,10 +940,20 @@ fn opt_string<'b>(b: &mut FlatBufferBuilder<'b>, s: &Option<String>) -> Option<W
 pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let (body_type, body) = match request {
-        Request::CreateTable { table, partition_key, sort_key, partitions } => {
+        Request::CreateTable { table, partition_key, sort_key, partitions, placement } => {
             let pk = build_key(&mut b, partition_key);
             let sk = sort_key.as_ref().map(|k| build_key(&mut b, k));
             let table = b.create_string(table);
+            let placement = (!placement.is_empty()).then(|| {
+                let built: Vec<_> = placement
+                    .iter()
+                    .map(|nodes| {
+                        let nodes = b.create_vector(nodes);
+                        fb::PartitionPlacement::create(&mut b, &fb::PartitionPlacementArgs { nodes: Some(nodes) })
+                    })
+                    .collect();
+                b.create_vector(&built)
+            });
             let r = fb::CreateTableRequest::create(
                 &mut b,
                 &fb::CreateTableRequestArgs {
@@ -918,6 +961,7 @@ pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -
                     partition_key: Some(pk),
                     sort_key: sk,
                     partitions: *partitions,
+                    placement,
                 },
             );
             (fb::Request::CreateTableRequest, r.as_union_value())

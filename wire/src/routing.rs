@@ -28,6 +28,9 @@ pub const NODES_MAX: usize = 4096;
 pub const STRING_MAX_BYTES: usize = 1024;
 /// Most named counters in a status answer.
 pub const COUNTERS_MAX: usize = 64;
+/// Most partitions one placement answer places (keel-node's
+/// `PARTITIONS_MAX`).
+pub const PLACE_PARTITIONS_MAX: usize = 1024;
 
 /// A table as a router needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -250,6 +253,11 @@ pub enum Body {
     /// Asks a router to drop its routing cache; answered with
     /// [`Body::StatusAnswer`].
     FlushCache,
+    /// Asks the control plane where a new table's partitions (this many)
+    /// go; answered with [`Body::PlaceAnswer`].
+    Place(u32),
+    /// Each partition's nodes, by partition index.
+    PlaceAnswer(Vec<Vec<u64>>),
 }
 
 /// A routing message that could not be read.
@@ -451,6 +459,24 @@ pub fn encode(id: u64, body: &Body) -> Vec<u8> {
             rtfb::Body::FlushCacheRequest,
             rtfb::FlushCacheRequest::create(&mut b, &rtfb::FlushCacheRequestArgs {}).as_union_value(),
         ),
+        Body::Place(partitions) => (
+            rtfb::Body::PlaceRequest,
+            rtfb::PlaceRequest::create(&mut b, &rtfb::PlaceRequestArgs { partitions: *partitions }).as_union_value(),
+        ),
+        Body::PlaceAnswer(placement) => {
+            assert!(placement.len() <= PLACE_PARTITIONS_MAX, "a placement has at most PLACE_PARTITIONS_MAX partitions");
+            let built: Vec<_> = placement
+                .iter()
+                .map(|nodes| {
+                    assert!(nodes.len() <= REPLICAS_MAX, "a partition has at most REPLICAS_MAX replicas");
+                    let nodes = b.create_vector(nodes);
+                    rtfb::Placement::create(&mut b, &rtfb::PlacementArgs { nodes: Some(nodes) })
+                })
+                .collect();
+            let placement = b.create_vector(&built);
+            let args = rtfb::PlaceResponseArgs { placement: Some(placement) };
+            (rtfb::Body::PlaceResponse, rtfb::PlaceResponse::create(&mut b, &args).as_union_value())
+        }
     };
     let root =
         rtfb::RoutingMessage::create(&mut b, &rtfb::RoutingMessageArgs { id, body_type: kind, body: Some(value) });
@@ -615,6 +641,20 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Body), RoutingDecodeError> {
         Body::Error(text("error message bytes", r.message())?)
     } else if message.body_as_flush_cache_request().is_some() {
         Body::FlushCache
+    } else if let Some(r) = message.body_as_place_request() {
+        Body::Place(r.partitions())
+    } else if let Some(r) = message.body_as_place_response() {
+        let placement = r.placement();
+        limit("placed partitions", placement.len(), PLACE_PARTITIONS_MAX)?;
+        Body::PlaceAnswer(
+            placement
+                .iter()
+                .map(|p| {
+                    limit("placed replicas", p.nodes().len(), REPLICAS_MAX)?;
+                    Ok(p.nodes().iter().collect())
+                })
+                .collect::<Result<_, RoutingDecodeError>>()?,
+        )
     } else {
         return Err(RoutingDecodeError::Invalid("unknown body type"));
     };
@@ -717,6 +757,8 @@ mod tests {
             }),
             Body::Error("no".into()),
             Body::FlushCache,
+            Body::Place(4),
+            Body::PlaceAnswer(vec![vec![1, 2, 3], vec![4, 2, 3]]),
         ]
     }
 

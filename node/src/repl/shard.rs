@@ -292,6 +292,14 @@ pub enum StepError {
     /// A message type that only the node itself may produce.
     #[error("message of local type {0:?} from the network")]
     LocalType(raft::eraftpb::MessageType),
+    /// A snapshot for a full replica: Keel's snapshots are metadata alone
+    /// (for log replicas), and restoring one here would leave the B-tree
+    /// short of the entries it skips (raft-rs then asserts). Such a replica
+    /// fell behind the start of the leader's log; it stays behind (the
+    /// group keeps its other two replicas) until rebuilding full replicas
+    /// from the leader's B-tree is wired for it.
+    #[error("partition {0:#x}: a full replica behind the leader's log cannot take a metadata snapshot")]
+    SnapshotForFullReplica(u64),
     /// raft-rs refused it.
     #[error("step partition {partition}: {reason}")]
     Refused {
@@ -668,6 +676,9 @@ impl ShardRaft {
             return Ok(());
         }
         let group = self.groups.get_mut(&partition).ok_or(StepError::UnknownPartition(partition))?;
+        if message.get_msg_type() == MessageType::MsgSnapshot && !self.log_only.contains(&partition) {
+            return Err(StepError::SnapshotForFullReplica(partition));
+        }
         group.raw.step(message).map_err(|e| StepError::Refused { partition, reason: e.to_string() })
     }
 

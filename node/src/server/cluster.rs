@@ -724,8 +724,12 @@ pub(super) async fn step_here(shard: &Shard, from: u64, endpoint: &str, messages
         for out in messages {
             // Refusals (a group this node does not have yet, a stale
             // message) are Raft's business: the sender tries again.
-            if let Err(e) = raft.step(out.partition, out.message) {
-                tracing::trace!(from, error = %e, "message not taken");
+            match raft.step(out.partition, out.message) {
+                Ok(()) => {}
+                Err(e @ crate::repl::StepError::SnapshotForFullReplica(_)) => {
+                    tracing::warn!(from, error = %e, "replica left behind");
+                }
+                Err(e) => tracing::trace!(from, error = %e, "message not taken"),
             }
         }
     }

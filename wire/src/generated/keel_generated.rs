@@ -2853,6 +2853,7 @@ impl<'a> CreateTableRequest<'a> {
   pub const VT_PARTITION_KEY: ::flatbuffers::VOffsetT = 6;
   pub const VT_SORT_KEY: ::flatbuffers::VOffsetT = 8;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PLACEMENT: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2864,6 +2865,7 @@ impl<'a> CreateTableRequest<'a> {
     args: &'args CreateTableRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CreateTableRequest<'bldr>> {
     let mut builder = CreateTableRequestBuilder::new(_fbb);
+    if let Some(x) = args.placement { builder.add_placement(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.sort_key { builder.add_sort_key(x); }
     if let Some(x) = args.partition_key { builder.add_partition_key(x); }
@@ -2901,6 +2903,16 @@ impl<'a> CreateTableRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateTableRequest::VT_PARTITIONS, Some(0)).unwrap()}
   }
+  /// Where each partition's replicas go, by partition index (node ids, one
+  /// node per zone); set by a router from the control plane's choice.
+  /// Absent or empty: the nodes' own rotation (repl/membership.rs).
+  #[inline]
+  pub fn placement(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionPlacement<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionPlacement>>>>(CreateTableRequest::VT_PLACEMENT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateTableRequest<'_> {
@@ -2913,6 +2925,7 @@ impl ::flatbuffers::Verifiable for CreateTableRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<KeySchemaElement>>("partition_key", Self::VT_PARTITION_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<KeySchemaElement>>("sort_key", Self::VT_SORT_KEY, false)?
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionPlacement>>>>("placement", Self::VT_PLACEMENT, false)?
      .finish();
     Ok(())
   }
@@ -2922,6 +2935,7 @@ pub struct CreateTableRequestArgs<'a> {
     pub partition_key: Option<::flatbuffers::WIPOffset<KeySchemaElement<'a>>>,
     pub sort_key: Option<::flatbuffers::WIPOffset<KeySchemaElement<'a>>>,
     pub partitions: u32,
+    pub placement: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionPlacement<'a>>>>>,
 }
 impl<'a> Default for CreateTableRequestArgs<'a> {
   #[inline]
@@ -2931,6 +2945,7 @@ impl<'a> Default for CreateTableRequestArgs<'a> {
       partition_key: None, // required field
       sort_key: None,
       partitions: 0,
+      placement: None,
     }
   }
 }
@@ -2957,6 +2972,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateTableRequestBuilder<'a,
     self.fbb_.push_slot::<u32>(CreateTableRequest::VT_PARTITIONS, partitions, 0);
   }
   #[inline]
+  pub fn add_placement(&mut self, placement: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionPlacement<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateTableRequest::VT_PLACEMENT, placement);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateTableRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreateTableRequestBuilder {
@@ -2980,6 +2999,105 @@ impl ::core::fmt::Debug for CreateTableRequest<'_> {
       ds.field("partition_key", &self.partition_key());
       ds.field("sort_key", &self.sort_key());
       ds.field("partitions", &self.partitions());
+      ds.field("placement", &self.placement());
+      ds.finish()
+  }
+}
+pub enum PartitionPlacementOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The nodes holding one partition's replicas.
+pub struct PartitionPlacement<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionPlacement<'a> {
+  type Inner = PartitionPlacement<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionPlacement<'a> {
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionPlacement { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionPlacementArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PartitionPlacement<'bldr>> {
+    let mut builder = PartitionPlacementBuilder::new(_fbb);
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nodes(&self) -> ::flatbuffers::Vector<'a, u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(PartitionPlacement::VT_NODES, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionPlacement<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("nodes", Self::VT_NODES, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionPlacementArgs<'a> {
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for PartitionPlacementArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionPlacementArgs {
+      nodes: None, // required field
+    }
+  }
+}
+
+pub struct PartitionPlacementBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionPlacementBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionPlacement::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionPlacementBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionPlacementBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionPlacement<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PartitionPlacement::VT_NODES,"nodes");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionPlacement<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionPlacement");
+      ds.field("nodes", &self.nodes());
       ds.finish()
   }
 }

@@ -102,10 +102,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LookupStatus {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 8;
+pub const ENUM_MAX_BODY: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 9] = [
+pub const ENUM_VALUES_BODY: [Body; 11] = [
   Body::NONE,
   Body::ChangesRequest,
   Body::ChangesResponse,
@@ -115,6 +115,8 @@ pub const ENUM_VALUES_BODY: [Body; 9] = [
   Body::StatusResponse,
   Body::RoutingError,
   Body::FlushCacheRequest,
+  Body::PlaceRequest,
+  Body::PlaceResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -131,9 +133,11 @@ impl Body {
   pub const StatusResponse: Self = Self(6);
   pub const RoutingError: Self = Self(7);
   pub const FlushCacheRequest: Self = Self(8);
+  pub const PlaceRequest: Self = Self(9);
+  pub const PlaceResponse: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ChangesRequest,
@@ -144,6 +148,8 @@ impl Body {
     Self::StatusResponse,
     Self::RoutingError,
     Self::FlushCacheRequest,
+    Self::PlaceRequest,
+    Self::PlaceResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -157,6 +163,8 @@ impl Body {
       Self::StatusResponse => Some("StatusResponse"),
       Self::RoutingError => Some("RoutingError"),
       Self::FlushCacheRequest => Some("FlushCacheRequest"),
+      Self::PlaceRequest => Some("PlaceRequest"),
+      Self::PlaceResponse => Some("PlaceResponse"),
       _ => None,
     }
   }
@@ -2587,6 +2595,299 @@ impl ::core::fmt::Debug for FlushCacheRequest<'_> {
       ds.finish()
   }
 }
+pub enum PlaceRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// (Router → control plane.) Where to put the replicas of a new table's
+/// `partitions` partitions; answered with PlaceResponse.
+pub struct PlaceRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlaceRequest<'a> {
+  type Inner = PlaceRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlaceRequest<'a> {
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlaceRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlaceRequestArgs
+  ) -> ::flatbuffers::WIPOffset<PlaceRequest<'bldr>> {
+    let mut builder = PlaceRequestBuilder::new(_fbb);
+    builder.add_partitions(args.partitions);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partitions(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PlaceRequest::VT_PARTITIONS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlaceRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlaceRequestArgs {
+    pub partitions: u32,
+}
+impl<'a> Default for PlaceRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    PlaceRequestArgs {
+      partitions: 0,
+    }
+  }
+}
+
+pub struct PlaceRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlaceRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: u32) {
+    self.fbb_.push_slot::<u32>(PlaceRequest::VT_PARTITIONS, partitions, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlaceRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlaceRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlaceRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlaceRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlaceRequest");
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum PlaceResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The nodes of each partition, by partition index.
+pub struct PlaceResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlaceResponse<'a> {
+  type Inner = PlaceResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlaceResponse<'a> {
+  pub const VT_PLACEMENT: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlaceResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlaceResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PlaceResponse<'bldr>> {
+    let mut builder = PlaceResponseBuilder::new(_fbb);
+    if let Some(x) = args.placement { builder.add_placement(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn placement(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Placement<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Placement>>>>(PlaceResponse::VT_PLACEMENT, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlaceResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Placement>>>>("placement", Self::VT_PLACEMENT, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlaceResponseArgs<'a> {
+    pub placement: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Placement<'a>>>>>,
+}
+impl<'a> Default for PlaceResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlaceResponseArgs {
+      placement: None, // required field
+    }
+  }
+}
+
+pub struct PlaceResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlaceResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_placement(&mut self, placement: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Placement<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PlaceResponse::VT_PLACEMENT, placement);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlaceResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlaceResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlaceResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PlaceResponse::VT_PLACEMENT,"placement");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlaceResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlaceResponse");
+      ds.field("placement", &self.placement());
+      ds.finish()
+  }
+}
+pub enum PlacementOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Placement<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Placement<'a> {
+  type Inner = Placement<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Placement<'a> {
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Placement { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlacementArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Placement<'bldr>> {
+    let mut builder = PlacementBuilder::new(_fbb);
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nodes(&self) -> ::flatbuffers::Vector<'a, u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(Placement::VT_NODES, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Placement<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("nodes", Self::VT_NODES, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlacementArgs<'a> {
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for PlacementArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlacementArgs {
+      nodes: None, // required field
+    }
+  }
+}
+
+pub struct PlacementBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlacementBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Placement::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlacementBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlacementBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Placement<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Placement::VT_NODES,"nodes");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Placement<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Placement");
+      ds.field("nodes", &self.nodes());
+      ds.finish()
+  }
+}
 pub enum RoutingErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2855,6 +3156,34 @@ impl<'a> RoutingMessage<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_place_request(&self) -> Option<PlaceRequest<'a>> {
+    if self.body_type() == Body::PlaceRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PlaceRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_place_response(&self) -> Option<PlaceResponse<'a>> {
+    if self.body_type() == Body::PlaceResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PlaceResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RoutingMessage<'_> {
@@ -2874,6 +3203,8 @@ impl ::flatbuffers::Verifiable for RoutingMessage<'_> {
           Body::StatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResponse>>("Body::StatusResponse", pos),
           Body::RoutingError => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RoutingError>>("Body::RoutingError", pos),
           Body::FlushCacheRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FlushCacheRequest>>("Body::FlushCacheRequest", pos),
+          Body::PlaceRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PlaceRequest>>("Body::PlaceRequest", pos),
+          Body::PlaceResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PlaceResponse>>("Body::PlaceResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -2987,6 +3318,20 @@ impl ::core::fmt::Debug for RoutingMessage<'_> {
         },
         Body::FlushCacheRequest => {
           if let Some(x) = self.body_as_flush_cache_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::PlaceRequest => {
+          if let Some(x) = self.body_as_place_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::PlaceResponse => {
+          if let Some(x) = self.body_as_place_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
