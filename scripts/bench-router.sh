@@ -7,7 +7,7 @@
 #   scripts/bench-router.sh [OUT]        # default target/keel-bench/router
 #
 # Environment: RECORDS (20000), DURATION_S (20), CLIENTS (32). Writes OUT/summary.md.
-# Ports 9400 (standalone) and 9500–9561 (keel dev) must be free.
+# Ports 9400 (standalone) and 9500–9539 (keel dev) must be free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/keel-bench/router}
