@@ -71,6 +71,8 @@ pub const CATALOG_PARTITION: u64 = 0;
 pub const PARTITIONS_DEFAULT: u32 = 4;
 /// Most partitions per table.
 pub const PARTITIONS_MAX: u32 = 1024;
+// A placement on the wire can name every partition of a table.
+const _: () = assert!(PARTITIONS_MAX as usize <= keel_wire::protocol::PLACEMENT_PARTITIONS_MAX);
 /// A Query or Scan page stops after this many bytes of items (DynamoDB: 1 MB).
 pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Tables listed per page at most.

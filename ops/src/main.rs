@@ -619,10 +619,11 @@ fn merge_status(answers: &[Answered]) -> Json {
         .into_iter()
         .map(|(partition, seen)| {
             let term = seen.iter().map(|(_, g)| g.term).max().unwrap_or(0);
-            let leader =
-                seen.iter().find(|(_, g)| g.role == 3 && g.term == term).map(|(node, _)| *node).or_else(|| {
-                    seen.iter().filter(|(_, g)| g.term == term && g.leader != 0).map(|(_, g)| g.leader).next()
-                });
+            let leader = seen
+                .iter()
+                .find(|(_, g)| g.role == keel_wire::protocol::ROLE_LEADER && g.term == term)
+                .map(|(node, _)| *node)
+                .or_else(|| seen.iter().filter(|(_, g)| g.term == term && g.leader != 0).map(|(_, g)| g.leader).next());
             let voters = keel_wire::protocol::newest_report(&seen).map(|g| g.voters.clone()).unwrap_or_default();
             let replicas: Vec<Json> = voters
                 .iter()

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use keel_wire::protocol::{NodeStatus, TableInfo};
+use keel_wire::protocol::{NodeStatus, ROLE_LEADER, TableInfo};
 use keel_wire::routing::{
     self, Body, CHANGES_MAX, Change, MapStatus, NodeRoute, PartitionRoute, ReplicaRoute, TableRoute,
 };
@@ -59,8 +59,6 @@ pub const REPLACE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The catalog's partition (not routed: only storage nodes use it).
 const CATALOG_PARTITION: u64 = 0;
-/// Raft role of a leader in a node's status.
-const ROLE_LEADER: u8 = 3;
 
 /// The routing state as the storage nodes report it.
 ///
@@ -292,8 +290,10 @@ pub const REPLICAS_PER_PARTITION: usize = 3;
 /// Partitions of a table whose CreateTable does not say (keel-node's
 /// default too).
 pub const PARTITIONS_DEFAULT: u32 = 4;
-/// Most partitions of one table (keel-node's `PARTITIONS_MAX`).
+/// Most partitions of one table (keel-node's `PARTITIONS_MAX`, the most a
+/// placement carries).
 pub const PARTITIONS_MAX: u32 = 1024;
+const _: () = assert!(PARTITIONS_MAX as usize == routing::PLACE_PARTITIONS_MAX);
 
 /// Where a new table's `partitions` partitions go: for each, one node that
 /// is not `down` in each of [`REPLICAS_PER_PARTITION`] zones; in each zone the node

@@ -30,7 +30,7 @@ pub const STRING_MAX_BYTES: usize = 1024;
 pub const COUNTERS_MAX: usize = 64;
 /// Most partitions one placement answer places (keel-node's
 /// `PARTITIONS_MAX`).
-pub const PLACE_PARTITIONS_MAX: usize = 1024;
+pub const PLACE_PARTITIONS_MAX: usize = crate::protocol::PLACEMENT_PARTITIONS_MAX;
 
 /// A table as a router needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
