@@ -359,8 +359,22 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
     // A table created now is placed by the control plane, by load, on
     // healthy nodes: az1's replica of every partition goes to n4, none to
     // the dead n1 (the nodes' rotation would have put some there).
-    let created = c.create_table("books", ("artist", KeyKind::S), Some(("song", KeyKind::S)), 4).await;
-    let placed = created.expect("create a table with a node down");
+    // (Refused as ServiceUnavailable while fewer than three zones have a
+    // node up: n4 may be busy rebuilding n1's replicas.)
+    let mut created = None;
+    until("the control plane places a new table", async || {
+        match c.create_table("books", ("artist", KeyKind::S), Some(("song", KeyKind::S)), 4).await {
+            Ok(info) => created = Some(info),
+            Err(e) if e.code() == Some(ErrorCode::ServiceUnavailable) => {}
+            Err(e) if e.code() == Some(ErrorCode::ResourceInUseException) => {
+                created = Some(c.describe_table("books").await.expect("describe the table"));
+            }
+            Err(e) => panic!("create a table with a node down: {e}"),
+        }
+        created.is_some()
+    })
+    .await;
+    let placed = created.expect("created");
     until("the new table's partitions led, on n4 and not on n1", async || {
         let status = c.cluster_status().await.expect("cluster status");
         (0..4).all(|i| {

@@ -323,21 +323,28 @@ impl Router {
     }
 
     /// Where the control plane puts a new table's partitions (`partitions`
-    /// 0: as many as it chooses). None when no control plane answers: the
-    /// storage nodes then place them by their own rotation.
-    async fn place(&self, partitions: u32) -> Option<Vec<Vec<u64>>> {
-        if let Some(control) = &self.config.control {
-            let id = self.id();
-            let request = routing::encode(id, &Body::Place(partitions));
-            let reply = self.routing.call(control, id, &request, LOOKUP_TIMEOUT).await;
-            match reply.map_err(|e| e.to_string()).and_then(|b| routing::decode(&b).map_err(|e| e.to_string())) {
-                Ok((_, Body::PlaceAnswer(placement))) if !placement.is_empty() => return Some(placement),
-                Ok((_, Body::Error(why))) => tracing::warn!(%control, %why, "the control plane placed no table"),
-                Ok((_, other)) => tracing::warn!(%control, ?other, "unexpected answer to a placement"),
-                Err(e) => tracing::warn!(%control, error = %e, "no placement from the control plane"),
+    /// 0: as many as it chooses). `Ok(None)` when no control plane answers:
+    /// the storage nodes then place them by their own rotation. `Err` when
+    /// it answers that it cannot place them now (fewer than three zones
+    /// have a node up): the client retries later, rather than the table
+    /// getting replicas on nodes known to be down.
+    async fn place(&self, partitions: u32, timeout: Duration) -> Result<Option<Vec<Vec<u64>>>, String> {
+        let Some(control) = &self.config.control else { return Ok(None) };
+        let id = self.id();
+        let request = routing::encode(id, &Body::Place(partitions));
+        let reply = self.routing.call(control, id, &request, timeout).await;
+        match reply.map_err(|e| e.to_string()).and_then(|b| routing::decode(&b).map_err(|e| e.to_string())) {
+            Ok((_, Body::PlaceAnswer(placement))) if !placement.is_empty() => Ok(Some(placement)),
+            Ok((_, Body::Error(why))) => Err(format!("the control plane cannot place the table now: {why}")),
+            Ok((_, other)) => {
+                tracing::warn!(%control, ?other, "unexpected answer to a placement");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(%control, error = %e, "no placement from the control plane");
+                Ok(None)
             }
         }
-        None
     }
 
     /// The table's schema, from the cache or (waiting) from MemDS.
@@ -392,16 +399,23 @@ impl Router {
         // A new table's partitions go where the control plane places them.
         let placed = match &envelope.request {
             Request::CreateTable { table, partition_key, sort_key, partitions, placement } if placement.is_empty() => {
-                self.place(*partitions).await.map(|placement| {
-                    let request = Request::CreateTable {
-                        table: table.clone(),
-                        partition_key: partition_key.clone(),
-                        sort_key: sort_key.clone(),
-                        partitions: u32::try_from(placement.len()).unwrap_or(u32::MAX),
-                        placement,
-                    };
-                    protocol::encode_request(1, timeout_ms, &request)
-                })
+                match self.place(*partitions, timeout).await {
+                    Ok(placed) => placed.map(|placement| {
+                        let request = Request::CreateTable {
+                            table: table.clone(),
+                            partition_key: partition_key.clone(),
+                            sort_key: sort_key.clone(),
+                            partitions: u32::try_from(placement.len()).unwrap_or(u32::MAX),
+                            placement,
+                        };
+                        protocol::encode_request(1, timeout_ms, &request)
+                    }),
+                    Err(why) => {
+                        bump(&self.counters.errors);
+                        let refusal = Response::error(ErrorCode::ServiceUnavailable, why);
+                        return protocol::encode_response(client_id, &refusal);
+                    }
+                }
             }
             _ => None,
         };
