@@ -74,3 +74,38 @@ fn glommio_disk_lists_renames_and_removes_durably() {
         assert!(missing.is_err());
     });
 }
+
+/// `Wal::sync` beside a group commit in flight (a replica rebuild syncs the
+/// WAL while the shard's writers commit): it joins the write on the disk
+/// instead of starting a second flush (which used to panic the shard,
+/// "only one flush at a time"), and returns only once the records
+/// submitted before it are durable, those not yet in the write included.
+#[test]
+fn a_wal_sync_beside_a_commit_in_flight_waits_for_it_and_for_what_came_before() {
+    use keel_node::wal::{RecordMeta, USER_KIND_MIN, Wal, WalConfig};
+    let dir = temp_dir();
+    let root = dir.path().join("wal");
+    on_fresh_executor(move || async move {
+        let config = || WalConfig { segment_size_bytes: 4 << 20, payload_max_bytes: 64 << 10, ..WalConfig::default() };
+        let (wal, _) = Wal::open(GlommioDisk::new(), &root, config()).await.expect("open the WAL");
+        let meta = |index| RecordMeta { partition: 1, term: 1, index, kind: USER_KIND_MIN };
+        let first = wal.submit(meta(1), &[1u8; 100]).expect("submit");
+        let mut second = None;
+        // The commit goes first: it starts the write and waits on the disk;
+        // then another record comes, and the sync.
+        let (committed, synced) = futures_lite::future::zip(wal.wait_durable(first), async {
+            let lsn = wal.submit(meta(2), &[2u8; 100]).expect("submit");
+            second = Some(lsn);
+            assert!(wal.durable_lsn() <= lsn, "the second record is not yet durable");
+            wal.sync().await
+        })
+        .await;
+        committed.expect("the commit");
+        synced.expect("the sync");
+        let second = second.expect("submitted");
+        assert!(wal.durable_lsn() > second, "sync returned before a record submitted before it was durable");
+        drop(wal);
+        let (_, records) = Wal::open(GlommioDisk::new(), &root, config()).await.expect("reopen");
+        assert_eq!(records.iter().map(|r| r.meta.index).collect::<Vec<_>>(), vec![1, 2]);
+    });
+}

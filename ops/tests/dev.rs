@@ -31,6 +31,8 @@ struct Dev {
     child: Option<Child>,
     router: String,
     manifest: Value,
+    /// The data directory (its `logs/` are printed when the test fails).
+    dir: PathBuf,
 }
 
 impl Dev {
@@ -63,7 +65,7 @@ impl Dev {
         std::thread::spawn(move || for _ in lines {});
         let manifest =
             serde_json::from_slice(&std::fs::read(dir.join("dev.json")).expect("dev.json")).expect("dev.json is JSON");
-        Self { child: Some(child), router, manifest }
+        Self { child: Some(child), router, manifest, dir: dir.to_owned() }
     }
 
     fn pid(&self, name: &str) -> u32 {
@@ -89,6 +91,9 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_logs(&self.dir);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
             let _ = child.wait();
@@ -361,20 +366,20 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
     // the dead n1 (the nodes' rotation would have put some there).
     // (Refused as ServiceUnavailable while fewer than three zones have a
     // node up: n4 may be busy rebuilding n1's replicas.)
-    let mut created = None;
-    until("the control plane places a new table", async || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let placed = loop {
         match c.create_table("books", ("artist", KeyKind::S), Some(("song", KeyKind::S)), 4).await {
-            Ok(info) => created = Some(info),
-            Err(e) if e.code() == Some(ErrorCode::ServiceUnavailable) => {}
+            Ok(info) => break info,
             Err(e) if e.code() == Some(ErrorCode::ResourceInUseException) => {
-                created = Some(c.describe_table("books").await.expect("describe the table"));
+                break c.describe_table("books").await.expect("describe the table");
+            }
+            Err(e) if e.code() == Some(ErrorCode::ServiceUnavailable) => {
+                assert!(Instant::now() < deadline, "timed out: the control plane places a new table (last: {e})");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("create a table with a node down: {e}"),
         }
-        created.is_some()
-    })
-    .await;
-    let placed = created.expect("created");
+    };
     until("the new table's partitions led, on n4 and not on n1", async || {
         let status = c.cluster_status().await.expect("cluster status");
         (0..4).all(|i| {

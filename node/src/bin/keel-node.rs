@@ -121,6 +121,16 @@ fn read_config_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A panic anywhere takes the whole node down (fail-stop). A node with
+    // one shard's thread gone and the others still answering looks alive to
+    // its peers, the control plane and its supervisor, while the replicas on
+    // that shard never answer again and nobody replaces them. Acknowledged
+    // writes are durable already; the restart replays the WAL.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args = Args::parse();
     let file = match &args.config {
         Some(path) => read_config_file(path)?,

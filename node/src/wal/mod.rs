@@ -495,8 +495,33 @@ impl<D: Disk> Wal<D> {
         Ok(lsn)
     }
 
-    /// Writes and syncs every pending record now.
-    pub async fn flush(&self) -> Result<(), WalAppendError> {
+    /// Resolves once every record submitted before the call is durable.
+    /// Like [`Self::wait_durable`] it joins a write in flight rather than
+    /// starting a second one beside it: any task may call it at any time.
+    pub async fn sync(&self) -> Result<(), WalAppendError> {
+        let target = self.next_lsn();
+        loop {
+            let must_wait = {
+                let st = self.state.borrow();
+                if let Some(reason) = &st.poisoned {
+                    return Err(WalAppendError::Poisoned(reason.clone()));
+                }
+                if st.durable >= target {
+                    return Ok(());
+                }
+                st.flushing
+            };
+            if must_wait {
+                self.notify.notified().await;
+            } else {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Writes and syncs every pending record now. Only one runs at a time:
+    /// callers outside go through [`Self::wait_durable`] or [`Self::sync`].
+    async fn flush(&self) -> Result<(), WalAppendError> {
         let batches = {
             let mut st = self.state.borrow_mut();
             assert!(!st.flushing, "only one flush at a time");

@@ -376,7 +376,7 @@ async fn rebuild(shard: &Shard, partition: u64, leader: std::net::SocketAddr) ->
     let mut engine = shard.engine.write().await.map_err(|e| e.to_string())?;
     // The group starts again taking its whole log as persisted: make it so.
     let wal = engine.wal();
-    wal.flush().await.map_err(|e| e.to_string())?;
+    wal.sync().await.map_err(|e| e.to_string())?;
     let write = engine.finish_rebuild(partition).await.map_err(|e| e.to_string())?;
     if let Some(lsn) = durable::submit(&wal, std::slice::from_ref(&write), |_, _, _| {}).map_err(|e| e.to_string())? {
         wal.wait_durable(lsn).await.map_err(|e| e.to_string())?;
