@@ -67,8 +67,7 @@ use crate::wal::{Lsn, Wal};
 
 /// The partition holding the catalog.
 pub const CATALOG_PARTITION: u64 = 0;
-/// Partitions of a table when the request does not say.
-pub const PARTITIONS_DEFAULT: u32 = 4;
+pub use keel_wire::protocol::PARTITIONS_DEFAULT;
 /// Most partitions per table.
 pub const PARTITIONS_MAX: u32 = 1024;
 // A placement on the wire can name every partition of a table.
@@ -357,6 +356,13 @@ impl Replication {
     fn note_placement(&mut self, def: &TableDef) {
         for (partition, nodes) in def.partition_ids().zip(&def.placement) {
             self.placed.insert(partition, nodes.clone());
+        }
+    }
+
+    /// Forgets a dropped table's placement.
+    fn forget_placement(&mut self, def: &TableDef) {
+        for partition in def.partition_ids() {
+            self.placed.remove(&partition);
         }
     }
 
@@ -1258,6 +1264,9 @@ impl<D: Disk> Engine<D> {
         for partition in self.hosted(&def) {
             self.drop_hosted(partition).await?;
         }
+        if let Some(repl) = self.repl.as_mut() {
+            repl.forget_placement(&def);
+        }
         Ok(def)
     }
 
@@ -1725,5 +1734,12 @@ mod tests {
         assert!(!repl.holds(0x0000_0003_0000_0000), "node 1 holds no replica of partition 0");
         assert!(repl.holds(0x0000_0003_0000_0001));
         assert_eq!(repl.members(0x0000_0009_0000_0000).0, rotated);
+        // A dropped table's partitions are forgotten with it.
+        let rotated = Replication::new(ShardRaft::new(1, ReplConfig::default()), repl.cluster.clone())
+            .members(0x0000_0003_0000_0000)
+            .0;
+        repl.forget_placement(&table);
+        assert_eq!(repl.members(0x0000_0003_0000_0000).0, rotated);
+        assert_ne!(rotated, vec![4, 2, 3], "the rotation differs from the placement, so the check can fail");
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use keel_wire::client::{Client, ClientConfig, ClientError};
 use keel_wire::item::{self, AttributeValue, Item};
-use keel_wire::protocol::{BatchGetTable, BatchWrite, ErrorCode, ExpressionArgs, KeyKind, Reply, Request};
+use keel_wire::protocol::{BatchGetTable, BatchWrite, ErrorCode, ExpressionArgs, KeyKind, ROLE_LEADER, Reply, Request};
 use serde_json::Value;
 
 /// A running `keel dev`.
@@ -231,7 +231,7 @@ async fn every_operation(c: &Client) -> keel_wire::protocol::TableInfo {
     assert_eq!(replicas, 3, "the three replicas of the table's last partition are listed");
     until("a leader for every partition in the router's status", async || {
         let status = c.cluster_status().await.expect("cluster status");
-        (0..4).all(|i| status.groups.iter().any(|g| g.partition == info.id_partition(i) && g.role == 3))
+        (0..4).all(|i| status.groups.iter().any(|g| g.partition == info.id_partition(i) && g.role == ROLE_LEADER))
     })
     .await;
     let roles: Vec<&str> = status.services.iter().filter(|s| s.role != "node").map(|s| s.role.as_str()).collect();
@@ -350,7 +350,7 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
         let moved = had_n1.iter().all(|&p| {
             status.groups.iter().any(|g| {
                 g.partition == p
-                    && g.role == 3
+                    && g.role == ROLE_LEADER
                     && g.voters.len() == 3
                     && !g.voters.contains(&n1)
                     && g.voters.contains(&n4)
@@ -384,7 +384,10 @@ async fn a_dev_cluster_serves_through_its_router_survives_kills_and_restarts_wit
         let status = c.cluster_status().await.expect("cluster status");
         (0..4).all(|i| {
             status.groups.iter().any(|g| {
-                g.partition == placed.id_partition(i) && g.role == 3 && g.voters.len() == 3 && g.voters.contains(&n4)
+                g.partition == placed.id_partition(i)
+                    && g.role == ROLE_LEADER
+                    && g.voters.len() == 3
+                    && g.voters.contains(&n4)
             }) && !status.groups.iter().any(|g| g.partition == placed.id_partition(i) && g.voters.contains(&n1))
         })
     })

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use keel_wire::protocol::{NodeStatus, ROLE_LEADER, TableInfo};
+use keel_wire::protocol::{NodeStatus, PARTITIONS_DEFAULT, REPLICAS_PER_PARTITION, ROLE_LEADER, TableInfo};
 use keel_wire::routing::{
     self, Body, CHANGES_MAX, Change, MapStatus, NodeRoute, PartitionRoute, ReplicaRoute, TableRoute,
 };
@@ -203,12 +203,7 @@ pub fn plan_replacements(
     down: &BTreeSet<u64>,
     reported: &BTreeMap<u64, BTreeSet<u64>>,
 ) -> Vec<Replacement> {
-    let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
-    for route in state.partitions.values() {
-        for replica in &route.replicas {
-            *load.entry(replica.node).or_default() += 1;
-        }
-    }
+    let mut load = replica_load(state);
     let up = |id: u64| state.nodes.get(&id).is_some_and(|n| n.healthy) && !down.contains(&id);
     let mut plan = Vec::new();
     for route in state.partitions.values() {
@@ -270,11 +265,17 @@ impl Healer {
     /// within [`REPLACE_RETRY_AFTER`] is not asked again.
     pub fn due(&mut self, state: &State, now: Instant, after: Duration) -> Vec<Replacement> {
         let down = self.down(state, now, after);
+        self.plan(state, &down, now)
+    }
+
+    /// The replacements to ask for now, `down` being [`Self::down`]'s answer
+    /// for the state just observed.
+    pub fn plan(&mut self, state: &State, down: &BTreeSet<u64>, now: Instant) -> Vec<Replacement> {
         self.asked.retain(|_, at| now.duration_since(*at) < REPLACE_RETRY_AFTER);
         if down.is_empty() {
             return Vec::new();
         }
-        let plan: Vec<Replacement> = plan_replacements(state, &down, &self.reported)
+        let plan: Vec<Replacement> = plan_replacements(state, down, &self.reported)
             .into_iter()
             .filter(|r| !self.asked.contains_key(&(r.partition, r.remove)))
             .collect();
@@ -285,15 +286,21 @@ impl Healer {
     }
 }
 
-/// Replicas of every partition (one per zone).
-pub const REPLICAS_PER_PARTITION: usize = 3;
-/// Partitions of a table whose CreateTable does not say (keel-node's
-/// default too).
-pub const PARTITIONS_DEFAULT: u32 = 4;
 /// Most partitions of one table (keel-node's `PARTITIONS_MAX`, the most a
 /// placement carries).
 pub const PARTITIONS_MAX: u32 = 1024;
 const _: () = assert!(PARTITIONS_MAX as usize == routing::PLACE_PARTITIONS_MAX);
+
+/// How many replicas each node holds.
+fn replica_load(state: &State) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
+    for route in state.partitions.values() {
+        for replica in &route.replicas {
+            *load.entry(replica.node).or_default() += 1;
+        }
+    }
+    load
+}
 
 /// Where a new table's `partitions` partitions go: for each, one node that
 /// is not `down` in each of [`REPLICAS_PER_PARTITION`] zones; in each zone the node
@@ -307,12 +314,7 @@ pub fn plan_placement(state: &State, down: &BTreeSet<u64>, partitions: u32) -> R
     if partitions == 0 || partitions > PARTITIONS_MAX {
         return Err(format!("a table has 1 to {PARTITIONS_MAX} partitions, not {partitions}"));
     }
-    let mut load: BTreeMap<u64, usize> = state.nodes.keys().map(|&id| (id, 0)).collect();
-    for route in state.partitions.values() {
-        for replica in &route.replicas {
-            *load.entry(replica.node).or_default() += 1;
-        }
-    }
+    let mut load = replica_load(state);
     let mut zones: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for node in state.nodes.values().filter(|n| !down.contains(&n.id)) {
         zones.entry(node.az.as_str()).or_default().push(node.id);
@@ -576,13 +578,13 @@ pub async fn poll_nodes(
         let now = Instant::now();
         healer.note_reports(&statuses);
         let down = healer.down(&state, now, replace_after.unwrap_or(REPLACE_AFTER));
-        *control.down.lock().unwrap_or_else(PoisonError::into_inner) = down;
-        if let Some(after) = replace_after {
-            for replacement in healer.due(&state, now, after) {
+        if replace_after.is_some() {
+            for replacement in healer.plan(&state, &down, now) {
                 let endpoint = state.nodes.get(&replacement.leader).map(|n| n.endpoint.clone()).unwrap_or_default();
                 tokio::spawn(ask_replacement(Arc::clone(&control), endpoint, replacement, timeout));
             }
         }
+        *control.down.lock().unwrap_or_else(PoisonError::into_inner) = down;
         let changes = control.publish(state);
         if changes > 0 {
             tracing::debug!(changes, "published routing changes");

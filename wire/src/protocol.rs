@@ -392,6 +392,11 @@ fn args(names: NameVec<'_>, values: ValueVec<'_>) -> Result<ExpressionArgs, Prot
     Ok(ExpressionArgs { names, values: out })
 }
 
+/// Replicas of every partition, one per zone (keel-node's membership and
+/// the control plane's placement).
+pub const REPLICAS_PER_PARTITION: usize = 3;
+/// Partitions of a table whose CreateTable says 0.
+pub const PARTITIONS_DEFAULT: u32 = 4;
 /// Most partitions a CreateTable's placement lists.
 pub const PLACEMENT_PARTITIONS_MAX: usize = 1024;
 /// Most nodes one partition's placement lists.

@@ -7,16 +7,13 @@
 //! Raft peer ids (1, 2, … in the order of the names) and the same placement
 //! without talking to the others: a partition has one replica in each of
 //! [`REPLICAS_PER_PARTITION`] zones, and within a zone the replicas of
-//! successive partitions take turns over its nodes.
-//!
-//! Not wired into keel-node yet: the node shell that serves replicated
-//! partitions comes next.
+//! successive partitions take turns over its nodes. (A table the control
+//! plane placed keeps its own lists instead: `TableDef::placement`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-/// Replicas of every partition (one per availability zone).
-pub const REPLICAS_PER_PARTITION: usize = 3;
+pub use keel_wire::protocol::REPLICAS_PER_PARTITION;
 /// Most nodes in an initial cluster.
 pub const MEMBERS_MAX: usize = 256;
 

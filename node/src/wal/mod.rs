@@ -469,23 +469,7 @@ impl<D: Disk> Wal<D> {
     /// Resolves once the record at `lsn` is durable (group commit: joins the
     /// write in flight or leads the next one).
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), WalAppendError> {
-        loop {
-            let must_wait = {
-                let st = self.state.borrow();
-                if st.durable > lsn {
-                    return Ok(());
-                }
-                if let Some(reason) = &st.poisoned {
-                    return Err(WalAppendError::Poisoned(reason.clone()));
-                }
-                st.flushing
-            };
-            if must_wait {
-                self.notify.notified().await;
-            } else {
-                self.flush().await?;
-            }
-        }
+        self.wait_until(|durable| durable > lsn).await
     }
 
     /// Submits and waits: resolves when the record is durable.
@@ -500,14 +484,20 @@ impl<D: Disk> Wal<D> {
     /// starting a second one beside it: any task may call it at any time.
     pub async fn sync(&self) -> Result<(), WalAppendError> {
         let target = self.next_lsn();
+        self.wait_until(|durable| durable >= target).await
+    }
+
+    /// Group commit: resolves once the durable LSN satisfies `done`, joining
+    /// the write in flight or leading the next one.
+    async fn wait_until(&self, done: impl Fn(Lsn) -> bool) -> Result<(), WalAppendError> {
         loop {
             let must_wait = {
                 let st = self.state.borrow();
+                if done(st.durable) {
+                    return Ok(());
+                }
                 if let Some(reason) = &st.poisoned {
                     return Err(WalAppendError::Poisoned(reason.clone()));
-                }
-                if st.durable >= target {
-                    return Ok(());
                 }
                 st.flushing
             };
