@@ -1455,6 +1455,18 @@ impl<D: Disk> Engine<D> {
         self.held(partition)?;
         let old = self.current(partition, &storage_key).await?;
         Self::check_condition(condition, old.as_deref())?;
+        // Same-length SETs of scalars rewrite the stored bytes in a copy,
+        // without decoding and encoding the item (expr::apply_update_in_place).
+        if let Some(stored) = old.as_deref() {
+            let key_names: Vec<&str> =
+                std::iter::once(&def.partition_key).chain(def.sort_key.as_ref()).map(|k| k.name.as_str()).collect();
+            let in_place = expr::apply_update_in_place(update, stored, &key_names)
+                .map_err(|e| EngineError::Internal(format!("stored item unreadable: {e}")))?;
+            if let Some(bytes) = in_place {
+                self.write(partition, &storage_key, Some(&bytes)).await?;
+                return Ok((old, bytes));
+            }
+        }
         let base = match &old {
             Some(bytes) => Self::decode_stored(bytes)?,
             None => key.clone(),

@@ -19,7 +19,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::item::{AttributeValue, Item};
 use crate::number::Decimal;
 pub use lexer::{EXPRESSION_BYTES_MAX, Token, tokenize};
-pub use update::{Action, SetValue, Update, apply as apply_update, parse_update};
+pub use update::{
+    Action, SetValue, Update, apply as apply_update, apply_in_place as apply_update_in_place, parse_update,
+};
 
 /// Most operators and functions in one expression (DynamoDB: 300).
 pub const OPERATORS_MAX: usize = 300;

@@ -3,8 +3,11 @@
 //! every operand evaluated against the item *before* the update.
 
 use super::{ExprError, Operand, Parser, Path, PathElement, Placeholders, keyword, operand_value, resolve, tokenize};
+use crate::fb;
 use crate::item::{AttributeValue, Item};
 use crate::number::Decimal;
+use crate::verify::VerifyError;
+use std::ops::Range;
 
 /// The right-hand side of a `SET` action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,4 +320,156 @@ fn write_value(
         }
         _ => Err(bad_path()),
     }
+}
+
+/// Applies `update` to a stored item's bytes without decoding the item, when
+/// the shape allows: the item's attributes are all scalars (S, N, B, BOOL,
+/// NULL), and every action is `SET name = :value` of a top-level attribute
+/// the item has, with a string or binary value of the same type and the same
+/// length in bytes (YCSB's updates, a fixed-width field). The bytes are
+/// copied once and the values overwritten in the copy: the FlatBuffers
+/// layout (offsets, lengths, the size DynamoDB counts) is unchanged.
+///
+/// Stored bytes are a client's encoding, and FlatBuffers lets objects share
+/// bytes (two attributes pointing at one string, a vtable inside a string).
+/// So every byte range that reading the item touches is collected (tables,
+/// vtables, the vector, names, values), and a value is overwritten only when
+/// its bytes lie in no range but its own: then the copy reads exactly as the
+/// item [`apply`] would make. `Ok(None)`: another shape (or a shared layout);
+/// the caller decodes, applies and encodes. Attributes named in `protected`
+/// (the key) are never written here.
+pub fn apply_in_place(update: &Update, stored: &[u8], protected: &[&str]) -> Result<Option<Vec<u8>>, VerifyError> {
+    let item = crate::verify::item(stored)?;
+    let attributes = item.attributes();
+    // (attribute index, where its value's bytes lie in `stored`, new bytes)
+    let mut writes: Vec<(usize, Range<usize>, &[u8])> = Vec::with_capacity(update.actions.len());
+    for action in &update.actions {
+        let Action::Set(Path(path), SetValue::Operand(Operand::Value(value))) = action else { return Ok(None) };
+        let [PathElement::Name(name)] = path.as_slice() else { return Ok(None) };
+        if protected.contains(&name.as_str()) {
+            return Ok(None);
+        }
+        let Some((index, current)) = attributes.iter().enumerate().find(|(_, a)| a.name() == name) else {
+            return Ok(None);
+        };
+        let (old, new): (&[u8], &[u8]) = match (value, scalar_bytes(current.value())) {
+            (AttributeValue::S(new), Some((fb::Value::S, old))) => (old, new.as_bytes()),
+            (AttributeValue::B(new), Some((fb::Value::B, old))) => (old, new.as_slice()),
+            _ => return Ok(None),
+        };
+        if old.len() != new.len() {
+            return Ok(None);
+        }
+        writes.push((index, span(stored, old), new));
+    }
+    // Every range a reader of the item touches; value bytes tagged with
+    // their attribute.
+    let mut regions: Vec<(Option<usize>, Range<usize>)> = vec![(None, 0..4)]; // the root offset
+    table_regions(&item._tab, &[(fb::Item::VT_ATTRIBUTES, 4)], &mut regions);
+    let elements = span(stored, attributes.bytes());
+    regions.push((None, elements.start.saturating_sub(4)..elements.end));
+    for (index, attribute) in attributes.iter().enumerate() {
+        table_regions(&attribute._tab, &[(fb::Attribute::VT_NAME, 4), (fb::Attribute::VT_VALUE, 4)], &mut regions);
+        let name = span(stored, attribute.name().as_bytes());
+        regions.push((None, name.start.saturating_sub(4)..name.end + 1)); // length, bytes, NUL
+        let value = attribute.value();
+        table_regions(
+            &value._tab,
+            &[(fb::AttributeValue::VT_VALUE_TYPE, 1), (fb::AttributeValue::VT_VALUE, 4)],
+            &mut regions,
+        );
+        let (table, payload, nul) = match value.value_type() {
+            fb::Value::S | fb::Value::N | fb::Value::B => {
+                let table = match (value.value_as_s(), value.value_as_n(), value.value_as_b()) {
+                    (Some(s), _, _) => s._tab,
+                    (_, Some(n), _) => n._tab,
+                    (_, _, Some(b)) => b._tab,
+                    _ => return Ok(None),
+                };
+                let Some((kind, bytes)) = scalar_bytes(value) else { return Ok(None) };
+                (table, Some(span(stored, bytes)), usize::from(kind != fb::Value::B))
+            }
+            fb::Value::Bool => match value.value_as_bool() {
+                Some(b) => (b._tab, None, 0),
+                None => return Ok(None),
+            },
+            fb::Value::Null => match value.value_as_null() {
+                Some(n) => (n._tab, None, 0),
+                None => return Ok(None),
+            },
+            _ => return Ok(None), // lists, maps, sets: decoded
+        };
+        let size = if value.value_type() == fb::Value::Bool { 1 } else { 4 };
+        table_regions(&table, &[(fb::S::VT_VALUE, size)], &mut regions);
+        if let Some(bytes) = payload {
+            regions.push((Some(index), bytes.start.saturating_sub(4)..bytes.end + nul));
+        }
+    }
+    let overlaps = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+    for (index, bytes, _) in &writes {
+        if regions.iter().any(|(owner, region)| *owner != Some(*index) && overlaps(bytes, region)) {
+            return Ok(None);
+        }
+    }
+    let mut out = stored.to_vec();
+    for (_, bytes, new) in writes {
+        match out.get_mut(bytes) {
+            Some(slot) => slot.copy_from_slice(new),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+// The scalar tables' one field sits in the same vtable slot.
+const _: () = assert!(
+    fb::S::VT_VALUE == fb::N::VT_VALUE && fb::S::VT_VALUE == fb::B::VT_VALUE && fb::S::VT_VALUE == fb::Bool::VT_VALUE
+);
+
+/// Where `part` (borrowed from `whole`) lies in it.
+fn span(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr().addr().saturating_sub(whole.as_ptr().addr());
+    start..start + part.len()
+}
+
+/// A verified table's ranges: its offset to the vtable, the vtable, and the
+/// given fields (vtable slot, size in bytes) that are present.
+fn table_regions(
+    table: &flatbuffers::Table<'_>,
+    fields: &[(flatbuffers::VOffsetT, usize)],
+    regions: &mut Vec<(Option<usize>, Range<usize>)>,
+) {
+    let loc = table.loc();
+    regions.push((None, loc..loc + 4));
+    let vtable = table.vtable();
+    regions.push((None, span(table.buf(), vtable.as_bytes())));
+    for &(slot, size) in fields {
+        let offset = usize::from(vtable.get(slot));
+        if offset > 0 {
+            regions.push((None, loc + offset..loc + offset + size));
+        }
+    }
+}
+
+/// A scalar value's type and bytes (BOOL as one byte, NULL as none).
+fn scalar_bytes<'a>(value: fb::AttributeValue<'a>) -> Option<(fb::Value, &'a [u8])> {
+    let kind = value.value_type();
+    let bytes: &'a [u8] = match kind {
+        fb::Value::S => value.value_as_s()?.value().as_bytes(),
+        fb::Value::N => value.value_as_n()?.value().as_bytes(),
+        fb::Value::B => value.value_as_b()?.value().bytes(),
+        fb::Value::Bool => {
+            if value.value_as_bool()?.value() {
+                &[1]
+            } else {
+                &[0]
+            }
+        }
+        fb::Value::Null => {
+            value.value_as_null()?;
+            &[]
+        }
+        _ => return None,
+    };
+    Some((kind, bytes))
 }
