@@ -80,8 +80,9 @@ struct Args {
     /// Page cache per shard, in MiB. Default: 256.
     #[arg(long)]
     page_cache_mb: Option<usize>,
-    /// Dirty B-tree MiB per shard before a checkpoint (writers wait for
-    /// it, about 1.5 ms per MiB). Default: 128.
+    /// Dirty B-tree MiB per shard before a background checkpoint (writers
+    /// wait only at twice this). Default: an eighth of physical memory
+    /// shared by the shards, 128 to 1024.
     #[arg(long)]
     dirty_mb: Option<usize>,
     /// Partitions of a table whose CreateTable does not say. Default: 4.
@@ -155,7 +156,7 @@ fn main() -> anyhow::Result<()> {
         config.page_cache_bytes = mb.checked_mul(1024 * 1024).context("page cache size overflows")?;
     }
     if let Some(mb) = args.dirty_mb.or(file.dirty_mb) {
-        config.dirty_bytes_max = mb.max(1).checked_mul(1024 * 1024).context("dirty size overflows")?;
+        config.dirty_bytes_max = Some(mb.max(1).checked_mul(1024 * 1024).context("dirty size overflows")?);
     }
     if let Some(partitions) = args.partitions_default.or(file.partitions_default) {
         anyhow::ensure!((1..=1024).contains(&partitions), "partitions_default must be 1 to 1024");
