@@ -280,12 +280,15 @@ fn refuse_if_listening(address: SocketAddr) -> anyhow::Result<()> {
 /// `on_ready` once every shard serves, and returns after the last
 /// checkpoint. Blocks the calling thread.
 pub fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     stop: Arc<AtomicBool>,
     on_ready: impl FnOnce(&Listening) + Send + 'static,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=256).contains(&config.shards), "--shards must be 1 to 256, got {}", config.shards);
     let _lock = claim_data_dir(&config)?;
+    // Resolved once here, for every shard.
+    config.dirty_bytes_max =
+        Some(config.dirty_bytes_max.unwrap_or_else(|| dirty_bytes_default(physical_memory_bytes(), config.shards)));
     // glommio binds with SO_REUSEPORT, so a second process on the same port
     // would silently share it: make sure nobody listens there first. (A
     // probe bind without SO_REUSEPORT would also refuse a port whose old
@@ -484,8 +487,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let dir = config.data_dir.join(format!("shard-{index}"));
     let mut store_config = StoreConfig::new(&dir);
     store_config.page_cache_bytes = config.page_cache_bytes;
-    store_config.dirty_bytes_max =
-        config.dirty_bytes_max.unwrap_or_else(|| dirty_bytes_default(physical_memory_bytes(), config.shards));
+    store_config.dirty_bytes_max = config.dirty_bytes_max.unwrap_or(DIRTY_BYTES_DEFAULT_RANGE.0);
     store_config.background_checkpoints = true;
     let store = ShardStore::open(GlommioDisk::new(), store_config)
         .await

@@ -378,30 +378,13 @@ pub fn apply_in_place(update: &Update, stored: &[u8], protected: &[&str]) -> Res
             &[(fb::AttributeValue::VT_VALUE_TYPE, 1), (fb::AttributeValue::VT_VALUE, 4)],
             &mut regions,
         );
-        let (table, payload, nul) = match value.value_type() {
-            fb::Value::S | fb::Value::N | fb::Value::B => {
-                let table = match (value.value_as_s(), value.value_as_n(), value.value_as_b()) {
-                    (Some(s), _, _) => s._tab,
-                    (_, Some(n), _) => n._tab,
-                    (_, _, Some(b)) => b._tab,
-                    _ => return Ok(None),
-                };
-                let Some((kind, bytes)) = scalar_bytes(value) else { return Ok(None) };
-                (table, Some(span(stored, bytes)), usize::from(kind != fb::Value::B))
-            }
-            fb::Value::Bool => match value.value_as_bool() {
-                Some(b) => (b._tab, None, 0),
-                None => return Ok(None),
-            },
-            fb::Value::Null => match value.value_as_null() {
-                Some(n) => (n._tab, None, 0),
-                None => return Ok(None),
-            },
-            _ => return Ok(None), // lists, maps, sets: decoded
-        };
-        let size = if value.value_type() == fb::Value::Bool { 1 } else { 4 };
+        let Some((kind, table, bytes)) = scalar_parts(value) else { return Ok(None) }; // lists, maps, sets
+        let size = if kind == fb::Value::Bool { 1 } else { 4 };
         table_regions(&table, &[(fb::S::VT_VALUE, size)], &mut regions);
-        if let Some(bytes) = payload {
+        if matches!(kind, fb::Value::S | fb::Value::N | fb::Value::B) {
+            // Length, bytes and, for strings, the NUL.
+            let bytes = span(stored, bytes);
+            let nul = usize::from(kind != fb::Value::B);
             regions.push((Some(index), bytes.start.saturating_sub(4)..bytes.end + nul));
         }
     }
@@ -453,23 +436,20 @@ fn table_regions(
 
 /// A scalar value's type and bytes (BOOL as one byte, NULL as none).
 fn scalar_bytes<'a>(value: fb::AttributeValue<'a>) -> Option<(fb::Value, &'a [u8])> {
+    scalar_parts(value).map(|(kind, _, bytes)| (kind, bytes))
+}
+
+/// A scalar value's type, its table and its bytes (BOOL as one byte, NULL
+/// as none); None for lists, maps and sets.
+fn scalar_parts<'a>(value: fb::AttributeValue<'a>) -> Option<(fb::Value, flatbuffers::Table<'a>, &'a [u8])> {
     let kind = value.value_type();
-    let bytes: &'a [u8] = match kind {
-        fb::Value::S => value.value_as_s()?.value().as_bytes(),
-        fb::Value::N => value.value_as_n()?.value().as_bytes(),
-        fb::Value::B => value.value_as_b()?.value().bytes(),
-        fb::Value::Bool => {
-            if value.value_as_bool()?.value() {
-                &[1]
-            } else {
-                &[0]
-            }
-        }
-        fb::Value::Null => {
-            value.value_as_null()?;
-            &[]
-        }
+    let (table, bytes): (flatbuffers::Table<'a>, &'a [u8]) = match kind {
+        fb::Value::S => value.value_as_s().map(|s| (s._tab, s.value().as_bytes()))?,
+        fb::Value::N => value.value_as_n().map(|n| (n._tab, n.value().as_bytes()))?,
+        fb::Value::B => value.value_as_b().map(|b| (b._tab, b.value().bytes()))?,
+        fb::Value::Bool => value.value_as_bool().map(|b| (b._tab, if b.value() { &[1u8][..] } else { &[0u8][..] }))?,
+        fb::Value::Null => value.value_as_null().map(|n| (n._tab, &[][..]))?,
         _ => return None,
     };
-    Some((kind, bytes))
+    Some((kind, table, bytes))
 }
