@@ -52,7 +52,7 @@ use rustc_hash::FxHashMap;
 
 use crate::engine::{Engine, Page, Placement, TableDef};
 use crate::handler::{self, Route};
-use crate::io::glommio_disk::GlommioDisk;
+use crate::io::glommio_disk::{self, GlommioDisk};
 use crate::replica::{ShardStore, StoreConfig};
 use crate::wal::Notify;
 
@@ -1067,9 +1067,10 @@ async fn checkpoint_once(shard: &Shard) -> Result<bool, String> {
         let Some(partition) = store.checkpoint_due() else { return Ok(false) };
         store.begin_checkpoint(partition).map_err(|e| e.to_string())?
     };
-    // Encoding takes a few µs a page; requests get the core between slices.
+    // Encoding takes a few µs a page; requests get the core, and the WAL
+    // the disk, between slices.
     while !job.prepare(CHECKPOINT_PAGES_PER_SLICE) {
-        glommio::executor().yield_task_queue_now().await;
+        glommio_disk::yield_to_reactor().await;
     }
     let written = job.write(CHECKPOINT_WRITES_IN_FLIGHT_MAX).await;
     let partition = job.partition();

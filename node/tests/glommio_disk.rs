@@ -109,3 +109,63 @@ fn a_wal_sync_beside_a_commit_in_flight_waits_for_it_and_for_what_came_before() 
         assert_eq!(records.iter().map(|r| r.meta.index).collect::<Vec<_>>(), vec![1, 2]);
     });
 }
+
+/// A CPU-bound loop in a background task queue must not hold disk requests
+/// back: glommio submits them only between scheduler passes, and a queue
+/// that yields with `yield_task_queue_now` stays runnable, so the pass (and
+/// the write) would wait for the preemption timer or the loop's end.
+#[test]
+fn a_busy_background_queue_that_yields_to_the_reactor_does_not_hold_back_disk_writes() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use glommio::{Latency, Shares};
+    use keel_node::io::glommio_disk::yield_to_reactor;
+
+    /// Slices of busy work, each ~100 µs: ~60 ms in all, inside glommio's
+    /// 100 ms preemption timer; the write (~0.1 ms on the disk) has half of
+    /// them to get through.
+    const SLICES: usize = 600;
+    let dir = temp_dir();
+    let path = dir.path().join("f");
+    on_fresh_executor(move || async move {
+        let file = Rc::new(GlommioDisk::new().open(&path, true).await.expect("open"));
+        let background =
+            glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+        let slices_done = Rc::new(Cell::new(0));
+        let busy = glommio::spawn_local_into(
+            {
+                let slices_done = Rc::clone(&slices_done);
+                async move {
+                    for slice in 1..=SLICES {
+                        let until = std::time::Instant::now() + std::time::Duration::from_micros(100);
+                        while std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        slices_done.set(slice);
+                        yield_to_reactor().await;
+                    }
+                }
+            },
+            background,
+        )
+        .expect("spawn the background loop");
+        let write = glommio::spawn_local({
+            let (file, slices_done) = (Rc::clone(&file), Rc::clone(&slices_done));
+            async move {
+                // Starts once the background loop is running.
+                while slices_done.get() == 0 {
+                    futures_lite::future::yield_now().await;
+                }
+                file.write_at(0, &[7u8; 4096]).await.expect("write");
+                slices_done.get()
+            }
+        });
+        let slices_at_written = write.await;
+        busy.await;
+        assert!(
+            slices_at_written < SLICES / 2,
+            "the write completed only after {slices_at_written} of {SLICES} background slices"
+        );
+    });
+}

@@ -273,7 +273,7 @@ async fn serve(shard: &Shard, mut stream: TcpStream, request: Request) -> Result
             stream.flush().await.map_err(|e| e.to_string())?;
             return Ok(());
         }
-        glommio::executor().yield_task_queue_now().await;
+        crate::io::glommio_disk::yield_to_reactor().await;
     }
 }
 
