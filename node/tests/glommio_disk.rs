@@ -169,3 +169,58 @@ fn a_busy_background_queue_that_yields_to_the_reactor_does_not_hold_back_disk_wr
         );
     });
 }
+
+/// A shard's scheduler goes back to its reactor within its preemption timer
+/// even while a task queue never runs dry, so a disk write issued beside a
+/// busy foreground loop is not held until the loop ends (glommio's default
+/// timer, 100 ms, held it for all of this loop's ~60 ms).
+#[test]
+fn a_shard_executor_submits_disk_writes_while_a_task_queue_stays_busy() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use keel_node::server::{SHARD_PREEMPT_TIMER, shard_executor};
+
+    /// Slices of busy work, each ~100 µs, in a queue that never runs dry.
+    const SLICES: usize = 600;
+    const _: () = assert!(SHARD_PREEMPT_TIMER.as_micros() * 3 < SLICES as u128 * 100);
+    let dir = temp_dir();
+    let path = dir.path().join("f");
+    let handle = shard_executor(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let file = Rc::new(GlommioDisk::new().open(&path, true).await.expect("open"));
+            let slices_done = Rc::new(Cell::new(0));
+            let busy = glommio::spawn_local({
+                let slices_done = Rc::clone(&slices_done);
+                async move {
+                    for slice in 1..=SLICES {
+                        let until = std::time::Instant::now() + std::time::Duration::from_micros(100);
+                        while std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        slices_done.set(slice);
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+            });
+            let write = glommio::spawn_local({
+                let (file, slices_done) = (Rc::clone(&file), Rc::clone(&slices_done));
+                async move {
+                    while slices_done.get() == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    file.write_at(0, &[7u8; 4096]).await.expect("write");
+                    slices_done.get()
+                }
+            });
+            let slices_at_written = write.await;
+            busy.await;
+            slices_at_written
+        })
+        .expect("spawn executor");
+    let slices_at_written = handle.join().expect("executor thread");
+    assert!(
+        slices_at_written < SLICES / 2,
+        "the write completed only after {slices_at_written} of {SLICES} busy slices"
+    );
+}

@@ -35,6 +35,10 @@
 //! has run. The test
 //! `a_busy_background_queue_that_yields_to_the_reactor_does_not_hold_back_disk_writes`
 //! pins this.
+//! A pass also ends when the preemption timer fires; keel-node's shards run
+//! with a 10 ms one (`server::SHARD_PREEMPT_TIMER`, pinned by
+//! `a_shard_executor_submits_disk_writes_while_a_task_queue_stays_busy`), so
+//! no busy pass holds requests for glommio's default 100 ms.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
