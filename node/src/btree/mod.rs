@@ -1079,8 +1079,11 @@ impl<F: DiskFile> CheckpointWrite<F> {
     /// pages; true once all are. A caller that shares its thread with
     /// latency-sensitive work yields between calls.
     pub fn prepare(&mut self, pages_max: usize) -> bool {
-        let take = self.nodes.len().min(pages_max);
-        for (p, seq, node) in self.nodes.drain(..take) {
+        // From the back: callers take a page or a few at a time, and draining
+        // the front would move every node left on each call. Pages are
+        // written in page order whatever order they are encoded in.
+        let keep = self.nodes.len().saturating_sub(pages_max);
+        for (p, seq, node) in self.nodes.drain(keep..) {
             let kind = if matches!(&*node, Node::Branch { .. }) { Kind::Branch } else { Kind::Leaf };
             let page = PageNode::parse(kind, node.encode(p, self.file_id, seq)).expect("a page we encoded parses");
             self.pages.push((p, Rc::new(page)));
