@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
@@ -113,6 +113,9 @@ pub struct PhaseResult {
     pub rate: Option<f64>,
     /// Successful operations.
     pub ops: u64,
+    /// When the phase began, in milliseconds since the Unix epoch (to line
+    /// the timeline up with a server's logs).
+    pub started_unix_ms: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// Successful operations per second.
@@ -123,32 +126,81 @@ pub struct PhaseResult {
     pub per_op: BTreeMap<String, Latency>,
     /// Failed operations by error type.
     pub errors: BTreeMap<String, u64>,
+    /// Second by second from the phase's start: operations finished and the
+    /// slowest of them, so that a stall can be placed in time (beside a
+    /// server's log of its checkpoints, say).
+    pub timeline: Vec<Second>,
 }
+
+/// One second of a phase.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Second {
+    /// Successful operations that finished in this second.
+    pub ops: u64,
+    /// Their 99th percentile latency, in µs (two significant digits).
+    pub p99_us: u64,
+    /// The slowest of them, in µs.
+    pub max_us: u64,
+}
+
+/// Seconds of a phase's timeline at most (longer phases fold the rest into
+/// the last second).
+const TIMELINE_SECONDS_MAX: usize = 24 * 3600;
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant bounds are valid")
 }
 
+/// What a phase measured so far, shared by its clients. They run on one
+/// thread, so the lock is never contended. One set of histograms for the
+/// phase, not one per client: 256 clients' histograms (≈140 KB each, three
+/// per client) took the generator's thread for ~130 ms at the start of every
+/// open-loop run, and the operations it then sent late were charged for it.
 #[derive(Debug)]
-struct ClientTally {
+struct Tally {
+    began: Instant,
     all: Histogram<u64>,
     per_op: BTreeMap<Op, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// One histogram per second of the phase, with two significant digits
+    /// (enough for a second's p99).
+    seconds: Vec<Histogram<u64>>,
 }
 
-impl ClientTally {
-    fn new() -> Self {
-        Self { all: histogram(), per_op: BTreeMap::new(), errors: BTreeMap::new() }
+type SharedTally = Arc<std::sync::Mutex<Tally>>;
+
+impl Tally {
+    fn shared(began: Instant) -> SharedTally {
+        Arc::new(std::sync::Mutex::new(Self {
+            began,
+            all: histogram(),
+            per_op: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            seconds: Vec::new(),
+        }))
     }
 
-    fn record(&mut self, op: Op, began: Instant, outcome: Result<(), OpError>) {
+    fn record(tally: &SharedTally, op: Op, began: Instant, outcome: Result<(), OpError>) {
+        let now = Instant::now();
+        let Ok(mut tally) = tally.lock() else { return };
         match outcome {
             Ok(()) => {
-                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
-                self.all.saturating_record(micros);
-                self.per_op.entry(op).or_insert_with(histogram).saturating_record(micros);
+                let micros =
+                    u64::try_from(now.duration_since(began).as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
+                tally.all.saturating_record(micros);
+                tally.per_op.entry(op).or_insert_with(histogram).saturating_record(micros);
+                let second = usize::try_from(now.duration_since(tally.began).as_secs())
+                    .unwrap_or(usize::MAX)
+                    .min(TIMELINE_SECONDS_MAX - 1);
+                while tally.seconds.len() <= second {
+                    let h = Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("constant bounds are valid");
+                    tally.seconds.push(h);
+                }
+                if let Some(h) = tally.seconds.get_mut(second) {
+                    h.saturating_record(micros);
+                }
             }
-            Err(e) => *self.errors.entry(e.kind).or_default() += 1,
+            Err(e) => *tally.errors.entry(e.kind).or_default() += 1,
         }
     }
 }
@@ -206,28 +258,18 @@ impl Progress {
     }
 }
 
-/// Merges client tallies into a phase result.
-fn merge(
+/// The phase's result from its tally.
+fn summarize(
     target: &str,
     workload: &str,
     distribution: &str,
     config: &RunConfig,
-    tallies: Vec<ClientTally>,
-    elapsed: Duration,
+    tally: &SharedTally,
+    started: SystemTime,
 ) -> PhaseResult {
-    let mut all = histogram();
-    let mut per_op: BTreeMap<Op, Histogram<u64>> = BTreeMap::new();
-    let mut errors = BTreeMap::new();
-    for tally in tallies {
-        let _ = all.add(&tally.all);
-        for (op, h) in tally.per_op {
-            let _ = per_op.entry(op).or_insert_with(histogram).add(&h);
-        }
-        for (kind, n) in tally.errors {
-            *errors.entry(kind).or_default() += n;
-        }
-    }
-    let seconds = elapsed.as_secs_f64();
+    let tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seconds = tally.began.elapsed().as_secs_f64();
+    let ops = tally.all.len();
     PhaseResult {
         target: target.to_owned(),
         workload: workload.to_owned(),
@@ -235,12 +277,20 @@ fn merge(
         mode: if config.rate.is_some() { "open" } else { "closed" }.to_owned(),
         clients: config.clients,
         rate: config.rate,
-        ops: all.len(),
+        ops,
+        started_unix_ms: started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         seconds: (seconds * 1000.0).round() / 1000.0,
-        ops_per_s: (all.len() as f64 / seconds.max(1e-9)).round(),
-        latency_us: Latency::of(&all),
-        per_op: per_op.iter().map(|(op, h)| (op.name().to_owned(), Latency::of(h))).collect(),
-        errors,
+        ops_per_s: (ops as f64 / seconds.max(1e-9)).round(),
+        latency_us: Latency::of(&tally.all),
+        per_op: tally.per_op.iter().map(|(op, h)| (op.name().to_owned(), Latency::of(h))).collect(),
+        errors: tally.errors.clone(),
+        timeline: tally
+            .seconds
+            .iter()
+            .map(|h| Second { ops: h.len(), p99_us: h.value_at_quantile(0.99), max_us: h.max() })
+            .collect(),
     }
 }
 
@@ -249,34 +299,33 @@ pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: Re
     let config = RunConfig { clients, duration: None, operations: Some(records), rate: None, shape, seed };
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
+    let started = SystemTime::now();
     let began = Instant::now();
+    let tally = Tally::shared(began);
     let mut tasks = Vec::new();
     for client in 0..clients.max(1) {
         let (driver, next, done) = (driver.clone(), Arc::clone(&next), Arc::clone(&progress.done));
+        let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
-            let mut tally = ClientTally::new();
             loop {
                 let keynum = next.fetch_add(1, Ordering::Relaxed);
                 if keynum >= records {
-                    return tally;
+                    return;
                 }
                 let fields = workload::record(&mut rng, shape.fields, shape.field_bytes);
                 let start = Instant::now();
                 let outcome = driver.insert(&workload::key_name(keynum), &fields).await;
-                tally.record(Op::Insert, start, outcome);
+                Tally::record(&tally, Op::Insert, start, outcome);
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    let mut tallies = Vec::new();
     for task in tasks {
-        if let Ok(tally) = task.await {
-            tallies.push(tally);
-        }
+        let _ = task.await;
     }
     progress.finish();
-    merge(driver.name(), "load", "sequential", &config, tallies, began.elapsed())
+    summarize(driver.name(), "load", "sequential", &config, &tally, started)
 }
 
 /// One operation of a workload; the error, if any.
@@ -338,28 +387,30 @@ pub async fn run<D: Driver>(
     // at the start of the phase showed up as an 80 ms stall of the server.
     let chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
     let progress = Progress::start(label, config.operations, config.duration);
+    let started = SystemTime::now();
     let began = Instant::now();
+    let tally = Tally::shared(began);
     let deadline = config.duration.map(|d| began + d);
     let interval = config.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1e-9)));
     let mut tasks = Vec::new();
     for client in 0..clients {
         let (driver, workload, inserts, budget) =
             (driver.clone(), workload.clone(), Arc::clone(&inserts), Arc::clone(&budget));
+        let tally = Arc::clone(&tally);
         let done = Arc::clone(&progress.done);
         let shape = config.shape;
         let seed = config.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut chooser = chooser.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let mut tally = ClientTally::new();
             // Open loop: client k starts at a staggered offset, then every interval.
             let mut intended = interval.map(|i| began + i.mul_f64(client as f64 / clients as f64));
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return tally;
+                    return;
                 }
                 if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
-                    return tally;
+                    return;
                 }
                 let start = match (intended, interval) {
                     (Some(at), Some(step)) => {
@@ -381,17 +432,14 @@ pub async fn run<D: Driver>(
                 };
                 let op = workload.next_op(&mut rng);
                 let outcome = operate(&driver, &workload, op, &mut chooser, &inserts, &mut rng, shape).await;
-                tally.record(op, start, outcome);
+                Tally::record(&tally, op, start, outcome);
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    let mut tallies = Vec::new();
     for task in tasks {
-        if let Ok(tally) = task.await {
-            tallies.push(tally);
-        }
+        let _ = task.await;
     }
     progress.finish();
-    merge(driver.name(), &workload.name, workload.distribution.name(), config, tallies, began.elapsed())
+    summarize(driver.name(), &workload.name, workload.distribution.name(), config, &tally, started)
 }

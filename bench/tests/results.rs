@@ -43,6 +43,13 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
             assert_eq!(per_op, phase.ops, "per-operation counts add up");
             let l = &phase.latency_us;
             assert!(l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max);
+            // The timeline holds every operation, second by second.
+            assert!(!phase.timeline.is_empty());
+            assert_eq!(phase.timeline.iter().map(|s| s.ops).sum::<u64>(), phase.ops, "workload {letter}");
+            // (to the seconds' two significant digits)
+            let slowest = phase.timeline.iter().map(|s| s.max_us).max().unwrap_or(0);
+            assert!(slowest.abs_diff(l.max) <= l.max / 50, "the slowest second holds the max: {slowest} vs {}", l.max);
+            assert!(phase.timeline.iter().all(|s| s.p99_us <= s.max_us));
             phase.target = name.to_owned();
             phases.push(phase);
         }
@@ -60,6 +67,14 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     for phase in phases {
         for field in ["target", "workload", "distribution", "mode", "ops", "seconds", "ops_per_s", "errors"] {
             assert!(phase.get(field).is_some(), "{field} in {phase}");
+        }
+        assert!(phase["started_unix_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "start time");
+        let timeline = phase["timeline"].as_array().expect("timeline");
+        assert!(!timeline.is_empty());
+        for second in timeline {
+            for field in ["ops", "p99_us", "max_us"] {
+                assert!(second[field].is_u64(), "{field} in {second}");
+            }
         }
         for p in ["p50", "p90", "p99", "p99.9", "max"] {
             assert!(phase["latency_us"][p].is_u64(), "latency {p}");
