@@ -224,3 +224,29 @@ fn a_shard_executor_submits_disk_writes_while_a_task_queue_stays_busy() {
         "the write completed only after {slices_at_written} of {SLICES} busy slices"
     );
 }
+
+#[test]
+fn a_gather_write_lands_as_the_concatenation_of_its_parts_across_request_boundaries() {
+    let dir = temp_dir();
+    let root = dir.path().to_path_buf();
+    on_fresh_executor(move || async move {
+        let disk = GlommioDisk::new();
+        let file = disk.open(&root.join("gather"), true).await.expect("create file");
+        // 2.5 MiB in parts of uneven sizes (multiples of 4 KiB, as pages and
+        // free-list blocks are), so that parts straddle the 1 MiB requests.
+        let sizes_kib = [16, 4, 1020, 8, 512, 996, 4];
+        let parts: Vec<Vec<u8>> = sizes_kib
+            .iter()
+            .enumerate()
+            .map(|(n, kib)| (0..kib * 1024).map(|i| ((i * 7 + n * 31) % 253) as u8).collect())
+            .collect();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let offset = 8192;
+        file.write_gather_at(offset, &slices).await.expect("gather write");
+        file.sync_data().await.expect("sync");
+        let expected = parts.concat();
+        let back = file.read_at(offset, expected.len()).await.expect("read back");
+        assert_eq!(back.len(), expected.len());
+        assert!(back == expected, "the file holds the parts in order");
+    });
+}

@@ -1148,10 +1148,8 @@ async fn write_runs<F: DiskFile>(
     stream::iter(runs)
         .map(|run| async move {
             let start = writes.get(run.start).map_or(0, |(p, _)| *p) * PAGE_BYTES as u64;
-            match writes.get(run.clone()).unwrap_or(&[]) {
-                [(_, single)] => file.write_at(start, single).await,
-                pages => file.write_at(start, &pages.iter().map(|(_, b)| *b).collect::<Vec<_>>().concat()).await,
-            }
+            let pages: Vec<&[u8]> = writes.get(run.clone()).unwrap_or(&[]).iter().map(|(_, b)| *b).collect();
+            file.write_gather_at(start, &pages).await
         })
         .buffer_unordered(writes_in_flight_max.max(1))
         .try_collect::<Vec<()>>()

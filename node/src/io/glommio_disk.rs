@@ -204,6 +204,30 @@ impl Disk for GlommioDisk {
     }
 }
 
+/// Fills `out` with the bytes at `start..start + out.len()` of the
+/// concatenation of `parts`.
+fn copy_range(parts: &[&[u8]], start: usize, out: &mut [u8]) {
+    let mut skip = start;
+    let mut filled = 0;
+    for part in parts {
+        if filled == out.len() {
+            break;
+        }
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        let from = part.get(skip..).unwrap_or(&[]);
+        skip = 0;
+        let n = from.len().min(out.len() - filled);
+        if let (Some(dst), Some(src)) = (out.get_mut(filled..filled + n), from.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        filled += n;
+    }
+    assert_eq!(filled, out.len(), "the parts hold the range");
+}
+
 impl DiskFile for GlommioFile {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
         assert!(is_aligned(offset) && is_aligned(len as u64), "unaligned read");
@@ -225,24 +249,29 @@ impl DiskFile for GlommioFile {
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        self.write_gather_at(offset, &[data]).await
+    }
+
+    async fn write_gather_at(&self, offset: u64, parts: &[&[u8]]) -> Result<(), IoError> {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
-        assert!(is_aligned(offset) && is_aligned(data.len() as u64), "unaligned write");
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        assert!(is_aligned(offset) && is_aligned(total as u64), "unaligned write");
         // Large writes go out as several requests in flight at once, so that
-        // copying into DMA buffers overlaps with the device's work.
-        stream::iter(data.chunks(self.request_max_bytes).enumerate())
-            .map(|(i, chunk)| async move {
-                let mut buf = self.file.alloc_dma_buffer(chunk.len());
-                buf.as_bytes_mut().copy_from_slice(chunk);
-                let at = offset + (i * self.request_max_bytes) as u64;
+        // copying into DMA buffers overlaps with the device's work. Each
+        // request's buffer is filled from the parts directly.
+        stream::iter((0..total).step_by(self.request_max_bytes))
+            .map(|start| async move {
+                let len = (total - start).min(self.request_max_bytes);
+                let mut buf = self.file.alloc_dma_buffer(len);
+                copy_range(parts, start, buf.as_bytes_mut());
+                let at = offset + start as u64;
                 let written =
                     self.file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
-                if written == chunk.len() {
+                if written == len {
                     Ok(())
                 } else {
-                    let short = std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {written} of {}", chunk.len()),
-                    );
+                    let short =
+                        std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {len}"));
                     Err(IoError::new("write file", &self.path, short))
                 }
             })

@@ -88,6 +88,18 @@ pub trait DiskFile: std::fmt::Debug {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError>;
     /// Writes `data` at `offset`, extending the file if needed.
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError>;
+    /// Writes `parts`, one after the other, at `offset`: the same as one
+    /// `write_at` of their concatenation. A backend that copies into its own
+    /// buffers anyway (O_DIRECT's aligned buffers) copies the parts straight
+    /// there; the concatenation would be a second copy into fresh memory
+    /// (a checkpoint's pages: 32 MB, whose page faults took the shard's core
+    /// for 5–8 ms at a time).
+    async fn write_gather_at(&self, offset: u64, parts: &[&[u8]]) -> Result<(), IoError> {
+        match parts {
+            [single] => self.write_at(offset, single).await,
+            parts => self.write_at(offset, &parts.concat()).await,
+        }
+    }
     /// fdatasync: every write that completed before the call is durable when
     /// this returns `Ok`. After an `Err` nothing can be assumed about them.
     async fn sync_data(&self) -> Result<(), IoError>;
