@@ -83,12 +83,20 @@ impl StoreConfig {
     /// Defaults for a shard storing in `dir`.
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        const WAL_SEGMENTS_MAX: usize = 16;
         Self {
             dir: dir.into(),
-            wal: WalConfig::default(),
+            // Every segment a checkpoint round reclaims is kept for reuse:
+            // the WAL grows back to the same size before the next round.
+            // With 4 kept, 12 of 16 were deleted each round (ext4 mounted
+            // with `discard` then trimmed 64 MiB per file, ~10 ms of the
+            // device each, and WAL syncs beside them took 8–10 ms), and 12
+            // were zero-filled again (768 MiB of writes) before the next.
+            // The disk holds no more than at the WAL's peak.
+            wal: WalConfig { recycle_pool_max: WAL_SEGMENTS_MAX, ..WalConfig::default() },
             page_cache_bytes: 256 * 1024 * 1024,
             dirty_bytes_max: 128 * 1024 * 1024,
-            wal_segments_max: 16,
+            wal_segments_max: WAL_SEGMENTS_MAX,
             background_checkpoints: false,
         }
     }
@@ -1041,6 +1049,38 @@ mod tests {
             store.release_log(9);
             store.checkpoint_all().await.expect("checkpoint");
             assert!(store.wal().segment_count() <= 2, "released: {} segments", store.wal().segment_count());
+        });
+    }
+
+    #[test]
+    fn a_checkpoint_round_keeps_every_segment_it_reclaims_for_reuse() {
+        // Deleting reclaimed segments cost a discard of each on ext4 mounted
+        // with `discard` and a zero-fill of a new one later (StoreConfig::new).
+        let disk = SimDisk::new(5);
+        let mut config = StoreConfig::new("/s");
+        config.wal.segment_size_bytes = 64 * 1024;
+        config.wal.payload_max_bytes = 16 * 1024;
+        config.wal.zero_fill = false;
+        // Nothing checkpoints until the test says so.
+        config.background_checkpoints = true;
+        assert_eq!(config.wal.recycle_pool_max, config.wal_segments_max, "the defaults keep a whole round");
+        let segments_max = config.wal_segments_max;
+        block_on(async {
+            let mut store = ShardStore::open(disk.clone(), config).await.expect("open");
+            store.create_partition(1).await.expect("create");
+            for i in 0..10_000 {
+                if store.wal().segment_count() > segments_max {
+                    break;
+                }
+                store.put(1, format!("k{}", i % 50).as_bytes(), &[7; 1000]).await.expect("put");
+            }
+            let before = store.wal().segment_count();
+            store.checkpoint_all().await.expect("checkpoint");
+            let after = store.wal().segment_count();
+            let names = disk.list(Path::new("/s/wal")).await.expect("list");
+            let spares = names.iter().filter(|n| n.starts_with("wal-free-")).count();
+            assert!(before - after >= segments_max, "the round reclaimed {} segments", before - after);
+            assert_eq!(spares, before - after, "every reclaimed segment is a spare: {names:?}");
         });
     }
 }
