@@ -293,10 +293,14 @@ fn map_from_fb(
 ) -> Result<Item, ItemError> {
     let mut map = Item::new();
     for attribute in attributes {
-        let name = attribute.name().to_owned();
         let value = value_from_fb(attribute.value())?;
-        if map.insert(name.clone(), value).is_some() {
-            return Err(ItemError::Name { name: name.chars().take(64).collect(), reason: "appears twice" });
+        match map.entry(attribute.name().to_owned()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+            std::collections::btree_map::Entry::Occupied(slot) => {
+                return Err(ItemError::Name { name: slot.key().chars().take(64).collect(), reason: "appears twice" });
+            }
         }
     }
     Ok(map)
