@@ -126,8 +126,8 @@ pub struct PhaseResult {
     pub per_op: BTreeMap<String, Latency>,
     /// Failed operations by error type.
     pub errors: BTreeMap<String, u64>,
-    /// Second by second from the phase's start: operations finished and the
-    /// slowest of them, so that a stall can be placed in time (beside a
+    /// Second by second from the phase's start: operations finished, their
+    /// p99 and the slowest, so that a stall can be placed in time (beside a
     /// server's log of its checkpoints, say).
     pub timeline: Vec<Second>,
 }
