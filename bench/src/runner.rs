@@ -162,9 +162,15 @@ struct Tally {
     all: Histogram<u64>,
     per_op: BTreeMap<Op, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
-    /// One histogram per second of the phase, with two significant digits
-    /// (enough for a second's p99).
-    seconds: Vec<Histogram<u64>>,
+    /// The seconds summed up so far.
+    timeline: Vec<Second>,
+    /// The second being recorded (index into the timeline), and its
+    /// latencies with two significant digits (enough for a second's p99).
+    /// Operations finish in time order on the one thread, so one histogram
+    /// serves every second in turn: a day-long phase keeps 86,400 summaries,
+    /// not 86,400 histograms (~19 KB each).
+    second: usize,
+    second_latencies: Histogram<u64>,
 }
 
 type SharedTally = Arc<std::sync::Mutex<Tally>>;
@@ -176,13 +182,26 @@ impl Tally {
             all: histogram(),
             per_op: BTreeMap::new(),
             errors: BTreeMap::new(),
-            seconds: Vec::new(),
+            timeline: Vec::new(),
+            second: 0,
+            second_latencies: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("constant bounds are valid"),
         }))
+    }
+
+    /// Sums up the second being recorded and moves on to `second`, leaving
+    /// an empty summary for every second without operations in between.
+    fn close_second(&mut self, second: usize) {
+        let h = &self.second_latencies;
+        let summary = Second { ops: h.len(), p99_us: h.value_at_quantile(0.99), max_us: h.max() };
+        self.timeline.resize(self.second, Second::default());
+        self.timeline.push(summary);
+        self.second_latencies.reset();
+        self.second = second;
     }
 
     fn record(tally: &SharedTally, op: Op, began: Instant, outcome: Result<(), OpError>) {
         let now = Instant::now();
-        let Ok(mut tally) = tally.lock() else { return };
+        let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match outcome {
             Ok(()) => {
                 let micros =
@@ -192,13 +211,12 @@ impl Tally {
                 let second = usize::try_from(now.duration_since(tally.began).as_secs())
                     .unwrap_or(usize::MAX)
                     .min(TIMELINE_SECONDS_MAX - 1);
-                while tally.seconds.len() <= second {
-                    let h = Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("constant bounds are valid");
-                    tally.seconds.push(h);
+                // (An operation that finished just before the one recorded last
+                // counts in that one's second.)
+                if second > tally.second {
+                    tally.close_second(second);
                 }
-                if let Some(h) = tally.seconds.get_mut(second) {
-                    h.saturating_record(micros);
-                }
+                tally.second_latencies.saturating_record(micros);
             }
             Err(e) => *tally.errors.entry(e.kind).or_default() += 1,
         }
@@ -267,8 +285,12 @@ fn summarize(
     tally: &SharedTally,
     started: SystemTime,
 ) -> PhaseResult {
-    let tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let seconds = tally.began.elapsed().as_secs_f64();
+    if !tally.second_latencies.is_empty() {
+        let next = tally.second + 1;
+        tally.close_second(next);
+    }
     let ops = tally.all.len();
     PhaseResult {
         target: target.to_owned(),
@@ -286,11 +308,7 @@ fn summarize(
         latency_us: Latency::of(&tally.all),
         per_op: tally.per_op.iter().map(|(op, h)| (op.name().to_owned(), Latency::of(h))).collect(),
         errors: tally.errors.clone(),
-        timeline: tally
-            .seconds
-            .iter()
-            .map(|h| Second { ops: h.len(), p99_us: h.value_at_quantile(0.99), max_us: h.max() })
-            .collect(),
+        timeline: tally.timeline.clone(),
     }
 }
 
