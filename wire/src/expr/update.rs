@@ -362,37 +362,39 @@ pub fn apply_in_place(update: &Update, stored: &[u8], protected: &[&str]) -> Res
         }
         writes.push((index, span(stored, old), new));
     }
-    // Every range a reader of the item touches; value bytes tagged with
-    // their attribute.
-    let mut regions: Vec<(Option<usize>, Range<usize>)> = vec![(None, 0..4)]; // the root offset
-    table_regions(&item._tab, &[(fb::Item::VT_ATTRIBUTES, 4)], &mut regions);
+    // Every range a reader of the item touches (value bytes tagged with
+    // their attribute), each checked against the writes as it is found.
+    let overlaps = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+    let mut shared = false;
+    let mut region = |owner: Option<usize>, region: Range<usize>| {
+        shared |= writes.iter().any(|(index, bytes, _)| owner != Some(*index) && overlaps(bytes, &region));
+    };
+    region(None, 0..4); // the root offset
+    table_regions(&item._tab, &[(fb::Item::VT_ATTRIBUTES, 4)], &mut region);
     let elements = span(stored, attributes.bytes());
-    regions.push((None, elements.start.saturating_sub(4)..elements.end));
+    region(None, elements.start.saturating_sub(4)..elements.end);
     for (index, attribute) in attributes.iter().enumerate() {
-        table_regions(&attribute._tab, &[(fb::Attribute::VT_NAME, 4), (fb::Attribute::VT_VALUE, 4)], &mut regions);
+        table_regions(&attribute._tab, &[(fb::Attribute::VT_NAME, 4), (fb::Attribute::VT_VALUE, 4)], &mut region);
         let name = span(stored, attribute.name().as_bytes());
-        regions.push((None, name.start.saturating_sub(4)..name.end + 1)); // length, bytes, NUL
+        region(None, name.start.saturating_sub(4)..name.end + 1); // length, bytes, NUL
         let value = attribute.value();
         table_regions(
             &value._tab,
             &[(fb::AttributeValue::VT_VALUE_TYPE, 1), (fb::AttributeValue::VT_VALUE, 4)],
-            &mut regions,
+            &mut region,
         );
         let Some((kind, table, bytes)) = scalar_parts(value) else { return Ok(None) }; // lists, maps, sets
         let size = if kind == fb::Value::Bool { 1 } else { 4 };
-        table_regions(&table, &[(fb::S::VT_VALUE, size)], &mut regions);
+        table_regions(&table, &[(fb::S::VT_VALUE, size)], &mut region);
         if matches!(kind, fb::Value::S | fb::Value::N | fb::Value::B) {
             // Length, bytes and, for strings, the NUL.
             let bytes = span(stored, bytes);
             let nul = usize::from(kind != fb::Value::B);
-            regions.push((Some(index), bytes.start.saturating_sub(4)..bytes.end + nul));
+            region(Some(index), bytes.start.saturating_sub(4)..bytes.end + nul);
         }
     }
-    let overlaps = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
-    for (index, bytes, _) in &writes {
-        if regions.iter().any(|(owner, region)| *owner != Some(*index) && overlaps(bytes, region)) {
-            return Ok(None);
-        }
+    if shared {
+        return Ok(None);
     }
     let mut out = stored.to_vec();
     for (_, bytes, new) in writes {
@@ -415,21 +417,22 @@ fn span(whole: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// A verified table's ranges: its offset to the vtable, the vtable, and the
-/// given fields (vtable slot, size in bytes) that are present.
+/// A verified table's ranges, handed to `region`: its offset to the vtable,
+/// the vtable, and the given fields (vtable slot, size in bytes) that are
+/// present.
 fn table_regions(
     table: &flatbuffers::Table<'_>,
     fields: &[(flatbuffers::VOffsetT, usize)],
-    regions: &mut Vec<(Option<usize>, Range<usize>)>,
+    region: &mut impl FnMut(Option<usize>, Range<usize>),
 ) {
     let loc = table.loc();
-    regions.push((None, loc..loc + 4));
+    region(None, loc..loc + 4);
     let vtable = table.vtable();
-    regions.push((None, span(table.buf(), vtable.as_bytes())));
+    region(None, span(table.buf(), vtable.as_bytes()));
     for &(slot, size) in fields {
         let offset = usize::from(vtable.get(slot));
         if offset > 0 {
-            regions.push((None, loc + offset..loc + offset + size));
+            region(None, loc + offset..loc + offset + size);
         }
     }
 }
