@@ -6,8 +6,8 @@
 use keel_wire::expr::{self, Placeholders};
 use keel_wire::item;
 use keel_wire::protocol::{
-    self, BATCH_GET_KEYS_MAX, BATCH_WRITE_REQUESTS_MAX, BatchWrite, ErrorCode, ExpressionArgs, ItemOp, KeyKind,
-    Request, Response, ReturnValues, TableInfo, TableOp,
+    self, BATCH_GET_KEYS_MAX, BATCH_WRITE_REQUESTS_MAX, BatchWrite, Envelope, ErrorCode, ExpressionArgs, ItemOp,
+    KeyKind, Request, Response, ReturnValues, TableInfo, TableOp,
 };
 
 use crate::engine::{Engine, EngineError, KeyDef, KeyType, Page, TableDef};
@@ -66,7 +66,19 @@ pub fn engine_error(e: EngineError) -> Response<'static> {
 
 /// Handles one request frame body; returns the response frame body.
 pub async fn handle<D: Disk>(engine: &mut Engine<D>, body: &[u8], now_ms: u64) -> Vec<u8> {
-    let envelope = match protocol::decode_request(body) {
+    handle_decoded(engine, body, None, now_ms).await
+}
+
+/// [`handle`] with the body's envelope when the caller decoded it already
+/// (routing on a node with several shards does), so that a request is
+/// verified and decoded once.
+pub async fn handle_decoded<'b, D: Disk>(
+    engine: &mut Engine<D>,
+    body: &'b [u8],
+    decoded: Option<Envelope<'b>>,
+    now_ms: u64,
+) -> Vec<u8> {
+    let envelope = match decoded.map_or_else(|| protocol::decode_request(body), Ok) {
         Ok(envelope) => envelope,
         Err(e) => return protocol::encode_response(0, &error(ErrorCode::ValidationException, e.to_string())),
     };
@@ -481,29 +493,36 @@ pub fn status_response(body: &[u8], status: protocol::NodeStatus) -> Vec<u8> {
 
 /// Decides where a request body runs.
 #[must_use]
-pub fn route<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Route {
+///
+/// With several shards the body is decoded to find its partition; the
+/// envelope comes back with the route so that running the request here does
+/// not verify and decode it again (None with one shard, or when the body does
+/// not decode: running it then answers with the error).
+pub fn route<'b, D: Disk>(engine: &Engine<D>, body: &'b [u8]) -> (Route, Option<Envelope<'b>>) {
     let placement = engine.placement();
     let here = Route::Shard(placement.shard);
     if placement.shards <= 1 {
-        return here;
+        return (here, None);
     }
-    let Ok(envelope) = protocol::decode_request(body) else { return here };
-    let partition = match envelope.request {
-        Request::CreateTable { .. } | Request::DeleteTable { .. } => return Route::Catalog,
-        Request::Scan { .. } => return Route::Scan,
-        Request::ClusterStatus => return Route::Status,
-        Request::ReplaceReplica { partition, .. } => Some(partition),
-        Request::BatchGetItem { .. } | Request::BatchWriteItem { .. } => return Route::Batch,
-        Request::DescribeTable { .. } | Request::ListTables { .. } | Request::Unsupported(_) => return here,
+    let Ok(envelope) = protocol::decode_request(body) else { return (here, None) };
+    let partition = match &envelope.request {
+        Request::CreateTable { .. } | Request::DeleteTable { .. } => return (Route::Catalog, Some(envelope)),
+        Request::Scan { .. } => return (Route::Scan, Some(envelope)),
+        Request::ClusterStatus => return (Route::Status, Some(envelope)),
+        Request::ReplaceReplica { partition, .. } => Some(*partition),
+        Request::BatchGetItem { .. } | Request::BatchWriteItem { .. } => return (Route::Batch, Some(envelope)),
+        Request::DescribeTable { .. } | Request::ListTables { .. } | Request::Unsupported(_) => {
+            return (here, Some(envelope));
+        }
         Request::PutItem { table, item, .. } => {
-            item::decode(item).ok().and_then(|i| engine.partition_of(&table, &i).ok())
+            item::decode(item).ok().and_then(|i| engine.partition_of(table, &i).ok())
         }
         Request::GetItem { table, key, .. }
         | Request::DeleteItem { table, key, .. }
-        | Request::UpdateItem { table, key, .. } => engine.partition_of(&table, &key).ok(),
-        Request::Query { table, key_condition, args, .. } => query_partition(engine, &table, &key_condition, &args),
+        | Request::UpdateItem { table, key, .. } => engine.partition_of(table, key).ok(),
+        Request::Query { table, key_condition, args, .. } => query_partition(engine, table, key_condition, args),
     };
-    partition.map_or(here, |p| Route::Shard(placement.shard_of(p)))
+    (partition.map_or(here, |p| Route::Shard(placement.shard_of(p))), Some(envelope))
 }
 
 /// The partition a Query reads (None when the request is invalid; running

@@ -47,7 +47,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{RwLock, Semaphore};
 use glommio::{Latency, LocalExecutorBuilder, Placement as CpuPlacement, Shares};
 use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
-use keel_wire::protocol::{ErrorCode, Response};
+use keel_wire::protocol::{Envelope, ErrorCode, Response};
 use rustc_hash::FxHashMap;
 
 use crate::engine::{Engine, Page, Placement, TableDef};
@@ -787,12 +787,12 @@ impl Shard {
 
     /// Answers a request body wherever it must run.
     async fn serve(&self, body: Vec<u8>) -> Vec<u8> {
-        let route = match self.engine.read().await {
+        let (route, decoded) = match self.engine.read().await {
             Ok(engine) => handler::route(&engine, &body),
             Err(e) => return handler::error_response(&body, ErrorCode::InternalServerError, e.to_string()),
         };
         match route {
-            Route::Shard(shard) if shard == self.index => self.execute_local(&body).await,
+            Route::Shard(shard) if shard == self.index => self.execute_decoded(&body, decoded).await,
             Route::Shard(shard) => self.forward(shard, Op::Handle(body)).await,
             Route::Catalog if self.index == 0 => self.catalog_change(&body).await,
             Route::Catalog => self.forward(0, Op::Catalog(body)).await,
@@ -818,6 +818,12 @@ impl Shard {
     /// Runs a request on this shard's engine; answers once its writes (and
     /// the writes it read) are durable.
     async fn execute_local(&self, body: &[u8]) -> Vec<u8> {
+        self.execute_decoded(body, None).await
+    }
+
+    /// [`Self::execute_local`] with the body's envelope when routing decoded
+    /// it already (used on the first attempt; a retry decodes again).
+    async fn execute_decoded<'b>(&self, body: &'b [u8], mut decoded: Option<Envelope<'b>>) -> Vec<u8> {
         if self.repl.is_some() {
             let consistent = match self.engine.read().await {
                 Ok(engine) => handler::consistent_reads(&engine, body),
@@ -839,7 +845,7 @@ impl Shard {
             // waits for them without the engine (a few times; then with it,
             // so that a stream of writes cannot starve it).
             engine.set_settle_elsewhere(attempt < SETTLE_ATTEMPTS_MAX);
-            let response = handler::handle(&mut engine, body, now_ms()).await;
+            let response = handler::handle_decoded(&mut engine, body, decoded.take(), now_ms()).await;
             engine.set_settle_elsewhere(false);
             let Some(lsn) = engine.take_settle_after() else {
                 let commit = engine.take_commit();
