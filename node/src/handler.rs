@@ -492,12 +492,12 @@ pub fn status_response(body: &[u8], status: protocol::NodeStatus) -> Vec<u8> {
 }
 
 /// Decides where a request body runs.
-#[must_use]
 ///
 /// With several shards the body is decoded to find its partition; the
 /// envelope comes back with the route so that running the request here does
 /// not verify and decode it again (None with one shard, or when the body does
 /// not decode: running it then answers with the error).
+#[must_use]
 pub fn route<'b, D: Disk>(engine: &Engine<D>, body: &'b [u8]) -> (Route, Option<Envelope<'b>>) {
     let placement = engine.placement();
     let here = Route::Shard(placement.shard);
