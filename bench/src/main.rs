@@ -458,11 +458,9 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // mimalloc madvises its arenas MADV_HUGEPAGE; a first touch of a 2 MiB
-    // page zeroes it in one piece (5 ms on the 2-core VM), a stall the
-    // generator would charge to the operations it delays. keel-node does the
-    // same for itself; the servers started from here inherit it.
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+    // As keel-node does (see there why); the servers started from here
+    // inherit it.
+    if let Err(e) = keel_node::server::disable_transparent_huge_pages() {
         eprintln!("keel-bench: transparent huge pages stay on ({e}); expect rare multi-millisecond stalls");
     }
     let cli = Cli::parse();

@@ -545,14 +545,13 @@ fn query_partition<D: Disk>(
 /// part, see [`scan_is_consistent`]): the shell confirms each group's
 /// read index before running it.
 #[must_use]
-pub fn consistent_reads<D: Disk>(engine: &Engine<D>, body: &[u8]) -> Vec<u64> {
-    let Ok(envelope) = protocol::decode_request(body) else { return Vec::new() };
-    let partitions = match envelope.request {
+pub fn consistent_reads<D: Disk>(engine: &Engine<D>, envelope: &Envelope<'_>) -> Vec<u64> {
+    let partitions = match &envelope.request {
         Request::GetItem { table, key, consistent_read: true, .. } => {
-            engine.partition_of(&table, &key).ok().into_iter().collect()
+            engine.partition_of(table, key).ok().into_iter().collect()
         }
         Request::Query { table, key_condition, args, consistent_read: true, .. } => {
-            query_partition(engine, &table, &key_condition, &args).into_iter().collect()
+            query_partition(engine, table, key_condition, args).into_iter().collect()
         }
         Request::BatchGetItem { tables } => tables
             .iter()

@@ -121,19 +121,6 @@ fn read_config_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("{} is not a valid keel-node config", path.display()))
 }
 
-/// Turns transparent huge pages off for this process (and what it starts),
-/// as Redis does at start-up (`disable-thp`). mimalloc asks for huge pages
-/// on its arenas (`madvise(MADV_HUGEPAGE)`), and the first touch of each 2 MiB
-/// page faults it in and zeroes it in one piece: on the 2-core VM that took
-/// 5.5 ms of the shard's thread at a time, during which no request ran and no
-/// WAL write was submitted. A checkpoint round met dozens of them (YCSB A at
-/// half of peak, open loop: p99 8.6–14 ms with them, 3.5 ms without).
-/// With 4 KiB pages the same memory is faulted in in pieces of microseconds,
-/// which the background work's time slices bound.
-fn disable_transparent_huge_pages() -> nix::Result<()> {
-    nix::sys::prctl::set_thp_disable(true)
-}
-
 fn main() -> anyhow::Result<()> {
     // A panic anywhere takes the whole node down (fail-stop). A node with
     // one shard's thread gone and the others still answering looks alive to
@@ -145,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         report(info);
         std::process::abort();
     }));
-    let thp = disable_transparent_huge_pages();
+    let thp = keel_node::server::disable_transparent_huge_pages();
     let args = Args::parse();
     let file = match &args.config {
         Some(path) => read_config_file(path)?,
