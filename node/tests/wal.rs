@@ -183,15 +183,35 @@ fn wal_reclaims_and_recycles_segments_below_the_watermark() {
 }
 
 #[test]
-fn wal_poisons_itself_after_a_failed_sync() {
+fn wal_poisons_itself_after_a_failed_commit() {
     let disk = SimDisk::new(8);
     let (wal, _) = open(&disk).expect("open");
     append_all(&wal, 0, 3);
-    disk.fail_after(1); // the write succeeds, the fdatasync fails
+    // A one-batch commit is one synchronized write; it fails.
+    disk.fail_after(0);
     let failed = block_on(wal.append(meta(3), &payload(3)));
     assert!(matches!(failed, Err(WalAppendError::Io(_))), "got {failed:?}");
     let next = block_on(wal.append(meta(4), &payload(4)));
     assert!(matches!(next, Err(WalAppendError::Poisoned(_))), "got {next:?}");
+}
+
+/// The usual commit (one batch in one segment) is one synchronized write:
+/// one round trip to the device instead of a write and then an fdatasync.
+#[test]
+fn wal_commits_a_batch_as_one_synchronized_write() {
+    let disk = SimDisk::new(10);
+    let (wal, _) = open(&disk).expect("open");
+    append_all(&wal, 0, 2);
+    let before = disk.stats();
+    append_all(&wal, 2, 7);
+    let after = disk.stats();
+    assert_eq!(after.durable_writes - before.durable_writes, 5, "one synchronized write per commit");
+    assert_eq!(after.writes - before.writes, 5, "and no other write");
+    assert_eq!(after.syncs, before.syncs, "and no fdatasync");
+    drop(wal);
+    disk.crash();
+    let (_, records) = open(&disk).expect("reopen");
+    check_records(&records, 7);
 }
 
 #[test]

@@ -1112,8 +1112,8 @@ impl<F: DiskFile> CheckpointWrite<F> {
             write_runs(&*self.file, chunk, writes_in_flight_max).await?;
             self.file.sync_data().await?;
         }
-        self.file.write_at(self.meta_offset, &self.meta_page).await?;
-        self.file.sync_data().await?;
+        // The pages are synced, so the meta page is the only unsynced write.
+        self.file.write_durable_at(self.meta_offset, &self.meta_page).await?;
         Ok(())
     }
 

@@ -40,7 +40,7 @@
 //! `a_shard_executor_submits_disk_writes_while_a_task_queue_stays_busy`), so
 //! no busy pass holds requests for glommio's default 100 ms.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -85,6 +85,10 @@ pub struct GlommioDisk {
 #[derive(Debug)]
 pub struct GlommioFile {
     file: Rc<DmaFile>,
+    /// A second descriptor of the same file opened with O_DSYNC, for
+    /// [`DiskFile::write_durable_at`]; opened on first use (only WAL segments
+    /// and B-tree meta pages need it).
+    dsync: OnceCell<DmaFile>,
     path: PathBuf,
     request_max_bytes: usize,
 }
@@ -166,7 +170,7 @@ impl Disk for GlommioDisk {
         .and_then(|s| s.trim().parse::<usize>().ok())
         .map_or(IO_REQUEST_MAX_BYTES, |kb| kb * 1024);
         let request_max_bytes = device_max.clamp(IO_ALIGN_BYTES, IO_REQUEST_MAX_BYTES);
-        Ok(GlommioFile { file: Rc::new(file), path: path.to_path_buf(), request_max_bytes })
+        Ok(GlommioFile { file: Rc::new(file), dsync: OnceCell::new(), path: path.to_path_buf(), request_max_bytes })
     }
 
     async fn list(&self, dir: &Path) -> Result<Vec<String>, IoError> {
@@ -201,6 +205,32 @@ impl Disk for GlommioDisk {
 
     async fn exists(&self, path: &Path) -> Result<bool, IoError> {
         path.try_exists().map_err(|e| IoError::new("stat file", path, e))
+    }
+}
+
+impl GlommioFile {
+    /// The O_DSYNC descriptor, opened on first use. A write through it
+    /// completes only once its data (and the metadata needed to read it back)
+    /// is durable: the kernel issues the write and the cache flush (or a FUA
+    /// write) for one io_uring request, where write + fdatasync are two
+    /// requests with a trip through the reactor between them (measured on
+    /// this VM: one 4 KiB commit every 262 µs with two requests).
+    async fn dsync_file(&self) -> Result<&DmaFile, IoError> {
+        if let Some(file) = self.dsync.get() {
+            return Ok(file);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_DSYNC)
+            .dma_open(&self.path)
+            .await
+            .map_err(|e| IoError::new("open file for synchronized writes", &self.path, e.into()))?;
+        // Only one task writes durably at a time (the WAL's flush, or a
+        // checkpoint's meta page), but should two race, the loser's
+        // descriptor is simply dropped (glommio closes it asynchronously).
+        let _ = self.dsync.set(file);
+        Ok(self.dsync.get().expect("set just above"))
     }
 }
 
@@ -283,6 +313,27 @@ impl DiskFile for GlommioFile {
 
     async fn sync_data(&self) -> Result<(), IoError> {
         self.file.fdatasync().await.map_err(|e| IoError::new("sync file", &self.path, e.into()))
+    }
+
+    async fn write_durable_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        assert!(is_aligned(offset) && is_aligned(data.len() as u64), "unaligned write");
+        if data.len() > self.request_max_bytes {
+            // Split into several requests, each O_DSYNC one would flush the
+            // device's cache on its own: one fdatasync for all is cheaper.
+            self.write_at(offset, data).await?;
+            return self.sync_data().await;
+        }
+        let file = self.dsync_file().await?;
+        let mut buf = file.alloc_dma_buffer(data.len());
+        buf.as_bytes_mut().copy_from_slice(data);
+        let written = file.write_at(buf, offset).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
+        if written == data.len() {
+            Ok(())
+        } else {
+            let short =
+                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {}", data.len()));
+            Err(IoError::new("write file", &self.path, short))
+        }
     }
 
     async fn size(&self) -> Result<u64, IoError> {

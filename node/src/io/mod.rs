@@ -15,7 +15,9 @@
 //!
 //! The contract both backends honour, and that the engine relies on:
 //! - Offsets and lengths of reads and writes are multiples of [`IO_ALIGN_BYTES`].
-//! - A write is durable only after [`DiskFile::sync_data`] returned `Ok`.
+//! - A write is durable only after [`DiskFile::sync_data`] returned `Ok`, or,
+//!   for a write made with [`DiskFile::write_durable_at`], once that returned
+//!   `Ok` (which promises nothing about other unsynced writes).
 //! - A file's existence (create, rename, remove) is durable only after
 //!   [`Disk::sync_dir`] on its directory returned `Ok`.
 //! - A write interrupted by a crash may persist any subset of its 512-byte
@@ -103,6 +105,18 @@ pub trait DiskFile: std::fmt::Debug {
     /// fdatasync: every write that completed before the call is durable when
     /// this returns `Ok`. After an `Err` nothing can be assumed about them.
     async fn sync_data(&self) -> Result<(), IoError>;
+    /// Writes `data` at `offset` and returns once it is durable: `write_at`
+    /// then `sync_data`, but as one request where the backend can (an
+    /// O_DSYNC write), which saves a round trip to the device per WAL commit.
+    ///
+    /// Only `data` is promised durable. Writes that completed earlier and
+    /// were never synced may still be lost, as POSIX promises a synchronized
+    /// write nothing about other writes; a caller syncs those first. After an
+    /// `Err` nothing can be assumed about `data`.
+    async fn write_durable_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        self.write_at(offset, data).await?;
+        self.sync_data().await
+    }
     /// Current size of the file in bytes.
     async fn size(&self) -> Result<u64, IoError>;
     /// Sets the file's size (extending with zeros or cutting).

@@ -6,6 +6,10 @@
 //! way: creating, renaming and removing a file changes the volatile namespace,
 //! and only `sync_dir` makes the change durable.
 //!
+//! A write made with `write_durable_at` is durable once it returned, but
+//! only it: it is kept in order among the unsynced writes, and a crash
+//! replays it whole while the writes around it fare as unsynced ones do.
+//!
 //! [`SimDisk::crash`] ends the world: each unsynced write independently
 //! survives whole, vanishes, or survives as a random subset of its 512-byte
 //! sectors (a torn write), and the namespace reverts to its durable state. All
@@ -43,6 +47,41 @@ struct Inode {
     unsynced: Vec<Unsynced>,
 }
 
+impl Inode {
+    /// What an O_DSYNC write leaves behind: its data is durable, and so is
+    /// the file's size (the metadata needed to read it back). Earlier
+    /// unsynced writes keep their fate except where this one overwrote
+    /// them.
+    fn make_durable(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let mut kept = Vec::with_capacity(self.unsynced.len());
+        for op in std::mem::take(&mut self.unsynced) {
+            match op {
+                Unsynced::SetLen(_) => {} // the size is made durable below
+                Unsynced::Write { offset: at, data: old } => {
+                    let old_end = at + old.len() as u64;
+                    if old_end <= offset || at >= end {
+                        kept.push(Unsynced::Write { offset: at, data: old });
+                        continue;
+                    }
+                    // Keep the parts outside the new write.
+                    let head = usize::try_from(offset.saturating_sub(at)).expect("within the write");
+                    if let Some(part) = old.get(..head).filter(|p| !p.is_empty()) {
+                        kept.push(Unsynced::Write { offset: at, data: part.to_vec() });
+                    }
+                    let tail = usize::try_from(end.saturating_sub(at)).expect("within the write");
+                    if let Some(part) = old.get(tail..).filter(|p| !p.is_empty()) {
+                        kept.push(Unsynced::Write { offset: end, data: part.to_vec() });
+                    }
+                }
+            }
+        }
+        self.unsynced = kept;
+        resize(&mut self.durable, self.volatile.len() as u64);
+        apply_write(&mut self.durable, offset, data);
+    }
+}
+
 #[derive(Debug)]
 struct State {
     rng: SmallRng,
@@ -72,6 +111,8 @@ pub struct SimStats {
     pub writes: u64,
     /// `sync_data` calls that succeeded.
     pub syncs: u64,
+    /// `write_durable_at` calls that succeeded (also counted in `writes`).
+    pub durable_writes: u64,
     /// Unsynced writes torn by crashes.
     pub torn_writes: u64,
     /// Unsynced writes lost whole by crashes.
@@ -380,6 +421,38 @@ impl SimFile {
         }
         self.disk().check_op(mutating).map_err(|e| IoError::new(op, &self.path, e))
     }
+
+    /// A write; `durable` for one made with `write_durable_at`, which
+    /// survives a crash once it returned `Ok` (and only it: the unsynced
+    /// writes before it may still be lost or torn).
+    fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<(), IoError> {
+        assert!(is_aligned(offset) && is_aligned(data.len() as u64), "unaligned write");
+        let result = self.check("write file", true);
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        if result.is_err() && !st.at_crash_point {
+            return result; // EIO, dead handle or a downed disk: nothing written
+        }
+        // A write at the crash point is in flight: it may be torn on crash,
+        // durable or not.
+        let target = match st.misdirect_bytes.take() {
+            Some(delta) => offset.saturating_add_signed(delta),
+            None => offset,
+        };
+        let inode = st.inodes.get_mut(&self.inode).expect("open inode exists");
+        let data = data.to_vec();
+        if result.is_ok() {
+            apply_write(&mut inode.volatile, target, &data);
+            st.stats.writes += 1;
+            if durable {
+                st.stats.durable_writes += 1;
+                inode.make_durable(target, &data);
+                return result;
+            }
+        }
+        inode.unsynced.push(Unsynced::Write { offset: target, data });
+        result
+    }
 }
 
 impl DiskFile for SimFile {
@@ -394,25 +467,11 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
-        assert!(is_aligned(offset) && is_aligned(data.len() as u64), "unaligned write");
-        let result = self.check("write file", true);
-        let mut guard = self.state.borrow_mut();
-        let st = &mut *guard;
-        if result.is_err() && !st.at_crash_point {
-            return result; // EIO, dead handle or a downed disk: nothing written
-        }
-        // A write at the crash point is in flight: it may be torn on crash.
-        let target = match st.misdirect_bytes.take() {
-            Some(delta) => offset.saturating_add_signed(delta),
-            None => offset,
-        };
-        let inode = st.inodes.get_mut(&self.inode).expect("open inode exists");
-        if result.is_ok() {
-            apply_write(&mut inode.volatile, target, data);
-            st.stats.writes += 1;
-        }
-        inode.unsynced.push(Unsynced::Write { offset: target, data: data.to_vec() });
-        result
+        self.write(offset, data, false)
+    }
+
+    async fn write_durable_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        self.write(offset, data, true)
     }
 
     async fn sync_data(&self) -> Result<(), IoError> {

@@ -15,8 +15,11 @@
 //! [`Wal::submit`] encodes a record into the pending batch and returns at once;
 //! [`Wal::wait_durable`] resolves when the record is on disk. The first waiter
 //! that finds no write in flight becomes the flusher: it takes *every* pending
-//! record, pads the batch to a 4 KiB boundary, writes it with one request and
-//! calls fdatasync once. Records submitted meanwhile wait for the next batch,
+//! record, pads the batch to a 4 KiB boundary, and writes it durably: one
+//! synchronized (O_DSYNC) request when the batch fits one request, else a
+//! write and one fdatasync ([`DiskFile::write_durable_at`]; the one request
+//! saves a round trip through the reactor, 4.0–4.5k → 5.0–6.8k single commits
+//! a second on this VM). Records submitted meanwhile wait for the next batch,
 //! which starts at the next 4 KiB boundary: a durable block is never written
 //! again, so a torn write can only damage records that were never
 //! acknowledged.
@@ -193,7 +196,8 @@ pub struct Record {
 pub struct WalStats {
     /// Records submitted.
     pub records: u64,
-    /// Batches written (each one write + one fdatasync).
+    /// Batches written (each made durable by one synchronized write, or a
+    /// write + one fdatasync).
     pub batches: u64,
     /// Bytes written for batches, padding included.
     pub batch_bytes: u64,
@@ -564,7 +568,7 @@ impl<D: Disk> Wal<D> {
     async fn write_batches(&self, batches: &[Batch]) -> Result<(), WalAppendError> {
         // The file written since its last sync, if any.
         let mut unsynced: Option<Rc<D::File>> = None;
-        for batch in batches {
+        for (i, batch) in batches.iter().enumerate() {
             let active = self.state.borrow().active.clone();
             if let (Some(seal), Some((seq, file))) = (batch.seal, &active) {
                 assert_eq!(seal.segment(), *seq, "seal goes into the active segment");
@@ -591,7 +595,15 @@ impl<D: Disk> Wal<D> {
                     self.prepare_segment(batch.start.segment()).await?
                 }
             };
-            file.write_at(u64::from(batch.start.offset()), &batch.bytes).await?;
+            let at = u64::from(batch.start.offset());
+            if i + 1 == batches.len() && unsynced.is_none() {
+                // The commit's last write, with nothing else unsynced on its
+                // file (the usual commit: one batch): write and sync it as
+                // one request.
+                file.write_durable_at(at, &batch.bytes).await?;
+                return Ok(());
+            }
+            file.write_at(at, &batch.bytes).await?;
             unsynced = Some(file);
         }
         if let Some(file) = unsynced {
