@@ -211,10 +211,11 @@ impl Disk for GlommioDisk {
 impl GlommioFile {
     /// The O_DSYNC descriptor, opened on first use. A write through it
     /// completes only once its data (and the metadata needed to read it back)
-    /// is durable: the kernel issues the write and the cache flush (or a FUA
-    /// write) for one io_uring request, where write + fdatasync are two
-    /// requests with a trip through the reactor between them (measured on
-    /// this VM: one 4 KiB commit every 262 µs with two requests).
+    /// is durable: after the direct write the kernel runs the filesystem's
+    /// fdatasync for the written range (`generic_write_sync`), or writes with
+    /// FUA where the device has it, all for one io_uring request. Write +
+    /// fdatasync are two requests with a trip through the reactor between
+    /// them (measured on this VM: one 4 KiB commit every 262 µs that way).
     async fn dsync_file(&self) -> Result<&DmaFile, IoError> {
         if let Some(file) = self.dsync.get() {
             return Ok(file);
