@@ -177,7 +177,7 @@ async fn measure_wal(dir: &Path) -> anyhow::Result<Vec<DiskFigure>> {
         },
         DiskFigure {
             tool: "keel wal".into(),
-            test: "100-byte append + fdatasync (4 KiB block), one at a time".into(),
+            test: "100-byte append, each made durable (one 4 KiB O_DSYNC write), one at a time".into(),
             mib_per_s: None,
             iops: Some(SMALL as f64 / elapsed.as_secs_f64()),
             p50_us: Some(latency.value_at_quantile(0.5) as f64),
