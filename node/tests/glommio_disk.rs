@@ -280,3 +280,31 @@ fn a_durable_write_lands_through_either_path_and_reads_back_after_reopening() {
         assert!(file.read_at(8192, large.len()).await.expect("read") == large, "the large write reads back");
     });
 }
+
+/// The O_DSYNC descriptor is opened on first use, possibly after the file was
+/// renamed (WAL segments move into the reuse pool and back): it must still
+/// write to the file the handle was opened on, never to a path's new owner.
+#[test]
+fn a_durable_write_after_a_rename_lands_in_the_renamed_file() {
+    let dir = temp_dir();
+    let root = dir.path().to_path_buf();
+    on_fresh_executor(move || async move {
+        let disk = GlommioDisk::new();
+        let first = root.join("first");
+        let moved = root.join("moved");
+        let file = disk.open(&first, true).await.expect("create file");
+        file.write_at(0, &[1u8; 4096]).await.expect("write");
+        disk.rename(&first, &moved).await.expect("rename");
+        // Another file now lives at the old path.
+        let other = disk.open(&first, true).await.expect("create another file");
+        other.write_at(0, &[9u8; 4096]).await.expect("write");
+        file.write_durable_at(0, &[2u8; 4096]).await.expect("durable write");
+        let moved_file = disk.open(&moved, false).await.expect("open renamed");
+        assert_eq!(moved_file.read_at(0, 4096).await.expect("read"), vec![2u8; 4096]);
+        assert_eq!(
+            other.read_at(0, 4096).await.expect("read"),
+            vec![9u8; 4096],
+            "the old path's new file is untouched"
+        );
+    });
+}

@@ -42,6 +42,7 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashSet;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -220,11 +221,15 @@ impl GlommioFile {
         if let Some(file) = self.dsync.get() {
             return Ok(file);
         }
+        // Reopened through the open descriptor, not the path: the path may
+        // name another file by now (a WAL segment renamed into the reuse
+        // pool, a rebuilt B-tree renamed into place).
+        let reopen = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(nix::libc::O_DSYNC)
-            .dma_open(&self.path)
+            .dma_open(&reopen)
             .await
             .map_err(|e| IoError::new("open file for synchronized writes", &self.path, e.into()))?;
         // Only one task writes durably at a time (the WAL's flush, or a
