@@ -519,14 +519,15 @@ impl std::fmt::Debug for Shard {
 
 async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in } = start;
-    // Until the shard serves (where the stop-flag poll below takes over),
-    // a timer is always pending: glommio 0.9 now and then leaves a shard
-    // asleep in io_uring_enter although what it waits for (another shard's
-    // message, a completion) has arrived, and only the next timer or signal
-    // wakes it. Without one, about one `keel dev` start in 15 hung until a
-    // debugger attached (which interrupts the wait); with it, such a miss
-    // costs one poll interval.
-    let waker = glommio::spawn_local(async {
+    // For the shard's whole life a timer is always pending: glommio 0.9 now
+    // and then leaves a shard asleep in io_uring_enter although what it
+    // waits for (another shard's message, a completion) has arrived, and
+    // only the next timer or signal wakes it. Without one, about one
+    // `keel dev` start in 15 hung until a debugger attached (which
+    // interrupts the wait); with it, such a miss costs one poll interval.
+    // While serving the stop-flag poll below does the same; start-up and
+    // the shutdown after it (draining, the last checkpoint) have only this.
+    let _waker = glommio::spawn_local(async {
         loop {
             glommio::timer::sleep(STOP_POLL).await;
         }
@@ -623,7 +624,6 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         shard.catalog_ready.wait().await;
     }
     let _ = ready.send(Ok((index, entry_address, own_address)));
-    drop(waker);
 
     let connections = glommio::sync::Gate::new();
     let accepting = [entry, own].map(|listener| {
