@@ -210,6 +210,29 @@ impl Disk for GlommioDisk {
 }
 
 impl GlommioFile {
+    /// One write request through `file` (this file's plain or O_DSYNC
+    /// descriptor): bytes `start..start + len` of the concatenation of
+    /// `parts`, copied into a DMA buffer, written at `at`; a short write is
+    /// an error.
+    async fn write_request(
+        &self,
+        file: &DmaFile,
+        at: u64,
+        parts: &[&[u8]],
+        start: usize,
+        len: usize,
+    ) -> Result<(), IoError> {
+        let mut buf = file.alloc_dma_buffer(len);
+        copy_range(parts, start, buf.as_bytes_mut());
+        let written = file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
+        if written == len {
+            Ok(())
+        } else {
+            let short = std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {len}"));
+            Err(IoError::new("write file", &self.path, short))
+        }
+    }
+
     /// The O_DSYNC descriptor, opened on first use. A write through it
     /// completes only once its data (and the metadata needed to read it back)
     /// is durable: after the direct write the kernel runs the filesystem's
@@ -296,20 +319,9 @@ impl DiskFile for GlommioFile {
         // copying into DMA buffers overlaps with the device's work. Each
         // request's buffer is filled from the parts directly.
         stream::iter((0..total).step_by(self.request_max_bytes))
-            .map(|start| async move {
+            .map(|start| {
                 let len = (total - start).min(self.request_max_bytes);
-                let mut buf = self.file.alloc_dma_buffer(len);
-                copy_range(parts, start, buf.as_bytes_mut());
-                let at = offset + start as u64;
-                let written =
-                    self.file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
-                if written == len {
-                    Ok(())
-                } else {
-                    let short =
-                        std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {len}"));
-                    Err(IoError::new("write file", &self.path, short))
-                }
+                self.write_request(&self.file, offset + start as u64, parts, start, len)
             })
             .buffer_unordered(WRITES_IN_FLIGHT_MAX)
             .try_collect::<Vec<()>>()
@@ -330,16 +342,7 @@ impl DiskFile for GlommioFile {
             return self.sync_data().await;
         }
         let file = self.dsync_file().await?;
-        let mut buf = file.alloc_dma_buffer(data.len());
-        buf.as_bytes_mut().copy_from_slice(data);
-        let written = file.write_at(buf, offset).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
-        if written == data.len() {
-            Ok(())
-        } else {
-            let short =
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {}", data.len()));
-            Err(IoError::new("write file", &self.path, short))
-        }
+        self.write_request(file, offset, &[data], 0, data.len()).await
     }
 
     async fn size(&self) -> Result<u64, IoError> {

@@ -7,8 +7,10 @@
 //! and only `sync_dir` makes the change durable.
 //!
 //! A write made with `write_durable_at` is durable once it returned, but
-//! only it: it is kept in order among the unsynced writes, and a crash
-//! replays it whole while the writes around it fare as unsynced ones do.
+//! only it: it goes straight into the durable image (with the file's size),
+//! and the older unsynced writes lose the bytes it overwrote, so that a crash
+//! cannot bring them back over it; the rest of them fare as unsynced writes
+//! do.
 //!
 //! [`SimDisk::crash`] ends the world: each unsynced write independently
 //! survives whole, vanishes, or survives as a random subset of its 512-byte
