@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod driver;
+pub mod host;
 pub mod report;
 pub mod runner;
 pub mod servers;

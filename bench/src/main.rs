@@ -255,19 +255,21 @@ fn print_phase(phase: &PhaseResult) {
     let l = &phase.latency_us;
     let errors: u64 = phase.errors.values().sum();
     eprintln!(
-        "{:<6} {:<5} {:>9.0} ops/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>7} µs  max {:>8} µs  errors {errors}",
-        phase.target, phase.workload, phase.ops_per_s, l.p50, l.p99, l.p999, l.max
+        "{:<6} {:<5} {:>9.0} ops/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>7} µs  max {:>8} µs  errors {errors}  \
+         host steal {} ms",
+        phase.target, phase.workload, phase.ops_per_s, l.p50, l.p99, l.p999, l.max, phase.steal_ms
     );
 }
 
 fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     report::write(report, out)?;
     let table = report::summary_table(report);
-    println!("{table}");
+    let steal = report::steal_lines(report);
+    println!("{table}{steal}");
     println!("results in {}", out.display());
     if let Some(path) = update_docs {
         let section = format!(
-            "Measured {} at commit {} on {}.\n\nCommand: `{}`\n\n{table}",
+            "Measured {} at commit {} on {}.\n\nCommand: `{}`\n\n{table}{steal}",
             report.date,
             report.commit,
             report.machine_line(),

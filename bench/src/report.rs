@@ -191,6 +191,53 @@ pub fn summary_markdown(report: &Report) -> String {
     out.push_str(&summary_table(report));
     let _ =
         writeln!(out, "\nMedians over rounds. Latencies in µs, from HDR histograms; every phase is in results.json.");
+    out.push_str(&steal_lines(report));
+    out
+}
+
+/// Seconds of a phase's timeline listed by [`steal_lines`] at most.
+const STEAL_SECONDS_LISTED_MAX: usize = 8;
+
+/// The phases the host stole CPU time from, with the seconds it happened
+/// in and that second's p99: a latency spike there is the host's, not the
+/// target's. Empty when the host took nothing.
+#[must_use]
+pub fn steal_lines(report: &Report) -> String {
+    let mut out = String::new();
+    let mut rounds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for phase in &report.phases {
+        let round = rounds.entry((&phase.target, &phase.workload)).or_default();
+        *round += 1;
+        if phase.steal_ms == 0 {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nHost steal: CPU time the hypervisor gave to something else while this machine's CPUs had work \
+                 (all CPUs, 10 ms steps). Requests in flight then wait whatever the server; \
+                 second (steal ms, that second's p99 µs):"
+            );
+        }
+        let seconds: Vec<String> = phase
+            .timeline
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.steal_ms > 0)
+            .take(STEAL_SECONDS_LISTED_MAX)
+            .map(|(i, s)| format!("{i} ({}, {})", s.steal_ms, s.p99_us))
+            .collect();
+        let more = phase.timeline.iter().filter(|s| s.steal_ms > 0).count().saturating_sub(STEAL_SECONDS_LISTED_MAX);
+        let _ = writeln!(
+            out,
+            "- {} {} round {round}: {} ms; {}{}",
+            phase.target,
+            phase.workload,
+            phase.steal_ms,
+            seconds.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
     out
 }
 

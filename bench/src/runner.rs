@@ -19,6 +19,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 
 use crate::driver::{Driver, OpError};
+use crate::host;
 use crate::workload::{self, InsertSequence, KeyChooser, Op, Workload};
 
 /// Highest latency recorded (60 s), in µs.
@@ -127,9 +128,13 @@ pub struct PhaseResult {
     /// Failed operations by error type.
     pub errors: BTreeMap<String, u64>,
     /// Second by second from the phase's start: operations finished, their
-    /// p99 and the slowest, so that a stall can be placed in time (beside a
-    /// server's log of its checkpoints, say).
+    /// p99 and the slowest, and the CPU time the host stole, so that a stall
+    /// can be placed in time (beside a server's log of its checkpoints, say)
+    /// and one the host caused told apart.
     pub timeline: Vec<Second>,
+    /// CPU time the host stole from this machine during the phase, all CPUs
+    /// together, in ms (see [`crate::host`]); 0 where it is not counted.
+    pub steal_ms: u64,
 }
 
 /// One second of a phase.
@@ -141,6 +146,9 @@ pub struct Second {
     pub p99_us: u64,
     /// The slowest of them, in µs.
     pub max_us: u64,
+    /// CPU time the host stole from this machine in this second, all CPUs
+    /// together, in ms (10 ms steps).
+    pub steal_ms: u64,
 }
 
 /// Seconds of a phase's timeline at most (longer phases fold the rest into
@@ -171,6 +179,8 @@ struct Tally {
     /// not 86,400 histograms (~19 KB each).
     second: usize,
     second_latencies: Histogram<u64>,
+    /// Steal seen in each second so far, in ms (index: second).
+    steal: Vec<u64>,
 }
 
 type SharedTally = Arc<std::sync::Mutex<Tally>>;
@@ -185,14 +195,27 @@ impl Tally {
             timeline: Vec::new(),
             second: 0,
             second_latencies: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("constant bounds are valid"),
+            steal: Vec::new(),
         }))
+    }
+
+    /// Counts `ms` of steal in the second that is under way.
+    fn add_steal(&mut self, ms: u64) {
+        let second =
+            usize::try_from(self.began.elapsed().as_secs()).unwrap_or(usize::MAX).min(TIMELINE_SECONDS_MAX - 1);
+        if self.steal.len() <= second {
+            self.steal.resize(second + 1, 0);
+        }
+        if let Some(slot) = self.steal.get_mut(second) {
+            *slot += ms;
+        }
     }
 
     /// Sums up the second being recorded and moves on to `second`, leaving
     /// an empty summary for every second without operations in between.
     fn close_second(&mut self, second: usize) {
         let h = &self.second_latencies;
-        let summary = Second { ops: h.len(), p99_us: h.value_at_quantile(0.99), max_us: h.max() };
+        let summary = Second { ops: h.len(), p99_us: h.value_at_quantile(0.99), max_us: h.max(), steal_ms: 0 };
         self.timeline.resize(self.second, Second::default());
         self.timeline.push(summary);
         self.second_latencies.reset();
@@ -291,6 +314,13 @@ fn summarize(
         let next = tally.second + 1;
         tally.close_second(next);
     }
+    let steal = std::mem::take(&mut tally.steal);
+    if tally.timeline.len() < steal.len() {
+        tally.timeline.resize(steal.len(), Second::default());
+    }
+    for (second, ms) in tally.timeline.iter_mut().zip(&steal) {
+        second.steal_ms = *ms;
+    }
     let ops = tally.all.len();
     PhaseResult {
         target: target.to_owned(),
@@ -309,6 +339,40 @@ fn summarize(
         per_op: tally.per_op.iter().map(|(op, h)| (op.name().to_owned(), Latency::of(h))).collect(),
         errors: tally.errors.clone(),
         timeline: tally.timeline.clone(),
+        steal_ms: steal.iter().sum(),
+    }
+}
+
+/// Reads the host's steal counter every [`host::SAMPLE_EVERY`] during a
+/// phase and counts it in the tally's seconds. Nothing where the counter
+/// does not exist.
+#[derive(Debug)]
+struct StealSampler {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StealSampler {
+    fn start(tally: &SharedTally) -> Self {
+        let Some(mut last) = host::read_steal_ms() else { return Self { task: None } };
+        let tally = Arc::clone(tally);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(host::SAMPLE_EVERY).await;
+                let Some(now) = host::read_steal_ms() else { continue };
+                let stolen = now.saturating_sub(last);
+                last = now;
+                if stolen > 0 {
+                    tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add_steal(stolen);
+                }
+            }
+        });
+        Self { task: Some(task) }
+    }
+
+    fn finish(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
     }
 }
 
@@ -320,6 +384,7 @@ pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: Re
     let started = SystemTime::now();
     let began = Instant::now();
     let tally = Tally::shared(began);
+    let steal = StealSampler::start(&tally);
     let mut tasks = Vec::new();
     for client in 0..clients.max(1) {
         let (driver, next, done) = (driver.clone(), Arc::clone(&next), Arc::clone(&progress.done));
@@ -343,6 +408,7 @@ pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: Re
         let _ = task.await;
     }
     progress.finish();
+    steal.finish();
     summarize(driver.name(), "load", "sequential", &config, &tally, started)
 }
 
@@ -408,6 +474,7 @@ pub async fn run<D: Driver>(
     let started = SystemTime::now();
     let began = Instant::now();
     let tally = Tally::shared(began);
+    let steal = StealSampler::start(&tally);
     let deadline = config.duration.map(|d| began + d);
     let interval = config.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1e-9)));
     let mut tasks = Vec::new();
@@ -459,5 +526,6 @@ pub async fn run<D: Driver>(
         let _ = task.await;
     }
     progress.finish();
+    steal.finish();
     summarize(driver.name(), &workload.name, workload.distribution.name(), config, &tally, started)
 }

@@ -50,6 +50,8 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
             let slowest = phase.timeline.iter().map(|s| s.max_us).max().unwrap_or(0);
             assert!(slowest.abs_diff(l.max) <= l.max / 50, "the slowest second holds the max: {slowest} vs {}", l.max);
             assert!(phase.timeline.iter().all(|s| s.p99_us <= s.max_us));
+            // The host's steal, if any, is counted in the seconds it fell in.
+            assert_eq!(phase.timeline.iter().map(|s| s.steal_ms).sum::<u64>(), phase.steal_ms);
             phase.target = name.to_owned();
             phases.push(phase);
         }
@@ -72,7 +74,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         let timeline = phase["timeline"].as_array().expect("timeline");
         assert!(!timeline.is_empty());
         for second in timeline {
-            for field in ["ops", "p99_us", "max_us"] {
+            for field in ["ops", "p99_us", "max_us", "steal_ms"] {
                 assert!(second[field].is_u64(), "{field} in {second}");
             }
         }
@@ -81,6 +83,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         }
     }
     assert!(json["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
+    assert!(phases.iter().all(|p| p["steal_ms"].is_u64()), "steal in every phase");
 
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
     assert!(summary.contains("| workload | keel ops/s | memory ops/s |"), "{summary}");
@@ -124,4 +127,36 @@ fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
     assert_eq!(phase.ops, 400);
     // 400 operations at 2,000/s take at least 0.2 s whatever the driver's speed.
     assert!(phase.seconds >= 0.19, "{}", phase.seconds);
+}
+
+#[test]
+fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
+    let runtime = rt();
+    let driver = MemoryDriver::default();
+    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
+    let config = RunConfig { clients: 2, duration: None, operations: Some(200), rate: None, shape, seed: 5 };
+    let workload = Workload::core("a").expect("workload");
+    let mut phase = runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100))));
+    // Whatever this machine's host did during the test, start from none.
+    let mut quiet = vec![loaded, phase.clone()];
+    for p in &mut quiet {
+        p.steal_ms = 0;
+        p.timeline.iter_mut().for_each(|s| s.steal_ms = 0);
+    }
+    assert_eq!(report::steal_lines(&Report::new(100, quiet.clone())), "");
+    assert!(!report::summary_markdown(&Report::new(100, quiet)).contains("Host steal"));
+
+    phase.timeline.resize(3, runner::Second::default());
+    phase.timeline.iter_mut().for_each(|s| s.steal_ms = 0);
+    phase.timeline[2] = runner::Second { ops: 7, p99_us: 41_000, max_us: 45_000, steal_ms: 40 };
+    phase.steal_ms = 40;
+    let mut other = phase.clone();
+    other.steal_ms = 0;
+    other.timeline.iter_mut().for_each(|s| s.steal_ms = 0);
+    let lines = report::steal_lines(&Report::new(100, vec![other, phase]));
+    assert!(lines.contains("Host steal"), "{lines}");
+    // The second round of keel a was the one the host took from.
+    assert!(lines.contains("- memory a round 2: 40 ms; 2 (40, 41000)"), "{lines}");
+    assert!(!lines.contains("round 1"), "{lines}");
 }

@@ -1,0 +1,29 @@
+//! The host's steal counter, read from `/proc/stat`'s text.
+
+use keel_bench::host;
+
+#[test]
+fn steal_is_the_eighth_figure_of_the_cpu_line_in_milliseconds() {
+    let stat = "cpu  3290050 0 664800 1728518 586564 0 108364 2523 0 0\n\
+                cpu0 1634995 0 315992 756931 452593 0 46147 1238 0 0\n\
+                cpu1 1655054 0 348808 971586 133970 0 62216 1285 0 0\n\
+                intr 1 2 3\n";
+    // 2523 ticks of USER_HZ (100 a second): 25.23 s over both CPUs.
+    assert_eq!(host::steal_ms(stat), Some(25_230));
+}
+
+#[test]
+fn no_steal_figure_is_none_not_zero() {
+    // A kernel without steal accounting has fewer figures.
+    assert_eq!(host::steal_ms("cpu  1 2 3 4 5 6 7\ncpu0 1 2 3 4 5 6 7\n"), None);
+    assert_eq!(host::steal_ms("cpu0 1 2 3 4 5 6 7 8 9\n"), None, "only the all-CPU line counts");
+    assert_eq!(host::steal_ms("cpu  1 2 3 4 5 6 7 x 9\n"), None);
+    assert_eq!(host::steal_ms(""), None);
+}
+
+#[test]
+fn this_machine_counts_steal_where_it_is_linux() {
+    if cfg!(target_os = "linux") {
+        assert!(host::read_steal_ms().is_some(), "/proc/stat has a steal figure on any kernel since 2.6.11");
+    }
+}
