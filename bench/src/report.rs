@@ -157,15 +157,15 @@ pub fn summary_table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "| workload | {subject} ops/s | {peer} ops/s | {subject}/{peer} ops/s | {subject} p99 µs | {peer} p99 µs | \
-         {subject}/{peer} p99 | {subject} p99.9/p50 | errors |"
+         {subject}/{peer} p99 | {subject} p99.9/p50 | {peer} p99.9/p50 | errors |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (workload, targets) in &rows {
         let (k, p) = (targets.get(subject).copied(), targets.get(&peer).copied());
         let num = |r: Option<Row>, f: fn(Row) -> f64| r.map_or("–".into(), |r| format!("{:.0}", f(r)));
         let _ = writeln!(
             out,
-            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             num(k, |r| r.ops_per_s),
             num(p, |r| r.ops_per_s),
             k.zip(p).map_or("–".into(), |(k, p)| ratio(k.ops_per_s, p.ops_per_s)),
@@ -173,6 +173,7 @@ pub fn summary_table(report: &Report) -> String {
             num(p, |r| r.p99),
             k.zip(p).map_or("–".into(), |(k, p)| ratio(k.p99, p.p99)),
             k.map_or("–".into(), |k| ratio(k.p999, k.p50)),
+            p.map_or("–".into(), |p| ratio(p.p999, p.p50)),
             k.map_or(0, |r| r.errors) + p.map_or(0, |r| r.errors),
         );
     }

@@ -61,7 +61,9 @@ pub fn keel_node(binary: &Path, dir: &Path, shards: usize) -> anyhow::Result<Ser
     let mut child = Command::new(binary)
         .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
         .arg(&data)
-        .env("RUST_LOG", "warn")
+        // Warnings only, unless the caller asks for more (`RUST_LOG=info`
+        // shows slow WAL commits and checkpoints beside the timeline).
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -74,8 +76,13 @@ pub fn keel_node(binary: &Path, dir: &Path, shards: usize) -> anyhow::Result<Ser
             break address.trim().to_owned();
         }
     };
-    // Keep draining stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining stdout so the node never blocks on a full pipe, and
+    // pass its log on (warnings, or what RUST_LOG asks for).
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("keel-node: {line}");
+        }
+    });
     tracing_free_log(&format!("started keel-node ({shards} shards) on {endpoint}, data in {}", data.display()));
     Ok(Server { child, endpoint, name: "keel-node" })
 }
