@@ -4,7 +4,7 @@
 //!
 //! On the 2-core VM the host now and then takes both CPUs for tens of
 //! milliseconds. Every request in flight then waits, whatever the server,
-//! and that second's p99 jumps to 25–45 ms. A phase records the steal it
+//! and that second's p99 jumps to 10–45 ms. A phase records the steal it
 //! saw second by second beside its latencies, so that such a second is told
 //! apart from one the server caused.
 
