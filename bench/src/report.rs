@@ -220,15 +220,15 @@ pub fn steal_lines(report: &Report) -> String {
                  second (steal ms, that second's p99 µs):"
             );
         }
-        let seconds: Vec<String> = phase
+        let mut seconds: Vec<String> = phase
             .timeline
             .iter()
             .enumerate()
             .filter(|(_, s)| s.steal_ms > 0)
-            .take(STEAL_SECONDS_LISTED_MAX)
             .map(|(i, s)| format!("{i} ({}, {})", s.steal_ms, s.p99_us))
             .collect();
-        let more = phase.timeline.iter().filter(|s| s.steal_ms > 0).count().saturating_sub(STEAL_SECONDS_LISTED_MAX);
+        let more = seconds.len().saturating_sub(STEAL_SECONDS_LISTED_MAX);
+        seconds.truncate(STEAL_SECONDS_LISTED_MAX);
         let _ = writeln!(
             out,
             "- {} {} round {round}: {} ms; {}{}",

@@ -199,10 +199,14 @@ impl Tally {
         }))
     }
 
+    /// The timeline second (from the phase's start) that `at` falls in.
+    fn second_of(&self, at: Instant) -> usize {
+        usize::try_from(at.duration_since(self.began).as_secs()).unwrap_or(usize::MAX).min(TIMELINE_SECONDS_MAX - 1)
+    }
+
     /// Counts `ms` of steal in the second that is under way.
     fn add_steal(&mut self, ms: u64) {
-        let second =
-            usize::try_from(self.began.elapsed().as_secs()).unwrap_or(usize::MAX).min(TIMELINE_SECONDS_MAX - 1);
+        let second = self.second_of(Instant::now());
         if self.steal.len() <= second {
             self.steal.resize(second + 1, 0);
         }
@@ -231,9 +235,7 @@ impl Tally {
                     u64::try_from(now.duration_since(began).as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
                 tally.all.saturating_record(micros);
                 tally.per_op.entry(op).or_insert_with(histogram).saturating_record(micros);
-                let second = usize::try_from(now.duration_since(tally.began).as_secs())
-                    .unwrap_or(usize::MAX)
-                    .min(TIMELINE_SECONDS_MAX - 1);
+                let second = tally.second_of(now);
                 // (An operation that finished just before the one recorded last
                 // counts in that one's second.)
                 if second > tally.second {
