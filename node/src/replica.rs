@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
-use crate::btree::{Applied, BTree, BTreeError, CheckpointWrite, Direction, PageCache};
+use crate::btree::{Applied, BTree, BTreeError, CheckpointWrite, Direction, PageCache, Retired};
 use crate::io::{Disk, DiskFile, IoError};
 use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_GROUP_STATE, KIND_RAFT_HARD_STATE};
 use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
@@ -313,6 +313,16 @@ struct Replica<D: Disk> {
     /// While a checkpoint of this replica is written: the oldest record it
     /// covers (the WAL keeps it until the checkpoint is durable).
     checkpointing_from: Option<Lsn>,
+}
+
+/// What a finished background checkpoint leaves to its caller (see
+/// [`ShardStore::finish_checkpoint`]).
+#[derive(Debug)]
+pub struct CheckpointDone {
+    /// The WAL is needed from here on only: reclaim what lies below.
+    pub reclaim_below: Lsn,
+    /// The checkpoint's decoded nodes, to free.
+    pub retired: Retired,
 }
 
 /// A replica's checkpoint being written; see
@@ -737,24 +747,26 @@ impl<D: Disk> ShardStore<D> {
 
     /// Step 3 of a background checkpoint: `written` is what
     /// [`ReplicaCheckpoint::write`] returned. Returns the WAL position below
-    /// which nothing is needed any more: the caller reclaims it with
+    /// which nothing is needed any more, which the caller reclaims with
     /// [`Wal::reclaim_below`] (file renames and directory syncs, which need
-    /// not hold up the store). A checkpoint of a replica dropped meanwhile is
-    /// discarded.
+    /// not hold up the store), and the tree's retired nodes, which it frees
+    /// when it suits it (see [`Retired`]). A checkpoint of a replica dropped
+    /// meanwhile is discarded.
     pub fn finish_checkpoint(
         &mut self,
         checkpoint: ReplicaCheckpoint<D::File>,
         written: Result<(), BTreeError>,
-    ) -> Result<Lsn, StoreWriteError> {
+    ) -> Result<CheckpointDone, StoreWriteError> {
         let ReplicaCheckpoint { partition, job, began, begin_us } = checkpoint;
+        let mut retired = Retired::default();
         if let Some(replica) = self.replicas.get_mut(&partition).filter(|r| r.tree.owns(&job)) {
             let bytes = job.bytes();
-            replica.tree.finish_checkpoint(job, written)?;
+            retired = replica.tree.finish_checkpoint(job, written)?;
             replica.checkpointing_from = None;
             log_checkpoint(partition, bytes, began.elapsed());
             tracing::debug!(partition, begin_us, "checkpoint step 1 (engine held)");
         }
-        Ok(self.reclaim_watermark())
+        Ok(CheckpointDone { reclaim_below: self.reclaim_watermark(), retired })
     }
 
     /// Logs, waits for durability, and applies one mutation. Returns when the

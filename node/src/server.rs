@@ -100,6 +100,10 @@ const CHECKPOINT_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// write or sync issued meanwhile waited that long.
 const CHECKPOINT_SLICE: Duration = Duration::from_micros(200);
 
+/// Retired B-tree nodes a background checkpoint frees between two looks
+/// at the clock (a node takes about 0.8 µs to free).
+const RETIRED_NODES_PER_STEP: usize = 8;
+
 /// Write requests (up to 1 MiB each) of a background checkpoint in flight
 /// at once: the WAL's commits share the disk's queue with them.
 const CHECKPOINT_WRITES_IN_FLIGHT_MAX: usize = 2;
@@ -1151,31 +1155,42 @@ async fn checkpoint_once(shard: &Shard) -> Result<bool, String> {
     };
     // Encoding takes a few µs a page; requests get the core, and the WAL
     // the disk, between slices.
-    loop {
-        let slice_began = Instant::now();
-        let mut prepared = false;
-        while !prepared && slice_began.elapsed() < CHECKPOINT_SLICE {
-            prepared = job.prepare(1);
-        }
-        if prepared {
-            break;
-        }
-        glommio_disk::yield_to_reactor().await;
-    }
+    in_slices(|| job.prepare(1)).await;
     let written = job.write(CHECKPOINT_WRITES_IN_FLIGHT_MAX).await;
     let partition = job.partition();
-    let (finished, wal) = match shard.engine.write().await {
+    let (mut finished, wal) = match shard.engine.write().await {
         Ok(mut engine) => (engine.store_mut().finish_checkpoint(job, written).map_err(|e| e.to_string()), engine.wal()),
         Err(e) => return Err(e.to_string()),
     };
     shard.checkpointed.notify_all();
+    // Freeing the decoded nodes took 1.2–1.7 ms in one piece (see Retired).
+    if let Ok(done) = &mut finished {
+        in_slices(|| done.retired.release(RETIRED_NODES_PER_STEP)).await;
+    }
     if shard.repl.is_some() {
         cluster::before_reclaim(shard, partition).await?;
     }
     // Renames and directory syncs, without the engine: on a virtual disk a
     // directory sync may wait for the host to write back everything.
-    wal.reclaim_below(finished?).await.map_err(|e| e.to_string())?;
+    wal.reclaim_below(finished?.reclaim_below).await.map_err(|e| e.to_string())?;
     Ok(true)
+}
+
+/// Runs `step` (a little work; true once there is none left) over and over
+/// in slices of [`CHECKPOINT_SLICE`], letting requests run and the WAL
+/// reach the disk between slices.
+async fn in_slices(mut step: impl FnMut() -> bool) {
+    loop {
+        let slice_began = Instant::now();
+        let mut done = false;
+        while !done && slice_began.elapsed() < CHECKPOINT_SLICE {
+            done = step();
+        }
+        if done {
+            return;
+        }
+        glommio_disk::yield_to_reactor().await;
+    }
 }
 
 /// Serves one connection: requests are read and started as they arrive

@@ -221,6 +221,36 @@ fn btree_keeps_working_while_a_checkpoint_is_written_and_a_crash_leaves_a_whole_
 }
 
 #[test]
+fn a_finished_checkpoint_hands_back_its_decoded_nodes_to_be_freed_in_steps() {
+    let disk = SimDisk::new(78);
+    let mut tree = create(&disk, 1024);
+    let mut model = BTreeMap::new();
+    for i in 0..3000u32 {
+        let (key, value) = (format!("k{i:05}").into_bytes(), vec![u8::try_from(i % 251).unwrap_or(0); 100]);
+        block_on(tree.put(&key, &value)).expect("put");
+        model.insert(key, value);
+    }
+    let dirty_nodes = tree.dirty_bytes() / PAGE_BYTES;
+    assert!(dirty_nodes > 10, "the load dirtied many pages ({dirty_nodes})");
+    let mut job = tree.begin_checkpoint(1).expect("begin checkpoint");
+    while !job.prepare(16) {}
+    let written = block_on(job.write(4));
+    let mut retired = tree.finish_checkpoint(job, written).expect("finish checkpoint");
+    // Every node the checkpoint wrote is handed back, none freed yet.
+    assert_eq!(retired.len(), dirty_nodes);
+    // The tree reads its clean pages meanwhile, not the retired nodes.
+    check_all(&tree, &model, 78);
+    assert!(!retired.release(3));
+    assert_eq!(retired.len(), dirty_nodes - 3);
+    assert!(retired.release(usize::MAX));
+    assert!(retired.is_empty());
+    check_all(&tree, &model, 78);
+    drop(tree);
+    let tree = reopen(&disk, 1024).expect("reopen");
+    check_all(&tree, &model, 78);
+}
+
+#[test]
 fn btree_reuses_freed_pages_after_checkpoints() {
     let disk = SimDisk::new(77);
     let mut tree = create(&disk, 64);

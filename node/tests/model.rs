@@ -164,8 +164,8 @@ fn run_op(
                     failed.map_or(Ok(()), Err)
                 }
                 Some((begun, Some(written))) => {
-                    let watermark = store.finish_checkpoint(begun, written).map_err(|e| e.to_string())?;
-                    store.wal().reclaim_below(watermark).await.map(|_| ()).map_err(|e| e.to_string())
+                    let done = store.finish_checkpoint(begun, written).map_err(|e| e.to_string())?;
+                    store.wal().reclaim_below(done.reclaim_below).await.map(|_| ()).map_err(|e| e.to_string())
                 }
             },
             (op, _) => run_plain_op(store, model, op, ctx).await,
