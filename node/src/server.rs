@@ -131,7 +131,8 @@ pub struct NodeConfig {
     pub shard_port_base: Option<u16>,
     /// Shards (executors). Fixed at the first start of a data directory.
     pub shards: usize,
-    /// Pin shard `i` to CPU `i` (when there are enough CPUs).
+    /// Pin shard `i` to the `i`-th CPU of the process's affinity mask
+    /// (when it allows enough CPUs; see [`shard_cpus`]).
     pub pin: bool,
     /// Page cache of each shard, in bytes.
     pub page_cache_bytes: usize,
@@ -294,6 +295,31 @@ fn refuse_if_listening(address: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPUs this process may run on, lowest first: its affinity mask, as
+/// `taskset`, systemd's `CPUAffinity=` or a cgroup cpuset set it. Empty
+/// when the mask cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The CPU each shard is pinned to: with pinning on, shard `i` runs on the
+/// `i`-th CPU the process is allowed, so that an operator places the shards
+/// with the usual tools (e.g. on the CPUs that take the disk's interrupts,
+/// or away from other services). `None` everywhere (unpinned) when pinning
+/// is off or fewer CPUs are allowed than there are shards.
+#[must_use]
+pub fn shard_cpus(allowed: &[usize], shards: usize, pin: bool) -> Vec<Option<usize>> {
+    if pin && allowed.len() >= shards {
+        allowed.iter().take(shards).map(|&cpu| Some(cpu)).collect()
+    } else {
+        vec![None; shards]
+    }
+}
+
 /// The executor of one shard: glommio's builder with Keel's scheduler
 /// settings ([`SHARD_PREEMPT_TIMER`]).
 #[must_use]
@@ -354,7 +380,11 @@ pub fn run(
         }
     }
     let shards = config.shards;
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let allowed = allowed_cpus();
+    let shard_cpus = shard_cpus(&allowed, shards, config.pin);
+    if config.pin && shard_cpus.iter().any(Option::is_none) {
+        tracing::warn!(shards, allowed = ?allowed, "fewer CPUs allowed than shards: shards run unpinned");
+    }
     let mesh = MeshBuilder::<Message, _>::full(shards, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<(usize, SocketAddr, SocketAddr)>>();
     let (entry_txs, mut entry_rxs): (Vec<_>, Vec<_>) =
@@ -363,7 +393,13 @@ pub fn run(
     let mut entry_txs = Some(entry_txs);
     let mut handles = Vec::new();
     for index in 0..shards {
-        let placement = if config.pin && cpus >= shards { CpuPlacement::Fixed(index) } else { CpuPlacement::Unbound };
+        let placement = match shard_cpus.get(index).copied().flatten() {
+            Some(cpu) => {
+                tracing::debug!(shard = index, cpu, "shard pinned");
+                CpuPlacement::Fixed(cpu)
+            }
+            None => CpuPlacement::Unbound,
+        };
         let context = ShardStart {
             index,
             config: config.clone(),
@@ -1344,7 +1380,20 @@ pub fn shard_dir(data_dir: &Path, index: usize) -> PathBuf {
 mod tests {
     use std::time::Duration;
 
-    use super::{CHECKPOINT_PAUSE_MAX, DIRTY_BYTES_DEFAULT_RANGE, checkpoint_pause_for, dirty_bytes_default};
+    use super::{
+        CHECKPOINT_PAUSE_MAX, DIRTY_BYTES_DEFAULT_RANGE, checkpoint_pause_for, dirty_bytes_default, shard_cpus,
+    };
+
+    #[test]
+    fn shards_are_pinned_to_the_cpus_the_process_is_allowed_in_order() {
+        assert_eq!(shard_cpus(&[0, 1, 2, 3], 2, true), vec![Some(0), Some(1)]);
+        assert_eq!(shard_cpus(&[1], 1, true), vec![Some(1)]);
+        assert_eq!(shard_cpus(&[2, 5, 7], 3, true), vec![Some(2), Some(5), Some(7)]);
+        // Too few CPUs allowed, an unreadable mask, or pinning off: unpinned.
+        assert_eq!(shard_cpus(&[2, 5], 3, true), vec![None, None, None]);
+        assert_eq!(shard_cpus(&[], 1, true), vec![None]);
+        assert_eq!(shard_cpus(&[0, 1], 2, false), vec![None, None]);
+    }
 
     #[test]
     fn background_checkpoints_rest_as_long_as_they_took_unless_writers_are_backlogged() {

@@ -750,6 +750,59 @@ fn the_daemon_runs_without_transparent_huge_pages() {
 }
 
 #[test]
+fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
+    // An operator places shards with the process's affinity mask (taskset,
+    // systemd's CPUAffinity=): keel-node started on the last CPU of this
+    // thread's mask must pin its one shard there, not to CPU 0.
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let here = Pid::from_raw(0);
+    let mask = sched_getaffinity(here).expect("this thread's CPUs");
+    let last = (0..CpuSet::count()).rfind(|&cpu| mask.is_set(cpu).unwrap_or(false)).expect("some CPU allowed");
+    let mut only_last = CpuSet::new();
+    only_last.set(last).expect("a valid CPU");
+    // The child inherits the mask of the thread that starts it.
+    sched_setaffinity(here, &only_last).expect("restrict this thread");
+    let started = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+        .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    sched_setaffinity(here, &mask).expect("restore this thread");
+    let mut child = started.expect("start keel-node");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
+        if line.starts_with("keel-node listening on ") {
+            break;
+        }
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("list threads");
+    let shard_cpus: Vec<String> = tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| name.starts_with("keel-shard-0"))
+        })
+        .filter_map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|c| c.trim().to_owned())
+        })
+        .collect();
+    child.kill().expect("kill keel-node");
+    let _ = child.wait();
+    // The executor's thread and glommio's helper thread beside it.
+    assert!(!shard_cpus.is_empty(), "keel-node has a shard thread");
+    assert!(
+        shard_cpus.iter().all(|cpus| *cpus == last.to_string()),
+        "shard threads on CPU {last} only: {shard_cpus:?}"
+    );
+}
+
+#[test]
 fn a_second_node_on_a_taken_port_refuses_to_start() {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let node = Node::start(&tmp.path().join("one"));

@@ -74,7 +74,8 @@ struct Args {
     /// directory is created.
     #[arg(long, env = "KEEL_SHARDS")]
     shards: Option<usize>,
-    /// Do not pin shard i to CPU i.
+    /// Do not pin shard i to the i-th CPU the process may use (its
+    /// affinity mask: taskset, systemd's CPUAffinity=).
     #[arg(long)]
     no_pin: bool,
     /// Page cache per shard, in MiB. Default: 256.
