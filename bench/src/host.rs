@@ -7,6 +7,14 @@
 //! and that second's p99 jumps to 10–45 ms. A phase records the steal it
 //! saw second by second beside its latencies, so that such a second is told
 //! apart from one the server caused.
+//!
+//! It also places the benchmark's processes on CPUs (`compare
+//! --server-cpus`). On the 2-core VM the disk's interrupts all land on
+//! CPU 1, and so do the kernel workers that finish each durable write
+//! (`O_DSYNC` on a disk without FUA: a flush follows every write, issued
+//! from a worker on the CPU that took the write's interrupt). Where the
+//! load generator shared that CPU, the workers waited for it and Keel's
+//! WAL commits with them; docs/bench/README.md has the figures.
 
 use std::time::Duration;
 
@@ -33,4 +41,60 @@ pub fn steal_ms(proc_stat: &str) -> Option<u64> {
 #[must_use]
 pub fn read_steal_ms() -> Option<u64> {
     steal_ms(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// A CPU list as taskset and `/proc` write it (`1`, `0-3`, `0,2-3`), in
+/// ascending order without repeats; `None` when it is not one.
+#[must_use]
+pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for part in text.trim().split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?),
+            None => {
+                let cpu = part.trim().parse::<usize>().ok()?;
+                (cpu, cpu)
+            }
+        };
+        if first > last || last >= CPUS_MAX {
+            return None;
+        }
+        cpus.extend(first..=last);
+    }
+    Some(cpus.into_iter().collect())
+}
+
+/// CPUs a list may name (the size of the kernel's `cpu_set_t`).
+const CPUS_MAX: usize = 1024;
+
+/// The CPUs the calling thread may run on (its affinity mask), lowest
+/// first; empty where the mask cannot be read.
+#[must_use]
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Restricts the calling thread, and the threads and processes it starts
+/// from now on, to `cpus`.
+///
+/// # Errors
+/// A CPU beyond the kernel's set, or one this process may not use.
+pub fn run_only_on(cpus: &[usize]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("CPU {cpu} is beyond this kernel's CPU set"))?;
+    }
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).with_context(|| format!("run on CPUs {}", cpu_list(cpus)))
+}
+
+/// `cpus` written as a list (`0,2,3`).
+#[must_use]
+pub fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }

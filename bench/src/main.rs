@@ -13,7 +13,7 @@ use keel_bench::driver::{Driver, KeelDriver, RedisDriver};
 use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, PhaseResult, RecordShape, RunConfig};
 use keel_bench::workload::{Distribution, InsertSequence, Workload};
-use keel_bench::{disk, servers};
+use keel_bench::{disk, host, servers};
 use keel_wire::client::Client;
 use keel_wire::item::{AttributeValue, Item};
 use keel_wire::protocol::{ErrorCode, KeyKind};
@@ -110,6 +110,13 @@ struct CompareArgs {
     /// Where the servers keep their data (a real disk, not tmpfs).
     #[arg(long, default_value = "target/keel-bench")]
     dir: PathBuf,
+    /// CPUs for the servers, as taskset lists them (`1`, `2-3`, `1,3`):
+    /// both run there (keel-node pins its shards to them, in order, one
+    /// shard each unless `--shards` says otherwise), and the load generator
+    /// on the other CPUs it may use. Default: no placement (keel-node pins
+    /// shard i to the i-th CPU; the scheduler places the rest).
+    #[arg(long)]
+    server_cpus: Option<String>,
     /// Rewrite the results section of this Markdown file (docs/bench/README.md).
     #[arg(long)]
     update_docs: Option<PathBuf>,
@@ -285,17 +292,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.targets.is_empty(), "no targets");
     let workloads = args.workload.workloads()?;
     servers::check_real_disk(&args.dir)?;
+    let server_cpus = args.server_cpus.as_deref().map(place_servers).transpose()?;
     let mut running = Vec::new();
     let mut drivers = Vec::new();
     for target in &args.targets {
         let server = match target {
             Target::Keel => {
-                let shards = args.shards.unwrap_or_else(|| {
+                let shards = args.shards.or(server_cpus.as_ref().map(Vec::len)).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
                 });
-                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards)?
+                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards, server_cpus.as_deref())?
             }
-            Target::Redis => servers::redis(&args.dir)?,
+            Target::Redis => servers::redis(&args.dir, server_cpus.as_deref())?,
         };
         drivers.push(AnyDriver::connect(*target, &server.endpoint, args.workload.connections).await?);
         running.push(server);
@@ -320,8 +328,31 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
     drop(running);
-    let report = Report::new(args.workload.records, phases);
+    let mut report = Report::new(args.workload.records, phases);
+    report.server_cpus = server_cpus;
     finish(&report, &args.workload.out, args.update_docs.as_ref())
+}
+
+/// Parses `--server-cpus` and moves this process (the load generator, and
+/// the threads it starts from now on) onto the other CPUs it may use;
+/// returns the servers' CPUs.
+fn place_servers(list: &str) -> anyhow::Result<Vec<usize>> {
+    let servers = host::parse_cpu_list(list).with_context(|| format!("--server-cpus {list:?} is not a CPU list"))?;
+    let allowed = host::allowed_cpus();
+    anyhow::ensure!(
+        servers.iter().all(|cpu| allowed.contains(cpu)),
+        "--server-cpus {list}: this process may use CPUs {} only",
+        host::cpu_list(&allowed)
+    );
+    let generator: Vec<usize> = allowed.into_iter().filter(|cpu| !servers.contains(cpu)).collect();
+    anyhow::ensure!(!generator.is_empty(), "--server-cpus {list} leaves no CPU for the load generator");
+    host::run_only_on(&generator)?;
+    eprintln!(
+        "keel-bench: servers on CPUs {}, load generator on CPUs {}",
+        host::cpu_list(&servers),
+        host::cpu_list(&generator)
+    );
+    Ok(servers)
 }
 
 async fn run_one(args: RunArgs) -> anyhow::Result<()> {

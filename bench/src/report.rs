@@ -72,6 +72,11 @@ pub struct Report {
     pub command: String,
     /// Records loaded.
     pub records: u64,
+    /// The CPUs the servers ran on (`compare --server-cpus`); `None`: not
+    /// placed (keel-node pinned shard i to the i-th CPU it may use).
+    pub server_cpus: Option<Vec<usize>>,
+    /// The CPUs the load generator could run on.
+    pub generator_cpus: Vec<usize>,
     /// Every phase, in the order run.
     pub phases: Vec<PhaseResult>,
 }
@@ -91,16 +96,27 @@ impl Report {
             commit: output_of("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             records,
+            server_cpus: None,
+            generator_cpus: crate::host::allowed_cpus(),
             phases,
         }
     }
 }
 
 impl Report {
-    /// The machine in one line.
+    /// The machine in one line, with where the servers and the load
+    /// generator ran when the servers were placed.
     #[must_use]
     pub fn machine_line(&self) -> String {
-        self.machine.line()
+        match &self.server_cpus {
+            Some(servers) => format!(
+                "{}; servers on CPUs {}, load generator on CPUs {}",
+                self.machine.line(),
+                crate::host::cpu_list(servers),
+                crate::host::cpu_list(&self.generator_cpus)
+            ),
+            None => self.machine.line(),
+        }
     }
 }
 
@@ -185,7 +201,7 @@ pub fn summary_table(report: &Report) -> String {
 pub fn summary_markdown(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# keel-bench results\n");
-    let _ = writeln!(out, "- machine: {}", report.machine.line());
+    let _ = writeln!(out, "- machine: {}", report.machine_line());
     let _ = writeln!(out, "- date: {}, commit {}", report.date, report.commit);
     let _ = writeln!(out, "- records: {}", report.records);
     let _ = writeln!(out, "- command: `{}`\n", report.command);

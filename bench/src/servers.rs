@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::host;
+
 /// A server process.
 #[derive(Debug)]
 pub struct Server {
@@ -53,21 +55,34 @@ pub fn keel_node_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts a standalone keel-node with `shards` shards on a fresh `dir`.
-pub fn keel_node(binary: &Path, dir: &Path, shards: usize) -> anyhow::Result<Server> {
+/// Starts `command` on `cpus` when given: the child inherits the mask of
+/// the thread that starts it, so the mask is set for the start and put
+/// back after.
+fn spawn_on(command: &mut Command, cpus: Option<&[usize]>) -> anyhow::Result<Child> {
+    let Some(cpus) = cpus else { return Ok(command.spawn()?) };
+    let mine = host::allowed_cpus();
+    host::run_only_on(cpus)?;
+    let child = command.spawn();
+    host::run_only_on(&mine)?;
+    Ok(child?)
+}
+
+/// Starts a standalone keel-node with `shards` shards on a fresh `dir`, on
+/// `cpus` when given (it pins its shards to them, in order).
+pub fn keel_node(binary: &Path, dir: &Path, shards: usize, cpus: Option<&[usize]>) -> anyhow::Result<Server> {
     check_real_disk(dir)?;
     let data = dir.join("keel-data");
     let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
         .arg(&data)
         // Warnings only, unless the caller asks for more (`RUST_LOG=info`
         // shows slow WAL commits and checkpoints beside the timeline).
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
+        .stderr(Stdio::inherit());
+    let mut child = spawn_on(&mut command, cpus).with_context(|| format!("start {}", binary.display()))?;
     let stdout = child.stdout.take().context("keel-node stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let endpoint = loop {
@@ -91,14 +106,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts redis-server with an append-only file fsynced before every reply.
-pub fn redis(dir: &Path) -> anyhow::Result<Server> {
+/// Starts redis-server with an append-only file fsynced before every
+/// reply, on `cpus` when given.
+pub fn redis(dir: &Path, cpus: Option<&[usize]>) -> anyhow::Result<Server> {
     check_real_disk(dir)?;
     let data = dir.join("redis-data");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
     let port = free_port()?;
-    let child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
         .arg(&data)
         .args(["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"])
@@ -107,9 +124,8 @@ pub fn redis(dir: &Path) -> anyhow::Result<Server> {
         .args(["--auto-aof-rewrite-percentage", "0"])
         .args(["--loglevel", "warning"])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start redis-server (apt-get install redis-server)")?;
+        .stderr(Stdio::inherit());
+    let child = spawn_on(&mut command, cpus).context("start redis-server (apt-get install redis-server)")?;
     let endpoint = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -27,3 +27,25 @@ fn this_machine_counts_steal_where_it_is_linux() {
         assert!(host::read_steal_ms().is_some(), "/proc/stat has a steal figure on any kernel since 2.6.11");
     }
 }
+
+#[test]
+fn cpu_lists_are_read_as_taskset_writes_them() {
+    assert_eq!(host::parse_cpu_list("1"), Some(vec![1]));
+    assert_eq!(host::parse_cpu_list("0-3"), Some(vec![0, 1, 2, 3]));
+    assert_eq!(host::parse_cpu_list("3,0-1, 1"), Some(vec![0, 1, 3]), "sorted, without repeats");
+    for bad in ["", "x", "3-1", "1-", "-1", "1,,2", "4096"] {
+        assert_eq!(host::parse_cpu_list(bad), None, "{bad:?} is not a CPU list");
+    }
+    assert_eq!(host::cpu_list(&[0, 2, 3]), "0,2,3");
+}
+
+#[test]
+fn a_thread_moved_onto_cpus_runs_only_there_and_can_move_back() {
+    let mine = host::allowed_cpus();
+    let last = *mine.last().expect("this thread may run somewhere");
+    host::run_only_on(&[last]).expect("move onto one CPU");
+    let moved = host::allowed_cpus();
+    host::run_only_on(&mine).expect("move back");
+    assert_eq!(moved, vec![last]);
+    assert_eq!(host::allowed_cpus(), mine);
+}

@@ -84,6 +84,10 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     }
     assert!(json["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert!(phases.iter().all(|p| p["steal_ms"].is_u64()), "steal in every phase");
+    // Where the processes ran: the generator's CPUs always, the servers'
+    // only when `compare --server-cpus` placed them.
+    assert!(json["server_cpus"].is_null());
+    assert!(json["generator_cpus"].as_array().is_some_and(|c| !c.is_empty()));
 
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
     assert!(summary.contains("| workload | keel ops/s | memory ops/s |"), "{summary}");
@@ -159,4 +163,18 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     // The second round of keel a was the one the host took from.
     assert!(lines.contains("- memory a round 2: 40 ms; 2 (40, 41000)"), "{lines}");
     assert!(!lines.contains("round 1"), "{lines}");
+}
+
+#[test]
+fn the_machine_line_says_where_placed_servers_and_the_generator_ran() {
+    let mut report = Report::new(100, Vec::new());
+    assert!(!report.machine_line().contains("servers on"), "nothing said of servers not placed");
+    report.server_cpus = Some(vec![1]);
+    report.generator_cpus = vec![0, 2, 3];
+    let line = report.machine_line();
+    assert!(line.starts_with(&report.machine.line()), "{line}");
+    assert!(line.ends_with("; servers on CPUs 1, load generator on CPUs 0,2,3"), "{line}");
+    let json = serde_json::to_value(&report).expect("JSON");
+    assert_eq!(json["server_cpus"], serde_json::json!([1]));
+    assert_eq!(json["generator_cpus"], serde_json::json!([0, 2, 3]));
 }
