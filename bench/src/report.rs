@@ -44,9 +44,17 @@ impl Machine {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        // The machine's CPUs, not the ones this process may use (`compare
+        // --server-cpus` moves it onto some of them).
+        let processors =
+            cpuinfo.lines().filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor")).count();
         Self {
             cpu,
-            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            cpus: if processors > 0 {
+                processors
+            } else {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            },
             memory_gib: (memory_kib + 512 * 1024) / (1024 * 1024),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         }

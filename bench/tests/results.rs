@@ -166,6 +166,17 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
 }
 
 #[test]
+fn the_machine_counts_every_cpu_even_from_a_process_placed_on_one() {
+    let everywhere = keel_bench::report::Machine::here().cpus;
+    let mine = keel_bench::host::allowed_cpus();
+    keel_bench::host::run_only_on(&mine[..1]).expect("move onto one CPU");
+    let placed = keel_bench::report::Machine::here().cpus;
+    keel_bench::host::run_only_on(&mine).expect("move back");
+    assert_eq!(placed, everywhere);
+    assert!(everywhere >= mine.len());
+}
+
+#[test]
 fn the_machine_line_says_where_placed_servers_and_the_generator_ran() {
     let mut report = Report::new(100, Vec::new());
     assert!(!report.machine_line().contains("servers on"), "nothing said of servers not placed");
