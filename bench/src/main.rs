@@ -110,11 +110,12 @@ struct CompareArgs {
     /// Where the servers keep their data (a real disk, not tmpfs).
     #[arg(long, default_value = "target/keel-bench")]
     dir: PathBuf,
-    /// CPUs for the servers, as taskset lists them (`1`, `2-3`, `1,3`):
-    /// both run there (keel-node pins its shards to them, in order, one
-    /// shard each unless `--shards` says otherwise), and the load generator
-    /// on the other CPUs it may use. Default: no placement (keel-node pins
-    /// shard i to the i-th CPU; the scheduler places the rest).
+    /// CPUs for the servers' main threads, as taskset lists them (`1`,
+    /// `2-3`, `1,3`): keel-node pins its shards there (`--cpus`, one shard
+    /// each unless `--shards` says otherwise) and Redis its main thread
+    /// (`server_cpulist`); their other threads may run anywhere. The load
+    /// generator runs on the other CPUs. Default: no placement (keel-node
+    /// pins shard i to the i-th CPU; the scheduler places the rest).
     #[arg(long)]
     server_cpus: Option<String>,
     /// Rewrite the results section of this Markdown file (docs/bench/README.md).
@@ -292,18 +293,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.targets.is_empty(), "no targets");
     let workloads = args.workload.workloads()?;
     servers::check_real_disk(&args.dir)?;
-    let server_cpus = args.server_cpus.as_deref().map(place_servers).transpose()?;
+    let placement = args.server_cpus.as_deref().map(place_servers).transpose()?;
     let mut running = Vec::new();
     let mut drivers = Vec::new();
     for target in &args.targets {
         let server = match target {
             Target::Keel => {
-                let shards = args.shards.or(server_cpus.as_ref().map(Vec::len)).unwrap_or_else(|| {
+                let shards = args.shards.or(placement.as_ref().map(|p| p.servers.len())).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
                 });
-                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards, server_cpus.as_deref())?
+                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards, placement.as_ref())?
             }
-            Target::Redis => servers::redis(&args.dir, server_cpus.as_deref())?,
+            Target::Redis => servers::redis(&args.dir, placement.as_ref())?,
         };
         drivers.push(AnyDriver::connect(*target, &server.endpoint, args.workload.connections).await?);
         running.push(server);
@@ -329,30 +330,30 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     drop(running);
     let mut report = Report::new(args.workload.records, phases);
-    report.server_cpus = server_cpus;
+    report.server_cpus = placement.map(|p| p.servers);
     finish(&report, &args.workload.out, args.update_docs.as_ref())
 }
 
 /// Parses `--server-cpus` and moves this process (the load generator, and
-/// the threads it starts from now on) onto the other CPUs it may use;
-/// returns the servers' CPUs.
-fn place_servers(list: &str) -> anyhow::Result<Vec<usize>> {
-    let servers = host::parse_cpu_list(list).with_context(|| format!("--server-cpus {list:?} is not a CPU list"))?;
+/// the threads it starts from now on) onto the other CPUs it may use.
+fn place_servers(list: &str) -> anyhow::Result<servers::Placement> {
+    let servers =
+        keel_node::server::parse_cpu_list(list).with_context(|| format!("--server-cpus {list:?} is not a CPU list"))?;
     let allowed = host::allowed_cpus();
     anyhow::ensure!(
         servers.iter().all(|cpu| allowed.contains(cpu)),
         "--server-cpus {list}: this process may use CPUs {} only",
         host::cpu_list(&allowed)
     );
-    let generator: Vec<usize> = allowed.into_iter().filter(|cpu| !servers.contains(cpu)).collect();
+    let generator: Vec<usize> = allowed.iter().copied().filter(|cpu| !servers.contains(cpu)).collect();
     anyhow::ensure!(!generator.is_empty(), "--server-cpus {list} leaves no CPU for the load generator");
     host::run_only_on(&generator)?;
     eprintln!(
-        "keel-bench: servers on CPUs {}, load generator on CPUs {}",
+        "keel-bench: servers' main threads on CPUs {}, load generator on CPUs {}",
         host::cpu_list(&servers),
         host::cpu_list(&generator)
     );
-    Ok(servers)
+    Ok(servers::Placement { servers, everywhere: allowed })
 }
 
 async fn run_one(args: RunArgs) -> anyhow::Result<()> {

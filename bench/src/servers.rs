@@ -55,21 +55,31 @@ pub fn keel_node_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts `command` on `cpus` when given: the child inherits the mask of
-/// the thread that starts it, so the mask is set for the start and put
-/// back after.
-fn spawn_on(command: &mut Command, cpus: Option<&[usize]>) -> anyhow::Result<Child> {
-    let Some(cpus) = cpus else { return Ok(command.spawn()?) };
+/// Where the servers run (`compare --server-cpus`).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The CPUs of the servers' main threads (keel-node's shards).
+    pub servers: Vec<usize>,
+    /// Every CPU the benchmark could use before it moved itself off the
+    /// servers' CPUs: the servers' processes may use all of them.
+    pub everywhere: Vec<usize>,
+}
+
+/// Starts `command`, with `placement`'s CPUs when given: the child inherits
+/// the mask of the thread that starts it, so the mask is widened for the
+/// start and put back after.
+fn spawn_placed(command: &mut Command, placement: Option<&Placement>) -> anyhow::Result<Child> {
+    let Some(placement) = placement else { return Ok(command.spawn()?) };
     let mine = host::allowed_cpus();
-    host::run_only_on(cpus)?;
+    host::run_only_on(&placement.everywhere)?;
     let child = command.spawn();
     host::run_only_on(&mine)?;
     Ok(child?)
 }
 
-/// Starts a standalone keel-node with `shards` shards on a fresh `dir`, on
-/// `cpus` when given (it pins its shards to them, in order).
-pub fn keel_node(binary: &Path, dir: &Path, shards: usize, cpus: Option<&[usize]>) -> anyhow::Result<Server> {
+/// Starts a standalone keel-node with `shards` shards on a fresh `dir`,
+/// with its shards pinned to `placement`'s server CPUs when given.
+pub fn keel_node(binary: &Path, dir: &Path, shards: usize, placement: Option<&Placement>) -> anyhow::Result<Server> {
     check_real_disk(dir)?;
     let data = dir.join("keel-data");
     let _ = std::fs::remove_dir_all(&data);
@@ -82,7 +92,10 @@ pub fn keel_node(binary: &Path, dir: &Path, shards: usize, cpus: Option<&[usize]
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = spawn_on(&mut command, cpus).with_context(|| format!("start {}", binary.display()))?;
+    if let Some(placement) = placement {
+        command.args(["--cpus", &host::cpu_list(&placement.servers)]);
+    }
+    let mut child = spawn_placed(&mut command, placement).with_context(|| format!("start {}", binary.display()))?;
     let stdout = child.stdout.take().context("keel-node stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let endpoint = loop {
@@ -107,8 +120,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts redis-server with an append-only file fsynced before every
-/// reply, on `cpus` when given.
-pub fn redis(dir: &Path, cpus: Option<&[usize]>) -> anyhow::Result<Server> {
+/// reply, with its main thread on `placement`'s server CPUs when given.
+pub fn redis(dir: &Path, placement: Option<&Placement>) -> anyhow::Result<Server> {
     check_real_disk(dir)?;
     let data = dir.join("redis-data");
     let _ = std::fs::remove_dir_all(&data);
@@ -125,7 +138,10 @@ pub fn redis(dir: &Path, cpus: Option<&[usize]>) -> anyhow::Result<Server> {
         .args(["--loglevel", "warning"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let child = spawn_on(&mut command, cpus).context("start redis-server (apt-get install redis-server)")?;
+    if let Some(placement) = placement {
+        command.args(["--server_cpulist", &host::cpu_list(&placement.servers)]);
+    }
+    let child = spawn_placed(&mut command, placement).context("start redis-server (apt-get install redis-server)")?;
     let endpoint = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -29,14 +29,10 @@ fn this_machine_counts_steal_where_it_is_linux() {
 }
 
 #[test]
-fn cpu_lists_are_read_as_taskset_writes_them() {
-    assert_eq!(host::parse_cpu_list("1"), Some(vec![1]));
-    assert_eq!(host::parse_cpu_list("0-3"), Some(vec![0, 1, 2, 3]));
-    assert_eq!(host::parse_cpu_list("3,0-1, 1"), Some(vec![0, 1, 3]), "sorted, without repeats");
-    for bad in ["", "x", "3-1", "1-", "-1", "1,,2", "4096"] {
-        assert_eq!(host::parse_cpu_list(bad), None, "{bad:?} is not a CPU list");
-    }
-    assert_eq!(host::cpu_list(&[0, 2, 3]), "0,2,3");
+fn cpu_lists_are_written_as_taskset_reads_them() {
+    let list = host::cpu_list(&[0, 2, 3]);
+    assert_eq!(list, "0,2,3");
+    assert_eq!(keel_node::server::parse_cpu_list(&list), Some(vec![0, 2, 3]));
 }
 
 #[test]

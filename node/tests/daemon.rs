@@ -749,30 +749,20 @@ fn the_daemon_runs_without_transparent_huge_pages() {
     node.stop();
 }
 
-#[test]
-fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
-    // An operator places shards with the process's affinity mask (taskset,
-    // systemd's CPUAffinity=): keel-node started on the last CPU of this
-    // thread's mask must pin its one shard there, not to CPU 0.
-    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-    use nix::unistd::Pid;
+/// Starts a one-shard keel-node with `extra` flags (the child inherits the
+/// calling thread's CPU mask) and returns the CPU lists of its shard's
+/// threads and of its main thread.
+fn shard_and_main_cpus(extra: &[&str]) -> (Vec<String>, String) {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
-    let here = Pid::from_raw(0);
-    let mask = sched_getaffinity(here).expect("this thread's CPUs");
-    let last = (0..CpuSet::count()).rfind(|&cpu| mask.is_set(cpu).unwrap_or(false)).expect("some CPU allowed");
-    let mut only_last = CpuSet::new();
-    only_last.set(last).expect("a valid CPU");
-    // The child inherits the mask of the thread that starts it.
-    sched_setaffinity(here, &only_last).expect("restrict this thread");
-    let started = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel-node"))
         .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
         .arg(tmp.path().join("data"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn();
-    sched_setaffinity(here, &mask).expect("restore this thread");
-    let mut child = started.expect("start keel-node");
+        .spawn()
+        .expect("start keel-node");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     loop {
         let mut line = String::new();
@@ -781,25 +771,85 @@ fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
             break;
         }
     }
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("list threads");
-    let shard_cpus: Vec<String> = tasks
+    let cpus_of = |task: &Path| {
+        let status = std::fs::read_to_string(task.join("status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|c| c.trim().to_owned())
+    };
+    let pid = child.id();
+    let shard: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list threads")
         .flatten()
         .filter(|task| {
             std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| name.starts_with("keel-shard-0"))
         })
-        .filter_map(|task| {
-            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|c| c.trim().to_owned())
-        })
+        .filter_map(|task| cpus_of(&task.path()))
         .collect();
+    let main = cpus_of(Path::new(&format!("/proc/{pid}/task/{pid}"))).expect("main thread's CPUs");
     child.kill().expect("kill keel-node");
     let _ = child.wait();
     // The executor's thread and glommio's helper thread beside it.
-    assert!(!shard_cpus.is_empty(), "keel-node has a shard thread");
-    assert!(
-        shard_cpus.iter().all(|cpus| *cpus == last.to_string()),
-        "shard threads on CPU {last} only: {shard_cpus:?}"
-    );
+    assert!(!shard.is_empty(), "keel-node has a shard thread");
+    (shard, main)
+}
+
+/// The CPUs the calling thread may use.
+fn my_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let mask = sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("this thread's CPUs");
+    (0..CpuSet::count()).filter(|&cpu| mask.is_set(cpu).unwrap_or(false)).collect()
+}
+
+#[test]
+fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
+    // An operator places shards with the process's affinity mask (taskset,
+    // systemd's CPUAffinity=): keel-node started on the last CPU of this
+    // thread's mask must pin its one shard there, not to CPU 0.
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let here = Pid::from_raw(0);
+    let mask = sched_getaffinity(here).expect("this thread's CPUs");
+    let last = *my_cpus().last().expect("some CPU allowed");
+    let mut only_last = CpuSet::new();
+    only_last.set(last).expect("a valid CPU");
+    // The child inherits the mask of the thread that starts it.
+    sched_setaffinity(here, &only_last).expect("restrict this thread");
+    let started = std::panic::catch_unwind(|| shard_and_main_cpus(&[]));
+    sched_setaffinity(here, &mask).expect("restore this thread");
+    let (shard, _) = started.expect("keel-node started");
+    assert!(shard.iter().all(|cpus| *cpus == last.to_string()), "shard threads on CPU {last} only: {shard:?}");
+}
+
+#[test]
+fn cpus_pins_the_shards_and_leaves_the_other_threads_free() {
+    // --cpus pins only the shards: the node's other threads (and the
+    // kernel's io_uring workers, which inherit their mask) may run on any
+    // CPU of the process, which they need when the shard's CPU is busy.
+    let allowed = my_cpus();
+    let last = *allowed.last().expect("some CPU allowed");
+    let (shard, main) = shard_and_main_cpus(&["--cpus", &last.to_string()]);
+    assert!(shard.iter().all(|cpus| *cpus == last.to_string()), "shard threads on CPU {last} only: {shard:?}");
+    let main_cpus = keel_node::server::parse_cpu_list(&main).expect("a CPU list");
+    assert_eq!(main_cpus, allowed, "the main thread keeps the process's CPUs");
+}
+
+#[test]
+fn cpus_that_are_too_few_or_not_allowed_are_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let refuse = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel-node"))
+            .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run keel-node");
+        assert!(!out.status.success(), "keel-node refuses {extra:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(refuse(&["--cpus", "0"]).contains("cpus lists 1 CPUs for 2 shards"));
+    assert!(refuse(&["--cpus", "0-1", "--no-pin"]).contains("pinning is off"));
+    assert!(refuse(&["--cpus", "1000-1001"]).contains("not one this process may use"));
+    assert!(refuse(&["--cpus", "one"]).contains("is not a CPU list"));
 }
 
 #[test]

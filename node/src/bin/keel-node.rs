@@ -78,6 +78,11 @@ struct Args {
     /// affinity mask: taskset, systemd's CPUAffinity=).
     #[arg(long)]
     no_pin: bool,
+    /// The CPUs to pin the shards to, in order, as taskset lists them
+    /// (`1`, `2-5`, `0,2`). Only the shards are pinned; the node's other
+    /// threads may run on any CPU. Default: the CPUs the process may use.
+    #[arg(long)]
+    cpus: Option<String>,
     /// Page cache per shard, in MiB. Default: 256.
     #[arg(long)]
     page_cache_mb: Option<usize>,
@@ -110,6 +115,7 @@ struct FileConfig {
     shard_port_base: Option<u16>,
     shards: Option<usize>,
     pin: Option<bool>,
+    cpus: Option<String>,
     page_cache_mb: Option<usize>,
     dirty_mb: Option<usize>,
     partitions_default: Option<u32>,
@@ -157,6 +163,11 @@ fn main() -> anyhow::Result<()> {
         config.shards = shards;
     }
     config.pin = !args.no_pin && file.pin.unwrap_or(true);
+    if let Some(list) = args.cpus.or(file.cpus) {
+        let cpus = keel_node::server::parse_cpu_list(&list)
+            .with_context(|| format!("cpus {list:?} is not a CPU list (such as 1, 2-5 or 0,2)"))?;
+        config.cpus = Some(cpus);
+    }
     if let Some(mb) = args.page_cache_mb.or(file.page_cache_mb) {
         config.page_cache_bytes = mb.checked_mul(1024 * 1024).context("page cache size overflows")?;
     }
