@@ -48,16 +48,8 @@ pub fn read_steal_ms() -> Option<u64> {
     steal_ms(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
-/// The CPUs the calling thread may run on (its affinity mask), lowest
-/// first; empty where the mask cannot be read.
-#[must_use]
-pub fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{CpuSet, sched_getaffinity};
-    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+/// The CPUs the calling thread may run on, as keel-node reads them.
+pub use keel_node::server::allowed_cpus;
 
 /// Restricts the calling thread, and the threads and processes it starts
 /// from now on, to `cpus`.

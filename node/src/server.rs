@@ -326,10 +326,11 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 /// CPUs a CPU list may name (the size of the kernel's `cpu_set_t`).
 const CPUS_MAX: usize = 1024;
 
-/// The CPUs this process may run on, lowest first: its affinity mask, as
-/// `taskset`, systemd's `CPUAffinity=` or a cgroup cpuset set it. Empty
-/// when the mask cannot be read.
-fn allowed_cpus() -> Vec<usize> {
+/// The CPUs the calling thread may run on, lowest first: its affinity
+/// mask, which a process's first thread has from `taskset`, systemd's
+/// `CPUAffinity=` or a cgroup cpuset. Empty when the mask cannot be read.
+#[must_use]
+pub fn allowed_cpus() -> Vec<usize> {
     use nix::sched::{CpuSet, sched_getaffinity};
     match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
         Ok(set) => (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect(),

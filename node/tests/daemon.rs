@@ -792,13 +792,6 @@ fn shard_and_main_cpus(extra: &[&str]) -> (Vec<String>, String) {
     (shard, main)
 }
 
-/// The CPUs the calling thread may use.
-fn my_cpus() -> Vec<usize> {
-    use nix::sched::{CpuSet, sched_getaffinity};
-    let mask = sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("this thread's CPUs");
-    (0..CpuSet::count()).filter(|&cpu| mask.is_set(cpu).unwrap_or(false)).collect()
-}
-
 #[test]
 fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
     // An operator places shards with the process's affinity mask (taskset,
@@ -808,7 +801,7 @@ fn a_pinned_shard_runs_on_a_cpu_the_process_is_allowed() {
     use nix::unistd::Pid;
     let here = Pid::from_raw(0);
     let mask = sched_getaffinity(here).expect("this thread's CPUs");
-    let last = *my_cpus().last().expect("some CPU allowed");
+    let last = *keel_node::server::allowed_cpus().last().expect("some CPU allowed");
     let mut only_last = CpuSet::new();
     only_last.set(last).expect("a valid CPU");
     // The child inherits the mask of the thread that starts it.
@@ -824,7 +817,7 @@ fn cpus_pins_the_shards_and_leaves_the_other_threads_free() {
     // --cpus pins only the shards: the node's other threads (and the
     // kernel's io_uring workers, which inherit their mask) may run on any
     // CPU of the process, which they need when the shard's CPU is busy.
-    let allowed = my_cpus();
+    let allowed = keel_node::server::allowed_cpus();
     let last = *allowed.last().expect("some CPU allowed");
     let (shard, main) = shard_and_main_cpus(&["--cpus", &last.to_string()]);
     assert!(shard.iter().all(|cpus| *cpus == last.to_string()), "shard threads on CPU {last} only: {shard:?}");
