@@ -22,37 +22,47 @@ struct Node {
     shard_addresses: Vec<String>,
 }
 
+/// Starts a standalone keel-node on `dir` with `args` and reads its stdout
+/// until it listens; returns it with its entry address and shard addresses.
+fn spawn_node(dir: &Path, args: &[&str], notify_socket: Option<&Path>) -> (Child, String, Vec<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel-node"));
+    if let Some(socket) = notify_socket {
+        command.env("NOTIFY_SOCKET", socket);
+    }
+    let mut child = command
+        .args(["--standalone", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start keel-node");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut shard_addresses = Vec::new();
+    let address = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
+        if let Some(rest) = line.trim().strip_prefix("keel-node shard ") {
+            let (_, address) = rest.split_once(" listening on ").expect("shard line");
+            shard_addresses.push(address.to_owned());
+        } else if let Some(address) = line.trim().strip_prefix("keel-node listening on ") {
+            break address.to_owned();
+        }
+    };
+    (child, address, shard_addresses)
+}
+
 impl Node {
     fn start(dir: &Path) -> Self {
         Self::start_with(dir, None, &[])
     }
 
     fn start_with(dir: &Path, notify_socket: Option<&Path>, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keel-node"));
-        command.args(extra);
-        if let Some(socket) = notify_socket {
-            command.env("NOTIFY_SOCKET", socket);
-        }
-        let mut child = command
-            .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start keel-node");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut shard_addresses = Vec::new();
-        let address = loop {
-            let mut line = String::new();
-            assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
-            if let Some(rest) = line.trim().strip_prefix("keel-node shard ") {
-                let (_, address) = rest.split_once(" listening on ").expect("shard line");
-                shard_addresses.push(address.to_owned());
-            } else if let Some(address) = line.trim().strip_prefix("keel-node listening on ") {
-                break address.to_owned();
-            }
-        };
+        let mut args = vec!["--shards", "2", "--no-pin"];
+        args.extend_from_slice(extra);
+        let (child, address, shard_addresses) = spawn_node(dir, &args, notify_socket);
         assert_eq!(shard_addresses.len(), 2, "one port per shard");
         let stream = TcpStream::connect(&address).expect("connect");
         // A failure must fail the test, not hang it.
@@ -375,9 +385,13 @@ fn every_operation_works_across_shards_through_every_port() {
 }
 
 /// Starts keel-node expecting it to refuse; returns what it printed.
-fn refused(dir: &Path, shards: &str) -> String {
+/// Runs keel-node on `dir` with `args`, which must make it refuse to
+/// start; returns what it said.
+fn refused(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_keel-node"))
-        .args(["--listen", "127.0.0.1:0", "--no-pin", "--shards", shards, "--data-dir"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "off")
         .output()
@@ -391,15 +405,15 @@ fn a_data_directory_serves_one_process_with_the_shard_count_it_was_made_with() {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let dir = tmp.path().join("data");
     let node = Node::start(&dir);
-    let message = refused(&dir, "2");
+    let message = refused(&dir, &["--no-pin", "--shards", "2"]);
     assert!(message.contains("in use by another keel-node process"), "{message}");
     node.stop();
-    let message = refused(&dir, "3");
+    let message = refused(&dir, &["--no-pin", "--shards", "3"]);
     assert!(message.contains("was created with 2 shards"), "{message}");
     let stray = tmp.path().join("stray");
     std::fs::create_dir_all(&stray).expect("mkdir");
     std::fs::write(stray.join("notes.txt"), b"mine").expect("write");
-    let message = refused(&stray, "1");
+    let message = refused(&stray, &["--no-pin", "--shards", "1"]);
     assert!(message.contains("not a keel-node data directory"), "{message}");
 }
 
@@ -754,23 +768,9 @@ fn the_daemon_runs_without_transparent_huge_pages() {
 /// threads and of its main thread.
 fn shard_and_main_cpus(extra: &[&str]) -> (Vec<String>, String) {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel-node"))
-        .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start keel-node");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    loop {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).expect("read stdout") > 0, "keel-node exited before listening");
-        if line.starts_with("keel-node listening on ") {
-            break;
-        }
-    }
+    let mut args = vec!["--shards", "1"];
+    args.extend_from_slice(extra);
+    let (mut child, _, _) = spawn_node(&tmp.path().join("data"), &args, None);
     let cpus_of = |task: &Path| {
         let status = std::fs::read_to_string(task.join("status")).ok()?;
         status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|c| c.trim().to_owned())
@@ -828,21 +828,11 @@ fn cpus_pins_the_shards_and_leaves_the_other_threads_free() {
 #[test]
 fn cpus_that_are_too_few_or_not_allowed_are_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
-    let refuse = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keel-node"))
-            .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run keel-node");
-        assert!(!out.status.success(), "keel-node refuses {extra:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    assert!(refuse(&["--cpus", "0"]).contains("cpus lists 1 CPUs for 2 shards"));
-    assert!(refuse(&["--cpus", "0-1", "--no-pin"]).contains("pinning is off"));
-    assert!(refuse(&["--cpus", "1000-1001"]).contains("not one this process may use"));
-    assert!(refuse(&["--cpus", "one"]).contains("is not a CPU list"));
+    let dir = tmp.path().join("data");
+    assert!(refused(&dir, &["--shards", "2", "--cpus", "0"]).contains("cpus lists 1 CPUs for 2 shards"));
+    assert!(refused(&dir, &["--shards", "2", "--cpus", "0-1", "--no-pin"]).contains("pinning is off"));
+    assert!(refused(&dir, &["--shards", "2", "--cpus", "1000-1001"]).contains("not one this process may use"));
+    assert!(refused(&dir, &["--shards", "2", "--cpus", "one"]).contains("is not a CPU list"));
 }
 
 #[test]
