@@ -109,6 +109,38 @@ fn items_nested_deeper_than_dynamodb_allows_are_rejected() {
     assert_eq!(err.what, "item");
 }
 
+/// Keel builds flatbuffers with a patched verifier that records an error's
+/// path only once verification has failed (vendor/README.md). The path must
+/// still be there, innermost first, down to the field that broke.
+#[test]
+fn a_rejected_item_names_the_path_to_the_field_that_broke() {
+    let mut item = item_bytes("broken-utf8-here", 0);
+    let at = item.windows(16).position(|w| w == b"broken-utf8-here").expect("the id's bytes are in the buffer");
+    *item.get_mut(at).expect("in the buffer") = 0xff;
+    let err = verify::item(&item).expect_err("a string that is not UTF-8 is rejected");
+    let flatbuffers::InvalidFlatbuffer::Utf8Error { error_trace, .. } = &err.source else {
+        panic!("expected a UTF-8 error, got {:?}", err.source);
+    };
+    let path: Vec<String> = error_trace
+        .as_ref()
+        .iter()
+        .map(|step| match step {
+            flatbuffers::ErrorTraceDetail::TableField { field_name, .. } => format!("field {field_name}"),
+            flatbuffers::ErrorTraceDetail::VectorElement { index, .. } => format!("element {index}"),
+            flatbuffers::ErrorTraceDetail::UnionVariant { variant, .. } => format!("variant {variant}"),
+        })
+        .collect();
+    assert_eq!(
+        path,
+        ["field value", "variant Value::S", "field value", "field value", "element 0", "field attributes"],
+        "the trace, innermost first: S.value, the union's S, AttributeValue.value, Attribute.value, \
+         the first attribute, Item.attributes"
+    );
+    let message = err.to_string();
+    assert!(message.contains("while verifying table field `attributes`"), "{message}");
+    assert!(message.contains("while verifying vector element 0"), "{message}");
+}
+
 #[test]
 fn garbage_and_bit_flips_never_panic() {
     let mut rng = SmallRng::seed_from_u64(5);
