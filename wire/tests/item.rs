@@ -72,6 +72,50 @@ fn malformed_dynamodb_json_names_the_attribute() {
     assert!(item::from_json(&json!([1, 2])).is_err());
 }
 
+/// An item buffer with string attributes in exactly the given order (Keel's
+/// encoder always sorts them; other writers need not).
+fn item_in_order(attributes: &[(&str, &str)]) -> Vec<u8> {
+    use keel_wire::fb;
+    let mut b = flatbuffers::FlatBufferBuilder::new();
+    let mut built = Vec::new();
+    for (name, value) in attributes {
+        let s = b.create_string(value);
+        let s = fb::S::create(&mut b, &fb::SArgs { value: Some(s) });
+        let v = fb::AttributeValue::create(
+            &mut b,
+            &fb::AttributeValueArgs { value_type: fb::Value::S, value: Some(s.as_union_value()) },
+        );
+        let name = b.create_string(name);
+        built.push(fb::Attribute::create(&mut b, &fb::AttributeArgs { name: Some(name), value: Some(v) }));
+    }
+    let built = b.create_vector(&built);
+    let root = fb::Item::create(&mut b, &fb::ItemArgs { attributes: Some(built) });
+    b.finish(root, None);
+    b.finished_data().to_vec()
+}
+
+#[test]
+fn items_decode_alike_whatever_the_order_of_their_attributes() {
+    let sorted = item::decode(&item_in_order(&[("a", "1"), ("b", "2"), ("c", "3")])).expect("sorted decodes");
+    let shuffled = item::decode(&item_in_order(&[("c", "3"), ("a", "1"), ("b", "2")])).expect("shuffled decodes");
+    let expected: Item = [("a", "1"), ("b", "2"), ("c", "3")]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), AttributeValue::S(v.to_owned())))
+        .collect();
+    assert_eq!(sorted, expected);
+    assert_eq!(shuffled, expected);
+    assert_eq!(item::decode(&item::encode(&expected)).expect("round trip"), expected);
+    // A name twice is refused in any order: next to itself or apart.
+    for twice in
+        [&[("a", "1"), ("a", "2")][..], &[("b", "1"), ("a", "2"), ("b", "3")], &[("a", "1"), ("b", "2"), ("b", "3")]]
+    {
+        assert!(
+            matches!(item::decode(&item_in_order(twice)), Err(ItemError::Name { reason: "appears twice", .. })),
+            "{twice:?}"
+        );
+    }
+}
+
 #[test]
 fn decoding_rejects_garbage_and_duplicate_names() {
     assert!(matches!(item::decode(b"not a flatbuffer"), Err(ItemError::Verify(_))));
