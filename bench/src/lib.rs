@@ -4,6 +4,7 @@
 pub mod disk;
 pub mod driver;
 pub mod host;
+pub mod pacer;
 pub mod report;
 pub mod runner;
 pub mod servers;

@@ -72,10 +72,17 @@ struct WorkloadArgs {
     /// Closed loop: concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Open loop: operations per second (all clients together); latencies
-    /// then count from each operation's intended start.
+    /// Open loop: operations per second (all clients together), released
+    /// by a timer and taken by whichever client is free; latencies then
+    /// count from each operation's release, waiting for a client included.
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop: the pacer's tick in µs. Operations due within one tick
+    /// are released together; 1000 gives the millisecond bursts of
+    /// generators built on millisecond timers (wrk2, and keel-bench before
+    /// its pacer).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    tick_us: u64,
     /// Connections per target.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -216,7 +223,12 @@ impl AnyDriver {
         }
     }
 
-    async fn run(&self, workload: &Workload, config: &RunConfig, inserts: Arc<InsertSequence>) -> PhaseResult {
+    async fn run(
+        &self,
+        workload: &Workload,
+        config: &RunConfig,
+        inserts: Arc<InsertSequence>,
+    ) -> std::io::Result<PhaseResult> {
         match self {
             Self::Keel(d) => runner::run(d, workload, config, inserts).await,
             Self::Redis(d) => runner::run(d, workload, config, inserts).await,
@@ -253,6 +265,7 @@ impl WorkloadArgs {
             duration: Some(Duration::from_secs(self.duration_s)),
             operations: self.operations,
             rate: self.rate,
+            tick: Duration::from_micros(self.tick_us),
             shape: RecordShape { fields: self.fields, field_bytes: self.field_bytes },
             seed: self.seed,
         }
@@ -322,7 +335,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for _round in 0..args.rounds.max(1) {
         for workload in &workloads {
             for (driver, inserts) in drivers.iter().zip(&inserts) {
-                let phase = driver.run(workload, &config, Arc::clone(inserts)).await;
+                let phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
                 print_phase(&phase);
                 phases.push(phase);
             }
@@ -369,7 +382,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let inserts = Arc::new(InsertSequence::new(args.workload.records));
     let config = args.workload.config();
     for workload in &workloads {
-        let phase = driver.run(workload, &config, Arc::clone(&inserts)).await;
+        let phase = driver.run(workload, &config, Arc::clone(&inserts)).await?;
         print_phase(&phase);
         phases.push(phase);
     }

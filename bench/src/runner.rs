@@ -1,11 +1,11 @@
 //! Runs a workload against a driver: a load phase (insert the records) and
 //! run phases, closed-loop (`clients` tasks, each issuing its next
-//! operation when the last one finished) or open-loop (a fixed rate: each
-//! operation has an intended start time; when a slow operation makes the
-//! next one start late, that one's latency is measured from its intended
-//! start, which corrects for coordinated omission: a stall delays the
-//! operations queued behind it and they are charged for the wait. Timer
-//! slop of the load generator's own sleeps is not charged).
+//! operation when the last one finished) or open-loop (a fixed rate: a
+//! pacing thread releases operations on time and a free client takes each;
+//! an operation's latency counts from its release, so that when a stall
+//! keeps every client busy, the operations queued behind it are charged
+//! for the wait, which corrects for coordinated omission. The pacer's own
+//! lateness is not charged; see [`crate::pacer`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::driver::{Driver, OpError};
 use crate::host;
+use crate::pacer::Pacer;
 use crate::workload::{self, InsertSequence, KeyChooser, Op, Workload};
 
 /// Highest latency recorded (60 s), in µs.
@@ -53,6 +54,9 @@ pub struct RunConfig {
     pub operations: Option<u64>,
     /// Open loop at this many operations per second (all clients together).
     pub rate: Option<f64>,
+    /// Open loop: the pacer's tick (operations due within one are released
+    /// together; [`crate::pacer::QUANTUM`] unless told otherwise).
+    pub tick: Duration,
     /// Record shape for inserts and updates.
     pub shape: RecordShape,
     /// Seed of the clients' generators.
@@ -380,7 +384,15 @@ impl StealSampler {
 
 /// Load phase: inserts records `0..records` with `clients` clients.
 pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
-    let config = RunConfig { clients, duration: None, operations: Some(records), rate: None, shape, seed };
+    let config = RunConfig {
+        clients,
+        duration: None,
+        operations: Some(records),
+        rate: None,
+        tick: crate::pacer::QUANTUM,
+        shape,
+        seed,
+    };
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
     let started = SystemTime::now();
@@ -454,12 +466,15 @@ async fn operate<D: Driver>(
 }
 
 /// Run phase of `workload` over the records `inserts` says exist.
+///
+/// # Errors
+/// When the open loop's pacer cannot make its timer.
 pub async fn run<D: Driver>(
     driver: &D,
     workload: &Workload,
     config: &RunConfig,
     inserts: Arc<InsertSequence>,
-) -> PhaseResult {
+) -> std::io::Result<PhaseResult> {
     let clients = config.clients.max(1);
     let label = format!("{} {}", driver.name(), workload.name);
     let budget = Arc::new(AtomicU64::new(config.operations.unwrap_or(u64::MAX)));
@@ -478,11 +493,13 @@ pub async fn run<D: Driver>(
     let tally = Tally::shared(began);
     let steal = StealSampler::start(&tally);
     let deadline = config.duration.map(|d| began + d);
-    let interval = config.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1e-9)));
+    let (pacer, releases) =
+        config.rate.map(|rate| Pacer::start(rate, config.tick, began, deadline)).transpose()?.unzip();
     let mut tasks = Vec::new();
     for client in 0..clients {
         let (driver, workload, inserts, budget) =
             (driver.clone(), workload.clone(), Arc::clone(&inserts), Arc::clone(&budget));
+        let releases = releases.clone();
         let tally = Arc::clone(&tally);
         let done = Arc::clone(&progress.done);
         let shape = config.shape;
@@ -490,8 +507,6 @@ pub async fn run<D: Driver>(
         let mut chooser = chooser.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed);
-            // Open loop: client k starts at a staggered offset, then every interval.
-            let mut intended = interval.map(|i| began + i.mul_f64(client as f64 / clients as f64));
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return;
@@ -499,23 +514,14 @@ pub async fn run<D: Driver>(
                 if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
                     return;
                 }
-                let start = match (intended, interval) {
-                    (Some(at), Some(step)) => {
-                        intended = Some(at + step);
-                        if Instant::now() >= at {
-                            // Late because the previous operation overran its
-                            // slot: the wait is the server's (coordinated
-                            // omission), so it is charged.
-                            at
-                        } else {
-                            // Early: sleep. The timer wakes up to a
-                            // millisecond late; that slop is the load
-                            // generator's, not the server's, and is not charged.
-                            tokio::time::sleep_until(at.into()).await;
-                            Instant::now()
-                        }
-                    }
-                    _ => Instant::now(),
+                let start = match &releases {
+                    // Open loop: from its release, however long it waited
+                    // for a free client.
+                    Some(releases) => match releases.next().await {
+                        Some(released) => released,
+                        None => return,
+                    },
+                    None => Instant::now(),
                 };
                 let op = workload.next_op(&mut rng);
                 let outcome = operate(&driver, &workload, op, &mut chooser, &inserts, &mut rng, shape).await;
@@ -524,10 +530,14 @@ pub async fn run<D: Driver>(
             }
         }));
     }
+    drop(releases);
     for task in tasks {
         let _ = task.await;
     }
+    if let Some(pacer) = pacer {
+        pacer.join().await;
+    }
     progress.finish();
     steal.finish();
-    summarize(driver.name(), &workload.name, workload.distribution.name(), config, &tally, started)
+    Ok(summarize(driver.name(), &workload.name, workload.distribution.name(), config, &tally, started))
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use keel_bench::driver::MemoryDriver;
+use keel_bench::pacer::QUANTUM;
 use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, RecordShape, RunConfig};
 use keel_bench::workload::{InsertSequence, Workload};
@@ -24,6 +25,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         duration: None,
         operations: Some(2000),
         rate: None,
+        tick: QUANTUM,
         shape: RecordShape { fields: 3, field_bytes: 8 },
         seed: 9,
     };
@@ -36,7 +38,8 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         let inserts = Arc::new(InsertSequence::new(records));
         for letter in ["a", "d", "e", "f"] {
             let workload = Workload::core(letter).expect("workload");
-            let mut phase = runtime.block_on(runner::run(&driver, &workload, &config, Arc::clone(&inserts)));
+            let mut phase =
+                runtime.block_on(runner::run(&driver, &workload, &config, Arc::clone(&inserts))).expect("run");
             assert_eq!(phase.ops + phase.errors.values().sum::<u64>(), 2000, "workload {letter}");
             assert!(phase.errors.is_empty(), "workload {letter}: {:?}", phase.errors);
             let per_op: u64 = phase.per_op.values().map(|l| l.count).sum();
@@ -122,11 +125,13 @@ fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
         duration: None,
         operations: Some(400),
         rate: Some(2000.0),
+        tick: QUANTUM,
         shape: RecordShape { fields: 2, field_bytes: 4 },
         seed: 3,
     };
     let workload = Workload::core("c").expect("workload");
-    let phase = runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100))));
+    let phase =
+        runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
     assert_eq!(phase.mode, "open");
     assert_eq!(phase.ops, 400);
     // 400 operations at 2,000/s take at least 0.2 s whatever the driver's speed.
@@ -139,9 +144,11 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
     let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
-    let config = RunConfig { clients: 2, duration: None, operations: Some(200), rate: None, shape, seed: 5 };
+    let config =
+        RunConfig { clients: 2, duration: None, operations: Some(200), rate: None, tick: QUANTUM, shape, seed: 5 };
     let workload = Workload::core("a").expect("workload");
-    let mut phase = runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100))));
+    let mut phase =
+        runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
     // Whatever this machine's host did during the test, start from none.
     let mut quiet = vec![loaded, phase.clone()];
     for p in &mut quiet {
