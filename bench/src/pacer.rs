@@ -8,12 +8,12 @@
 //! waited for the 30 before it. That queueing was the load generator's,
 //! not the server's, yet it was charged to the server: in workload C (no
 //! disk at all) at 56,000 reads a second, both Keel's and Redis's median
-//! was 750–900 µs. The pacer is a `timerfd` (the kernel's high-resolution
-//! timer) that ticks every [`QUANTUM`] on the runtime's own event loop, and
-//! each tick releases what came due since the last. (A thread sleeping in
-//! `nanosleep` did the same, but cost 17 % of a core at 56,000 a second on
-//! the 2-core VM, mostly in context switches, and each release woke the
-//! runtime's thread too.)
+//! was 750–920 µs. The pacer is a `timerfd` (the kernel's high-resolution
+//! timer) on the runtime's own event loop that ticks every [`QUANTUM`]
+//! (`--tick-us`), and each tick releases what came due since the last. (A
+//! thread sleeping in `nanosleep` did the same, but cost 17 % of a core at
+//! 56,000 a second on the 2-core VM, mostly in context switches, and each
+//! release woke the runtime's thread too.)
 //!
 //! An operation's latency counts from its release. When every client is
 //! busy, a released operation waits until one is free, and that wait is

@@ -1,7 +1,7 @@
 //! Runs a workload against a driver: a load phase (insert the records) and
 //! run phases, closed-loop (`clients` tasks, each issuing its next
 //! operation when the last one finished) or open-loop (a fixed rate: a
-//! pacing thread releases operations on time and a free client takes each;
+//! timer releases the operations due every tick and a free client takes each;
 //! an operation's latency counts from its release, so that when a stall
 //! keeps every client busy, the operations queued behind it are charged
 //! for the wait, which corrects for coordinated omission. The pacer's own
