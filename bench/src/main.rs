@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use keel_bench::driver::{Driver, KeelDriver, RedisDriver};
+use keel_bench::pacer::OpenLoop;
 use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, PhaseResult, RecordShape, RunConfig};
 use keel_bench::workload::{Distribution, InsertSequence, Workload};
@@ -264,8 +265,7 @@ impl WorkloadArgs {
             clients: self.clients,
             duration: Some(Duration::from_secs(self.duration_s)),
             operations: self.operations,
-            rate: self.rate,
-            tick: Duration::from_micros(self.tick_us),
+            open_loop: self.rate.map(|rate| OpenLoop { rate, tick: Duration::from_micros(self.tick_us) }),
             shape: RecordShape { fields: self.fields, field_bytes: self.field_bytes },
             seed: self.seed,
         }

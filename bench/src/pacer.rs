@@ -36,6 +36,24 @@ use tokio_timerfd::Interval;
 /// one operation a tick, the tick is the interval between two.
 pub const QUANTUM: Duration = Duration::from_micros(100);
 
+/// An open loop's schedule: `rate` operations a second, released every
+/// `tick`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenLoop {
+    /// Operations per second, all clients together.
+    pub rate: f64,
+    /// Operations due within one tick are released together.
+    pub tick: Duration,
+}
+
+impl OpenLoop {
+    /// `rate` a second, every [`QUANTUM`].
+    #[must_use]
+    pub fn at(rate: f64) -> Self {
+        Self { rate, tick: QUANTUM }
+    }
+}
+
 /// How many operations of a phase are due `elapsed` after it began, at
 /// `rate` a second: operation `k` is due at `k / rate`, so the first one
 /// is due at once.
@@ -87,21 +105,16 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Starts releasing operations at `rate` a second from `began` until
-    /// `deadline`, every `tick` (or, at rates below one operation a tick,
-    /// at each operation's time). Call it from within a tokio runtime.
+    /// Starts releasing operations on `schedule` from `began` until
+    /// `deadline`, every tick (or, at rates below one operation a tick, at
+    /// each operation's time). Call it from within a tokio runtime.
     ///
     /// # Errors
     /// When the timer cannot be made.
-    pub fn start(
-        rate: f64,
-        tick: Duration,
-        began: Instant,
-        deadline: Option<Instant>,
-    ) -> std::io::Result<(Self, Releases)> {
-        let rate = rate.max(1e-9);
-        let tick =
-            Duration::from_secs_f64(1.0 / rate).clamp(tick.max(Duration::from_micros(1)), Duration::from_secs(1));
+    pub fn start(schedule: OpenLoop, began: Instant, deadline: Option<Instant>) -> std::io::Result<(Self, Releases)> {
+        let rate = schedule.rate.max(1e-9);
+        let tick = Duration::from_secs_f64(1.0 / rate)
+            .clamp(schedule.tick.max(Duration::from_micros(1)), Duration::from_secs(1));
         let ticks = Interval::new(began, tick)?;
         let shared = Arc::new(Shared { permits: Semaphore::new(0), released: Mutex::new(VecDeque::new()) });
         let task = tokio::spawn(pace(ticks, Arc::clone(&shared), rate, began, deadline));

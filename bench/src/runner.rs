@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::driver::{Driver, OpError};
 use crate::host;
-use crate::pacer::Pacer;
+use crate::pacer::{OpenLoop, Pacer};
 use crate::workload::{self, InsertSequence, KeyChooser, Op, Workload};
 
 /// Highest latency recorded (60 s), in µs.
@@ -52,11 +52,8 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// ...or after this many operations (whichever comes first).
     pub operations: Option<u64>,
-    /// Open loop at this many operations per second (all clients together).
-    pub rate: Option<f64>,
-    /// Open loop: the pacer's tick (operations due within one are released
-    /// together; [`crate::pacer::QUANTUM`] unless told otherwise).
-    pub tick: Duration,
+    /// Open loop: its rate and tick (closed loop when `None`).
+    pub open_loop: Option<OpenLoop>,
     /// Record shape for inserts and updates.
     pub shape: RecordShape,
     /// Seed of the clients' generators.
@@ -332,9 +329,9 @@ fn summarize(
         target: target.to_owned(),
         workload: workload.to_owned(),
         distribution: distribution.to_owned(),
-        mode: if config.rate.is_some() { "open" } else { "closed" }.to_owned(),
+        mode: if config.open_loop.is_some() { "open" } else { "closed" }.to_owned(),
         clients: config.clients,
-        rate: config.rate,
+        rate: config.open_loop.map(|o| o.rate),
         ops,
         started_unix_ms: started
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -384,15 +381,7 @@ impl StealSampler {
 
 /// Load phase: inserts records `0..records` with `clients` clients.
 pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
-    let config = RunConfig {
-        clients,
-        duration: None,
-        operations: Some(records),
-        rate: None,
-        tick: crate::pacer::QUANTUM,
-        shape,
-        seed,
-    };
+    let config = RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed };
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
     let started = SystemTime::now();
@@ -494,7 +483,7 @@ pub async fn run<D: Driver>(
     let steal = StealSampler::start(&tally);
     let deadline = config.duration.map(|d| began + d);
     let (pacer, releases) =
-        config.rate.map(|rate| Pacer::start(rate, config.tick, began, deadline)).transpose()?.unzip();
+        config.open_loop.map(|schedule| Pacer::start(schedule, began, deadline)).transpose()?.unzip();
     let mut tasks = Vec::new();
     for client in 0..clients {
         let (driver, workload, inserts, budget) =

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_bench::pacer::{Pacer, QUANTUM, due};
+use keel_bench::pacer::{OpenLoop, Pacer, due};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
@@ -28,7 +28,7 @@ fn it_releases_what_is_due_in_order_until_its_deadline_to_every_client() {
     let (took, began, deadline) = runtime.block_on(async {
         let began = Instant::now();
         let deadline = began + window;
-        let (pacer, releases) = Pacer::start(rate, QUANTUM, began, Some(deadline)).expect("pacer");
+        let (pacer, releases) = Pacer::start(OpenLoop::at(rate), began, Some(deadline)).expect("pacer");
         // Two clients share the releases; each runs until the pacer stops.
         let clients: Vec<_> = (0..2)
             .map(|_| {
@@ -63,7 +63,7 @@ fn it_releases_what_is_due_in_order_until_its_deadline_to_every_client() {
 fn it_stops_once_no_client_is_left() {
     let runtime = rt();
     runtime.block_on(async {
-        let (pacer, releases) = Pacer::start(1000.0, QUANTUM, Instant::now(), None).expect("pacer");
+        let (pacer, releases) = Pacer::start(OpenLoop::at(1000.0), Instant::now(), None).expect("pacer");
         // The first operation is due at once, the next ones in turn.
         for _ in 0..3 {
             assert!(releases.next().await.is_some());

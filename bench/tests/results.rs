@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use keel_bench::driver::MemoryDriver;
-use keel_bench::pacer::QUANTUM;
+use keel_bench::pacer::OpenLoop;
 use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, RecordShape, RunConfig};
 use keel_bench::workload::{InsertSequence, Workload};
@@ -24,8 +24,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         clients: 4,
         duration: None,
         operations: Some(2000),
-        rate: None,
-        tick: QUANTUM,
+        open_loop: None,
         shape: RecordShape { fields: 3, field_bytes: 8 },
         seed: 9,
     };
@@ -124,8 +123,7 @@ fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
         clients: 4,
         duration: None,
         operations: Some(400),
-        rate: Some(2000.0),
-        tick: QUANTUM,
+        open_loop: Some(OpenLoop::at(2000.0)),
         shape: RecordShape { fields: 2, field_bytes: 4 },
         seed: 3,
     };
@@ -144,8 +142,7 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
     let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
-    let config =
-        RunConfig { clients: 2, duration: None, operations: Some(200), rate: None, tick: QUANTUM, shape, seed: 5 };
+    let config = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
     let workload = Workload::core("a").expect("workload");
     let mut phase =
         runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
