@@ -126,6 +126,10 @@ struct CompareArgs {
     /// pins shard i to the i-th CPU; the scheduler places the rest).
     #[arg(long)]
     server_cpus: Option<String>,
+    /// keel-node's `--wal-sync`: `ring` (its default) or `inline` (see
+    /// `keel-node --help` and docs/bench/README.md for the trade).
+    #[arg(long, default_value = "ring", value_parser = ["ring", "inline"])]
+    keel_wal_sync: String,
     /// Rewrite the results section of this Markdown file (docs/bench/README.md).
     #[arg(long)]
     update_docs: Option<PathBuf>,
@@ -315,7 +319,12 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 let shards = args.shards.or(placement.as_ref().map(|p| p.servers.len())).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
                 });
-                servers::keel_node(&servers::keel_node_binary()?, &args.dir, shards, placement.as_ref())?
+                servers::keel_node(
+                    &servers::keel_node_binary()?,
+                    &args.dir,
+                    &servers::KeelOptions { shards, wal_sync: args.keel_wal_sync.clone() },
+                    placement.as_ref(),
+                )?
             }
             Target::Redis => servers::redis(&args.dir, placement.as_ref())?,
         };

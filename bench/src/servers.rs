@@ -77,15 +77,31 @@ fn spawn_placed(command: &mut Command, placement: Option<&Placement>) -> anyhow:
     Ok(child?)
 }
 
-/// Starts a standalone keel-node with `shards` shards on a fresh `dir`,
-/// with its shards pinned to `placement`'s server CPUs when given.
-pub fn keel_node(binary: &Path, dir: &Path, shards: usize, placement: Option<&Placement>) -> anyhow::Result<Server> {
+/// How `compare` runs keel-node.
+#[derive(Debug, Clone)]
+pub struct KeelOptions {
+    /// Shards.
+    pub shards: usize,
+    /// `--wal-sync`: `ring` or `inline`.
+    pub wal_sync: String,
+}
+
+/// Starts a standalone keel-node as `options` say on a fresh `dir`, with
+/// its shards pinned to `placement`'s server CPUs when given.
+pub fn keel_node(
+    binary: &Path,
+    dir: &Path,
+    options: &KeelOptions,
+    placement: Option<&Placement>,
+) -> anyhow::Result<Server> {
+    let shards = options.shards;
     check_real_disk(dir)?;
     let data = dir.join("keel-data");
     let _ = std::fs::remove_dir_all(&data);
     let mut command = Command::new(binary);
     command
-        .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
+        .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
+        .args(["--wal-sync", &options.wal_sync, "--data-dir"])
         .arg(&data)
         // Warnings only, unless the caller asks for more (`RUST_LOG=info`
         // shows slow WAL commits and checkpoints beside the timeline).
@@ -111,7 +127,11 @@ pub fn keel_node(binary: &Path, dir: &Path, shards: usize, placement: Option<&Pl
             eprintln!("keel-node: {line}");
         }
     });
-    tracing_free_log(&format!("started keel-node ({shards} shards) on {endpoint}, data in {}", data.display()));
+    tracing_free_log(&format!(
+        "started keel-node ({shards} shards, --wal-sync {}) on {endpoint}, data in {}",
+        options.wal_sync,
+        data.display()
+    ));
     Ok(Server { child, endpoint, name: "keel-node" })
 }
 

@@ -52,7 +52,7 @@ use rustc_hash::FxHashMap;
 
 use crate::engine::{Engine, Page, Placement, TableDef};
 use crate::handler::{self, Route};
-use crate::io::glommio_disk::{self, GlommioDisk};
+use crate::io::glommio_disk::{self, DurableWrites, GlommioDisk};
 use crate::replica::{ShardStore, StoreConfig};
 use crate::wal::Notify;
 
@@ -151,6 +151,11 @@ pub struct NodeConfig {
     pub dirty_bytes_max: Option<usize>,
     /// How long stopping waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How a shard makes its WAL commits durable: through io_uring (the
+    /// shard serves meanwhile) or inline (a blocking write on the shard's
+    /// thread: no kernel worker between the write and its flush, but the
+    /// shard waits). `glommio_disk` module docs: the trade, measured.
+    pub durable_writes: DurableWrites,
     /// Membership in a cluster (None: standalone, the node holds everything).
     pub cluster: Option<ClusterConfig>,
 }
@@ -169,6 +174,7 @@ impl NodeConfig {
             partitions_default: crate::engine::PARTITIONS_DEFAULT,
             dirty_bytes_max: None,
             drain_timeout: Duration::from_secs(10),
+            durable_writes: DurableWrites::Ring,
             cluster: None,
         }
     }
@@ -619,7 +625,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     store_config.page_cache_bytes = config.page_cache_bytes;
     store_config.dirty_bytes_max = config.dirty_bytes_max.unwrap_or(DIRTY_BYTES_DEFAULT_RANGE.0);
     store_config.background_checkpoints = true;
-    let store = ShardStore::open(GlommioDisk::new(), store_config)
+    let store = ShardStore::open(GlommioDisk::with_durable_writes(config.durable_writes), store_config)
         .await
         .with_context(|| format!("open the shard store in {}", dir.display()))?;
     let placement = Placement { shard: u32::try_from(index)?, shards: u32::try_from(config.shards)? };

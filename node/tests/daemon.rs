@@ -559,29 +559,36 @@ fn the_example_config_file_is_valid_and_flags_override_it() {
 
 #[test]
 fn kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write() {
-    write_load_interrupted_by(Node::kill_9);
+    write_load_interrupted_by(Node::kill_9, &[]);
+}
+
+/// The same with WAL commits written inline (`--wal-sync inline`: blocking
+/// O_DSYNC writes on the shard's thread instead of io_uring).
+#[test]
+fn kill_9_with_inline_wal_commits_loses_no_acknowledged_write() {
+    write_load_interrupted_by(Node::kill_9, &["--wal-sync", "inline"]);
 }
 
 #[test]
 fn sigterm_in_the_middle_of_a_write_load_drains_and_exits_cleanly() {
     // `stop` asserts a zero exit status; the checks after the restart are
     // the same as after a kill -9.
-    write_load_interrupted_by(Node::stop);
+    write_load_interrupted_by(Node::stop, &[]);
 }
 
 /// Runs 24 concurrent writers (puts and increments) against a node, stops
 /// the node with `interrupt` once 3,000 puts were acknowledged, restarts it
 /// and checks that every acknowledged write is there. The node runs with
 /// 1 MiB of dirty pages at most, so background checkpoints run throughout
-/// the load (and are interrupted too).
-fn write_load_interrupted_by(interrupt: fn(Node)) {
+/// the load (and are interrupted too), and with `args`.
+fn write_load_interrupted_by(interrupt: fn(Node), args: &[&str]) {
     use keel_wire::client::{BlockingClient, ClientConfig};
     use std::sync::{Arc, Condvar, Mutex};
     const WRITERS: usize = 24;
     const COUNTERS: usize = 4;
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let dir = tmp.path().join("data");
-    let node = Node::start_with(&dir, None, &["--dirty-mb", "1"]);
+    let node = Node::start_with(&dir, None, &[&["--dirty-mb", "1"], args].concat());
     let mut config = ClientConfig::new(node.address.clone());
     config.connections = 4;
     config.retries_max = 0;

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use glommio::LocalExecutorBuilder;
-use keel_node::io::glommio_disk::GlommioDisk;
+use keel_node::io::glommio_disk::{DurableWrites, GlommioDisk};
 use keel_node::io::{Disk, DiskFile};
 
 /// A temp dir on the repository's filesystem (ext4 here), not /dev/shm.
@@ -252,33 +252,38 @@ fn a_gather_write_lands_as_the_concatenation_of_its_parts_across_request_boundar
 }
 
 /// `write_durable_at` goes through a second, O_DSYNC descriptor (one request
-/// up to the request size, write + fdatasync beyond): both paths must land
-/// the bytes where the ordinary descriptor and a later open read them.
+/// up to the request size, through the ring or inline; write + fdatasync
+/// beyond): every path must land the bytes where the ordinary descriptor and
+/// a later open read them.
 #[test]
 fn a_durable_write_lands_through_either_path_and_reads_back_after_reopening() {
     let dir = temp_dir();
     let root = dir.path().to_path_buf();
     on_fresh_executor(move || async move {
-        let disk = GlommioDisk::new();
-        let path = root.join("durable");
-        let file = disk.open(&path, true).await.expect("create file");
-        let small: Vec<u8> = (0..4096u32).map(|i| (i % 241) as u8).collect();
-        // 3 MiB: more than one request, so written and then synced.
-        let large: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
-        file.write_at(0, &vec![0u8; 8192]).await.expect("plain write");
-        file.write_durable_at(4096, &small).await.expect("small durable write");
-        file.write_durable_at(8192, &large).await.expect("large durable write");
-        // Over the first durable write, through the same path again.
-        let again: Vec<u8> = small.iter().map(|b| b ^ 0xff).collect();
-        file.write_durable_at(4096, &again).await.expect("durable overwrite");
-        assert_eq!(file.read_at(4096, 4096).await.expect("read through the plain descriptor"), again);
-        drop(file);
-        let file = disk.open(&path, false).await.expect("reopen");
-        assert_eq!(file.size().await.expect("size"), 8192 + large.len() as u64);
-        assert_eq!(file.read_at(0, 4096).await.expect("read"), vec![0u8; 4096]);
-        assert_eq!(file.read_at(4096, 4096).await.expect("read"), again);
-        assert!(file.read_at(8192, large.len()).await.expect("read") == large, "the large write reads back");
+        for mode in [DurableWrites::Ring, DurableWrites::Inline] {
+            durable_writes_land(GlommioDisk::with_durable_writes(mode), &root.join(format!("durable-{mode:?}"))).await;
+        }
     });
+}
+
+async fn durable_writes_land(disk: GlommioDisk, path: &Path) {
+    let file = disk.open(path, true).await.expect("create file");
+    let small: Vec<u8> = (0..4096u32).map(|i| (i % 241) as u8).collect();
+    // 3 MiB: more than one request, so written and then synced.
+    let large: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
+    file.write_at(0, &vec![0u8; 8192]).await.expect("plain write");
+    file.write_durable_at(4096, &small).await.expect("small durable write");
+    file.write_durable_at(8192, &large).await.expect("large durable write");
+    // Over the first durable write, through the same path again.
+    let again: Vec<u8> = small.iter().map(|b| b ^ 0xff).collect();
+    file.write_durable_at(4096, &again).await.expect("durable overwrite");
+    assert_eq!(file.read_at(4096, 4096).await.expect("read through the plain descriptor"), again);
+    drop(file);
+    let file = disk.open(path, false).await.expect("reopen");
+    assert_eq!(file.size().await.expect("size"), 8192 + large.len() as u64);
+    assert_eq!(file.read_at(0, 4096).await.expect("read"), vec![0u8; 4096]);
+    assert_eq!(file.read_at(4096, 4096).await.expect("read"), again);
+    assert!(file.read_at(8192, large.len()).await.expect("read") == large, "the large write reads back");
 }
 
 /// The O_DSYNC descriptor is opened on first use, possibly after the file was
@@ -289,22 +294,24 @@ fn a_durable_write_after_a_rename_lands_in_the_renamed_file() {
     let dir = temp_dir();
     let root = dir.path().to_path_buf();
     on_fresh_executor(move || async move {
-        let disk = GlommioDisk::new();
-        let first = root.join("first");
-        let moved = root.join("moved");
-        let file = disk.open(&first, true).await.expect("create file");
-        file.write_at(0, &[1u8; 4096]).await.expect("write");
-        disk.rename(&first, &moved).await.expect("rename");
-        // Another file now lives at the old path.
-        let other = disk.open(&first, true).await.expect("create another file");
-        other.write_at(0, &[9u8; 4096]).await.expect("write");
-        file.write_durable_at(0, &[2u8; 4096]).await.expect("durable write");
-        let moved_file = disk.open(&moved, false).await.expect("open renamed");
-        assert_eq!(moved_file.read_at(0, 4096).await.expect("read"), vec![2u8; 4096]);
-        assert_eq!(
-            other.read_at(0, 4096).await.expect("read"),
-            vec![9u8; 4096],
-            "the old path's new file is untouched"
-        );
+        for mode in [DurableWrites::Ring, DurableWrites::Inline] {
+            durable_write_after_rename(GlommioDisk::with_durable_writes(mode), &root.join(format!("{mode:?}"))).await;
+        }
     });
+}
+
+async fn durable_write_after_rename(disk: GlommioDisk, root: &Path) {
+    disk.create_dir_all(root).await.expect("create directory");
+    let first = root.join("first");
+    let moved = root.join("moved");
+    let file = disk.open(&first, true).await.expect("create file");
+    file.write_at(0, &[1u8; 4096]).await.expect("write");
+    disk.rename(&first, &moved).await.expect("rename");
+    // Another file now lives at the old path.
+    let other = disk.open(&first, true).await.expect("create another file");
+    other.write_at(0, &[9u8; 4096]).await.expect("write");
+    file.write_durable_at(0, &[2u8; 4096]).await.expect("durable write");
+    let moved_file = disk.open(&moved, false).await.expect("open renamed");
+    assert_eq!(moved_file.read_at(0, 4096).await.expect("read"), vec![2u8; 4096]);
+    assert_eq!(other.read_at(0, 4096).await.expect("read"), vec![9u8; 4096], "the old path's new file is untouched");
 }

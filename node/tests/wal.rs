@@ -231,6 +231,33 @@ fn wal_group_commit_puts_concurrent_appends_in_one_batch() {
     assert!(after.batches - before.batches <= 2, "50 records took {} batches", after.batches - before.batches);
 }
 
+/// Appends started side by side (each submit, then wait) share one write:
+/// the first to lead a commit lets the others submit before it takes the
+/// batch. Without that gather a write that completes at once (here the
+/// simulated disk's; in keel-node an inline durable write, which blocks the
+/// shard) would carry only its leader's record, and the rest would commit
+/// one by one.
+#[test]
+fn wal_commit_gathers_the_appends_of_tasks_ready_beside_its_leader() {
+    let disk = SimDisk::new(11);
+    let (wal, _) = open(&disk).expect("open");
+    append_all(&wal, 0, 1);
+    let before = (wal.stats(), disk.stats());
+    let payloads: Vec<Vec<u8>> = (1..11).map(payload).collect();
+    let appends = (1..11).zip(&payloads).map(|(i, bytes)| wal.append(meta(i), bytes));
+    let lsns: Vec<Lsn> =
+        block_on(futures_util::future::join_all(appends)).into_iter().collect::<Result<_, _>>().expect("append");
+    let after = (wal.stats(), disk.stats());
+    assert_eq!(after.0.records - before.0.records, 10);
+    assert_eq!(after.0.batches - before.0.batches, 1, "ten appends ready together, one batch");
+    assert_eq!(after.1.durable_writes - before.1.durable_writes, 1, "and one synchronized write");
+    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "in the order they were submitted");
+    drop(wal);
+    disk.crash();
+    let (_, records) = open(&disk).expect("reopen");
+    check_records(&records, 11);
+}
+
 #[test]
 fn wal_rejects_oversized_and_reserved_records() {
     let disk = SimDisk::new(10);

@@ -516,25 +516,41 @@ impl<D: Disk> Wal<D> {
     /// Writes and syncs every pending record now. Only one runs at a time:
     /// callers outside go through [`Self::wait_durable`] or [`Self::sync`].
     async fn flush(&self) -> Result<(), WalAppendError> {
-        let batches = {
+        {
             let mut st = self.state.borrow_mut();
             assert!(!st.flushing, "only one flush at a time");
-            if let Some(reason) = &st.poisoned {
-                return Err(WalAppendError::Poisoned(reason.clone()));
-            }
-            let mut batches = std::mem::take(&mut st.pending);
-            if batches.is_empty() {
-                return Ok(());
-            }
-            for batch in &mut batches {
-                pad_batch(batch);
-            }
-            let last = batches.last().expect("non-empty");
-            let end = u64::from(last.start.offset()) + last.bytes.len() as u64;
-            st.tail = Lsn::new(last.start.segment(), u32::try_from(end).expect("within segment"));
             st.flushing = true;
-            batches
+        }
+        // Gather: let the tasks that are ready to run submit their records
+        // first, so that they share this write. Where a write blocks the
+        // thread (keel-node's inline durable writes), a flush taken at once
+        // would carry one record and hold back the rest, which then commit
+        // one by one.
+        futures_lite::future::yield_now().await;
+        let taken = {
+            let mut st = self.state.borrow_mut();
+            if let Some(reason) = &st.poisoned {
+                Err(WalAppendError::Poisoned(reason.clone()))
+            } else {
+                Ok(std::mem::take(&mut st.pending))
+            }
         };
+        let mut batches = match taken {
+            Ok(batches) if !batches.is_empty() => batches,
+            other => {
+                // Nothing to write: let the writers that waited during the
+                // gather look again.
+                self.state.borrow_mut().flushing = false;
+                self.notify.notify_all();
+                return other.map(drop);
+            }
+        };
+        for batch in &mut batches {
+            pad_batch(batch);
+        }
+        let last = batches.last().expect("non-empty");
+        let end = u64::from(last.start.offset()) + last.bytes.len() as u64;
+        self.state.borrow_mut().tail = Lsn::new(last.start.segment(), u32::try_from(end).expect("within segment"));
         let began = std::time::Instant::now();
         let result = self.write_batches(&batches).await;
         let elapsed = began.elapsed();
