@@ -52,7 +52,7 @@
 //!   interrupt, which issues the cache flush and, once it is done, posts the
 //!   completion to the ring, which the shard reaps at its next scheduler
 //!   pass. Each of those waits for a CPU (on a loaded machine, for the other
-//!   work on it), so a commit took 0.52–0.57 ms at the median and 2.2–3.7 ms
+//!   work on it), so a commit took 0.44–0.57 ms at the median and 1.1–3.7 ms
 //!   at the p99 (timed in the node under YCSB A, open loop at 31,000 ops/s,
 //!   2-core VM) where the disk itself needs about 0.1 ms.
 //! - **`Inline`**: `pwrite` on the shard's own thread, which blocks until the
