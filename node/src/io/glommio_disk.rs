@@ -279,6 +279,11 @@ impl GlommioFile {
         let mut buf = file.alloc_dma_buffer(len);
         copy_range(parts, start, buf.as_bytes_mut());
         let written = file.write_at(buf, at).await.map_err(|e| IoError::new("write file", &self.path, e.into()))?;
+        self.whole_write(written, len)
+    }
+
+    /// A write that wrote fewer than `len` bytes is an error.
+    fn whole_write(&self, written: usize, len: usize) -> Result<(), IoError> {
         if written == len {
             Ok(())
         } else {
@@ -345,13 +350,7 @@ impl GlommioFile {
                 other => break other.map_err(|e| IoError::new("write file", &self.path, e))?,
             }
         };
-        if written == data.len() {
-            Ok(())
-        } else {
-            let short =
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {}", data.len()));
-            Err(IoError::new("write file", &self.path, short))
-        }
+        self.whole_write(written, data.len())
     }
 }
 
