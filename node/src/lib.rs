@@ -10,6 +10,7 @@ pub mod io;
 pub mod notify;
 pub mod repl;
 pub mod replica;
+pub mod sched;
 pub mod server;
 pub mod testing;
 pub mod wal;

@@ -607,6 +607,16 @@ impl std::fmt::Debug for Shard {
 
 async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in } = start;
+    // Kernel workers that finish this shard's disk writes (and any other
+    // short task) run at once when they wake on its CPU: crate::sched says
+    // why and what it measured.
+    match crate::sched::prefer_short_wakers(crate::sched::SHARD_SLICE) {
+        Ok(true) => tracing::debug!(shard = index, slice = ?crate::sched::SHARD_SLICE, "shard asked for a long slice"),
+        Ok(false) => tracing::info!(shard = index, "shard is not under SCHED_OTHER: its scheduling is left as it is"),
+        Err(e) => {
+            tracing::warn!(shard = index, error = %e, "could not ask for a long slice; kernel workers may wait for the shard")
+        }
+    }
     // For the shard's whole life a timer is always pending: glommio 0.9 now
     // and then leaves a shard asleep in io_uring_enter although what it
     // waits for (another shard's message, a completion) has arrived, and
