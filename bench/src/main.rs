@@ -523,15 +523,6 @@ fn main() -> anyhow::Result<()> {
     if let Command::Disk(args) = &cli.command {
         return disk_command(args);
     }
-    // On a wake-up, the servers and the kernel's workers go before the load
-    // generator (keel_node::sched says how): on a small machine they share
-    // its CPUs, and a WAL commit's completion waited for the generator's
-    // slice. The servers started from here begin with the default slice.
-    if let Err(e) = keel_node::sched::prefer_short_wakers(keel_node::sched::SHARD_SLICE) {
-        eprintln!(
-            "keel-bench: could not ask for a long slice ({e}); the servers' kernel work may wait for the generator"
-        );
-    }
     // One thread: on a small machine the load generator must not take the
     // cores of the servers it measures.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
