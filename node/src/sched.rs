@@ -63,8 +63,8 @@ const _: () = assert!(std::mem::size_of::<SchedAttr>() == 48);
 /// anything when the thread is not under `SCHED_OTHER`.
 ///
 /// # Errors
-/// The `sched_getscheduler` or `sched_setattr` system call's error (for
-/// instance `EPERM` under a seccomp filter that refuses them).
+/// The error of `sched_getscheduler`, `getpriority` or `sched_setattr`
+/// (for instance `EPERM` under a seccomp filter that refuses them).
 pub fn prefer_short_wakers(slice: Duration) -> io::Result<bool> {
     assert!(slice >= Duration::from_micros(100) && slice <= Duration::from_millis(100), "the kernel's range");
     let Some(nice) = nice_under_sched_other()? else { return Ok(false) };
