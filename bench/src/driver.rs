@@ -108,8 +108,11 @@ impl Driver for KeelDriver {
     }
 
     async fn read(&self, key: &str) -> Result<usize, OpError> {
-        match self.client.get_item(KEEL_TABLE, keel_key(key), None, Vec::new(), false).await {
-            Ok(Some(item)) => Ok(item.len().saturating_sub(1)),
+        // Verified, then counted in place: no map is built (nor by the
+        // Redis driver), so the generator's cost is the client's own.
+        let count = |item: Option<keel_wire::fb::Item<'_>>| item.map(|item| item.attributes().len());
+        match self.client.get_item_with(KEEL_TABLE, keel_key(key), None, Vec::new(), false, count).await {
+            Ok(Some(attributes)) => Ok(attributes.saturating_sub(1)),
             Ok(None) => Err(OpError::new("NotFound", key)),
             Err(e) => Err(client_error(e)),
         }
@@ -172,6 +175,16 @@ fn redis_error(e: &redis::RedisError) -> OpError {
     OpError::new(kind, e.to_string())
 }
 
+/// The field count of an HGETALL reply: a flat array of names and values
+/// (RESP2) or a map (RESP3).
+fn hash_fields(reply: &redis::Value) -> Result<usize, OpError> {
+    match reply {
+        redis::Value::Array(values) if values.len() % 2 == 0 => Ok(values.len() / 2),
+        redis::Value::Map(pairs) => Ok(pairs.len()),
+        other => Err(OpError::new("UnexpectedReply", format!("HGETALL answered {other:?}"))),
+    }
+}
+
 impl RedisDriver {
     /// Connects `connections` multiplexed connections to `endpoint` (host:port).
     pub async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Self> {
@@ -204,9 +217,12 @@ impl Driver for RedisDriver {
 
     async fn read(&self, key: &str) -> Result<usize, OpError> {
         let mut connection = self.connection();
-        let fields: Vec<(String, String)> =
+        // Parsed by the client library, then counted as it stands: no map
+        // (nor strings) built, as in the Keel driver.
+        let reply: redis::Value =
             redis::cmd("HGETALL").arg(key).query_async(&mut connection).await.map_err(|e| redis_error(&e))?;
-        if fields.is_empty() { Err(OpError::new("NotFound", key)) } else { Ok(fields.len()) }
+        let fields = hash_fields(&reply)?;
+        if fields == 0 { Err(OpError::new("NotFound", key)) } else { Ok(fields) }
     }
 
     async fn update(&self, key: &str, field: &str, value: &str) -> Result<(), OpError> {
@@ -277,5 +293,27 @@ impl Driver for MemoryDriver {
     async fn scan(&self, start: &str, count: usize) -> Result<usize, OpError> {
         let records = self.records.lock().map_err(|e| OpError::new("Poisoned", e.to_string()))?;
         Ok(records.range(start.to_owned()..).take(count).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> redis::Value {
+        redis::Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_hgetall_reply_counts_its_fields_in_either_protocol() {
+        let resp2 = redis::Value::Array(vec![bulk("field0"), bulk("a"), bulk("field1"), bulk("b")]);
+        assert_eq!(hash_fields(&resp2), Ok(2));
+        let resp3 = redis::Value::Map(vec![(bulk("field0"), bulk("a"))]);
+        assert_eq!(hash_fields(&resp3), Ok(1));
+        assert_eq!(hash_fields(&redis::Value::Array(Vec::new())), Ok(0));
+        // A name without its value, or another type, is an error by type.
+        let odd = redis::Value::Array(vec![bulk("field0")]);
+        assert_eq!(hash_fields(&odd).map_err(|e| e.kind), Err("UnexpectedReply".to_owned()));
+        assert_eq!(hash_fields(&redis::Value::Nil).map_err(|e| e.kind), Err("UnexpectedReply".to_owned()));
     }
 }

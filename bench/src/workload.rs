@@ -180,6 +180,8 @@ pub struct Zipfian {
     zeta2: f64,
     zetan: f64,
     eta: f64,
+    /// `0.5^theta`, drawn on every call: computed once.
+    half_pow_theta: f64,
 }
 
 fn zeta(from: u64, to: u64, theta: f64, initial: f64) -> f64 {
@@ -196,7 +198,8 @@ impl Zipfian {
 
     fn with_zetan(items: u64, theta: f64, zetan: f64) -> Self {
         let zeta2 = zeta(0, 2, theta, 0.0);
-        let mut z = Self { items, theta, alpha: 1.0 / (1.0 - theta), zeta2, zetan, eta: 0.0 };
+        let half_pow_theta = 0.5f64.powf(theta);
+        let mut z = Self { items, theta, alpha: 1.0 / (1.0 - theta), zeta2, zetan, eta: 0.0, half_pow_theta };
         z.eta = z.eta_for(items);
         z
     }
@@ -223,7 +226,7 @@ impl Zipfian {
         if uz < 1.0 {
             return 0;
         }
-        if uz < 1.0 + 0.5f64.powf(self.theta) {
+        if uz < 1.0 + self.half_pow_theta {
             return 1.min(self.items.saturating_sub(1));
         }
         let item = (self.items as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64;

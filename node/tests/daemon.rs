@@ -305,7 +305,22 @@ fn every_operation_works_across_shards_through_every_port() {
         let key = item::from_json(&json!({"artist": {"S": format!("a{artist}")}, "n": {"N": "3"}})).expect("key");
         let got = port.run(async |c| c.get_item("songs", key.clone(), None, Vec::new(), false).await).expect("get");
         assert_eq!(got, Some(song(artist, 3)));
+        // The zero-copy read sees the same attributes, in place.
+        let in_place = port
+            .run(async |c| {
+                let names = |i: Option<keel_wire::fb::Item<'_>>| {
+                    i.map(|i| {
+                        i.attributes().iter().map(|a| a.name().to_owned()).collect::<std::collections::BTreeSet<_>>()
+                    })
+                };
+                c.get_item_with("songs", key.clone(), None, Vec::new(), false, names).await
+            })
+            .expect("get in place");
+        assert_eq!(in_place, Some(song(artist, 3).into_keys().collect()));
     }
+    let absent = item::from_json(&json!({"artist": {"S": "nobody"}, "n": {"N": "1"}})).expect("key");
+    let seen = entry.run(async |c| c.get_item_with("songs", absent, None, Vec::new(), false, |i| i.is_some()).await);
+    assert!(!seen.expect("get in place"), "a missing item is None");
     // A Scan crosses both shards' partitions; pages of 7 see every item once.
     let mut everything: Vec<String> =
         scan_all(&entry, 7, 0, 1).iter().map(|i| format!("{:?}/{:?}", i.get("artist"), i.get("n"))).collect();

@@ -37,6 +37,7 @@ use crate::item::{self, AttributeValue, Item, ItemError};
 use crate::protocol::{
     self, ErrorCode, ExpressionArgs, KeyKind, ProtocolError, Reply, Request, ReturnValues, TableInfo,
 };
+use crate::{fb, verify};
 
 /// Leader hints followed per attempt at most (a hint that points back and
 /// forth while leadership moves must not loop).
@@ -471,6 +472,23 @@ impl Client {
         names: Vec<(String, String)>,
         consistent_read: bool,
     ) -> Result<Option<Item>, ClientError> {
+        self.get_item_with(table, key, projection, names, consistent_read, |item| item.map(item::from_fb).transpose())
+            .await?
+            .map_err(ClientError::from)
+    }
+
+    /// GetItem without building an [`Item`]: `f` gets the item as the
+    /// verified FlatBuffers table, borrowed from the response (the
+    /// zero-copy read; attribute names and values are read in place).
+    pub async fn get_item_with<R>(
+        &self,
+        table: &str,
+        key: Item,
+        projection: Option<&str>,
+        names: Vec<(String, String)>,
+        consistent_read: bool,
+        f: impl FnOnce(Option<fb::Item<'_>>) -> R,
+    ) -> Result<R, ClientError> {
         let request = Request::GetItem {
             table: table.to_owned(),
             key,
@@ -479,7 +497,8 @@ impl Client {
             consistent_read,
         };
         match self.call(&request).await? {
-            Reply::Item(bytes) => Ok(bytes.map(|b| item::decode(&b)).transpose()?),
+            Reply::Item(None) => Ok(f(None)),
+            Reply::Item(Some(bytes)) => Ok(f(Some(verify::item(&bytes).map_err(ItemError::from)?))),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
