@@ -74,11 +74,15 @@ pub fn encode_key(
     pk: &AttributeValue,
     sk: Option<(&str, &AttributeValue)>,
 ) -> Result<Vec<u8>, KeyError> {
-    let mut pk_bytes = Vec::new();
-    encode_component(&mut pk_bytes, pk_name, pk, PARTITION_KEY_BYTES_MAX)?;
-    let mut out = Vec::with_capacity(8 + pk_bytes.len() + 16);
-    out.extend_from_slice(&partition_hash(&pk_bytes).to_be_bytes());
-    out.extend_from_slice(&pk_bytes);
+    // The hash goes in front of the partition key's encoding: its place is
+    // kept, and filled once the encoding is there (one allocation).
+    let mut out = Vec::with_capacity(8 + encoded_len_hint(pk) + sk.map_or(0, |(_, v)| encoded_len_hint(v)));
+    out.extend_from_slice(&[0; 8]);
+    encode_component(&mut out, pk_name, pk, PARTITION_KEY_BYTES_MAX)?;
+    let hash = partition_hash(out.get(8..).unwrap_or_default()).to_be_bytes();
+    if let Some(place) = out.get_mut(..8) {
+        place.copy_from_slice(&hash);
+    }
     if let Some((name, value)) = sk {
         encode_component(&mut out, name, value, SORT_KEY_BYTES_MAX)?;
     }
@@ -153,13 +157,28 @@ fn encode_component(out: &mut Vec<u8>, name: &str, value: &AttributeValue, max: 
 /// of the encodings equals ordering of the bytes, and no encoding is a
 /// prefix of another.
 fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(b);
-        if b == 0 {
-            out.push(0xff);
-        }
+    out.reserve(bytes.len() + 2);
+    let mut runs = bytes.split(|&b| b == 0);
+    if let Some(first) = runs.next() {
+        out.extend_from_slice(first);
+    }
+    for run in runs {
+        out.extend_from_slice(&[0, 0xff]);
+        out.extend_from_slice(run);
     }
     out.extend_from_slice(&[0, 0]);
+}
+
+/// About how many bytes `value` encodes to, for reserving: a string or
+/// binary and its terminator (a zero byte escapes to two), or a number's
+/// class, exponent, digits (no more than its text has) and terminator.
+fn encoded_len_hint(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len() + 2,
+        AttributeValue::B(b) => b.len() + 2,
+        AttributeValue::N(text) => text.len() + 4,
+        _ => 0,
+    }
 }
 
 /// Sign class, then the exponent and the digits (one byte each, 1..=10),
@@ -216,6 +235,25 @@ mod tests {
         let strings = ["a", "a\0", "a\0b", "ab", "b", "\u{e9}"];
         let encoded: Vec<Vec<u8>> = strings.iter().map(|t| key(&pk, &s(t))).collect();
         assert!(encoded.windows(2).all(|w| matches!(w, [a, b] if a < b)), "strings sort bytewise");
+    }
+
+    #[test]
+    fn storage_keys_keep_their_byte_layout() {
+        // docs/format: the partition key's hash (big-endian), its escaped
+        // bytes and terminator, then the sort key's.
+        let pk_bytes = [b'a', 0, 0xff, 0, 0xff, b'b', 0, 0];
+        let mut expected = partition_hash(&pk_bytes).to_be_bytes().to_vec();
+        expected.extend_from_slice(&pk_bytes);
+        expected.extend_from_slice(&[0, 0xff, b'x', 0, 0xff, 0, 0]);
+        assert_eq!(key(&s("a\0\0b"), &s("\0x\0")), expected);
+        let number_key = encode_key("pk", &n("-12.5"), None).expect("valid");
+        let digits = [10 - 1, 10 - 2, 10 - 5];
+        let mut pk_bytes = vec![NUMBER_NEGATIVE];
+        pk_bytes.extend_from_slice(&(!u16::try_from(2 + EXPONENT_BIAS).expect("bias")).to_be_bytes());
+        pk_bytes.extend_from_slice(&digits);
+        pk_bytes.push(0xff);
+        assert_eq!(number_key.get(8..), Some(&pk_bytes[..]));
+        assert_eq!(number_key.get(..8), Some(&partition_hash(&pk_bytes).to_be_bytes()[..]));
     }
 
     #[test]
