@@ -246,6 +246,10 @@ impl Client {
 
     fn pool(&self, endpoint: &str) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Every request asks: the usual answer costs no allocation.
+        if let Some(pool) = pools.get(endpoint) {
+            return Arc::clone(pool);
+        }
         let pool = pools.entry(endpoint.to_owned()).or_insert_with(|| {
             Arc::new((0..self.config.connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect())
         });
