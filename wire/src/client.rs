@@ -52,7 +52,9 @@ pub struct ClientConfig {
     pub endpoint: String,
     /// Other nodes of a cluster, tried when `endpoint` cannot answer.
     pub more_endpoints: Vec<String>,
-    /// How long one attempt may take.
+    /// How long one attempt may take. An attempt without a reply fails
+    /// with [`ClientError::Timeout`] between this and a tenth of it later
+    /// (at most 100 ms later): deadlines are swept, not timed one by one.
     pub request_timeout: Duration,
     /// Retries after the first attempt, for retryable errors.
     pub retries_max: u32,
