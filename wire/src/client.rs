@@ -202,12 +202,8 @@ impl Pending {
 
     /// Fails the waiters whose deadline has passed.
     fn expire(&self, now: Instant) {
-        let expired: Vec<Waiter> = {
-            let mut waiters = self.lock();
-            let ids: Vec<u64> = waiters.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
-            ids.iter().filter_map(|id| waiters.remove(id)).collect()
-        };
-        for waiter in expired {
+        let expired: Vec<(u64, Waiter)> = self.lock().extract_if(|_, w| w.deadline <= now).collect();
+        for (_, waiter) in expired {
             let _ = waiter.reply.send(Err(NoReply::TimedOut));
         }
     }

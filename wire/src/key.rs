@@ -25,6 +25,8 @@ const NUMBER_ZERO: u8 = 0x02;
 const NUMBER_POSITIVE: u8 = 0x03;
 /// Exponents (−130 ..= 126) are stored biased, as two bytes.
 const EXPONENT_BIAS: i32 = 0x8000;
+/// First allocation of a storage key: the hash and a typical key or two.
+const KEY_CAPACITY: usize = 64;
 
 /// Why a key cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,8 +77,9 @@ pub fn encode_key(
     sk: Option<(&str, &AttributeValue)>,
 ) -> Result<Vec<u8>, KeyError> {
     // The hash goes in front of the partition key's encoding: its place is
-    // kept, and filled once the encoding is there (one allocation).
-    let mut out = Vec::with_capacity(8 + encoded_len_hint(pk) + sk.map_or(0, |(_, v)| encoded_len_hint(v)));
+    // kept, and filled once the encoding is there. Typical keys fit the
+    // first allocation; `escape_bytes` reserves for longer ones.
+    let mut out = Vec::with_capacity(KEY_CAPACITY);
     out.extend_from_slice(&[0; 8]);
     encode_component(&mut out, pk_name, pk, PARTITION_KEY_BYTES_MAX)?;
     let hash = partition_hash(out.get(8..).unwrap_or_default()).to_be_bytes();
@@ -167,18 +170,6 @@ fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
         out.extend_from_slice(run);
     }
     out.extend_from_slice(&[0, 0]);
-}
-
-/// About how many bytes `value` encodes to, for reserving: a string or
-/// binary and its terminator (a zero byte escapes to two), or a number's
-/// class, exponent, digits (no more than its text has) and terminator.
-fn encoded_len_hint(value: &AttributeValue) -> usize {
-    match value {
-        AttributeValue::S(s) => s.len() + 2,
-        AttributeValue::B(b) => b.len() + 2,
-        AttributeValue::N(text) => text.len() + 4,
-        _ => 0,
-    }
 }
 
 /// Sign class, then the exponent and the digits (one byte each, 1..=10),
