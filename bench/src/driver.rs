@@ -141,7 +141,9 @@ impl Driver for KeelDriver {
             total_segments: 0,
             consistent_read: false,
         };
-        self.client.page(&request).await.map(|page| page.items.len()).map_err(client_error)
+        // Verified and counted in place, as `read` does (and the Redis
+        // driver): no maps are built.
+        self.client.page_with(&request, |_| Ok(())).await.map(|page| page.count).map_err(client_error)
     }
 }
 
@@ -252,8 +254,12 @@ impl Driver for RedisDriver {
         for key in &keys {
             pipe.cmd("HGETALL").arg(key);
         }
-        let records: Vec<Vec<(String, String)>> =
-            pipe.query_async(&mut connection).await.map_err(|e| redis_error(&e))?;
+        // Parsed, each reply's shape checked, and counted: no strings
+        // built, as in the Keel driver.
+        let records: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| redis_error(&e))?;
+        for record in &records {
+            hash_fields(record)?;
+        }
         Ok(records.len())
     }
 }

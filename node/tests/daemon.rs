@@ -330,6 +330,37 @@ fn every_operation_works_across_shards_through_every_port() {
     assert_eq!(everything.len(), 40, "no item twice");
     let segments: usize = (0..3).map(|s| scan_all(&ports[0], 5, s, 3).len()).sum();
     assert_eq!(segments, 40, "segments split the table");
+    // Read in place, a page lends the same items, in the same order.
+    let owned = entry.run(async |c| c.page(&scan_request("songs", 9, None, 0, 1)).await).expect("scan page");
+    let names = |i: keel_wire::fb::Item<'_>| {
+        i.attributes().iter().map(|a| a.name().to_owned()).collect::<std::collections::BTreeSet<_>>()
+    };
+    let (seen, summary) = entry
+        .run(async |c| {
+            let mut seen = Vec::new();
+            let summary = c
+                .page_with(&scan_request("songs", 9, None, 0, 1), |i| {
+                    seen.push(names(i));
+                    Ok(())
+                })
+                .await?;
+            Ok::<_, ClientError>((seen, summary))
+        })
+        .expect("scan page in place");
+    let owned_names: Vec<_> = owned.items.iter().map(|i| i.keys().cloned().collect()).collect();
+    assert_eq!(seen, owned_names);
+    assert_eq!((summary.count, summary.last_evaluated_key), (9, owned.last_evaluated_key));
+    // The first error the caller's function returns ends the page.
+    let mut calls = 0;
+    let stopped = entry.run(async |c| {
+        c.page_with(&scan_request("songs", 9, None, 0, 1), |_| {
+            calls += 1;
+            Err(item::ItemError::Set { path: "stop".into(), reason: "the caller's own error" })
+        })
+        .await
+    });
+    assert!(matches!(stopped, Err(ClientError::Item(item::ItemError::Set { .. }))), "got {stopped:?}");
+    assert_eq!(calls, 1);
     // Query order and pagination on a partition another shard may own.
     let query = |start: Option<item::Item>| Request::Query {
         table: "songs".into(),

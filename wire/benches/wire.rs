@@ -53,6 +53,27 @@ fn frames(c: &mut Criterion) {
         });
     });
     group.finish();
+
+    // What a shard and a client encode for every read.
+    let mut group = c.benchmark_group("message");
+    group.bench_function("encode_get_item_response", |b| {
+        b.iter(|| protocol::encode_response(7, &protocol::Response::Item(protocol::ItemOp::Get, Some(&bytes))).len());
+    });
+    group.bench_function("encode_get_item_request", |b| {
+        b.iter(|| {
+            let mut key = Item::new();
+            key.insert("ycsb_key".into(), AttributeValue::S("user6284781860667377211".into()));
+            let request = Request::GetItem {
+                table: "usertable".into(),
+                key,
+                projection: None,
+                args: ExpressionArgs::default(),
+                consistent_read: false,
+            };
+            protocol::encode_request(8, 1_000, &request).len()
+        });
+    });
+    group.finish();
 }
 
 fn items(c: &mut Criterion) {

@@ -591,15 +591,45 @@ impl Client {
 
     /// Query or Scan (one page); `request` must be one of them.
     pub async fn page(&self, request: &Request<'_>) -> Result<ItemsPage, ClientError> {
+        let mut items = Vec::new();
+        let summary = self
+            .page_with(request, |found| {
+                items.push(item::from_fb(found)?);
+                Ok(())
+            })
+            .await?;
+        Ok(ItemsPage { items, scanned_count: summary.scanned_count, last_evaluated_key: summary.last_evaluated_key })
+    }
+
+    /// Query or Scan (one page) read in place: each item is verified, then
+    /// lent to `each` as the FlatBuffers table, borrowed from the reply, in
+    /// the page's order. The first error `each` returns ends the page.
+    pub async fn page_with(
+        &self,
+        request: &Request<'_>,
+        mut each: impl FnMut(fb::Item<'_>) -> Result<(), ItemError>,
+    ) -> Result<PageSummary, ClientError> {
         match self.call(request).await? {
-            Reply::Page { items, scanned_count, last_evaluated_key } => Ok(ItemsPage {
-                items: items.iter().map(|b| item::decode(b)).collect::<Result<_, _>>()?,
-                scanned_count,
-                last_evaluated_key,
-            }),
+            Reply::Page { items, scanned_count, last_evaluated_key } => {
+                for bytes in &items {
+                    each(verify::item(bytes).map_err(ItemError::from)?)?;
+                }
+                Ok(PageSummary { count: items.len(), scanned_count, last_evaluated_key })
+            }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
+}
+
+/// What [`Client::page_with`] tells besides the items it lent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSummary {
+    /// Items in the page.
+    pub count: usize,
+    /// Items read before filtering.
+    pub scanned_count: u32,
+    /// Where the next page starts.
+    pub last_evaluated_key: Option<Item>,
 }
 
 /// One page of decoded items.
