@@ -1,7 +1,7 @@
 //! The servers `compare` starts: a standalone keel-node on a fresh data
 //! directory, and Debian's redis-server with `appendonly yes` and
 //! `appendfsync always`, so that both acknowledge only durable writes.
-//! Each is stopped (SIGTERM) when dropped.
+//! Each is stopped when dropped: SIGTERM, then SIGKILL after [`STOP_GRACE`].
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,12 @@ use anyhow::Context as _;
 
 use crate::host;
 
+/// How long a server may take to stop after SIGTERM before it is killed.
+/// keel-node answers its requests in flight (10 s at most by default) and
+/// checkpoints; killing it later loses nothing acknowledged (its WAL is
+/// durable), but the next `compare` starts from a fresh directory anyway.
+const STOP_GRACE: Duration = Duration::from_secs(120);
+
 /// A server process.
 #[derive(Debug)]
 pub struct Server {
@@ -19,14 +25,57 @@ pub struct Server {
     /// `host:port` it serves on.
     pub endpoint: String,
     name: &'static str,
+    stopped: bool,
+}
+
+/// How [`Server::stop`] ended the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited after SIGTERM.
+    Terminated,
+    /// It was still running after the grace period (or could not be
+    /// signalled) and was killed.
+    Killed,
+}
+
+impl Server {
+    fn new(child: Child, endpoint: String, name: &'static str) -> Self {
+        Self { child, endpoint, name, stopped: false }
+    }
+
+    /// Stops the server: SIGTERM (sent by the process itself, not by a
+    /// `kill` program, which minimal Debian images lack), then SIGKILL if it
+    /// has not exited within `grace`. Never waits longer than that.
+    pub fn stop(&mut self, grace: Duration) -> Stopped {
+        self.stopped = true;
+        let pid = i32::try_from(self.child.id()).map(nix::unistd::Pid::from_raw);
+        let signalled = pid.is_ok_and(|pid| nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok());
+        let deadline = Instant::now() + grace;
+        if signalled {
+            loop {
+                match self.child.try_wait() {
+                    Ok(Some(_)) => return Stopped::Terminated,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Stopped::Killed
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
-        tracing_free_log(&format!("stopped {} ({})", self.name, self.endpoint));
+        if self.stopped {
+            return;
+        }
+        let how = match self.stop(STOP_GRACE) {
+            Stopped::Terminated => "stopped",
+            Stopped::Killed => "killed (it did not stop on SIGTERM)",
+        };
+        tracing_free_log(&format!("{how} {} ({})", self.name, self.endpoint));
     }
 }
 
@@ -132,7 +181,7 @@ pub fn keel_node(
         options.wal_sync,
         data.display()
     ));
-    Ok(Server { child, endpoint, name: "keel-node" })
+    Ok(Server::new(child, endpoint, "keel-node"))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -175,5 +224,46 @@ pub fn redis(dir: &Path, placement: Option<&Placement>) -> anyhow::Result<Server
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing_free_log(&format!("started redis-server (appendfsync always) on {endpoint}, data in {}", data.display()));
-    Ok(Server { child, endpoint, name: "redis-server" })
+    Ok(Server::new(child, endpoint, "redis-server"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(script: &str) -> Server {
+        let child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sh");
+        Server::new(child, "none".into(), "test")
+    }
+
+    fn gone(pid: u32) -> bool {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+    }
+
+    #[test]
+    fn a_server_that_exits_on_sigterm_is_terminated() {
+        let mut server = server("exec sleep 1000");
+        let pid = server.child.id();
+        assert_eq!(server.stop(Duration::from_secs(60)), Stopped::Terminated);
+        assert!(gone(pid), "stopped and reaped");
+    }
+
+    #[test]
+    fn a_server_that_ignores_sigterm_is_killed_after_the_grace() {
+        let mut server = server("trap '' TERM; echo ready; while :; do sleep 1; done");
+        let pid = server.child.id();
+        // SIGTERM must come after the trap is set, or sh would just die of it.
+        let stdout = server.child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        assert_eq!(server.stop(Duration::from_millis(200)), Stopped::Killed);
+        assert!(gone(pid), "killed and reaped");
+    }
 }
