@@ -1,7 +1,8 @@
 //! The servers `compare` starts: a standalone keel-node on a fresh data
 //! directory, and Debian's redis-server with `appendonly yes` and
 //! `appendfsync always`, so that both acknowledge only durable writes.
-//! Each is stopped when dropped: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+//! Each is stopped when dropped: SIGTERM, then SIGKILL after two minutes
+//! (`STOP_GRACE`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
