@@ -26,13 +26,12 @@ pub struct Server {
     /// `host:port` it serves on.
     pub endpoint: String,
     name: &'static str,
-    stopped: bool,
 }
 
 /// How [`Server::stop`] ended the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// It exited after SIGTERM.
+    /// It exited after SIGTERM (or had exited before).
     Terminated,
     /// It was still running after the grace period (or could not be
     /// signalled) and was killed.
@@ -41,24 +40,35 @@ pub enum Stopped {
 
 impl Server {
     fn new(child: Child, endpoint: String, name: &'static str) -> Self {
-        Self { child, endpoint, name, stopped: false }
+        Self { child, endpoint, name }
+    }
+
+    /// Whether the process has exited and been reaped (after a `wait`,
+    /// `try_wait` answers from the status it kept, without a system call),
+    /// so that its pid, perhaps reused already, is never signalled.
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Stops the server: SIGTERM (sent by the process itself, not by a
     /// `kill` program, which minimal Debian images lack), then SIGKILL if it
     /// has not exited within `grace`. Never waits longer than that.
     pub fn stop(&mut self, grace: Duration) -> Stopped {
-        self.stopped = true;
+        if self.exited() {
+            return Stopped::Terminated;
+        }
         let pid = i32::try_from(self.child.id()).map(nix::unistd::Pid::from_raw);
         let signalled = pid.is_ok_and(|pid| nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok());
         let deadline = Instant::now() + grace;
         if signalled {
             loop {
-                match self.child.try_wait() {
-                    Ok(Some(_)) => return Stopped::Terminated,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                    _ => break,
+                if self.exited() {
+                    return Stopped::Terminated;
                 }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         let _ = self.child.kill();
@@ -69,7 +79,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.stopped {
+        if self.exited() {
             return;
         }
         let how = match self.stop(STOP_GRACE) {
@@ -266,5 +276,10 @@ mod tests {
         assert_eq!(line.trim(), "ready");
         assert_eq!(server.stop(Duration::from_millis(200)), Stopped::Killed);
         assert!(gone(pid), "killed and reaped");
+        assert_eq!(
+            server.stop(Duration::from_millis(200)),
+            Stopped::Terminated,
+            "a reaped server is not signalled again"
+        );
     }
 }
