@@ -111,6 +111,13 @@ struct CompareArgs {
     /// Rounds: every workload runs on every target this many times, interleaved.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// After the closed-loop rounds, run every workload on every target
+    /// again, as many rounds, in open loop at this fraction of the target's
+    /// own peak on it (its median closed-loop ops/s): the tail at a load
+    /// the target sustains (0.5: "at half of peak"). A second table
+    /// reports it.
+    #[arg(long, conflicts_with = "rate", value_parser = parse_fraction)]
+    tail_at: Option<f64>,
     /// keel-node shards. Default: every CPU but one, which the load
     /// generator needs (Redis, single-threaded, uses one core either way).
     #[arg(long)]
@@ -281,14 +288,22 @@ fn print_phase(phase: &PhaseResult) {
     let errors: u64 = phase.errors.values().sum();
     eprintln!(
         "{:<6} {:<5} {:>9.0} ops/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>7} µs  max {:>8} µs  errors {errors}  \
-         host steal {} ms",
-        phase.target, phase.workload, phase.ops_per_s, l.p50, l.p99, l.p999, l.max, phase.steal_ms
+         host steal {} ms{}",
+        phase.target,
+        phase.workload,
+        phase.ops_per_s,
+        l.p50,
+        l.p99,
+        l.p999,
+        l.max,
+        phase.steal_ms,
+        phase.rate.map_or(String::new(), |rate| format!("  (open loop at {rate:.0} ops/s)"))
     );
 }
 
 fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     report::write(report, out)?;
-    let table = report::summary_table(report);
+    let table = report::summary_table(report) + &report::tail_table(report);
     let steal = report::steal_lines(report);
     println!("{table}{steal}");
     println!("results in {}", out.display());
@@ -350,10 +365,35 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(fraction) = args.tail_at {
+        for _round in 0..args.rounds.max(1) {
+            for workload in &workloads {
+                for (driver, inserts) in drivers.iter().zip(&inserts) {
+                    let peak = report::peak(&phases, &workload.name, driver.name())
+                        .context("a tail phase needs the target's closed-loop phase")?;
+                    let rate = (peak * fraction).max(1.0);
+                    let config = RunConfig {
+                        open_loop: Some(OpenLoop { rate, tick: Duration::from_micros(args.workload.tick_us) }),
+                        ..config
+                    };
+                    let mut phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
+                    phase.of_peak = Some(fraction);
+                    print_phase(&phase);
+                    phases.push(phase);
+                }
+            }
+        }
+    }
     drop(running);
     let mut report = Report::new(args.workload.records, phases);
     report.server_cpus = placement.map(|p| p.servers);
     finish(&report, &args.workload.out, args.update_docs.as_ref())
+}
+
+/// A fraction of a peak: above 0, at most 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let fraction: f64 = text.parse().map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    if fraction > 0.0 && fraction <= 1.0 { Ok(fraction) } else { Err(format!("{fraction} is not in (0, 1]")) }
 }
 
 /// Parses `--server-cpus` and moves this process (the load generator, and

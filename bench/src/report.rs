@@ -1,7 +1,9 @@
 //! Result files: `results.json` (every phase), `summary.md` (one row per
-//! workload: Keel beside its peer, with ratios) and one latency-percentile
-//! plot per workload (`latency-<workload>.svg`). The summary table also
-//! goes into docs/bench/README.md between its result markers.
+//! workload: Keel beside its peer, with ratios; and, after `compare
+//! --tail-at`, the tail table: each target in open loop at a fraction of its
+//! own peak) and one latency-percentile plot per workload
+//! (`latency-<workload>.svg`). The tables also go into docs/bench/README.md
+//! between its result markers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -137,9 +139,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// Per (workload, target): median over rounds of ops/s, p50, p99, p99.9.
+/// Per (workload, target): median over rounds of the offered rate (open
+/// loop), ops/s, p50, p99, p99.9.
 #[derive(Debug, Clone, Copy, Default)]
 struct Row {
+    rate: f64,
     ops_per_s: f64,
     p50: f64,
     p99: f64,
@@ -147,15 +151,25 @@ struct Row {
     errors: u64,
 }
 
+/// Whether a phase belongs to the tail table: open loop at a fraction of
+/// its target's peak (`compare --tail-at`). Every other phase is in the
+/// summary table.
+fn in_tail_table(phase: &PhaseResult) -> bool {
+    phase.of_peak.is_some()
+}
+
+/// Rows of the summary table (`tail` false) or of the tail table (`tail`
+/// true): workload → target → medians over rounds.
 #[allow(clippy::cast_precision_loss)]
-fn rows(report: &Report) -> BTreeMap<String, BTreeMap<String, Row>> {
+fn rows(report: &Report, tail: bool) -> BTreeMap<String, BTreeMap<String, Row>> {
     let mut grouped: BTreeMap<(String, String), Vec<&PhaseResult>> = BTreeMap::new();
-    for phase in &report.phases {
+    for phase in report.phases.iter().filter(|p| in_tail_table(p) == tail) {
         grouped.entry((phase.workload.clone(), phase.target.clone())).or_default().push(phase);
     }
     let mut rows: BTreeMap<String, BTreeMap<String, Row>> = BTreeMap::new();
     for ((workload, target), phases) in grouped {
         let row = Row {
+            rate: median(phases.iter().filter_map(|p| p.rate).collect()),
             ops_per_s: median(phases.iter().map(|p| p.ops_per_s).collect()),
             p50: median(phases.iter().map(|p| p.latency_us.p50 as f64).collect()),
             p99: median(phases.iter().map(|p| p.latency_us.p99 as f64).collect()),
@@ -167,6 +181,25 @@ fn rows(report: &Report) -> BTreeMap<String, BTreeMap<String, Row>> {
     rows
 }
 
+/// A target's peak on a workload: the median ops/s of its closed-loop
+/// phases (the load phase is not a workload; tail phases are not peaks).
+/// `None` when it ran no such phase.
+#[must_use]
+pub fn peak(phases: &[PhaseResult], workload: &str, target: &str) -> Option<f64> {
+    let runs: Vec<f64> = phases
+        .iter()
+        .filter(|p| {
+            p.workload == workload
+                && p.workload != crate::runner::LOAD_PHASE
+                && p.target == target
+                && p.mode == "closed"
+                && !in_tail_table(p)
+        })
+        .map(|p| p.ops_per_s)
+        .collect();
+    (!runs.is_empty()).then(|| median(runs))
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() }
 }
@@ -174,7 +207,7 @@ fn ratio(a: f64, b: f64) -> String {
 /// The summary table: one row per workload, Keel and its peer side by side.
 #[must_use]
 pub fn summary_table(report: &Report) -> String {
-    let rows = rows(report);
+    let rows = rows(report, false);
     let subject = "keel";
     let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
     let mut out = String::new();
@@ -204,6 +237,52 @@ pub fn summary_table(report: &Report) -> String {
     out
 }
 
+/// The tail table: one row per workload and target, for the open-loop
+/// phases run at a fraction of each target's own peak (`compare
+/// --tail-at`), with the rate offered and done and the tail's spread
+/// (p99.9/p50). Empty when there were none.
+#[must_use]
+pub fn tail_table(report: &Report) -> String {
+    let rows = rows(report, true);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let fractions: Vec<String> = {
+        let mut f: Vec<f64> = report.phases.iter().filter_map(|p| p.of_peak).collect();
+        f.sort_by(f64::total_cmp);
+        f.dedup();
+        f.iter().map(|f| format!("{f}")).collect()
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nOpen loop at {} of each target's own peak (its closed-loop ops/s above), latency counted from each \
+         operation's release:\n",
+        fractions.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "| workload | target | rate ops/s | done ops/s | p50 µs | p99 µs | p99.9 µs | p99.9/p50 | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (workload, targets) in &rows {
+        for (target, r) in targets {
+            let _ = writeln!(
+                out,
+                "| {workload} | {target} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                r.rate,
+                r.ops_per_s,
+                r.p50,
+                r.p99,
+                r.p999,
+                ratio(r.p999, r.p50),
+                r.errors
+            );
+        }
+    }
+    out
+}
+
 /// The whole `summary.md`.
 #[must_use]
 pub fn summary_markdown(report: &Report) -> String {
@@ -214,6 +293,7 @@ pub fn summary_markdown(report: &Report) -> String {
     let _ = writeln!(out, "- records: {}", report.records);
     let _ = writeln!(out, "- command: `{}`\n", report.command);
     out.push_str(&summary_table(report));
+    out.push_str(&tail_table(report));
     let _ =
         writeln!(out, "\nMedians over rounds. Latencies in µs, from HDR histograms; every phase is in results.json.");
     out.push_str(&steal_lines(report));
@@ -229,9 +309,9 @@ const STEAL_SECONDS_LISTED_MAX: usize = 8;
 #[must_use]
 pub fn steal_lines(report: &Report) -> String {
     let mut out = String::new();
-    let mut rounds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut rounds: BTreeMap<(&str, &str, Option<u64>), usize> = BTreeMap::new();
     for phase in &report.phases {
-        let round = rounds.entry((&phase.target, &phase.workload)).or_default();
+        let round = rounds.entry((&phase.target, &phase.workload, phase.of_peak.map(f64::to_bits))).or_default();
         *round += 1;
         if phase.steal_ms == 0 {
             continue;
@@ -255,9 +335,10 @@ pub fn steal_lines(report: &Report) -> String {
         seconds.truncate(STEAL_SECONDS_LISTED_MAX);
         let _ = writeln!(
             out,
-            "- {} {} round {round}: {} ms; {}{}",
+            "- {} {}{} round {round}: {} ms; {}{}",
             phase.target,
             phase.workload,
+            phase.of_peak.map_or(String::new(), |f| format!(" at {f} of peak")),
             phase.steal_ms,
             seconds.join(", "),
             if more > 0 { format!(" and {more} more") } else { String::new() }
@@ -313,7 +394,10 @@ pub fn plot(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(format!("{} ({} ops/s)", phase.target, phase.ops_per_s))
+                .label(match phase.rate {
+                    Some(rate) => format!("{} (open loop at {rate:.0} ops/s)", phase.target),
+                    None => format!("{} ({} ops/s)", phase.target, phase.ops_per_s),
+                })
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
         }
         chart

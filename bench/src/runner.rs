@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub seed: u64,
 }
 
+/// The workload name of the load phase.
+pub const LOAD_PHASE: &str = "load";
+
 /// Latency summary in µs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
@@ -113,6 +116,9 @@ pub struct PhaseResult {
     pub clients: usize,
     /// Target rate (open loop).
     pub rate: Option<f64>,
+    /// The fraction of the target's own closed-loop peak on this workload
+    /// that `rate` is (`compare --tail-at`); `None` for every other phase.
+    pub of_peak: Option<f64>,
     /// Successful operations.
     pub ops: u64,
     /// When the phase began, in milliseconds since the Unix epoch (to line
@@ -332,6 +338,7 @@ fn summarize(
         mode: if config.open_loop.is_some() { "open" } else { "closed" }.to_owned(),
         clients: config.clients,
         rate: config.open_loop.map(|o| o.rate),
+        of_peak: None,
         ops,
         started_unix_ms: started
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -412,7 +419,7 @@ pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: Re
     }
     progress.finish();
     steal.finish();
-    summarize(driver.name(), "load", "sequential", &config, &tally, started)
+    summarize(driver.name(), LOAD_PHASE, "sequential", &config, &tally, started)
 }
 
 /// One operation of a workload; the error, if any.

@@ -193,3 +193,92 @@ fn the_machine_line_says_where_placed_servers_and_the_generator_ran() {
     assert_eq!(json["server_cpus"], serde_json::json!([1]));
     assert_eq!(json["generator_cpus"], serde_json::json!([0, 2, 3]));
 }
+
+#[test]
+fn tail_phases_run_at_a_fraction_of_each_targets_own_peak_and_get_their_own_table() {
+    let runtime = rt();
+    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let workload = Workload::core("c").expect("workload");
+    let mut phases = Vec::new();
+    for target in ["keel", "memory"] {
+        let driver = MemoryDriver::default();
+        let mut loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
+        loaded.target = target.to_owned();
+        loaded.ops_per_s = 1e9; // the load phase is no workload's peak
+        phases.push(loaded);
+        let closed = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
+        let inserts = Arc::new(InsertSequence::new(100));
+        // Three closed rounds, at (made-up) 100, 300 and 200 ops/s: the peak
+        // is their median.
+        for ops_per_s in [100.0, 300.0, 200.0] {
+            let mut phase =
+                runtime.block_on(runner::run(&driver, &workload, &closed, Arc::clone(&inserts))).expect("run");
+            phase.target = target.to_owned();
+            phase.ops_per_s = if target == "keel" { ops_per_s * 10.0 } else { ops_per_s };
+            phases.push(phase);
+        }
+        assert_eq!(report::peak(&phases, "c", target), Some(if target == "keel" { 2000.0 } else { 200.0 }));
+        // The tail phase: open loop at half of that peak.
+        let rate = report::peak(&phases, "c", target).expect("peak") * 0.5;
+        let open = RunConfig { open_loop: Some(OpenLoop::at(rate)), operations: Some(50), ..closed };
+        let mut tail = runtime.block_on(runner::run(&driver, &workload, &open, Arc::clone(&inserts))).expect("run");
+        assert_eq!(tail.of_peak, None, "the runner does not know of peaks");
+        tail.of_peak = Some(0.5);
+        tail.target = target.to_owned();
+        tail.ops_per_s = 1e9; // a tail phase is not a peak either
+        tail.steal_ms = 30;
+        tail.timeline.iter_mut().for_each(|s| s.steal_ms = 0);
+        tail.timeline[0].steal_ms = 30;
+        phases.push(tail);
+    }
+    assert_eq!(report::peak(&phases, "c", "keel"), Some(2000.0), "tail phases leave the peak alone");
+    assert_eq!(report::peak(&phases, "load", "keel"), None, "the load phase is no workload");
+    assert_eq!(report::peak(&phases, "a", "keel"), None, "no phase of workload a");
+
+    let report = Report::new(100, phases.clone());
+    // The summary table holds the closed-loop medians only.
+    let summary = report::summary_table(&report);
+    assert!(summary.contains("| c | 2000 | 200 | 10.00 |"), "{summary}");
+    // The tail table: one row per target, at the rate offered.
+    let tail = report::tail_table(&report);
+    assert!(tail.contains("Open loop at 0.5 of each target's own peak"), "{tail}");
+    assert!(tail.contains("| workload | target | rate ops/s | done ops/s |"), "{tail}");
+    for (target, rate) in [("keel", "1000"), ("memory", "100")] {
+        let row = tail.lines().find(|l| l.starts_with(&format!("| c | {target} | {rate} |"))).expect("a row");
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let p50: f64 = cells[5].parse().expect("p50");
+        let p999: f64 = cells[7].parse().expect("p99.9");
+        assert_eq!(cells[8], format!("{:.2}", p999 / p50), "p99.9/p50 in {row}");
+    }
+    let markdown = report::summary_markdown(&report);
+    assert!(markdown.contains(&summary) && markdown.contains(&tail));
+    let steal = report::steal_lines(&report);
+    assert!(steal.contains("- keel c at 0.5 of peak round 1: 30 ms; 0 (30, "), "{steal}");
+    let json = serde_json::to_value(&report).expect("JSON");
+    let of_peak: Vec<&serde_json::Value> =
+        json["phases"].as_array().expect("phases").iter().map(|p| &p["of_peak"]).collect();
+    assert_eq!(of_peak.iter().filter(|f| **f == &serde_json::json!(0.5)).count(), 2);
+    assert_eq!(of_peak.iter().filter(|f| f.is_null()).count(), 8);
+
+    // Without tail phases there is no tail table.
+    let closed_only: Vec<_> = phases.into_iter().filter(|p| p.of_peak.is_none()).collect();
+    let report = Report::new(100, closed_only);
+    assert_eq!(report::tail_table(&report), "");
+    assert!(!report::summary_markdown(&report).contains("Open loop at"));
+}
+
+#[test]
+fn compare_refuses_a_tail_fraction_outside_zero_to_one_and_beside_a_rate() {
+    let bench = env!("CARGO_BIN_EXE_keel-bench");
+    for (args, expected) in [
+        (&["--tail-at", "0"][..], "is not in (0, 1]"),
+        (&["--tail-at", "1.5"][..], "is not in (0, 1]"),
+        (&["--tail-at", "half"][..], "is not a number"),
+        (&["--tail-at", "0.5", "--rate", "1000"][..], "cannot be used with"),
+    ] {
+        let out = std::process::Command::new(bench).arg("compare").args(args).output().expect("run keel-bench");
+        assert!(!out.status.success(), "{args:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
