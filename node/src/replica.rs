@@ -92,8 +92,16 @@ impl StoreConfig {
             // with `discard` then trimmed 64 MiB per file, ~10 ms of the
             // device each, and WAL syncs beside them took 8–10 ms), and 12
             // were zero-filled again (768 MiB of writes) before the next.
-            // The disk holds no more than at the WAL's peak.
-            wal: WalConfig { recycle_pool_max: WAL_SEGMENTS_MAX, ..WalConfig::default() },
+            // A round reclaims more than `wal_segments_max`: the one that
+            // started it and those filled while it ran. With exactly
+            // `wal_segments_max` kept, every round deleted one or two (an
+            // unlink of 51 ms, a WAL commit beside it 46 ms) and, as the
+            // pool ran dry during the next round, zero-filled as many
+            // again (64 MiB in ~240 ms each; YCSB A's p99 rose to 80–100
+            // ms for those seconds). The WAL never holds more than twice
+            // `wal_segments_max` (writers wait there), so this keeps every
+            // one: the disk holds no more than at the WAL's peak.
+            wal: WalConfig { recycle_pool_max: 2 * WAL_SEGMENTS_MAX, ..WalConfig::default() },
             page_cache_bytes: 256 * 1024 * 1024,
             dirty_bytes_max: 128 * 1024 * 1024,
             wal_segments_max: WAL_SEGMENTS_MAX,
@@ -1075,13 +1083,18 @@ mod tests {
         config.wal.zero_fill = false;
         // Nothing checkpoints until the test says so.
         config.background_checkpoints = true;
-        assert_eq!(config.wal.recycle_pool_max, config.wal_segments_max, "the defaults keep a whole round");
+        assert!(
+            config.wal.recycle_pool_max >= 2 * config.wal_segments_max,
+            "the defaults keep every segment up to where writers wait"
+        );
         let segments_max = config.wal_segments_max;
         block_on(async {
             let mut store = ShardStore::open(disk.clone(), config).await.expect("open");
             store.create_partition(1).await.expect("create");
+            // A round that starts late (checkpoints were busy) reclaims more
+            // than `wal_segments_max`: all of them are kept too.
             for i in 0..10_000 {
-                if store.wal().segment_count() > segments_max {
+                if store.wal().segment_count() > segments_max + 3 {
                     break;
                 }
                 store.put(1, format!("k{}", i % 50).as_bytes(), &[7; 1000]).await.expect("put");
@@ -1091,7 +1104,7 @@ mod tests {
             let after = store.wal().segment_count();
             let names = disk.list(Path::new("/s/wal")).await.expect("list");
             let spares = names.iter().filter(|n| n.starts_with("wal-free-")).count();
-            assert!(before - after >= segments_max, "the round reclaimed {} segments", before - after);
+            assert!(before - after > segments_max + 1, "the round reclaimed {} segments", before - after);
             assert_eq!(spares, before - after, "every reclaimed segment is a spare: {names:?}");
         });
     }

@@ -700,6 +700,7 @@ impl<D: Disk> Wal<D> {
             st.free_next += 1;
             self.dir.join(format!("wal-free-{}.seg", st.free_next - 1))
         };
+        let began = std::time::Instant::now();
         let made = async {
             let file = self.disk.open(&free, true).await?;
             let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
@@ -717,6 +718,7 @@ impl<D: Disk> Wal<D> {
         let mut st = self.state.borrow_mut();
         st.replenishing = false;
         made?;
+        tracing::debug!(ms = began.elapsed().as_millis(), "spare WAL segment zero-filled: the reuse pool was empty");
         st.free_pool.push(free);
         Ok(true)
     }
@@ -740,6 +742,9 @@ impl<D: Disk> Wal<D> {
             self.disk.sync_dir(&self.dir).await?;
             self.state.borrow_mut().free_pool.push(free);
         } else {
+            // The pool is full: a segment the WAL needs again later is then
+            // zero-filled anew (see `StoreConfig::new` on the pool's size).
+            tracing::debug!(seq, "WAL segment deleted: the reuse pool is full");
             self.disk.remove(&path).await?;
             self.disk.sync_dir(&self.dir).await?;
         }
