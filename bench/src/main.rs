@@ -356,28 +356,23 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         inserts.push(Arc::new(InsertSequence::new(args.workload.records)));
     }
     let config = args.workload.config();
-    for _round in 0..args.rounds.max(1) {
-        for workload in &workloads {
-            for (driver, inserts) in drivers.iter().zip(&inserts) {
-                let phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
-                print_phase(&phase);
-                phases.push(phase);
-            }
-        }
-    }
-    if let Some(fraction) = args.tail_at {
+    // The closed-loop rounds (each target's peak), then, with `--tail-at`,
+    // the same rounds in open loop at that fraction of each peak.
+    for of_peak in std::iter::once(None).chain(args.tail_at.map(Some)) {
         for _round in 0..args.rounds.max(1) {
             for workload in &workloads {
                 for (driver, inserts) in drivers.iter().zip(&inserts) {
-                    let peak = report::peak(&phases, &workload.name, driver.name())
-                        .context("a tail phase needs the target's closed-loop phase")?;
-                    let rate = (peak * fraction).max(1.0);
-                    let config = RunConfig {
-                        open_loop: Some(OpenLoop { rate, tick: Duration::from_micros(args.workload.tick_us) }),
-                        ..config
+                    let config = match of_peak {
+                        None => config,
+                        Some(fraction) => {
+                            let peak = report::peak(&phases, &workload.name, driver.name())
+                                .context("a tail phase needs the target's closed-loop phase")?;
+                            let tick = Duration::from_micros(args.workload.tick_us);
+                            RunConfig { open_loop: Some(OpenLoop { rate: (peak * fraction).max(1.0), tick }), ..config }
+                        }
                     };
                     let mut phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
-                    phase.of_peak = Some(fraction);
+                    phase.of_peak = of_peak;
                     print_phase(&phase);
                     phases.push(phase);
                 }

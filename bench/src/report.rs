@@ -182,7 +182,7 @@ fn rows(report: &Report, tail: bool) -> BTreeMap<String, BTreeMap<String, Row>> 
 }
 
 /// A target's peak on a workload: the median ops/s of its closed-loop
-/// phases (the load phase is not a workload; tail phases are not peaks).
+/// phases (the load phase is not a workload; tail phases run in open loop).
 /// `None` when it ran no such phase.
 #[must_use]
 pub fn peak(phases: &[PhaseResult], workload: &str, target: &str) -> Option<f64> {
@@ -193,7 +193,6 @@ pub fn peak(phases: &[PhaseResult], workload: &str, target: &str) -> Option<f64>
                 && p.workload != crate::runner::LOAD_PHASE
                 && p.target == target
                 && p.mode == "closed"
-                && !in_tail_table(p)
         })
         .map(|p| p.ops_per_s)
         .collect();
