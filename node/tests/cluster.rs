@@ -469,19 +469,29 @@ fn a_log_replica_replaces_an_unreachable_replica_is_rebuilt_into_a_full_one_and_
     let index_of = |node: u64| usize::try_from(node - 1).expect("small ids");
 
     // One follower fails: within seconds the leader replaces it with a log
-    // replica on n4, which catches up.
+    // replica on n4, which catches up. n4's rebuild task may turn it into a
+    // full replica within a fraction of a second of that (its snapshot is a
+    // few MB), sooner than one round of `views` on a loaded machine: the
+    // group listing n4 as a voter and no log replica any more is that same
+    // step already followed by the next (the leader adds a node to a group
+    // only as a log replica), and the next step is checked below anyway.
     members[index_of(followers[0])].kill_9();
     let killed_at = Instant::now();
-    eventually(Duration::from_secs(30), "a log replica on n4 takes the failed replica's place", || {
+    let stage = eventually(Duration::from_secs(30), "a log replica on n4 takes the failed replica's place", || {
+        std::thread::sleep(Duration::from_millis(1500));
         let seen = views(&runtime, &members, partition);
         let (_, at_leader) = seen.iter().find(|(node, _)| *node == leader)?;
         let mut expected = vec![leader, followers[1], 4];
         expected.sort_unstable();
         let (_, at_log) = seen.iter().find(|(node, _)| *node == 4)?;
-        (at_leader.voters == expected && at_leader.log_replicas == [4] && at_log.commit >= at_leader.commit)
-            .then_some(())
+        let stage = match at_leader.log_replicas.as_slice() {
+            [4] => "a log replica",
+            [] => "already rebuilt into a full replica",
+            _ => return None,
+        };
+        (at_leader.voters == expected && at_log.commit >= at_leader.commit).then_some(stage)
     });
-    eprintln!("the log replica was in place and caught up {:?} after the kill", killed_at.elapsed());
+    eprintln!("n4 was in place ({stage}) and caught up {:?} after the kill", killed_at.elapsed());
     // Writes go on while it is rebuilt.
     write_all(&client, during, 2);
 
