@@ -304,7 +304,7 @@ fn print_phase(phase: &PhaseResult) {
 fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     report::write(report, out)?;
     let table = report::summary_table(report) + &report::tail_table(report);
-    let steal = report::steal_lines(report);
+    let steal = report::steal_lines(report) + &report::server_event_lines(report);
     println!("{table}{steal}");
     println!("results in {}", out.display());
     if let Some(path) = update_docs {
@@ -349,8 +349,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let shape = args.workload.config().shape;
     let mut phases = Vec::new();
     let mut inserts = Vec::new();
-    for driver in &drivers {
-        let loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+    for (driver, server) in drivers.iter().zip(&running) {
+        let mut loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+        loaded.server_events = server.events_during(&loaded);
         print_phase(&loaded);
         phases.push(loaded);
         inserts.push(Arc::new(InsertSequence::new(args.workload.records)));
@@ -361,7 +362,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for of_peak in std::iter::once(None).chain(args.tail_at.map(Some)) {
         for _round in 0..args.rounds.max(1) {
             for workload in &workloads {
-                for (driver, inserts) in drivers.iter().zip(&inserts) {
+                for ((driver, inserts), server) in drivers.iter().zip(&inserts).zip(&running) {
                     let config = match of_peak {
                         None => config,
                         Some(fraction) => {
@@ -373,6 +374,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     };
                     let mut phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
                     phase.of_peak = of_peak;
+                    phase.server_events = server.events_during(&phase);
                     print_phase(&phase);
                     phases.push(phase);
                 }

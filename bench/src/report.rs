@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::runner::PhaseResult;
+use crate::runner::{PhaseResult, ServerEvent};
 
 /// The machine a run was measured on.
 #[derive(Debug, Clone, Serialize)]
@@ -296,11 +296,45 @@ pub fn summary_markdown(report: &Report) -> String {
     let _ =
         writeln!(out, "\nMedians over rounds. Latencies in µs, from HDR histograms; every phase is in results.json.");
     out.push_str(&steal_lines(report));
+    out.push_str(&server_event_lines(report));
     out
 }
 
-/// Seconds of a phase's timeline listed by [`steal_lines`] at most.
+/// Seconds of a phase's timeline listed by [`steal_lines`] and
+/// [`server_event_lines`] at most.
 const STEAL_SECONDS_LISTED_MAX: usize = 8;
+
+/// Each phase's name in the notes under the tables: target, workload, the
+/// fraction of peak for a tail phase, and which round of its kind it is.
+fn phase_labels(report: &Report) -> Vec<String> {
+    let mut rounds: BTreeMap<(&str, &str, Option<u64>), usize> = BTreeMap::new();
+    report
+        .phases
+        .iter()
+        .map(|phase| {
+            let round = rounds.entry((&phase.target, &phase.workload, phase.of_peak.map(f64::to_bits))).or_default();
+            *round += 1;
+            format!(
+                "{} {}{} round {round}",
+                phase.target,
+                phase.workload,
+                phase.of_peak.map_or(String::new(), |f| format!(" at {f} of peak"))
+            )
+        })
+        .collect()
+}
+
+/// `items` joined, the first [`STEAL_SECONDS_LISTED_MAX`] of them, with
+/// how many more there were.
+fn listed(mut items: Vec<String>) -> String {
+    let more = items.len().saturating_sub(STEAL_SECONDS_LISTED_MAX);
+    items.truncate(STEAL_SECONDS_LISTED_MAX);
+    let mut out = items.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
 
 /// The phases the host stole CPU time from, with the seconds it happened
 /// in and that second's p99: a latency spike there is the host's, not the
@@ -308,10 +342,7 @@ const STEAL_SECONDS_LISTED_MAX: usize = 8;
 #[must_use]
 pub fn steal_lines(report: &Report) -> String {
     let mut out = String::new();
-    let mut rounds: BTreeMap<(&str, &str, Option<u64>), usize> = BTreeMap::new();
-    for phase in &report.phases {
-        let round = rounds.entry((&phase.target, &phase.workload, phase.of_peak.map(f64::to_bits))).or_default();
-        *round += 1;
+    for (phase, label) in report.phases.iter().zip(phase_labels(report)) {
         if phase.steal_ms == 0 {
             continue;
         }
@@ -323,25 +354,57 @@ pub fn steal_lines(report: &Report) -> String {
                  second (steal ms, that second's p99 µs):"
             );
         }
-        let mut seconds: Vec<String> = phase
+        let seconds: Vec<String> = phase
             .timeline
             .iter()
             .enumerate()
             .filter(|(_, s)| s.steal_ms > 0)
             .map(|(i, s)| format!("{i} ({}, {})", s.steal_ms, s.p99_us))
             .collect();
-        let more = seconds.len().saturating_sub(STEAL_SECONDS_LISTED_MAX);
-        seconds.truncate(STEAL_SECONDS_LISTED_MAX);
-        let _ = writeln!(
-            out,
-            "- {} {}{} round {round}: {} ms; {}{}",
-            phase.target,
-            phase.workload,
-            phase.of_peak.map_or(String::new(), |f| format!(" at {f} of peak")),
-            phase.steal_ms,
-            seconds.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        );
+        let _ = writeln!(out, "- {label}: {} ms; {}", phase.steal_ms, listed(seconds));
+    }
+    out
+}
+
+/// The phases in which a server logged slow steps (keel-node: WAL group
+/// commits and partition checkpoints of 20 ms or more), each kind on its
+/// own (a slow commit held writes; a checkpoint runs beside them), longest
+/// first, with the second it ended in and that second's p99: a latency
+/// spike beside one is the server's own (or its disk's). Empty when no
+/// server logged any.
+#[must_use]
+pub fn server_event_lines(report: &Report) -> String {
+    let mut out = String::new();
+    for (phase, label) in report.phases.iter().zip(phase_labels(report)) {
+        if phase.server_events.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nSlow steps the server logged (keel-node: WAL group commits, which every write waiting on them \
+                 waited for, and partition checkpoints, which run beside the requests; 20 ms or more), longest \
+                 first; second (ms, that second's p99 µs):"
+            );
+        }
+        let mut kinds: BTreeMap<&str, Vec<&ServerEvent>> = BTreeMap::new();
+        for event in &phase.server_events {
+            kinds.entry(&event.what).or_default().push(event);
+        }
+        let kinds: Vec<String> = kinds
+            .into_iter()
+            .map(|(what, mut events)| {
+                events.sort_by_key(|e| (std::cmp::Reverse(e.ms), e.second));
+                let seconds = events
+                    .iter()
+                    .map(|e| {
+                        format!("{} ({} ms, {})", e.second, e.ms, phase.timeline.get(e.second).map_or(0, |s| s.p99_us))
+                    })
+                    .collect();
+                format!("{} × {what}: {}", events.len(), listed(seconds))
+            })
+            .collect();
+        let _ = writeln!(out, "- {label}: {}", kinds.join("; "));
     }
     out
 }

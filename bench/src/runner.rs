@@ -142,6 +142,21 @@ pub struct PhaseResult {
     /// CPU time the host stole from this machine during the phase, all CPUs
     /// together, in ms (see [`crate::host`]); 0 where it is not counted.
     pub steal_ms: u64,
+    /// What the server logged as slow while the phase ran (keel-node's WAL
+    /// commits and checkpoints that took 20 ms or more), by timeline second;
+    /// empty for a server that does not say (Redis) and outside `compare`.
+    pub server_events: Vec<ServerEvent>,
+}
+
+/// A slow step a server logged during a phase.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// The timeline second it ended in (when the server logged it).
+    pub second: usize,
+    /// What it was: `WAL commit` or `checkpoint`.
+    pub what: String,
+    /// How long it took, in ms, as the server measured it.
+    pub ms: u64,
 }
 
 /// One second of a phase.
@@ -350,6 +365,7 @@ fn summarize(
         errors: tally.errors.clone(),
         timeline: tally.timeline.clone(),
         steal_ms: steal.iter().sum(),
+        server_events: Vec::new(),
     }
 }
 

@@ -7,11 +7,13 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
 use crate::host;
+use crate::runner::{PhaseResult, ServerEvent};
 
 /// How long a server may take to stop after SIGTERM before it is killed.
 /// keel-node answers its requests in flight (10 s at most by default) and
@@ -26,6 +28,17 @@ pub struct Server {
     /// `host:port` it serves on.
     pub endpoint: String,
     name: &'static str,
+    /// The slow steps it has logged so far (keel-node), in the order logged.
+    events: Option<Arc<Mutex<Vec<LoggedEvent>>>>,
+}
+
+/// A slow step a server logged, stamped with this process's clock when the
+/// line arrived (the server logs it as the step ends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoggedEvent {
+    at_unix_ms: u64,
+    what: String,
+    ms: u64,
 }
 
 /// How [`Server::stop`] ended the process.
@@ -40,7 +53,16 @@ pub enum Stopped {
 
 impl Server {
     fn new(child: Child, endpoint: String, name: &'static str) -> Self {
-        Self { child, endpoint, name }
+        Self { child, endpoint, name, events: None }
+    }
+
+    /// The slow steps the server logged while `phase` ran, by the phase's
+    /// timeline second (empty for a server that does not log them).
+    #[must_use]
+    pub fn events_during(&self, phase: &PhaseResult) -> Vec<ServerEvent> {
+        let Some(events) = &self.events else { return Vec::new() };
+        let events = events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        events_in(&events, phase.started_unix_ms, phase.timeline.len().max(1))
     }
 
     /// Whether the process has exited and been reaped (after a `wait`,
@@ -155,17 +177,19 @@ pub fn keel_node(
     placement: Option<&Placement>,
 ) -> anyhow::Result<Server> {
     let shards = options.shards;
+    let user_log = std::env::var("RUST_LOG").ok();
     check_real_disk(dir)?;
     let data = dir.join("keel-data");
     let _ = std::fs::remove_dir_all(&data);
     let mut command = Command::new(binary);
     command
         .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
-        .args(["--wal-sync", &options.wal_sync, "--data-dir"])
+        .args(["--wal-sync", &options.wal_sync, "--log-json", "--data-dir"])
         .arg(&data)
-        // Warnings only, unless the caller asks for more (`RUST_LOG=info`
-        // shows slow WAL commits and checkpoints beside the timeline).
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        // Its slow WAL commits and checkpoints (info) are gathered to place
+        // beside each phase's timeline; only warnings are passed on, unless
+        // the caller's RUST_LOG asks for more.
+        .env("RUST_LOG", user_log.clone().unwrap_or_else(|| NODE_LOG.to_owned()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(placement) = placement {
@@ -180,11 +204,33 @@ pub fn keel_node(
             break address.trim().to_owned();
         }
     };
-    // Keep draining stdout so the node never blocks on a full pipe, and
-    // pass its log on (warnings, or what RUST_LOG asks for).
+    // Keep draining stdout so the node never blocks on a full pipe, gather
+    // its slow steps, and pass its log on (warnings, or all that the
+    // caller's RUST_LOG asks for).
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let gathered = Arc::clone(&events);
+    let pass_all = user_log.is_some();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            eprintln!("keel-node: {line}");
+            let entry = serde_json::from_str::<serde_json::Value>(&line).ok();
+            let Some(entry) = entry else {
+                eprintln!("keel-node: {line}");
+                continue;
+            };
+            if let Some((what, ms)) = slow_step(&entry) {
+                let at_unix_ms = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(LoggedEvent {
+                    at_unix_ms,
+                    what: what.to_owned(),
+                    ms,
+                });
+            }
+            let level = entry.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
+            if pass_all || matches!(level, "WARN" | "ERROR") {
+                eprintln!("keel-node: {}", log_line(&entry));
+            }
         }
     });
     tracing_free_log(&format!(
@@ -192,7 +238,62 @@ pub fn keel_node(
         options.wal_sync,
         data.display()
     ));
-    Ok(Server::new(child, endpoint, "keel-node"))
+    let mut server = Server::new(child, endpoint, "keel-node");
+    server.events = Some(events);
+    Ok(server)
+}
+
+/// The events logged in the `seconds` of a phase that started at
+/// `started_unix_ms`, by second.
+fn events_in(events: &[LoggedEvent], started_unix_ms: u64, seconds: usize) -> Vec<ServerEvent> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let since = e.at_unix_ms.checked_sub(started_unix_ms)?;
+            let second = usize::try_from(since / 1000).ok().filter(|&s| s < seconds)?;
+            Some(ServerEvent { second, what: e.what.clone(), ms: e.ms })
+        })
+        .collect()
+}
+
+/// keel-node's log filter under `compare` when the caller sets no
+/// RUST_LOG: warnings, and the info lines of its slow WAL commits and
+/// checkpoints.
+const NODE_LOG: &str = "warn,keel_node::wal=info,keel_node::replica=info";
+
+/// What a keel-node JSON log entry reports as slow, with its duration in
+/// ms: `slow WAL commit` (a group commit that took 20 ms or more) and
+/// `slow checkpoint` (a partition's checkpoint that did). None for any
+/// other entry, or one without a duration.
+#[must_use]
+pub fn slow_step(entry: &serde_json::Value) -> Option<(&'static str, u64)> {
+    let fields = entry.get("fields")?;
+    let what = match fields.get("message")?.as_str()? {
+        "slow WAL commit" => "WAL commit",
+        "slow checkpoint" => "checkpoint",
+        _ => return None,
+    };
+    let ms = fields.get("ms")?;
+    let ms = ms.as_u64().or_else(|| ms.as_str()?.parse().ok())?;
+    Some((what, ms))
+}
+
+/// A keel-node JSON log entry as one readable line: level, target,
+/// message, then the other fields as `name=value`.
+fn log_line(entry: &serde_json::Value) -> String {
+    let text = |key: &str| entry.get(key).and_then(serde_json::Value::as_str).unwrap_or("");
+    let mut line = format!("{} {}:", text("level"), text("target"));
+    if let Some(fields) = entry.get("fields").and_then(serde_json::Value::as_object) {
+        if let Some(message) = fields.get("message").and_then(serde_json::Value::as_str) {
+            line.push(' ');
+            line.push_str(message);
+        }
+        for (name, value) in fields.iter().filter(|(name, _)| *name != "message") {
+            let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            line.push_str(&format!(" {name}={value}"));
+        }
+    }
+    line
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -255,6 +356,41 @@ mod tests {
     fn gone(pid: u32) -> bool {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
         nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+    }
+
+    #[test]
+    fn keel_nodes_slow_commits_and_checkpoints_are_read_from_its_json_log() {
+        let entry = |line: &str| serde_json::from_str::<serde_json::Value>(line).expect("JSON");
+        // As keel-node --log-json writes them (`ms` is a u128, which the
+        // JSON formatter may write as a number or as a string).
+        let commit = entry(
+            r#"{"timestamp":"2026-12-06T19:25:25.498104Z","level":"INFO","fields":{"message":"slow WAL commit","bytes":8192,"ms":"118"},"target":"keel_node::wal"}"#,
+        );
+        let checkpoint = entry(
+            r#"{"timestamp":"2026-12-06T19:25:47.831255Z","level":"INFO","fields":{"message":"slow checkpoint","partition":4294967296,"bytes":32260096,"ms":237},"target":"keel_node::replica"}"#,
+        );
+        let other = entry(
+            r#"{"timestamp":"2026-12-06T19:38:32.800340Z","level":"INFO","fields":{"message":"keel-node serving","entry":"127.0.0.1:7499"},"target":"keel_node::server"}"#,
+        );
+        let no_duration = entry(r#"{"level":"INFO","fields":{"message":"slow WAL commit","bytes":8192}}"#);
+        assert_eq!(slow_step(&commit), Some(("WAL commit", 118)));
+        assert_eq!(slow_step(&checkpoint), Some(("checkpoint", 237)));
+        assert_eq!(slow_step(&other), None);
+        assert_eq!(slow_step(&no_duration), None);
+        assert_eq!(
+            log_line(&checkpoint),
+            "INFO keel_node::replica: slow checkpoint bytes=32260096 ms=237 partition=4294967296"
+        );
+    }
+
+    #[test]
+    fn logged_events_are_placed_in_the_second_of_the_phase_they_ended_in() {
+        let at = |at_unix_ms, ms| LoggedEvent { at_unix_ms, what: "WAL commit".into(), ms };
+        let events = [at(999_999, 1), at(1_000_000, 2), at(1_002_999, 3), at(1_003_000, 4)];
+        let placed = events_in(&events, 1_000_000, 3);
+        let seconds: Vec<(usize, u64)> = placed.iter().map(|e| (e.second, e.ms)).collect();
+        // Before the phase and after its last second: not its own.
+        assert_eq!(seconds, [(0, 2), (2, 3)]);
     }
 
     #[test]

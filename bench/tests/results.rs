@@ -86,6 +86,8 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     }
     assert!(json["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert!(phases.iter().all(|p| p["steal_ms"].is_u64()), "steal in every phase");
+    // The in-memory driver's phases have no server that logs slow steps.
+    assert!(phases.iter().all(|p| p["server_events"].as_array().is_some_and(Vec::is_empty)), "server events");
     // Where the processes ran: the generator's CPUs always, the servers'
     // only when `compare --server-cpus` placed them.
     assert!(json["server_cpus"].is_null());
@@ -167,6 +169,48 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     // The second round of keel a was the one the host took from.
     assert!(lines.contains("- memory a round 2: 40 ms; 2 (40, 41000)"), "{lines}");
     assert!(!lines.contains("round 1"), "{lines}");
+}
+
+#[test]
+fn the_summary_lists_the_slow_steps_the_server_logged_in_each_phase() {
+    let runtime = rt();
+    let driver = MemoryDriver::default();
+    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let config = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
+    let workload = Workload::core("a").expect("workload");
+    let phase =
+        runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
+    assert!(phase.server_events.is_empty(), "a run alone gathers no server events");
+    let quiet = vec![phase.clone(), phase.clone()];
+    assert_eq!(report::server_event_lines(&Report::new(100, quiet.clone())), "");
+    assert!(!report::summary_markdown(&Report::new(100, quiet)).contains("Slow steps"));
+
+    let mut slow = phase.clone();
+    slow.timeline.resize(4, runner::Second::default());
+    slow.timeline[1].p99_us = 148_000;
+    slow.timeline[2].p99_us = 12_000;
+    slow.timeline[3].p99_us = 27_000;
+    let event = |second, what: &str, ms| runner::ServerEvent { second, what: what.into(), ms };
+    // In the order logged: the longer checkpoint ended later.
+    slow.server_events = vec![event(1, "WAL commit", 148), event(2, "checkpoint", 190), event(3, "checkpoint", 235)];
+    let report = Report::new(100, vec![phase, slow]);
+    let lines = report::server_event_lines(&report);
+    // The second round is the one with the events: each kind on its own,
+    // longest first, each in its second beside that second's p99.
+    assert!(
+        lines.contains(
+            "- memory a round 2: 1 × WAL commit: 1 (148 ms, 148000); \
+             2 × checkpoint: 3 (235 ms, 27000), 2 (190 ms, 12000)\n"
+        ),
+        "{lines}"
+    );
+    assert!(!lines.contains("round 1"), "{lines}");
+    assert!(report::summary_markdown(&report).contains(&lines));
+    let json = serde_json::to_value(&report).expect("JSON");
+    assert_eq!(
+        json["phases"][1]["server_events"][0],
+        serde_json::json!({"second": 1, "what": "WAL commit", "ms": 148})
+    );
 }
 
 #[test]
