@@ -266,7 +266,7 @@ const NODE_LOG: &str = "warn,keel_node::wal=info,keel_node::replica=info";
 /// `slow checkpoint` (a partition's checkpoint that did). None for any
 /// other entry, or one without a duration.
 #[must_use]
-pub fn slow_step(entry: &serde_json::Value) -> Option<(&'static str, u64)> {
+fn slow_step(entry: &serde_json::Value) -> Option<(&'static str, u64)> {
     let fields = entry.get("fields")?;
     let what = match fields.get("message")?.as_str()? {
         "slow WAL commit" => "WAL commit",
