@@ -1,0 +1,84 @@
+//! `keel-bench compare` end to end against a real keel-node (Keel alone:
+//! CI has no redis-server). It starts the node (reading its JSON log for the
+//! "listening" line and the slow steps), loads, runs, stops the node and
+//! writes the result files. The node is the `keel-node` next to this test's
+//! `keel-bench` (`cargo test --workspace` builds both there). No timing is
+//! asserted.
+
+// serde_json's `Value` indexing returns Null for what is missing; it does
+// not panic.
+#![allow(clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs a short `compare` of Keel alone in a fresh directory, with
+/// `rust_log` as RUST_LOG (or none); returns its stderr and output directory.
+fn compare(rust_log: Option<&str>) -> (String, PathBuf, tempfile::TempDir) {
+    let bench = env!("CARGO_BIN_EXE_keel-bench");
+    let node = Path::new(bench).with_file_name("keel-node");
+    assert!(node.exists(), "{} is missing: run the tests with `cargo test --workspace`", node.display());
+    // On the target directory's file system: compare refuses tmpfs.
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir");
+    let out_dir = tmp.path().join("out");
+    let mut command = Command::new(bench);
+    command
+        .args(["compare", "--targets", "keel", "--workloads", "a", "--records", "2000", "--duration-s", "2"])
+        .args(["--clients", "8", "--rounds", "1", "--dir"])
+        .arg(tmp.path().join("run"))
+        .arg("--out")
+        .arg(&out_dir)
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let output = command.output().expect("run keel-bench compare");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "compare failed: {stderr}");
+    assert!(stderr.contains("started keel-node"), "{stderr}");
+    assert!(stderr.contains("stopped keel-node"), "stopped on SIGTERM, not killed: {stderr}");
+    (stderr, out_dir, tmp)
+}
+
+#[test]
+fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slow() {
+    let (stderr, out_dir, _tmp) = compare(None);
+    // Without RUST_LOG only the node's warnings reach the terminal, not the
+    // info lines it writes for compare to read.
+    assert!(!stderr.contains("keel-node: INFO"), "{stderr}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
+    let phases = json["phases"].as_array().expect("phases");
+    let workloads: Vec<&str> = phases.iter().filter_map(|p| p["workload"].as_str()).collect();
+    assert_eq!(workloads, ["load", "a"]);
+    for phase in phases {
+        assert_eq!(phase["target"], "keel");
+        assert!(phase["ops"].as_u64().is_some_and(|ops| ops > 0), "{phase}");
+        assert_eq!(phase["errors"], serde_json::json!({}), "{phase}");
+        // Whatever this machine's disk did, the node's slow steps are there
+        // to read, each within the phase's timeline.
+        let seconds = phase["timeline"].as_array().expect("timeline").len();
+        let events = phase["server_events"].as_array().expect("server_events");
+        for event in events {
+            assert!(event["second"].as_u64().is_some_and(|s| usize::try_from(s).is_ok_and(|s| s < seconds)));
+            assert!(["WAL commit", "checkpoint"].contains(&event["what"].as_str().unwrap_or("")), "{event}");
+            assert!(event["ms"].as_u64().is_some_and(|ms| ms >= 20), "{event}");
+        }
+    }
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
+    assert!(summary.contains("| a |"), "{summary}");
+    assert!(out_dir.join("latency-a.svg").exists());
+}
+
+#[test]
+fn with_rust_log_set_compare_passes_the_nodes_whole_log_on_as_readable_lines() {
+    let (stderr, _, _tmp) = compare(Some("info"));
+    // keel-node's JSON entries, each as one line: level, target, message,
+    // fields (this one is logged as the node stops, after every phase).
+    assert!(
+        stderr.contains("keel-node: INFO keel_node::server: stopping: draining in-flight requests, then checkpointing"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("keel-node: {"), "no raw JSON: {stderr}");
+}
