@@ -198,39 +198,22 @@ pub fn keel_node(
     let mut child = spawn_placed(&mut command, placement).with_context(|| format!("start {}", binary.display()))?;
     let stdout = child.stdout.take().context("keel-node stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    // Its log, from the first line on: slow steps gathered, warnings (or all
+    // that the caller's RUST_LOG asks for) passed on.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let pass_all = user_log.is_some();
     let endpoint = loop {
         let line = lines.next().context("keel-node exited before listening")??;
         if let Some(address) = line.strip_prefix("keel-node listening on ") {
             break address.trim().to_owned();
         }
+        read_node_line(&line, pass_all, &events);
     };
-    // Keep draining stdout so the node never blocks on a full pipe, gather
-    // its slow steps, and pass its log on (warnings, or all that the
-    // caller's RUST_LOG asks for).
-    let events = Arc::new(Mutex::new(Vec::new()));
+    // Keep draining stdout so the node never blocks on a full pipe.
     let gathered = Arc::clone(&events);
-    let pass_all = user_log.is_some();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            let entry = serde_json::from_str::<serde_json::Value>(&line).ok();
-            let Some(entry) = entry else {
-                eprintln!("keel-node: {line}");
-                continue;
-            };
-            if let Some((what, ms)) = slow_step(&entry) {
-                let at_unix_ms = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(LoggedEvent {
-                    at_unix_ms,
-                    what: what.to_owned(),
-                    ms,
-                });
-            }
-            let level = entry.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
-            if pass_all || matches!(level, "WARN" | "ERROR") {
-                eprintln!("keel-node: {}", log_line(&entry));
-            }
+            read_node_line(&line, pass_all, &gathered);
         }
     });
     tracing_free_log(&format!(
@@ -241,6 +224,34 @@ pub fn keel_node(
     let mut server = Server::new(child, endpoint, "keel-node");
     server.events = Some(events);
     Ok(server)
+}
+
+/// One line of keel-node's stdout under `compare`: a slow step is added to
+/// `events`, stamped with this process's clock; a warning or an error is
+/// passed on as one readable line, and so is every other line when
+/// `pass_all` (the caller set RUST_LOG), lines that are not JSON (its
+/// "listening" lines) included.
+fn read_node_line(line: &str, pass_all: bool, events: &Mutex<Vec<LoggedEvent>>) {
+    let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+        if pass_all {
+            eprintln!("keel-node: {line}");
+        }
+        return;
+    };
+    if let Some((what, ms)) = slow_step(&entry) {
+        let at_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(LoggedEvent {
+            at_unix_ms,
+            what: what.to_owned(),
+            ms,
+        });
+    }
+    let level = entry.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
+    if pass_all || matches!(level, "WARN" | "ERROR") {
+        eprintln!("keel-node: {}", log_line(&entry));
+    }
 }
 
 /// The events logged in the `seconds` of a phase that started at

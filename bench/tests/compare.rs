@@ -75,7 +75,8 @@ fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slo
 fn with_rust_log_set_compare_passes_the_nodes_whole_log_on_as_readable_lines() {
     let (stderr, _, _tmp) = compare(Some("info"));
     // keel-node's JSON entries, each as one line: level, target, message,
-    // fields (this one is logged as the node stops, after every phase).
+    // fields; from its first line (logged before it listens) to its last.
+    assert!(stderr.contains("keel-node: INFO keel_node::server: keel-node serving entry=127.0.0.1:"), "{stderr}");
     assert!(
         stderr.contains("keel-node: INFO keel_node::server: stopping: draining in-flight requests, then checkpointing"),
         "{stderr}"
