@@ -302,7 +302,7 @@ pub fn summary_markdown(report: &Report) -> String {
 
 /// Seconds of a phase's timeline listed by [`steal_lines`] and
 /// [`server_event_lines`] at most.
-const STEAL_SECONDS_LISTED_MAX: usize = 8;
+const SECONDS_LISTED_MAX: usize = 8;
 
 /// Each phase's name in the notes under the tables: target, workload, the
 /// fraction of peak for a tail phase, and which round of its kind it is.
@@ -324,11 +324,11 @@ fn phase_labels(report: &Report) -> Vec<String> {
         .collect()
 }
 
-/// `items` joined, the first [`STEAL_SECONDS_LISTED_MAX`] of them, with
+/// `items` joined, the first [`SECONDS_LISTED_MAX`] of them, with
 /// how many more there were.
 fn listed(mut items: Vec<String>) -> String {
-    let more = items.len().saturating_sub(STEAL_SECONDS_LISTED_MAX);
-    items.truncate(STEAL_SECONDS_LISTED_MAX);
+    let more = items.len().saturating_sub(SECONDS_LISTED_MAX);
+    items.truncate(SECONDS_LISTED_MAX);
     let mut out = items.join(", ");
     if more > 0 {
         out.push_str(&format!(" and {more} more"));

@@ -355,9 +355,7 @@ fn summarize(
         rate: config.open_loop.map(|o| o.rate),
         of_peak: None,
         ops,
-        started_unix_ms: started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        started_unix_ms: unix_ms(started),
         seconds: (seconds * 1000.0).round() / 1000.0,
         ops_per_s: (ops as f64 / seconds.max(1e-9)).round(),
         latency_us: Latency::of(&tally.all),
@@ -367,6 +365,13 @@ fn summarize(
         steal_ms: steal.iter().sum(),
         server_events: Vec::new(),
     }
+}
+
+/// `at` in milliseconds since the Unix epoch (0 before it), the clock a
+/// phase's `started_unix_ms` and a server's logged events share.
+#[must_use]
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Reads the host's steal counter every [`host::SAMPLE_EVERY`] during a

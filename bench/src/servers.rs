@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 
 use crate::host;
-use crate::runner::{PhaseResult, ServerEvent};
+use crate::runner::{PhaseResult, ServerEvent, unix_ms};
 
 /// How long a server may take to stop after SIGTERM before it is killed.
 /// keel-node answers its requests in flight (10 s at most by default) and
@@ -37,7 +37,7 @@ pub struct Server {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LoggedEvent {
     at_unix_ms: u64,
-    what: String,
+    what: &'static str,
     ms: u64,
 }
 
@@ -239,14 +239,8 @@ fn read_node_line(line: &str, pass_all: bool, events: &Mutex<Vec<LoggedEvent>>) 
         return;
     };
     if let Some((what, ms)) = slow_step(&entry) {
-        let at_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(LoggedEvent {
-            at_unix_ms,
-            what: what.to_owned(),
-            ms,
-        });
+        let at_unix_ms = unix_ms(SystemTime::now());
+        events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(LoggedEvent { at_unix_ms, what, ms });
     }
     let level = entry.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
     if pass_all || matches!(level, "WARN" | "ERROR") {
@@ -262,7 +256,7 @@ fn events_in(events: &[LoggedEvent], started_unix_ms: u64, seconds: usize) -> Ve
         .filter_map(|e| {
             let since = e.at_unix_ms.checked_sub(started_unix_ms)?;
             let second = usize::try_from(since / 1000).ok().filter(|&s| s < seconds)?;
-            Some(ServerEvent { second, what: e.what.clone(), ms: e.ms })
+            Some(ServerEvent { second, what: e.what.to_owned(), ms: e.ms })
         })
         .collect()
 }
@@ -396,7 +390,7 @@ mod tests {
 
     #[test]
     fn logged_events_are_placed_in_the_second_of_the_phase_they_ended_in() {
-        let at = |at_unix_ms, ms| LoggedEvent { at_unix_ms, what: "WAL commit".into(), ms };
+        let at = |at_unix_ms, ms| LoggedEvent { at_unix_ms, what: "WAL commit", ms };
         let events = [at(999_999, 1), at(1_000_000, 2), at(1_002_999, 3), at(1_003_000, 4)];
         let placed = events_in(&events, 1_000_000, 3);
         let seconds: Vec<(usize, u64)> = placed.iter().map(|e| (e.second, e.ms)).collect();

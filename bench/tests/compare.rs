@@ -43,9 +43,11 @@ fn compare(rust_log: Option<&str>) -> (String, PathBuf, tempfile::TempDir) {
 #[test]
 fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slow() {
     let (stderr, out_dir, _tmp) = compare(None);
-    // Without RUST_LOG only the node's warnings reach the terminal, not the
-    // info lines it writes for compare to read.
+    // Without RUST_LOG only the node's warnings reach the terminal: not the
+    // info lines it writes for compare to read, nor its plain lines (every
+    // run prints one per shard), which the other test sees passed on.
     assert!(!stderr.contains("keel-node: INFO"), "{stderr}");
+    assert!(!stderr.contains("keel-node: keel-node shard 0 listening on"), "{stderr}");
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
@@ -82,4 +84,6 @@ fn with_rust_log_set_compare_passes_the_nodes_whole_log_on_as_readable_lines() {
         "{stderr}"
     );
     assert!(!stderr.contains("keel-node: {"), "no raw JSON: {stderr}");
+    // Its plain lines too (written before it listens).
+    assert!(stderr.contains("keel-node: keel-node shard 0 listening on 127.0.0.1:"), "{stderr}");
 }
