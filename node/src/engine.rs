@@ -15,6 +15,14 @@
 //!   conditions and reads see; a read that sees one waits for it to be
 //!   durable before answering, so nobody is ever told of a write that a crash
 //!   could still lose.
+//! - With [`Engine::set_fetch_elsewhere`] (the daemon, again), a point read
+//!   (GetItem, the item a write reads first) of a request that has logged
+//!   nothing yet does not read a missing page from disk while the caller
+//!   holds the engine: it fails, and [`Engine::take_page_fetch`] hands the
+//!   page to the caller, which reads it without the engine, caches it
+//!   ([`Engine::cache_fetched`]) and runs the request again. A write after
+//!   such a miss fails too, so a request that is run again has logged
+//!   nothing. Scans and Queries still read their pages under the engine.
 //!
 //! - Tables are split into `partitions` hash ranges; partition ids are
 //!   `table_id << 32 | index` and never reused (table ids only grow).
@@ -58,7 +66,7 @@ use serde_json::json;
 
 use raft::eraftpb::{Entry, EntryType};
 
-use crate::btree::Direction;
+use crate::btree::{Direction, FetchedPage, PageFetch};
 use crate::io::Disk;
 use crate::repl::membership::Cluster;
 use crate::repl::{GroupLog, GroupState, GroupWrite, Proposal, ProposeError, ShardRaft, durable};
@@ -262,6 +270,13 @@ impl Commit {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.wait_lsn().is_none() && self.proposals.is_empty()
+    }
+
+    /// Whether it logged or proposed a write (a read of a logged write
+    /// only waits for it).
+    #[must_use]
+    pub fn has_writes(&self) -> bool {
+        !self.tickets.is_empty() || !self.proposals.is_empty()
     }
 }
 
@@ -507,6 +522,8 @@ pub struct Engine<D: Disk> {
     /// [`Engine::set_settle_elsewhere`]).
     settle_elsewhere: bool,
     settle_after: Option<Lsn>,
+    /// See [`Engine::set_fetch_elsewhere`].
+    fetch_elsewhere: bool,
     default_partitions: u32,
     /// Logged, not yet applied writes by (partition, storage key).
     overlay: FxHashMap<(u64, Vec<u8>), Pending>,
@@ -575,6 +592,7 @@ impl<D: Disk> Engine<D> {
             deferred_mode: false,
             settle_elsewhere: false,
             settle_after: None,
+            fetch_elsewhere: false,
             default_partitions: PARTITIONS_DEFAULT,
             overlay: FxHashMap::default(),
             deferred: Commit::default(),
@@ -1033,6 +1051,37 @@ impl<D: Disk> Engine<D> {
         self.settle_after.take()
     }
 
+    /// With `on`, a point read of a request that has logged nothing fails
+    /// on a page missing from the cache instead of reading it while the
+    /// caller holds the engine (every other request of the shard would wait
+    /// for that disk read); [`Self::take_page_fetch`] then hands the page
+    /// over (module docs). Turning it on forgets a miss not taken.
+    pub fn set_fetch_elsewhere(&mut self, on: bool) {
+        self.fetch_elsewhere = on;
+        if on {
+            drop(self.store.take_page_fetch());
+        }
+    }
+
+    /// The page a read missed under [`Self::set_fetch_elsewhere`]: the
+    /// request failed and has logged nothing; read the page without the
+    /// engine, hand it to [`Self::cache_fetched`] and run the request again.
+    pub fn take_page_fetch(&mut self) -> Option<PageFetch<<D as Disk>::File>> {
+        self.store.take_page_fetch()
+    }
+
+    /// Caches a page read by a [`PageFetch`].
+    pub fn cache_fetched(&mut self, fetched: FetchedPage<<D as Disk>::File>) {
+        self.store.cache_fetched(fetched);
+    }
+
+    /// Whether a point read now fails on a page miss (recorded for the
+    /// caller) instead of reading it: with [`Self::set_fetch_elsewhere`],
+    /// while this request has logged nothing and waits for nothing.
+    fn may_defer_misses(&self) -> bool {
+        self.fetch_elsewhere && self.deferred.is_empty()
+    }
+
     /// The writes (and reads of unapplied writes) since the last call.
     pub fn take_commit(&mut self) -> Commit {
         std::mem::take(&mut self.deferred)
@@ -1056,6 +1105,11 @@ impl<D: Disk> Engine<D> {
     /// Logs a write of an item (None: a delete). In deferred mode it is
     /// finished by the caller; otherwise it is durable and applied on return.
     async fn write(&mut self, partition: u64, storage_key: &[u8], value: Option<&[u8]>) -> Result<(), EngineError> {
+        if self.store.has_missed() {
+            // The request is run again once the page is fetched; nothing of
+            // it may be logged now (module docs).
+            return Err(EngineError::Internal("a read of this request missed the page cache".into()));
+        }
         let mutation = match value {
             Some(value) => Mutation::Put { key: storage_key, value },
             None => Mutation::Delete { key: storage_key },
@@ -1327,7 +1381,10 @@ impl<D: Disk> Engine<D> {
         if let Some(pending) = self.pending(partition, storage_key) {
             return Ok(pending.map(<[u8]>::to_vec));
         }
-        Ok(self.store.get(partition, storage_key).await?)
+        self.store.set_defer_misses(self.may_defer_misses());
+        let read = self.store.get(partition, storage_key).await;
+        self.store.set_defer_misses(false);
+        Ok(read?)
     }
 
     fn decode_stored(bytes: &[u8]) -> Result<Item, EngineError> {
@@ -1410,7 +1467,10 @@ impl<D: Disk> Engine<D> {
         {
             return Ok(f(pending));
         }
-        Ok(self.store.get_with(partition, &storage_key, f).await?)
+        self.store.set_defer_misses(self.may_defer_misses());
+        let read = self.store.get_with(partition, &storage_key, f).await;
+        self.store.set_defer_misses(false);
+        Ok(read?)
     }
 
     /// A logged-but-unapplied write of the key, if any (the outer `None`);

@@ -43,7 +43,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
-use crate::btree::{Applied, BTree, BTreeError, CheckpointWrite, Direction, PageCache, Retired};
+use crate::btree::{
+    Applied, BTree, BTreeError, CheckpointWrite, Direction, FetchedPage, PageCache, PageFetch, Retired,
+};
 use crate::io::{Disk, DiskFile, IoError};
 use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_GROUP_STATE, KIND_RAFT_HARD_STATE};
 use crate::wal::{Lsn, Record, RecordMeta, USER_KIND_MIN, Wal, WalAppendError, WalConfig, WalOpenError};
@@ -954,6 +956,33 @@ impl<D: Disk> ShardStore<D> {
     #[must_use]
     pub fn cache(&self) -> Rc<RefCell<PageCache>> {
         Rc::clone(&self.cache)
+    }
+
+    /// Whether reads fail on a page miss instead of reading the disk, and
+    /// record the page for [`Self::take_page_fetch`] (`btree::cache` docs).
+    pub fn set_defer_misses(&self, on: bool) {
+        self.cache.borrow_mut().set_defer_misses(on);
+    }
+
+    /// Whether a read failed on a deferred miss not taken yet.
+    #[must_use]
+    pub fn has_missed(&self) -> bool {
+        self.cache.borrow().has_missed()
+    }
+
+    /// The page a read missed with misses deferred, to be read without the
+    /// store (None if none, or if its partition is gone already).
+    pub fn take_page_fetch(&self) -> Option<PageFetch<D::File>> {
+        let (partition, page) = self.cache.borrow_mut().take_missed()?;
+        Some(self.replicas.get(&partition)?.tree.page_fetch(page))
+    }
+
+    /// Caches a page read by a [`PageFetch`] (see [`BTree::cache_fetched`]);
+    /// dropped if its partition is gone.
+    pub fn cache_fetched(&self, fetched: FetchedPage<D::File>) {
+        if let Some(replica) = self.replicas.get(&fetched.file_id()) {
+            replica.tree.cache_fetched(fetched);
+        }
     }
 
     /// The data directory.

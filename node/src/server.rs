@@ -86,6 +86,13 @@ pub const SHARD_PREEMPT_TIMER: Duration = Duration::from_millis(10);
 /// waits holding it.
 const SETTLE_ATTEMPTS_MAX: u32 = 3;
 
+/// Pages a request may read without the engine (one per run of it: a miss
+/// ends the run) before it reads the rest holding the engine. A point read
+/// misses at most the tree's depth of pages (3 to 4 in practice); the bound
+/// keeps a request whose pages keep being evicted, or a BatchGetItem of
+/// many cold keys, from running again without end.
+const FETCH_ATTEMPTS_MAX: u32 = 8;
+
 /// After background work failed (a full or failing disk), the pause before
 /// it is tried again.
 const BACKGROUND_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -963,18 +970,41 @@ impl Shard {
                 }
             }
         }
-        let mut attempt = 0;
+        let (mut attempt, mut fetches) = (0, 0);
+        let mut fetched = None;
         let (response, commit, wal, waits) = loop {
             let mut engine = match self.engine.write().await {
                 Ok(engine) => engine,
                 Err(e) => return handler::error_response(body, ErrorCode::InternalServerError, e.to_string()),
             };
+            if let Some(page) = fetched.take() {
+                engine.cache_fetched(page);
+            }
             // A Query or Scan whose partition has writes not yet durable
             // waits for them without the engine (a few times; then with it,
             // so that a stream of writes cannot starve it).
             engine.set_settle_elsewhere(attempt < SETTLE_ATTEMPTS_MAX);
+            // A point read that misses the page cache reads the page without
+            // the engine (the other requests go on meanwhile), then runs again.
+            engine.set_fetch_elsewhere(fetches < FETCH_ATTEMPTS_MAX);
             let response = handler::handle_decoded(&mut engine, body, decoded.take(), now_ms()).await;
             engine.set_settle_elsewhere(false);
+            engine.set_fetch_elsewhere(false);
+            if let Some(fetch) = engine.take_page_fetch() {
+                assert!(!engine.take_commit().has_writes(), "a request that missed a page has logged nothing");
+                let _ = engine.take_settle_after();
+                drop(engine);
+                fetches += 1;
+                match fetch.read().await {
+                    Ok(page) => fetched = Some(page),
+                    // Run again reading under the engine, which reports it.
+                    Err(e) => {
+                        tracing::debug!(shard = self.index, "a page read without the engine failed: {e}");
+                        fetches = FETCH_ATTEMPTS_MAX;
+                    }
+                }
+                continue;
+            }
             let Some(lsn) = engine.take_settle_after() else {
                 let commit = engine.take_commit();
                 // Registered while the engine is held: the driver cannot

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use futures_lite::future::block_on;
+use keel_node::btree::node::PageRef;
 use keel_node::btree::page::PAGE_BYTES;
 use keel_node::btree::{BTree, BTreeError, Direction, PageCache};
 use keel_node::io::Disk;
@@ -264,4 +265,91 @@ fn btree_reuses_freed_pages_after_checkpoints() {
     // 500 × ~1 KiB fits in about 40 pages; rewriting it 20 times must not
     // grow the file 20-fold.
     assert!(tree.page_count() < 200, "file grew to {} pages", tree.page_count());
+}
+
+/// Reads `key` with misses deferred, as the server does: each miss fails the
+/// read and names one page, which is read without the tree and cached; the
+/// read is run again until it succeeds. Returns the value and the pages
+/// fetched.
+fn get_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>, key: &[u8]) -> (Option<Vec<u8>>, Vec<PageRef>) {
+    let mut fetched = Vec::new();
+    loop {
+        cache.borrow_mut().set_defer_misses(true);
+        let read = block_on(tree.get(key));
+        cache.borrow_mut().set_defer_misses(false);
+        match read {
+            Ok(value) => {
+                assert!(!cache.borrow().has_missed(), "a read that succeeded missed nothing");
+                return (value, fetched);
+            }
+            Err(BTreeError::NotCached) => {
+                let (file_id, page) = cache.borrow_mut().take_missed().expect("a deferred miss names its page");
+                assert_eq!(file_id, 1);
+                let page_read = block_on(tree.page_fetch(page).read()).expect("the page reads and verifies");
+                tree.cache_fetched(page_read);
+                fetched.push(page);
+                assert!(fetched.len() <= 8, "a read of one key misses at most the tree's depth of pages");
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// A read with misses deferred fails on each page it lacks and names it;
+/// fetched without the tree and cached, the pages make it succeed. A page
+/// fetched and then made stale (the tree rewrote it, and reused its number
+/// for other contents, before the fetch was cached) is never served for the
+/// newer write: every key still reads its own value.
+#[test]
+fn btree_deferred_misses_are_fetched_without_the_tree_and_a_stale_fetch_is_never_served() {
+    let disk = SimDisk::new(79);
+    let cache = cache(4096);
+    let mut tree = block_on(async {
+        let file = disk.open(Path::new(FILE), true).await.expect("create file");
+        disk.sync_dir(Path::new("/data")).await.expect("sync dir");
+        BTree::create(file, 1, Rc::clone(&cache)).await.expect("create tree")
+    });
+    let mut model = BTreeMap::new();
+    let value = |i: u32, round: u32| vec![u8::try_from((i + round) % 251).unwrap_or(0); 200];
+    for i in 0..2000u32 {
+        let key = format!("k{i:05}").into_bytes();
+        block_on(tree.put(&key, &value(i, 0))).expect("put");
+        model.insert(key, value(i, 0));
+    }
+    block_on(tree.checkpoint(1)).expect("checkpoint");
+    cache.borrow_mut().remove_file(1);
+
+    // Cold: the read misses the root, the branches and the leaf in turn.
+    let key = b"k01000".to_vec();
+    let (read, fetched) = get_fetching(&tree, &cache, &key);
+    assert_eq!(read.as_ref(), model.get(&key));
+    assert!(fetched.len() >= 2, "root and leaf at least were fetched ({fetched:?})");
+    // Warm now: no miss.
+    let (read, again) = get_fetching(&tree, &cache, &key);
+    assert_eq!(read.as_ref(), model.get(&key));
+    assert!(again.is_empty());
+
+    // A fetch of the key's leaf that arrives late: read now, cached only
+    // after the tree has moved on.
+    let leaf = *fetched.last().expect("the leaf was fetched last");
+    let stale = block_on(tree.page_fetch(leaf).read()).expect("the leaf reads");
+    // The tree rewrites every page twice, a checkpoint after each: the
+    // first rewrite moves to new pages and frees the old ones, the second
+    // takes those again (lowest free first), the leaf's page number with
+    // them, now holding other contents.
+    for round in 1..3u32 {
+        for i in 0..2000u32 {
+            let key = format!("k{i:05}").into_bytes();
+            block_on(tree.put(&key, &value(i, round))).expect("put");
+            model.insert(key, value(i, round));
+        }
+        block_on(tree.checkpoint(u64::from(round) + 1)).expect("checkpoint");
+    }
+    cache.borrow_mut().remove_file(1);
+    tree.cache_fetched(stale);
+    assert_eq!(cache.borrow().len(), 1, "the stale page was cached");
+    check_all(&tree, &model, 79);
+    for (k, v) in &model {
+        assert_eq!(get_fetching(&tree, &cache, k).0.as_ref(), Some(v));
+    }
 }

@@ -905,3 +905,82 @@ fn a_second_node_on_a_taken_port_refuses_to_start() {
     }
     node.stop();
 }
+
+/// A node whose page cache holds a fraction of its items (1 MiB per shard
+/// against about 4 MB), under concurrent reads and increments of random
+/// items, while background checkpoints rewrite pages (1 MiB of dirty pages
+/// at most): reads that miss the cache fetch their pages without holding
+/// the shard's engine and run again, so every read must still see its own
+/// item, and every acknowledged increment must be applied exactly once
+/// (a request run again after a miss had logged nothing).
+#[test]
+fn reads_and_updates_that_miss_the_page_cache_see_their_items_and_apply_once() {
+    use keel_wire::client::{BlockingClient, ClientConfig};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+    const ITEMS: usize = 3000;
+    const TASKS: usize = 16;
+    const OPS_PER_TASK: usize = 300;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let node = Node::start_with(&tmp.path().join("data"), None, &["--page-cache-mb", "1", "--dirty-mb", "1"]);
+    let mut config = ClientConfig::new(node.address.clone());
+    config.connections = 4;
+    config.retries_max = 0; // an increment is sent once: exactly-once is the server's
+    let client = BlockingClient::connect(config).expect("connect");
+    let key = |i: usize| item::from_json(&json!({"id": {"S": format!("item{i}")}})).expect("key");
+    let pad = |i: usize| format!("{i:>1000}");
+    let increments: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; ITEMS]));
+    let reads = client.run(async |c| {
+        c.create_table("cold", ("id", KeyKind::S), None, 4).await.expect("create");
+        for i in 0..ITEMS {
+            let it = item::from_json(&json!({"id": {"S": format!("item{i}")}, "n": {"N": "0"}, "pad": {"S": pad(i)}}))
+                .expect("item");
+            c.put_item("cold", it).send().await.expect("put");
+        }
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (c, increments) = (c.clone(), Arc::clone(&increments));
+            tasks.push(tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(task as u64);
+                let mut reads = 0;
+                for _ in 0..OPS_PER_TASK {
+                    let i = rng.random_range(0..ITEMS);
+                    if rng.random_bool(0.5) {
+                        c.update_item("cold", key(i), "ADD n :one")
+                            .value(":one", item::AttributeValue::N("1".into()))
+                            .send()
+                            .await
+                            .expect("increment");
+                        increments.lock().expect("lock")[i] += 1;
+                    } else {
+                        let found = c.get_item("cold", key(i), None, Vec::new(), false).await.expect("get");
+                        let found = found.expect("every item exists");
+                        assert_eq!(found.get("id"), Some(&item::AttributeValue::S(format!("item{i}"))));
+                        assert_eq!(found.get("pad"), Some(&item::AttributeValue::S(pad(i))), "item{i}'s own bytes");
+                        reads += 1;
+                    }
+                }
+                reads
+            }));
+        }
+        let mut reads = 0;
+        for task in tasks {
+            reads += task.await.expect("task");
+        }
+        reads
+    });
+    assert!(reads > TASKS * OPS_PER_TASK / 4, "reads ran ({reads})");
+    let increments = increments.lock().expect("lock").clone();
+    client.run(async |c| {
+        for (i, expected) in increments.iter().enumerate() {
+            let found = c.get_item("cold", key(i), None, Vec::new(), true).await.expect("get").expect("exists");
+            assert_eq!(
+                found.get("n"),
+                Some(&item::AttributeValue::N(expected.to_string())),
+                "item{i}: each acknowledged increment applied once"
+            );
+        }
+    });
+    node.stop();
+}

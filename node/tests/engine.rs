@@ -355,3 +355,88 @@ fn a_range_read_over_unsettled_writes_asks_to_wait_outside_the_engine() {
     assert_eq!(engine.take_settle_after(), None);
     block_on(engine.finish(commit)).expect("finish");
 }
+
+/// Runs `op` as the server does with fetch-elsewhere on: while it fails on
+/// a page miss, the page is read without the engine and cached, and the
+/// request (which logged nothing) is run again. Returns the result and the
+/// number of pages fetched.
+fn fetching<T>(engine: &mut Engine<SimDisk>, mut op: impl FnMut(&mut Engine<SimDisk>) -> T) -> (T, usize) {
+    let mut fetched = 0;
+    loop {
+        engine.set_fetch_elsewhere(true);
+        let out = op(engine);
+        engine.set_fetch_elsewhere(false);
+        let Some(fetch) = engine.take_page_fetch() else { return (out, fetched) };
+        assert!(!engine.take_commit().has_writes(), "a request that missed a page logged nothing");
+        engine.cache_fetched(block_on(fetch.read()).expect("the page reads"));
+        fetched += 1;
+        assert!(fetched <= 8, "one key misses at most the tree's depth of pages");
+    }
+}
+
+/// With a cold page cache, GetItem and UpdateItem under fetch-elsewhere
+/// fail on each page they lack, having logged nothing, and succeed once the
+/// pages are fetched; a write after a miss the caller ignored is refused.
+#[test]
+fn point_reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing() {
+    let disk = SimDisk::new(18);
+    let mut config = config();
+    config.page_cache_bytes = 64 * 4096;
+    let open_small = |disk: &SimDisk| {
+        block_on(async {
+            let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
+            Engine::open(store).await.expect("engine opens")
+        })
+    };
+    let mut engine = open_small(&disk);
+    block_on(engine.create_table("cold", key("id", KeyType::S), None, 1, 1)).expect("create");
+    let pad = "x".repeat(300);
+    for n in 0..1000 {
+        let it = item(json!({"id": {"S": format!("k{n}")}, "n": {"N": "0"}, "pad": {"S": pad}}));
+        block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
+    }
+    block_on(engine.store_mut().checkpoint_all()).expect("checkpoint");
+    drop(engine);
+    let mut engine = open_small(&disk); // cold cache
+    engine.set_deferred(true);
+    let wal = engine.wal();
+    let batches = wal.stats().records;
+
+    let k7 = item(json!({"id": {"S": "k7"}}));
+    let (got, fetched) = fetching(&mut engine, |e| block_on(e.get_item("cold", &k7)));
+    let got = got.expect("get").expect("stored");
+    assert_eq!(item::decode(&got).expect("item").get("id"), Some(&AttributeValue::S("k7".into())));
+    assert!(fetched >= 2, "root and leaf at least were missed ({fetched})");
+    let (_, fetched) = fetching(&mut engine, |e| block_on(e.get_item("cold", &k7)));
+    assert_eq!(fetched, 0, "the pages are cached now");
+
+    let values: Vec<(String, AttributeValue)> = vec![(":one".into(), AttributeValue::N("1".into()))];
+    let mut placeholders = Placeholders::new(&[], &values);
+    let update = expr::parse_update("SET n = n + :one", &mut placeholders).expect("valid update");
+    let k900 = item(json!({"id": {"S": "k900"}}));
+    let (updated, fetched) = fetching(&mut engine, |e| block_on(e.update_item("cold", &k900, &update, None)));
+    updated.expect("update");
+    assert!(fetched >= 1, "the update's read missed its leaf");
+    let commit = engine.take_commit();
+    assert_eq!(wal.stats().records, batches + 1, "the update was logged once, by the run that succeeded");
+    block_on(wal.wait_durable(commit.wait_lsn().expect("logged"))).expect("durable");
+    block_on(engine.finish(commit)).expect("finish");
+    let stored = block_on(engine.get_item("cold", &k900)).expect("get").expect("stored");
+    assert_eq!(item::decode(&stored).expect("item").get("n"), Some(&AttributeValue::N("1".into())));
+
+    // A miss left untaken: a write in the same request is refused.
+    let cold = (0..1000).map(|n| item(json!({"id": {"S": format!("k{n}")}}))).find(|k| {
+        engine.set_fetch_elsewhere(true);
+        let missed = block_on(engine.get_item("cold", k)).is_err();
+        engine.set_fetch_elsewhere(false);
+        missed
+    });
+    assert!(cold.is_some(), "a cache of 64 pages cannot hold 1,000 items of 300 bytes");
+    let it = item(json!({"id": {"S": "new"}}));
+    assert!(block_on(engine.put_item("cold", &item::encode(&it), None, false)).is_err(), "a write after a miss");
+    assert!(!engine.take_commit().has_writes());
+    assert_eq!(wal.stats().records, batches + 1, "nothing more was logged");
+    engine.set_fetch_elsewhere(true); // a new request: the old miss is forgotten
+    block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
+    assert!(engine.take_commit().has_writes());
+}

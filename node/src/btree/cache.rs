@@ -9,12 +9,27 @@
 //! CLOCK instead of strict LRU: a hit only sets a flag (no list or tree
 //! update on the read path), and eviction sweeps a hand over the slots,
 //! sparing once each page that was used since the last sweep.
+//!
+//! An entry is served only to a reference carrying its write sequence
+//! ([`PageCache::get`]): a page read from disk without the engine (below)
+//! may arrive after the tree moved on, and must then never be taken for
+//! the page's newer contents.
+//!
+//! **Misses fetched elsewhere.** A read that misses would read the disk
+//! while its caller holds the shard's engine, and every other request of
+//! the shard would wait for that read (a cold or larger-than-cache working
+//! set then ran one disk read at a time). With misses deferred
+//! ([`PageCache::set_defer_misses`], set by the engine around the reads of
+//! a request that has logged nothing), the tree fails the lookup instead
+//! and the cache records the page ([`PageCache::take_missed`]); the server
+//! reads it without the engine, caches it and runs the request again
+//! (`BTree::page_fetch`, `server.rs`).
 
 use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
-use super::node::PageNode;
+use super::node::{PageNode, PageRef};
 use super::page::PAGE_BYTES;
 
 /// Key of a cached page: `(file id, page number)`.
@@ -34,6 +49,9 @@ pub struct CacheStats {
 #[derive(Debug)]
 struct Entry {
     node: Rc<PageNode>,
+    /// The node's write sequence (kept beside it: a hit compares it without
+    /// touching the page).
+    seq: u64,
     referenced: bool,
     /// Position of the key in the clock ring.
     slot: usize,
@@ -49,6 +67,10 @@ pub struct PageCache {
     ring: Vec<CacheKey>,
     hand: usize,
     stats: CacheStats,
+    /// See the module docs.
+    defer_misses: bool,
+    /// The first page a deferred miss asked for: `(file id, reference)`.
+    missed: Option<(u64, PageRef)>,
 }
 
 impl PageCache {
@@ -56,18 +78,28 @@ impl PageCache {
     #[must_use]
     pub fn new(capacity_bytes: usize) -> Self {
         let capacity_pages = (capacity_bytes / PAGE_BYTES).max(16);
-        Self { capacity_pages, index: FxHashMap::default(), ring: Vec::new(), hand: 0, stats: CacheStats::default() }
+        Self {
+            capacity_pages,
+            index: FxHashMap::default(),
+            ring: Vec::new(),
+            hand: 0,
+            stats: CacheStats::default(),
+            defer_misses: false,
+            missed: None,
+        }
     }
 
-    /// Looks a page up, marking it used.
-    pub fn get(&mut self, key: CacheKey) -> Option<Rc<PageNode>> {
+    /// Looks up the write `seq` of a page, marking it used. An entry holding
+    /// another write of the page is a miss (it is replaced when the page is
+    /// read again).
+    pub fn get(&mut self, key: CacheKey, seq: u64) -> Option<Rc<PageNode>> {
         match self.index.get_mut(&key) {
-            Some(entry) => {
+            Some(entry) if entry.seq == seq => {
                 entry.referenced = true;
                 self.stats.hits += 1;
                 Some(Rc::clone(&entry.node))
             }
-            None => {
+            _ => {
                 self.stats.misses += 1;
                 None
             }
@@ -76,13 +108,15 @@ impl PageCache {
 
     /// Inserts a clean page, evicting by CLOCK when full.
     pub fn insert(&mut self, key: CacheKey, node: Rc<PageNode>) {
+        let seq = node.seq();
         if let Some(entry) = self.index.get_mut(&key) {
             entry.node = node;
+            entry.seq = seq;
             entry.referenced = true;
             return;
         }
         if self.ring.len() < self.capacity_pages {
-            self.index.insert(key, Entry { node, referenced: false, slot: self.ring.len() });
+            self.index.insert(key, Entry { node, seq, referenced: false, slot: self.ring.len() });
             self.ring.push(key);
             return;
         }
@@ -97,12 +131,49 @@ impl PageCache {
                 continue;
             }
             self.index.remove(&victim);
-            self.index.insert(key, Entry { node, referenced: false, slot: self.hand });
+            self.index.insert(key, Entry { node, seq, referenced: false, slot: self.hand });
             *self.ring.get_mut(self.hand).expect("hand is within the ring") = key;
             self.stats.evictions += 1;
             break;
         }
         debug_assert_eq!(self.index.len(), self.ring.len());
+    }
+
+    /// Inserts a page read without the engine, unless the page is cached
+    /// already (the entry there is at least as new: a checkpoint's pages
+    /// replace what they rewrite).
+    pub fn insert_absent(&mut self, key: CacheKey, node: Rc<PageNode>) {
+        if !self.index.contains_key(&key) {
+            self.insert(key, node);
+        }
+    }
+
+    /// Whether a miss fails the read and is recorded instead of read from
+    /// disk (module docs). A recorded miss stays until taken.
+    pub fn set_defer_misses(&mut self, on: bool) {
+        self.defer_misses = on;
+    }
+
+    /// Whether misses are deferred now.
+    #[must_use]
+    pub fn defers_misses(&self) -> bool {
+        self.defer_misses
+    }
+
+    /// Records a deferred miss (the first one counts: the read stopped there).
+    pub fn record_miss(&mut self, file_id: u64, page: PageRef) {
+        self.missed.get_or_insert((file_id, page));
+    }
+
+    /// Whether a deferred miss was recorded and not taken yet.
+    #[must_use]
+    pub fn has_missed(&self) -> bool {
+        self.missed.is_some()
+    }
+
+    /// The recorded miss: `(file id, reference)`.
+    pub fn take_missed(&mut self) -> Option<(u64, PageRef)> {
+        self.missed.take()
     }
 
     /// Drops a page (it was freed or rewritten elsewhere).
@@ -157,8 +228,49 @@ mod tests {
     use super::*;
 
     fn leaf() -> Rc<PageNode> {
-        let page = crate::btree::node::Node::Leaf(Vec::new()).encode(2, 1, 1);
+        leaf_written(1)
+    }
+
+    /// An empty leaf as page 2 of file 1, written with sequence `seq`.
+    fn leaf_written(seq: u64) -> Rc<PageNode> {
+        let page = crate::btree::node::Node::Leaf(Vec::new()).encode(2, 1, seq);
         Rc::new(PageNode::parse(crate::btree::page::Kind::Leaf, page).expect("valid page"))
+    }
+
+    #[test]
+    fn an_entry_is_served_only_for_the_write_sequence_it_holds() {
+        let mut cache = PageCache::new(16 * PAGE_BYTES);
+        cache.insert((1, 2), leaf_written(7));
+        assert_eq!(cache.get((1, 2), 7).map(|n| n.seq()), Some(7));
+        assert!(cache.get((1, 2), 9).is_none(), "a reference to a newer write of the page misses");
+        // A late read of the old write does not replace a newer entry...
+        cache.insert((1, 2), leaf_written(9));
+        cache.insert_absent((1, 2), leaf_written(7));
+        assert_eq!(cache.get((1, 2), 9).map(|n| n.seq()), Some(9));
+        assert!(cache.get((1, 2), 7).is_none());
+        // ...but fills an empty slot.
+        cache.remove((1, 2));
+        cache.insert_absent((1, 2), leaf_written(7));
+        assert_eq!(cache.get((1, 2), 7).map(|n| n.seq()), Some(7));
+        assert_eq!(cache.stats().hits, 3);
+        assert_eq!(cache.stats().misses, 2);
+    }
+
+    #[test]
+    fn a_deferred_miss_is_recorded_once_and_kept_until_taken() {
+        let mut cache = PageCache::new(16 * PAGE_BYTES);
+        assert!(!cache.defers_misses());
+        cache.set_defer_misses(true);
+        cache.record_miss(1, PageRef { page: 4, seq: 3 });
+        cache.record_miss(1, PageRef { page: 5, seq: 3 });
+        assert!(cache.has_missed());
+        assert_eq!(cache.take_missed(), Some((1, PageRef { page: 4, seq: 3 })), "the read stopped at the first");
+        assert!(!cache.has_missed());
+        cache.record_miss(2, PageRef { page: 6, seq: 1 });
+        cache.set_defer_misses(false);
+        assert!(!cache.defers_misses());
+        assert_eq!(cache.take_missed(), Some((2, PageRef { page: 6, seq: 1 })));
+        assert_eq!(cache.take_missed(), None);
     }
 
     #[test]
@@ -169,12 +281,12 @@ mod tests {
         }
         // Touch every page but 5: the sweep must pick 5.
         for page in (0..16).filter(|&p| p != 5) {
-            assert!(cache.get((1, page)).is_some());
+            assert!(cache.get((1, page), 1).is_some());
         }
         cache.insert((1, 100), leaf());
         assert_eq!(cache.len(), 16);
-        assert!(cache.get((1, 5)).is_none(), "page 5 was the only one not used");
-        assert!(cache.get((1, 100)).is_some());
+        assert!(cache.get((1, 5), 1).is_none(), "page 5 was the only one not used");
+        assert!(cache.get((1, 100), 1).is_some());
         for page in 200..1000 {
             cache.insert((2, page), leaf());
             assert!(cache.len() <= 16);
@@ -182,7 +294,7 @@ mod tests {
         cache.remove_file(2);
         assert!(cache.len() < 16);
         cache.remove((1, 100));
-        assert!(cache.get((1, 100)).is_none());
+        assert!(cache.get((1, 100), 1).is_none());
         assert_eq!(cache.stats().evictions, 801);
     }
 }

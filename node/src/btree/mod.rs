@@ -111,6 +111,11 @@ pub enum BTreeError {
         /// The file.
         path: PathBuf,
     },
+    /// With misses deferred, a page the read needs is not cached: the cache
+    /// recorded it for the caller to fetch ([`BTree::page_fetch`]) before
+    /// running the read again. Not a failure of the tree.
+    #[error("a page the read needs is not cached; fetch it and run the read again")]
+    NotCached,
 }
 
 /// A node as loaded for reading: dirty (decoded, in this tree) or clean (a
@@ -240,6 +245,53 @@ impl From<u64> for Applied {
     }
 }
 
+/// A node page to be read and verified without its tree: the server reads
+/// a page a request missed while other requests use the engine, then hands
+/// the result to [`BTree::cache_fetched`] (`cache` module docs).
+#[derive(Debug)]
+pub struct PageFetch<F: DiskFile> {
+    file: Rc<F>,
+    file_id: u64,
+    page: PageRef,
+    /// The file's length in pages when the miss was recorded.
+    page_count: u64,
+}
+
+/// A node page read and verified by a [`PageFetch`].
+#[derive(Debug)]
+pub struct FetchedPage<F: DiskFile> {
+    file: Rc<F>,
+    file_id: u64,
+    page: u64,
+    node: Rc<PageNode>,
+}
+
+impl<F: DiskFile> PageFetch<F> {
+    /// Reads and verifies the page: the same checks as a read by the tree
+    /// (its number, file, expected write sequence, checksum and layout).
+    pub async fn read(self) -> Result<FetchedPage<F>, BTreeError> {
+        let r = self.page;
+        let corrupt = |fault| BTreeError::Corrupt { path: self.file.path().to_path_buf(), page: r.page, fault };
+        if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
+            return Err(corrupt(PageFault::Malformed));
+        }
+        let buf = self.file.read_at(r.page * PAGE_BYTES as u64, PAGE_BYTES).await?;
+        let (header, _) =
+            page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq)).map_err(corrupt)?;
+        let kind = Kind::from_u8(header.kind).ok_or(corrupt(PageFault::WrongKind))?;
+        let node = Rc::new(PageNode::parse(kind, buf).map_err(corrupt)?);
+        Ok(FetchedPage { file: self.file, file_id: self.file_id, page: r.page, node })
+    }
+}
+
+impl<F: DiskFile> FetchedPage<F> {
+    /// The tree's file id (a partition's id).
+    #[must_use]
+    pub fn file_id(&self) -> u64 {
+        self.file_id
+    }
+}
+
 impl<F: DiskFile> BTree<F> {
     /// Initialises an empty tree in a new (empty) file and checkpoints it.
     pub async fn create(file: F, file_id: u64, cache: Rc<RefCell<PageCache>>) -> Result<Self, BTreeError> {
@@ -354,7 +406,9 @@ impl<F: DiskFile> BTree<F> {
         BTreeError::Corrupt { path: self.file.path().to_path_buf(), page, fault }
     }
 
-    /// Loads a node: dirty set, then cache, then disk (verified).
+    /// Loads a node: dirty set, then cache, then disk (verified). With the
+    /// cache deferring misses, a miss fails with [`BTreeError::NotCached`]
+    /// and is recorded in the cache instead of read (`cache` module docs).
     async fn load(&self, r: PageRef) -> Result<Loaded, BTreeError> {
         if let Some(node) = self.dirty.get(&r.page) {
             return Ok(Loaded::Dirty(Rc::clone(node)));
@@ -363,19 +417,41 @@ impl<F: DiskFile> BTree<F> {
             return Ok(Loaded::Dirty(Rc::clone(node)));
         }
         let key = (self.file_id, r.page);
-        if let Some(node) = self.cache.borrow_mut().get(key) {
-            return Ok(Loaded::Clean(node));
+        {
+            let mut cache = self.cache.borrow_mut();
+            if let Some(node) = cache.get(key, r.seq) {
+                return Ok(Loaded::Clean(node));
+            }
+            if cache.defers_misses() {
+                cache.record_miss(self.file_id, r);
+                return Err(BTreeError::NotCached);
+            }
         }
-        if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
-            return Err(self.corrupt(r.page, PageFault::Malformed));
+        let fetched = self.page_fetch(r).read().await?;
+        self.cache.borrow_mut().insert(key, Rc::clone(&fetched.node));
+        Ok(Loaded::Clean(fetched.node))
+    }
+
+    /// What reads the node page `r` (verified) without the tree, so without
+    /// whatever holds the tree: see [`PageFetch`].
+    #[must_use]
+    pub fn page_fetch(&self, r: PageRef) -> PageFetch<F> {
+        PageFetch { file: Rc::clone(&self.file), file_id: self.file_id, page: r, page_count: self.page_count }
+    }
+
+    /// Caches a node page read by a [`PageFetch`] of this tree, unless the
+    /// page is cached already or has changed in memory since (dirty or being
+    /// checkpointed: the cached copy would never be asked for). A page the
+    /// tree has meanwhile moved past is harmless: the cache serves an entry
+    /// only for the write sequence it holds.
+    pub fn cache_fetched(&self, fetched: FetchedPage<F>) {
+        let page = fetched.page;
+        if Rc::ptr_eq(&self.file, &fetched.file)
+            && !self.dirty.contains_key(&page)
+            && !self.flushing.contains_key(&page)
+        {
+            self.cache.borrow_mut().insert_absent((self.file_id, page), fetched.node);
         }
-        let buf = self.read_page(r.page).await?;
-        let (header, _) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq))
-            .map_err(|f| self.corrupt(r.page, f))?;
-        let kind = Kind::from_u8(header.kind).ok_or_else(|| self.corrupt(r.page, PageFault::WrongKind))?;
-        let node = Rc::new(PageNode::parse(kind, buf).map_err(|f| self.corrupt(r.page, f))?);
-        self.cache.borrow_mut().insert(key, Rc::clone(&node));
-        Ok(Loaded::Clean(node))
     }
 
     fn check_usable(&self) -> Result<(), BTreeError> {

@@ -394,6 +394,14 @@ impl PageNode {
         })
     }
 
+    /// The write sequence in the page's header: with the page number it
+    /// names one write of the page (the page cache serves an entry only to
+    /// a reference carrying the same sequence).
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        read_u64(&self.bytes, std::mem::offset_of!(page::PageHeader, seq))
+    }
+
     /// Whether this is a leaf.
     #[must_use]
     pub fn is_leaf(&self) -> bool {
