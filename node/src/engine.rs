@@ -15,14 +15,15 @@
 //!   conditions and reads see; a read that sees one waits for it to be
 //!   durable before answering, so nobody is ever told of a write that a crash
 //!   could still lose.
-//! - With [`Engine::set_fetch_elsewhere`] (the daemon, again), a point read
-//!   (GetItem, the item a write reads first) of a request that has logged
-//!   nothing yet does not read a missing page from disk while the caller
-//!   holds the engine: it fails, and [`Engine::take_page_fetch`] hands the
-//!   page to the caller, which reads it without the engine, caches it
-//!   ([`Engine::cache_fetched`]) and runs the request again. A write after
-//!   such a miss fails too, so a request that is run again has logged
-//!   nothing. Scans and Queries still read their pages under the engine.
+//! - With [`Engine::set_fetch_elsewhere`] (the daemon, again), a read of the
+//!   tree (GetItem, the item a write reads first, a Query's or Scan's
+//!   range) by a request that has logged nothing yet does not read a
+//!   missing page from disk while the caller holds the engine: it fails, and
+//!   [`Engine::take_page_fetch`] hands the page to the caller, which reads
+//!   it without the engine, caches it ([`Engine::cache_fetched`]) and runs
+//!   the request again. A write after such a miss fails too, so a request
+//!   that is run again has logged nothing. Applying logged writes (a range
+//!   read settling its partition first) always reads under the engine.
 //!
 //! - Tables are split into `partitions` hash ranges; partition ids are
 //!   `table_id << 32 | index` and never reused (table ids only grow).
@@ -1051,7 +1052,7 @@ impl<D: Disk> Engine<D> {
         self.settle_after.take()
     }
 
-    /// With `on`, a point read of a request that has logged nothing fails
+    /// With `on`, a read of the tree by a request that has logged nothing fails
     /// on a page missing from the cache instead of reading it while the
     /// caller holds the engine (every other request of the shard would wait
     /// for that disk read); [`Self::take_page_fetch`] then hands the page
@@ -1075,7 +1076,7 @@ impl<D: Disk> Engine<D> {
         self.store.cache_fetched(fetched);
     }
 
-    /// Whether a point read now fails on a page miss (recorded for the
+    /// Whether a read of the tree now fails on a page miss (recorded for the
     /// caller) instead of reading it: with [`Self::set_fetch_elsewhere`],
     /// while this request has logged nothing and waits for nothing.
     fn may_defer_misses(&self) -> bool {
@@ -1642,10 +1643,13 @@ impl<D: Disk> Engine<D> {
                 return Ok(true);
             }
             let direction = if forward { Direction::Forward } else { Direction::Reverse };
+            self.store.set_defer_misses(self.may_defer_misses());
             let batch = self
                 .store
                 .scan(partition, lo.as_ref().map(Vec::as_slice), hi.as_ref().map(Vec::as_slice), direction, left)
-                .await?;
+                .await;
+            self.store.set_defer_misses(false);
+            let batch = batch?;
             let exhausted = batch.len() < left;
             for (storage_key, bytes) in batch {
                 page.scanned_count += 1;
@@ -1731,7 +1735,9 @@ impl<D: Disk> Engine<D> {
 
     /// Reads one hosted partition of a Scan into `page` (which may hold
     /// items of earlier partitions), starting after `after`. Returns whether
-    /// the page is full (then it has its `last_evaluated_key`).
+    /// the page is full (then it has its `last_evaluated_key`). A read that
+    /// fails on a page miss ([`Self::set_fetch_elsewhere`]) leaves `page` as
+    /// it found it, for the part to be run again.
     pub async fn scan_partition(
         &mut self,
         table: &str,
@@ -1748,7 +1754,15 @@ impl<D: Disk> Engine<D> {
         self.held(partition)?;
         self.settle(partition).await?;
         let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
-        self.read_range(&def, partition, range, true, limit, filter, page).await
+        let (items, scanned, bytes) = (page.items.len(), page.scanned_count, page.bytes);
+        let last = page.last_evaluated_key.clone();
+        let read = self.read_range(&def, partition, range, true, limit, filter, page).await;
+        if self.store.has_missed() {
+            // Run again once the page is fetched: from the page as it was.
+            page.items.truncate(items);
+            (page.scanned_count, page.bytes, page.last_evaluated_key) = (scanned, bytes, last);
+        }
+        read
     }
 }
 

@@ -50,9 +50,10 @@ use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
 use keel_wire::protocol::{self, Envelope, ErrorCode, Response};
 use rustc_hash::FxHashMap;
 
+use crate::btree::{FetchedPage, PageFetch};
 use crate::engine::{Engine, Page, Placement, TableDef};
 use crate::handler::{self, Route};
-use crate::io::glommio_disk::{self, DurableWrites, GlommioDisk};
+use crate::io::glommio_disk::{self, DurableWrites, GlommioDisk, GlommioFile};
 use crate::replica::{ShardStore, StoreConfig};
 use crate::wal::Notify;
 
@@ -89,8 +90,8 @@ const SETTLE_ATTEMPTS_MAX: u32 = 3;
 /// Pages a request may read without the engine (one per run of it: a miss
 /// ends the run) before it reads the rest holding the engine. A point read
 /// misses at most the tree's depth of pages (3 to 4 in practice); the bound
-/// keeps a request whose pages keep being evicted, or a BatchGetItem of
-/// many cold keys, from running again without end.
+/// keeps a request whose pages keep being evicted, a BatchGetItem of many
+/// cold keys or a Scan over many cold leaves from running again without end.
 const FETCH_ATTEMPTS_MAX: u32 = 8;
 
 /// After background work failed (a full or failing disk), the pause before
@@ -913,8 +914,37 @@ impl Shard {
         if replicated && handler::scan_is_consistent(body) {
             self.read_barrier(partition).await.map_err(handler::engine_error)?;
         }
-        let mut engine = self.engine.write().await.map_err(|e| internal(e.to_string()))?;
-        handler::scan_part(&mut engine, body, partition, after, page).await
+        // As in execute_decoded: a page miss is read without the engine and
+        // the part run again (a part that missed left `page` as it was).
+        let mut fetches = 0;
+        let mut fetched = None;
+        loop {
+            let mut engine = self.engine.write().await.map_err(|e| internal(e.to_string()))?;
+            if let Some(fetched) = fetched.take() {
+                engine.cache_fetched(fetched);
+            }
+            engine.set_fetch_elsewhere(fetches < FETCH_ATTEMPTS_MAX);
+            let result = handler::scan_part(&mut engine, body, partition, after.clone(), page).await;
+            engine.set_fetch_elsewhere(false);
+            let Some(fetch) = engine.take_page_fetch() else { return result };
+            drop(engine);
+            fetched = self.fetch_missed(fetch, &mut fetches).await;
+        }
+    }
+
+    /// Reads a page a request missed, without the engine, counting it in
+    /// `fetches` ([`FETCH_ATTEMPTS_MAX`]). After a failed read the request
+    /// runs again reading under the engine, which reports the failure.
+    async fn fetch_missed(&self, fetch: PageFetch<GlommioFile>, fetches: &mut u32) -> Option<FetchedPage<GlommioFile>> {
+        *fetches += 1;
+        match fetch.read().await {
+            Ok(page) => Some(page),
+            Err(e) => {
+                tracing::debug!(shard = self.index, "a page read without the engine failed: {e}");
+                *fetches = FETCH_ATTEMPTS_MAX;
+                None
+            }
+        }
     }
 
     /// Answers a request body wherever it must run.
@@ -984,8 +1014,8 @@ impl Shard {
             // waits for them without the engine (a few times; then with it,
             // so that a stream of writes cannot starve it).
             engine.set_settle_elsewhere(attempt < SETTLE_ATTEMPTS_MAX);
-            // A point read that misses the page cache reads the page without
-            // the engine (the other requests go on meanwhile), then runs again.
+            // A read that misses the page cache reads the page without the
+            // engine (the other requests go on meanwhile), then runs again.
             engine.set_fetch_elsewhere(fetches < FETCH_ATTEMPTS_MAX);
             let response = handler::handle_decoded(&mut engine, body, decoded.take(), now_ms()).await;
             engine.set_settle_elsewhere(false);
@@ -994,15 +1024,7 @@ impl Shard {
                 assert!(!engine.take_commit().has_writes(), "a request that missed a page has logged nothing");
                 let _ = engine.take_settle_after();
                 drop(engine);
-                fetches += 1;
-                match fetch.read().await {
-                    Ok(page) => fetched = Some(page),
-                    // Run again reading under the engine, which reports it.
-                    Err(e) => {
-                        tracing::debug!(shard = self.index, "a page read without the engine failed: {e}");
-                        fetches = FETCH_ATTEMPTS_MAX;
-                    }
-                }
+                fetched = self.fetch_missed(fetch, &mut fetches).await;
                 continue;
             }
             let Some(lsn) = engine.take_settle_after() else {

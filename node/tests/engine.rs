@@ -374,11 +374,12 @@ fn fetching<T>(engine: &mut Engine<SimDisk>, mut op: impl FnMut(&mut Engine<SimD
     }
 }
 
-/// With a cold page cache, GetItem and UpdateItem under fetch-elsewhere
-/// fail on each page they lack, having logged nothing, and succeed once the
-/// pages are fetched; a write after a miss the caller ignored is refused.
+/// With a cold page cache, GetItem, UpdateItem and a Scan under
+/// fetch-elsewhere fail on each page they lack, having logged nothing, and
+/// succeed once the pages are fetched; a write after a miss the caller
+/// ignored is refused.
 #[test]
-fn point_reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing() {
+fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing() {
     let disk = SimDisk::new(18);
     let mut config = config();
     config.page_cache_bytes = 64 * 4096;
@@ -389,7 +390,7 @@ fn point_reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_no
         })
     };
     let mut engine = open_small(&disk);
-    block_on(engine.create_table("cold", key("id", KeyType::S), None, 1, 1)).expect("create");
+    let def = block_on(engine.create_table("cold", key("id", KeyType::S), None, 1, 1)).expect("create");
     let pad = "x".repeat(300);
     for n in 0..1000 {
         let it = item(json!({"id": {"S": format!("k{n}")}, "n": {"N": "0"}, "pad": {"S": pad}}));
@@ -424,6 +425,37 @@ fn point_reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_no
     let stored = block_on(engine.get_item("cold", &k900)).expect("get").expect("stored");
     assert_eq!(item::decode(&stored).expect("item").get("n"), Some(&AttributeValue::N("1".into())));
 
+    // A Scan of the partition misses many leaves; run again after each
+    // fetch (8 at most, as the server does, then reading under the engine),
+    // it returns every item once.
+    let partition = def.partition_ids().next().expect("one partition");
+    let mut fetches = 0;
+    let page = loop {
+        let mut page = keel_node::engine::Page::default();
+        engine.set_fetch_elsewhere(fetches < 8);
+        let scanned = block_on(engine.scan_partition("cold", partition, None, None, None, &mut page));
+        engine.set_fetch_elsewhere(false);
+        let Some(fetch) = engine.take_page_fetch() else {
+            scanned.expect("scan");
+            break page;
+        };
+        assert!(!engine.take_commit().has_writes());
+        engine.cache_fetched(block_on(fetch.read()).expect("the page reads"));
+        fetches += 1;
+    };
+    assert_eq!(fetches, 8, "the scan missed pages until it read under the engine");
+    let mut ids: Vec<String> = page
+        .items
+        .iter()
+        .map(|b| match item::decode(b).expect("item").get("id") {
+            Some(AttributeValue::S(id)) => id.clone(),
+            other => panic!("id {other:?}"),
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((page.items.len(), ids.len()), (1000, 1000), "every item once");
+
     // A miss left untaken: a write in the same request is refused.
     let cold = (0..1000).map(|n| item(json!({"id": {"S": format!("k{n}")}}))).find(|k| {
         engine.set_fetch_elsewhere(true);
@@ -439,4 +471,70 @@ fn point_reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_no
     engine.set_fetch_elsewhere(true); // a new request: the old miss is forgotten
     block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
     assert!(engine.take_commit().has_writes());
+}
+
+/// A Scan part that misses a page after earlier batches of it were read
+/// leaves the page it was given as it found it (items of earlier parts
+/// kept, none of its own), so that the part run again after the fetch
+/// returns each item once.
+#[test]
+fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
+    let disk = SimDisk::new(19);
+    let mut config = config();
+    config.page_cache_bytes = 1024 * 4096; // holds the table once fetched
+    let open_with = |disk: &SimDisk| {
+        block_on(async {
+            let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
+            Engine::open(store).await.expect("engine opens")
+        })
+    };
+    let mut engine = open_with(&disk);
+    let def = block_on(engine.create_table("scanned", key("id", KeyType::S), None, 1, 1)).expect("create");
+    let pad = "y".repeat(300);
+    for n in 0..1000 {
+        let it = item(json!({"id": {"S": format!("k{n}")}, "pad": {"S": pad}}));
+        block_on(engine.put_item("scanned", &item::encode(&it), None, false)).expect("put");
+    }
+    block_on(engine.store_mut().checkpoint_all()).expect("checkpoint");
+    drop(engine);
+    let mut engine = open_with(&disk); // cold cache
+    let partition = def.partition_ids().next().expect("one partition");
+    // The page holds two items of an earlier part.
+    let earlier = keel_node::engine::Page {
+        items: vec![b"earlier-1".to_vec(), b"earlier-2".to_vec()],
+        scanned_count: 2,
+        bytes: 18,
+        last_evaluated_key: None,
+    };
+    let mut page = keel_node::engine::Page { items: earlier.items.clone(), ..earlier.clone() };
+    let mut fetches = 0;
+    loop {
+        engine.set_fetch_elsewhere(true);
+        let scanned = block_on(engine.scan_partition("scanned", partition, None, None, None, &mut page));
+        engine.set_fetch_elsewhere(false);
+        let Some(fetch) = engine.take_page_fetch() else {
+            scanned.expect("scan");
+            break;
+        };
+        assert_eq!(page.items, earlier.items, "a part that missed added nothing");
+        assert_eq!((page.scanned_count, page.bytes), (2, 18));
+        // The cache holds every page fetched so far: each run reads further.
+        engine.cache_fetched(block_on(fetch.read()).expect("the page reads"));
+        fetches += 1;
+        assert!(fetches < 1000, "the scan converges");
+    }
+    // The first batch's 256 items lie in about a quarter of the table's
+    // pages: most runs missed after that batch was read into the page.
+    assert!(fetches >= 20, "runs missed after a batch of 256 items was read ({fetches} fetches)");
+    assert_eq!(page.items.get(..2), Some(&earlier.items[..]));
+    let mut ids: Vec<String> = page.items[2..]
+        .iter()
+        .map(|b| match item::decode(b).expect("item").get("id") {
+            Some(AttributeValue::S(id)) => id.clone(),
+            other => panic!("id {other:?}"),
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((page.items.len(), ids.len(), page.scanned_count), (1002, 1000, 1002), "every item once");
 }
