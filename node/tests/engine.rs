@@ -356,6 +356,43 @@ fn a_range_read_over_unsettled_writes_asks_to_wait_outside_the_engine() {
     block_on(engine.finish(commit)).expect("finish");
 }
 
+/// A table `cold` of 1,000 items of about 330 bytes (`id` k0…k999, `n` 0)
+/// in one partition, checkpointed, and the engine opened again over it with
+/// a page cache of `cache_pages` pages, all cold.
+fn cold_table(seed: u64, cache_pages: usize) -> (Engine<SimDisk>, keel_node::engine::TableDef) {
+    let disk = SimDisk::new(seed);
+    let mut config = config();
+    config.page_cache_bytes = cache_pages * 4096;
+    let open_with = |disk: &SimDisk| {
+        block_on(async {
+            let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
+            Engine::open(store).await.expect("engine opens")
+        })
+    };
+    let mut engine = open_with(&disk);
+    let def = block_on(engine.create_table("cold", key("id", KeyType::S), None, 1, 1)).expect("create");
+    let pad = "x".repeat(300);
+    for n in 0..1000 {
+        let it = item(json!({"id": {"S": format!("k{n}")}, "n": {"N": "0"}, "pad": {"S": pad}}));
+        block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
+    }
+    block_on(engine.store_mut().checkpoint_all()).expect("checkpoint");
+    drop(engine);
+    (open_with(&disk), def)
+}
+
+/// How many different `id`s the stored items hold.
+fn distinct_ids(items: &[Vec<u8>]) -> usize {
+    let ids: std::collections::BTreeSet<String> = items
+        .iter()
+        .map(|b| match item::decode(b).expect("item").get("id") {
+            Some(AttributeValue::S(id)) => id.clone(),
+            other => panic!("id {other:?}"),
+        })
+        .collect();
+    ids.len()
+}
+
 /// Runs `op` as the server does with fetch-elsewhere on: while it fails on
 /// a page miss, the page is read without the engine and cached, and the
 /// request (which logged nothing) is run again. Returns the result and the
@@ -380,25 +417,7 @@ fn fetching<T>(engine: &mut Engine<SimDisk>, mut op: impl FnMut(&mut Engine<SimD
 /// ignored is refused.
 #[test]
 fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing() {
-    let disk = SimDisk::new(18);
-    let mut config = config();
-    config.page_cache_bytes = 64 * 4096;
-    let open_small = |disk: &SimDisk| {
-        block_on(async {
-            let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
-            Engine::open(store).await.expect("engine opens")
-        })
-    };
-    let mut engine = open_small(&disk);
-    let def = block_on(engine.create_table("cold", key("id", KeyType::S), None, 1, 1)).expect("create");
-    let pad = "x".repeat(300);
-    for n in 0..1000 {
-        let it = item(json!({"id": {"S": format!("k{n}")}, "n": {"N": "0"}, "pad": {"S": pad}}));
-        block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
-    }
-    block_on(engine.store_mut().checkpoint_all()).expect("checkpoint");
-    drop(engine);
-    let mut engine = open_small(&disk); // cold cache
+    let (mut engine, def) = cold_table(18, 64);
     engine.set_deferred(true);
     let wal = engine.wal();
     let batches = wal.stats().records;
@@ -444,17 +463,7 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
         fetches += 1;
     };
     assert_eq!(fetches, 8, "the scan missed pages until it read under the engine");
-    let mut ids: Vec<String> = page
-        .items
-        .iter()
-        .map(|b| match item::decode(b).expect("item").get("id") {
-            Some(AttributeValue::S(id)) => id.clone(),
-            other => panic!("id {other:?}"),
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((page.items.len(), ids.len()), (1000, 1000), "every item once");
+    assert_eq!((page.items.len(), distinct_ids(&page.items)), (1000, 1000), "every item once");
 
     // A miss left untaken: a write in the same request is refused.
     let cold = (0..1000).map(|n| item(json!({"id": {"S": format!("k{n}")}}))).find(|k| {
@@ -479,25 +488,7 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
 /// returns each item once.
 #[test]
 fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
-    let disk = SimDisk::new(19);
-    let mut config = config();
-    config.page_cache_bytes = 1024 * 4096; // holds the table once fetched
-    let open_with = |disk: &SimDisk| {
-        block_on(async {
-            let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
-            Engine::open(store).await.expect("engine opens")
-        })
-    };
-    let mut engine = open_with(&disk);
-    let def = block_on(engine.create_table("scanned", key("id", KeyType::S), None, 1, 1)).expect("create");
-    let pad = "y".repeat(300);
-    for n in 0..1000 {
-        let it = item(json!({"id": {"S": format!("k{n}")}, "pad": {"S": pad}}));
-        block_on(engine.put_item("scanned", &item::encode(&it), None, false)).expect("put");
-    }
-    block_on(engine.store_mut().checkpoint_all()).expect("checkpoint");
-    drop(engine);
-    let mut engine = open_with(&disk); // cold cache
+    let (mut engine, def) = cold_table(19, 1024); // holds the table once fetched
     let partition = def.partition_ids().next().expect("one partition");
     // The page holds two items of an earlier part.
     let earlier = keel_node::engine::Page {
@@ -510,7 +501,7 @@ fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
     let mut fetches = 0;
     loop {
         engine.set_fetch_elsewhere(true);
-        let scanned = block_on(engine.scan_partition("scanned", partition, None, None, None, &mut page));
+        let scanned = block_on(engine.scan_partition("cold", partition, None, None, None, &mut page));
         engine.set_fetch_elsewhere(false);
         let Some(fetch) = engine.take_page_fetch() else {
             scanned.expect("scan");
@@ -527,14 +518,6 @@ fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
     // pages: most runs missed after that batch was read into the page.
     assert!(fetches >= 20, "runs missed after a batch of 256 items was read ({fetches} fetches)");
     assert_eq!(page.items.get(..2), Some(&earlier.items[..]));
-    let mut ids: Vec<String> = page.items[2..]
-        .iter()
-        .map(|b| match item::decode(b).expect("item").get("id") {
-            Some(AttributeValue::S(id)) => id.clone(),
-            other => panic!("id {other:?}"),
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((page.items.len(), ids.len(), page.scanned_count), (1002, 1000, 1002), "every item once");
+    let ids = distinct_ids(&page.items[2..]);
+    assert_eq!((page.items.len(), ids, page.scanned_count), (1002, 1000, 1002), "every item once");
 }
