@@ -67,7 +67,7 @@ use serde_json::json;
 
 use raft::eraftpb::{Entry, EntryType};
 
-use crate::btree::{Direction, FetchedPage, PageFetch};
+use crate::btree::{Direction, FetchedPages, PageFetch};
 use crate::io::Disk;
 use crate::repl::membership::Cluster;
 use crate::repl::{GroupLog, GroupState, GroupWrite, Proposal, ProposeError, ShardRaft, durable};
@@ -1072,7 +1072,7 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Caches a page read by a [`PageFetch`].
-    pub fn cache_fetched(&mut self, fetched: FetchedPage<<D as Disk>::File>) {
+    pub fn cache_fetched(&mut self, fetched: FetchedPages<<D as Disk>::File>) {
         self.store.cache_fetched(fetched);
     }
 

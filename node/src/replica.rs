@@ -44,7 +44,7 @@ use std::rc::Rc;
 
 use crate::btree::page::{KEY_MAX_BYTES, VALUE_MAX_BYTES};
 use crate::btree::{
-    Applied, BTree, BTreeError, CheckpointWrite, Direction, FetchedPage, PageCache, PageFetch, Retired,
+    Applied, BTree, BTreeError, CheckpointWrite, Direction, FetchedPages, PageCache, PageFetch, Retired,
 };
 use crate::io::{Disk, DiskFile, IoError};
 use crate::repl::durable::{KIND_RAFT_ENTRY, KIND_RAFT_GROUP_STATE, KIND_RAFT_HARD_STATE};
@@ -973,13 +973,13 @@ impl<D: Disk> ShardStore<D> {
     /// The page a read missed with misses deferred, to be read without the
     /// store (None if none, or if its partition is gone already).
     pub fn take_page_fetch(&self) -> Option<PageFetch<D::File>> {
-        let (partition, page) = self.cache.borrow_mut().take_missed()?;
-        Some(self.replicas.get(&partition)?.tree.page_fetch(page))
+        let (partition, pages) = self.cache.borrow_mut().take_missed()?;
+        Some(self.replicas.get(&partition)?.tree.page_fetch(pages))
     }
 
     /// Caches a page read by a [`PageFetch`] (see [`BTree::cache_fetched`]);
     /// dropped if its partition is gone.
-    pub fn cache_fetched(&self, fetched: FetchedPage<D::File>) {
+    pub fn cache_fetched(&self, fetched: FetchedPages<D::File>) {
         if let Some(replica) = self.replicas.get(&fetched.file_id()) {
             replica.tree.cache_fetched(fetched);
         }

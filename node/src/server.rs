@@ -50,7 +50,7 @@ use keel_wire::frame::{FRAME_BODY_MAX_BYTES, FrameDecoder, encode_frame};
 use keel_wire::protocol::{self, Envelope, ErrorCode, Response};
 use rustc_hash::FxHashMap;
 
-use crate::btree::{FetchedPage, PageFetch};
+use crate::btree::{FetchedPages, PageFetch};
 use crate::engine::{Engine, Page, Placement, TableDef};
 use crate::handler::{self, Route};
 use crate::io::glommio_disk::{self, DurableWrites, GlommioDisk, GlommioFile};
@@ -935,7 +935,11 @@ impl Shard {
     /// Reads a page a request missed, without the engine, counting it in
     /// `fetches` ([`FETCH_ATTEMPTS_MAX`]). After a failed read the request
     /// runs again reading under the engine, which reports the failure.
-    async fn fetch_missed(&self, fetch: PageFetch<GlommioFile>, fetches: &mut u32) -> Option<FetchedPage<GlommioFile>> {
+    async fn fetch_missed(
+        &self,
+        fetch: PageFetch<GlommioFile>,
+        fetches: &mut u32,
+    ) -> Option<FetchedPages<GlommioFile>> {
         *fetches += 1;
         match fetch.read().await {
             Ok(page) => Some(page),

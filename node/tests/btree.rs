@@ -14,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use futures_lite::future::block_on;
+use keel_node::btree::cache::FETCH_AHEAD_MAX;
 use keel_node::btree::node::PageRef;
 use keel_node::btree::page::PAGE_BYTES;
 use keel_node::btree::{BTree, BTreeError, Direction, PageCache};
@@ -283,11 +284,12 @@ fn get_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>, key: &[u8]) -
                 return (value, fetched);
             }
             Err(BTreeError::NotCached) => {
-                let (file_id, page) = cache.borrow_mut().take_missed().expect("a deferred miss names its page");
+                let (file_id, pages) = cache.borrow_mut().take_missed().expect("a deferred miss names its page");
                 assert_eq!(file_id, 1);
-                let page_read = block_on(tree.page_fetch(page).read()).expect("the page reads and verifies");
+                assert_eq!(pages.len(), 1, "a point read asks for the page it missed alone");
+                fetched.extend(&pages);
+                let page_read = block_on(tree.page_fetch(pages).read()).expect("the page reads and verifies");
                 tree.cache_fetched(page_read);
-                fetched.push(page);
                 assert!(fetched.len() <= 8, "a read of one key misses at most the tree's depth of pages");
             }
             Err(e) => panic!("read failed: {e}"),
@@ -295,8 +297,9 @@ fn get_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>, key: &[u8]) -
     }
 }
 
-/// A read with misses deferred fails on each page it lacks and names it;
-/// fetched without the tree and cached, the pages make it succeed. A page
+/// A read with misses deferred fails on each page it lacks and names it
+/// (a scan adds the pages it would read next); fetched without the tree and
+/// cached, the pages make it succeed. A page
 /// fetched and then made stale (the tree rewrote it, and reused its number
 /// for other contents, before the fetch was cached) is never served for the
 /// newer write: every key still reads its own value.
@@ -329,10 +332,32 @@ fn btree_deferred_misses_are_fetched_without_the_tree_and_a_stale_fetch_is_never
     assert_eq!(read.as_ref(), model.get(&key));
     assert!(again.is_empty());
 
+    // A cold scan asks, with each miss, for the pages it would read next:
+    // the leaves come 8 at a time, in 1 + FETCH_AHEAD_MAX pages.
+    cache.borrow_mut().remove_file(1);
+    let mut sizes = Vec::new();
+    let all = loop {
+        cache.borrow_mut().set_defer_misses(true);
+        let read = block_on(tree.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX));
+        cache.borrow_mut().set_defer_misses(false);
+        match read {
+            Ok(all) => break all,
+            Err(BTreeError::NotCached) => {
+                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
+                sizes.push(pages.len());
+                tree.cache_fetched(block_on(tree.page_fetch(pages).read()).expect("the pages read"));
+            }
+            Err(e) => panic!("scan failed: {e}"),
+        }
+    };
+    assert!(all.iter().map(|(k, v)| (k, v)).eq(model.iter()), "the scan returns the tree");
+    let eights = sizes.iter().filter(|&&n| n == 1 + FETCH_AHEAD_MAX).count();
+    assert!(eights * 2 > sizes.len(), "most fetches read 8 pages ({sizes:?})");
+
     // A fetch of the key's leaf that arrives late: read now, cached only
     // after the tree has moved on.
     let leaf = *fetched.last().expect("the leaf was fetched last");
-    let stale = block_on(tree.page_fetch(leaf).read()).expect("the leaf reads");
+    let stale = block_on(tree.page_fetch(vec![leaf]).read()).expect("the leaf reads");
     // The tree rewrites every page twice, a checkpoint after each: the
     // first rewrite moves to new pages and frees the old ones, the second
     // takes those again (lowest free first), the leaf's page number with

@@ -21,7 +21,8 @@
 //! set then ran one disk read at a time). With misses deferred
 //! ([`PageCache::set_defer_misses`], set by the engine around the reads of
 //! a request that has logged nothing), the tree fails the lookup instead
-//! and the cache records the page ([`PageCache::take_missed`]); the server
+//! and the cache records the page ([`PageCache::take_missed`]; a scan adds
+//! the next pages it would visit, [`PageCache::record_ahead`]); the server
 //! reads it without the engine, caches it and runs the request again
 //! (`BTree::page_fetch`, `server.rs`).
 
@@ -31,6 +32,11 @@ use rustc_hash::FxHashMap;
 
 use super::node::{PageNode, PageRef};
 use super::page::PAGE_BYTES;
+
+/// Pages a scan's deferred miss asks for beyond the missed one: the next
+/// pages it would visit, read at once with it (a scan that ran again once
+/// per page stood in the engine's queue once per leaf).
+pub const FETCH_AHEAD_MAX: usize = 7;
 
 /// Key of a cached page: `(file id, page number)`.
 pub type CacheKey = (u64, u64);
@@ -69,8 +75,9 @@ pub struct PageCache {
     stats: CacheStats,
     /// See the module docs.
     defer_misses: bool,
-    /// The first page a deferred miss asked for: `(file id, reference)`.
-    missed: Option<(u64, PageRef)>,
+    /// The first page a deferred miss asked for, and the pages a scan would
+    /// read next: `(file id, references)`.
+    missed: Option<(u64, Vec<PageRef>)>,
 }
 
 impl PageCache {
@@ -162,7 +169,19 @@ impl PageCache {
 
     /// Records a deferred miss (the first one counts: the read stopped there).
     pub fn record_miss(&mut self, file_id: u64, page: PageRef) {
-        self.missed.get_or_insert((file_id, page));
+        self.missed.get_or_insert_with(|| (file_id, vec![page]));
+    }
+
+    /// Adds pages to fetch with the miss just recorded for `file_id` (a
+    /// scan's next pages), up to [`FETCH_AHEAD_MAX`] in all; pages cached
+    /// already are left out.
+    pub fn record_ahead(&mut self, file_id: u64, pages: impl IntoIterator<Item = PageRef>) {
+        let Some((missed_file, missed)) = self.missed.as_mut().filter(|(f, _)| *f == file_id) else { return };
+        let missing = pages
+            .into_iter()
+            .filter(|r| self.index.get(&(*missed_file, r.page)).is_none_or(|entry| entry.seq != r.seq));
+        let room = (1 + FETCH_AHEAD_MAX).saturating_sub(missed.len());
+        missed.extend(missing.take(room));
     }
 
     /// Whether a deferred miss was recorded and not taken yet.
@@ -171,8 +190,8 @@ impl PageCache {
         self.missed.is_some()
     }
 
-    /// The recorded miss: `(file id, reference)`.
-    pub fn take_missed(&mut self) -> Option<(u64, PageRef)> {
+    /// The recorded miss: `(file id, references)`, the missed page first.
+    pub fn take_missed(&mut self) -> Option<(u64, Vec<PageRef>)> {
         self.missed.take()
     }
 
@@ -264,13 +283,30 @@ mod tests {
         cache.record_miss(1, PageRef { page: 4, seq: 3 });
         cache.record_miss(1, PageRef { page: 5, seq: 3 });
         assert!(cache.has_missed());
-        assert_eq!(cache.take_missed(), Some((1, PageRef { page: 4, seq: 3 })), "the read stopped at the first");
+        assert_eq!(cache.take_missed(), Some((1, vec![PageRef { page: 4, seq: 3 }])), "the read stopped at the first");
         assert!(!cache.has_missed());
         cache.record_miss(2, PageRef { page: 6, seq: 1 });
         cache.set_defer_misses(false);
         assert!(!cache.defers_misses());
-        assert_eq!(cache.take_missed(), Some((2, PageRef { page: 6, seq: 1 })));
+        assert_eq!(cache.take_missed(), Some((2, vec![PageRef { page: 6, seq: 1 }])));
         assert_eq!(cache.take_missed(), None);
+    }
+
+    #[test]
+    fn a_scans_next_pages_join_its_miss_unless_cached_up_to_the_limit() {
+        let mut cache = PageCache::new(16 * PAGE_BYTES);
+        cache.insert((1, 2), leaf_written(7));
+        let r = |page, seq| PageRef { page, seq };
+        cache.record_ahead(1, [r(9, 1)]);
+        assert!(!cache.has_missed(), "nothing to add to without a miss");
+        cache.record_miss(1, r(5, 1));
+        cache.record_ahead(3, [r(9, 1)]); // another file: ignored
+        // Page 2 with the cached sequence is left out; with another it is not.
+        cache.record_ahead(1, [r(2, 7), r(2, 8)].into_iter().chain((10..30).map(|p| r(p, 1))));
+        let (file, pages) = cache.take_missed().expect("missed");
+        assert_eq!(file, 1);
+        assert_eq!(pages.len(), 1 + FETCH_AHEAD_MAX);
+        assert_eq!(pages.get(..3), Some(&[r(5, 1), r(2, 8), r(10, 1)][..]));
     }
 
     #[test]

@@ -245,46 +245,65 @@ impl From<u64> for Applied {
     }
 }
 
-/// A node page to be read and verified without its tree: the server reads
-/// a page a request missed while other requests use the engine, then hands
-/// the result to [`BTree::cache_fetched`] (`cache` module docs).
+/// Node pages to be read and verified without their tree: the server reads
+/// the pages a request missed while other requests use the engine, then
+/// hands the result to [`BTree::cache_fetched`] (`cache` module docs).
 #[derive(Debug)]
 pub struct PageFetch<F: DiskFile> {
     file: Rc<F>,
     file_id: u64,
-    page: PageRef,
+    /// The missed page first, then the pages a scan would read next.
+    pages: Vec<PageRef>,
     /// The file's length in pages when the miss was recorded.
     page_count: u64,
 }
 
-/// A node page read and verified by a [`PageFetch`].
+/// Node pages read and verified by a [`PageFetch`].
 #[derive(Debug)]
-pub struct FetchedPage<F: DiskFile> {
+pub struct FetchedPages<F: DiskFile> {
     file: Rc<F>,
     file_id: u64,
-    page: u64,
-    node: Rc<PageNode>,
+    nodes: Vec<(u64, Rc<PageNode>)>,
+}
+
+/// Reads and verifies the node page `r` of a file of `page_count` pages:
+/// its number, file, expected write sequence, checksum and layout.
+async fn read_node<F: DiskFile>(
+    file: &F,
+    file_id: u64,
+    page_count: u64,
+    r: PageRef,
+) -> Result<Rc<PageNode>, BTreeError> {
+    let corrupt = |fault| BTreeError::Corrupt { path: file.path().to_path_buf(), page: r.page, fault };
+    if r.page < FIRST_DATA_PAGE || r.page >= page_count {
+        return Err(corrupt(PageFault::Malformed));
+    }
+    let buf = file.read_at(r.page * PAGE_BYTES as u64, PAGE_BYTES).await?;
+    let (header, _) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, file_id, Some(r.seq)).map_err(corrupt)?;
+    let kind = Kind::from_u8(header.kind).ok_or(corrupt(PageFault::WrongKind))?;
+    Ok(Rc::new(PageNode::parse(kind, buf).map_err(corrupt)?))
 }
 
 impl<F: DiskFile> PageFetch<F> {
-    /// Reads and verifies the page: the same checks as a read by the tree
-    /// (its number, file, expected write sequence, checksum and layout).
-    pub async fn read(self) -> Result<FetchedPage<F>, BTreeError> {
-        let r = self.page;
-        let corrupt = |fault| BTreeError::Corrupt { path: self.file.path().to_path_buf(), page: r.page, fault };
-        if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
-            return Err(corrupt(PageFault::Malformed));
+    /// Reads and verifies the pages, all at once, with the same checks as a
+    /// read by the tree. The missed page must read; a page read ahead that
+    /// fails is left out (the tree reads it again when it needs it, and
+    /// reports what is wrong with it then).
+    pub async fn read(self) -> Result<FetchedPages<F>, BTreeError> {
+        let reads = self.pages.iter().map(|&r| read_node(&*self.file, self.file_id, self.page_count, r));
+        let mut nodes = Vec::with_capacity(self.pages.len());
+        for (i, (r, read)) in self.pages.iter().zip(futures_util::future::join_all(reads).await).enumerate() {
+            match read {
+                Ok(node) => nodes.push((r.page, node)),
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => {}
+            }
         }
-        let buf = self.file.read_at(r.page * PAGE_BYTES as u64, PAGE_BYTES).await?;
-        let (header, _) =
-            page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, self.file_id, Some(r.seq)).map_err(corrupt)?;
-        let kind = Kind::from_u8(header.kind).ok_or(corrupt(PageFault::WrongKind))?;
-        let node = Rc::new(PageNode::parse(kind, buf).map_err(corrupt)?);
-        Ok(FetchedPage { file: self.file, file_id: self.file_id, page: r.page, node })
+        Ok(FetchedPages { file: self.file, file_id: self.file_id, nodes })
     }
 }
 
-impl<F: DiskFile> FetchedPage<F> {
+impl<F: DiskFile> FetchedPages<F> {
     /// The tree's file id (a partition's id).
     #[must_use]
     pub fn file_id(&self) -> u64 {
@@ -427,30 +446,32 @@ impl<F: DiskFile> BTree<F> {
                 return Err(BTreeError::NotCached);
             }
         }
-        let fetched = self.page_fetch(r).read().await?;
-        self.cache.borrow_mut().insert(key, Rc::clone(&fetched.node));
-        Ok(Loaded::Clean(fetched.node))
+        let node = read_node(&*self.file, self.file_id, self.page_count, r).await?;
+        self.cache.borrow_mut().insert(key, Rc::clone(&node));
+        Ok(Loaded::Clean(node))
     }
 
-    /// What reads the node page `r` (verified) without the tree, so without
-    /// whatever holds the tree: see [`PageFetch`].
+    /// What reads the node pages `pages` (verified) without the tree, so
+    /// without whatever holds the tree: see [`PageFetch`].
     #[must_use]
-    pub fn page_fetch(&self, r: PageRef) -> PageFetch<F> {
-        PageFetch { file: Rc::clone(&self.file), file_id: self.file_id, page: r, page_count: self.page_count }
+    pub fn page_fetch(&self, pages: Vec<PageRef>) -> PageFetch<F> {
+        PageFetch { file: Rc::clone(&self.file), file_id: self.file_id, pages, page_count: self.page_count }
     }
 
-    /// Caches a node page read by a [`PageFetch`] of this tree, unless the
-    /// page is cached already or has changed in memory since (dirty or being
+    /// Caches node pages read by a [`PageFetch`] of this tree, except a page
+    /// cached already or changed in memory since (dirty or being
     /// checkpointed: the cached copy would never be asked for). A page the
     /// tree has meanwhile moved past is harmless: the cache serves an entry
     /// only for the write sequence it holds.
-    pub fn cache_fetched(&self, fetched: FetchedPage<F>) {
-        let page = fetched.page;
-        if Rc::ptr_eq(&self.file, &fetched.file)
-            && !self.dirty.contains_key(&page)
-            && !self.flushing.contains_key(&page)
-        {
-            self.cache.borrow_mut().insert_absent((self.file_id, page), fetched.node);
+    pub fn cache_fetched(&self, fetched: FetchedPages<F>) {
+        if !Rc::ptr_eq(&self.file, &fetched.file) {
+            return;
+        }
+        let mut cache = self.cache.borrow_mut();
+        for (page, node) in fetched.nodes {
+            if !self.dirty.contains_key(&page) && !self.flushing.contains_key(&page) {
+                cache.insert_absent((self.file_id, page), node);
+            }
         }
     }
 
@@ -585,7 +606,17 @@ impl<F: DiskFile> BTree<F> {
             if out.len() >= limit {
                 break;
             }
-            let node = self.load(r).await?;
+            let node = match self.load(r).await {
+                Err(BTreeError::NotCached) => {
+                    // The pages the scan would read next are fetched with
+                    // the missed one.
+                    let next = stack.iter().rev().filter(|r| !self.dirty.contains_key(&r.page));
+                    let next = next.filter(|r| !self.flushing.contains_key(&r.page)).copied();
+                    self.cache.borrow_mut().record_ahead(self.file_id, next);
+                    return Err(BTreeError::NotCached);
+                }
+                loaded => loaded?,
+            };
             let count = node.key_count();
             if !node.is_leaf() {
                 let first = match lo {
