@@ -87,11 +87,13 @@ pub const SHARD_PREEMPT_TIMER: Duration = Duration::from_millis(10);
 /// waits holding it.
 const SETTLE_ATTEMPTS_MAX: u32 = 3;
 
-/// Pages a request may read without the engine (one per run of it: a miss
-/// ends the run) before it reads the rest holding the engine. A point read
-/// misses at most the tree's depth of pages (3 to 4 in practice); the bound
-/// keeps a request whose pages keep being evicted, a BatchGetItem of many
-/// cold keys or a Scan over many cold leaves from running again without end.
+/// Times a request may have the pages it missed read without the engine (a
+/// miss ends the run; a point read's fetch is its one page, a scan's the
+/// page and the next ones it would visit) before it reads the rest holding
+/// the engine. A point read misses at most the tree's depth of pages (3 to
+/// 4 in practice); the bound keeps a request whose pages keep being
+/// evicted, a BatchGetItem of many cold keys or a Scan over many cold
+/// leaves from running again without end.
 const FETCH_ATTEMPTS_MAX: u32 = 8;
 
 /// After background work failed (a full or failing disk), the pause before

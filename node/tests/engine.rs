@@ -362,7 +362,7 @@ fn a_range_read_over_unsettled_writes_asks_to_wait_outside_the_engine() {
 fn cold_table(seed: u64, cache_pages: usize) -> (Engine<SimDisk>, keel_node::engine::TableDef) {
     let disk = SimDisk::new(seed);
     let mut config = config();
-    config.page_cache_bytes = cache_pages * 4096;
+    config.page_cache_bytes = cache_pages * keel_node::btree::page::PAGE_BYTES;
     let open_with = |disk: &SimDisk| {
         block_on(async {
             let store = ShardStore::open(disk.clone(), config.clone()).await.expect("store opens");
@@ -417,7 +417,7 @@ fn fetching<T>(engine: &mut Engine<SimDisk>, mut op: impl FnMut(&mut Engine<SimD
 /// ignored is refused.
 #[test]
 fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing() {
-    let (mut engine, def) = cold_table(18, 64);
+    let (mut engine, def) = cold_table(18, 16); // the smallest cache: about half the table
     engine.set_deferred(true);
     let wal = engine.wal();
     let batches = wal.stats().records;
@@ -472,7 +472,7 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
         engine.set_fetch_elsewhere(false);
         missed
     });
-    assert!(cold.is_some(), "a cache of 64 pages cannot hold 1,000 items of 300 bytes");
+    assert!(cold.is_some(), "a cache of 16 pages cannot hold 1,000 items of 300 bytes");
     let it = item(json!({"id": {"S": "new"}}));
     assert!(block_on(engine.put_item("cold", &item::encode(&it), None, false)).is_err(), "a write after a miss");
     assert!(!engine.take_commit().has_writes());
@@ -488,7 +488,7 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
 /// returns each item once.
 #[test]
 fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
-    let (mut engine, def) = cold_table(19, 1024); // holds the table once fetched
+    let (mut engine, def) = cold_table(19, 256); // holds the table once fetched
     let partition = def.partition_ids().next().expect("one partition");
     // The page holds two items of an earlier part.
     let earlier = keel_node::engine::Page {

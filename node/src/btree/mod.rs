@@ -280,7 +280,7 @@ async fn read_node<F: DiskFile>(
     }
     let buf = file.read_at(r.page * PAGE_BYTES as u64, PAGE_BYTES).await?;
     let (header, _) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, file_id, Some(r.seq)).map_err(corrupt)?;
-    let kind = Kind::from_u8(header.kind).ok_or(corrupt(PageFault::WrongKind))?;
+    let kind = Kind::from_u8(header.kind).ok_or_else(|| corrupt(PageFault::WrongKind))?;
     Ok(Rc::new(PageNode::parse(kind, buf).map_err(corrupt)?))
 }
 
