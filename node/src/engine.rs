@@ -1052,11 +1052,12 @@ impl<D: Disk> Engine<D> {
         self.settle_after.take()
     }
 
-    /// With `on`, a read of the tree by a request that has logged nothing fails
-    /// on a page missing from the cache instead of reading it while the
-    /// caller holds the engine (every other request of the shard would wait
-    /// for that disk read); [`Self::take_page_fetch`] then hands the page
-    /// over (module docs). Turning it on forgets a miss not taken.
+    /// With `on` (in deferred mode), a read of the tree by a request that
+    /// has logged nothing fails on a page missing from the cache instead of
+    /// reading it while the caller holds the engine (every other request of
+    /// the shard would wait for that disk read); [`Self::take_page_fetch`]
+    /// then hands the page over (module docs). Turning it on forgets a miss
+    /// not taken.
     pub fn set_fetch_elsewhere(&mut self, on: bool) {
         self.fetch_elsewhere = on;
         if on {
@@ -1078,9 +1079,12 @@ impl<D: Disk> Engine<D> {
 
     /// Whether a read of the tree now fails on a page miss (recorded for the
     /// caller) instead of reading it: with [`Self::set_fetch_elsewhere`],
-    /// while this request has logged nothing and waits for nothing.
+    /// in deferred mode, while this request has logged nothing and waits for
+    /// nothing. Outside deferred mode a write is applied before the request
+    /// goes on and leaves no trace in the commit, so a later miss could not
+    /// tell that running the request again would apply it twice.
     fn may_defer_misses(&self) -> bool {
-        self.fetch_elsewhere && self.deferred.is_empty()
+        self.fetch_elsewhere && self.deferred_mode && self.deferred.is_empty()
     }
 
     /// The writes (and reads of unapplied writes) since the last call.

@@ -480,6 +480,16 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
     engine.set_fetch_elsewhere(true); // a new request: the old miss is forgotten
     block_on(engine.put_item("cold", &item::encode(&it), None, false)).expect("put");
     assert!(engine.take_commit().has_writes());
+
+    // Outside deferred mode a write is applied at once and leaves no trace
+    // in the commit: a miss is read in place there, never deferred.
+    engine.set_deferred(false);
+    let cold = cold.expect("a cold key");
+    let misses = engine.store_mut().cache().borrow().stats().misses;
+    let (got, fetched) = fetching(&mut engine, |e| block_on(e.get_item("cold", &cold)));
+    assert!(got.expect("get").is_some());
+    assert_eq!(fetched, 0, "not deferred outside deferred mode");
+    assert!(engine.store_mut().cache().borrow().stats().misses > misses, "the read missed and read the page itself");
 }
 
 /// A Scan part that misses a page after earlier batches of it were read
@@ -489,6 +499,7 @@ fn reads_leave_page_misses_to_the_caller_and_a_request_that_missed_logs_nothing(
 #[test]
 fn a_scan_part_that_misses_leaves_its_page_as_it_found_it() {
     let (mut engine, def) = cold_table(19, 256); // holds the table once fetched
+    engine.set_deferred(true);
     let partition = def.partition_ids().next().expect("one partition");
     // The page holds two items of an earlier part.
     let earlier = keel_node::engine::Page {
