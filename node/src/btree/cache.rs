@@ -146,11 +146,13 @@ impl PageCache {
         debug_assert_eq!(self.index.len(), self.ring.len());
     }
 
-    /// Inserts a page read without the engine, unless the page is cached
-    /// already (the entry there is at least as new: a checkpoint's pages
-    /// replace what they rewrite).
-    pub fn insert_absent(&mut self, key: CacheKey, node: Rc<PageNode>) {
-        if !self.index.contains_key(&key) {
+    /// Inserts a page read without the engine, unless the cache holds the
+    /// same or a later write of the page (write sequences only grow within a
+    /// file): a late read never replaces what a checkpoint cached since, and
+    /// an entry left by an older write, which no reference asks for any
+    /// more, does not keep the page out.
+    pub fn insert_newer(&mut self, key: CacheKey, node: Rc<PageNode>) {
+        if self.index.get(&key).is_none_or(|entry| entry.seq < node.seq()) {
             self.insert(key, node);
         }
     }
@@ -264,14 +266,18 @@ mod tests {
         assert!(cache.get((1, 2), 9).is_none(), "a reference to a newer write of the page misses");
         // A late read of the old write does not replace a newer entry...
         cache.insert((1, 2), leaf_written(9));
-        cache.insert_absent((1, 2), leaf_written(7));
+        cache.insert_newer((1, 2), leaf_written(7));
         assert_eq!(cache.get((1, 2), 9).map(|n| n.seq()), Some(9));
         assert!(cache.get((1, 2), 7).is_none());
-        // ...but fills an empty slot.
+        // ...but replaces an older one, which would otherwise keep the page
+        // out of the cache for good...
+        cache.insert_newer((1, 2), leaf_written(11));
+        assert_eq!(cache.get((1, 2), 11).map(|n| n.seq()), Some(11));
+        // ...and fills an empty slot.
         cache.remove((1, 2));
-        cache.insert_absent((1, 2), leaf_written(7));
+        cache.insert_newer((1, 2), leaf_written(7));
         assert_eq!(cache.get((1, 2), 7).map(|n| n.seq()), Some(7));
-        assert_eq!(cache.stats().hits, 3);
+        assert_eq!(cache.stats().hits, 4);
         assert_eq!(cache.stats().misses, 2);
     }
 

@@ -459,10 +459,11 @@ impl<F: DiskFile> BTree<F> {
     }
 
     /// Caches node pages read by a [`PageFetch`] of this tree, except a page
-    /// cached already or changed in memory since (dirty or being
-    /// checkpointed: the cached copy would never be asked for). A page the
-    /// tree has meanwhile moved past is harmless: the cache serves an entry
-    /// only for the write sequence it holds.
+    /// cached in the same or a later write ([`PageCache::insert_newer`]) or
+    /// changed in memory since (dirty or being checkpointed: the cached copy
+    /// would never be asked for). A page the tree has meanwhile moved past
+    /// is harmless: the cache serves an entry only for the write sequence it
+    /// holds.
     pub fn cache_fetched(&self, fetched: FetchedPages<F>) {
         if !Rc::ptr_eq(&self.file, &fetched.file) {
             return;
@@ -470,7 +471,7 @@ impl<F: DiskFile> BTree<F> {
         let mut cache = self.cache.borrow_mut();
         for (page, node) in fetched.nodes {
             if !self.dirty.contains_key(&page) && !self.flushing.contains_key(&page) {
-                cache.insert_absent((self.file_id, page), node);
+                cache.insert_newer((self.file_id, page), node);
             }
         }
     }
