@@ -209,6 +209,13 @@ pub struct BTree<F: DiskFile> {
     /// (a change copies one to a new page, like a clean page), and read from
     /// here until they are durable and cached.
     flushing: FxHashMap<u64, Rc<Node>>,
+    /// Overflow pages written since the last checkpoint (sealed, with their
+    /// write sequences): the next checkpoint writes them with the nodes, so
+    /// storing a large value does no I/O of its own.
+    dirty_overflow: FxHashMap<u64, Rc<PageNode>>,
+    /// Overflow pages of the checkpoint being written, read from here
+    /// until they are durable and cached (like `flushing`).
+    flushing_overflow: FxHashMap<u64, Rc<PageNode>>,
     /// Whether a checkpoint was begun and not yet finished.
     checkpoint_in_flight: bool,
     /// Pages allocated since the last checkpoint: not referenced by the
@@ -266,8 +273,12 @@ pub struct FetchedPages<F: DiskFile> {
     nodes: Vec<(u64, Rc<PageNode>)>,
 }
 
-/// Reads and verifies the node page `r` of a file of `page_count` pages:
-/// its number, file, expected write sequence, checksum and layout.
+/// Longest overflow chain: pages of the largest value.
+const OVERFLOW_CHAIN_MAX: usize = VALUE_MAX_BYTES.div_ceil(OVERFLOW_DATA_BYTES);
+
+/// Reads and verifies page `r` of a file of `page_count` pages, a node or
+/// an overflow page (the caller checks which it expected): its number,
+/// file, expected write sequence, checksum and layout.
 async fn read_node<F: DiskFile>(
     file: &F,
     file_id: u64,
@@ -279,27 +290,46 @@ async fn read_node<F: DiskFile>(
         return Err(corrupt(PageFault::Malformed));
     }
     let buf = file.read_at(r.page * PAGE_BYTES as u64, PAGE_BYTES).await?;
-    let (header, _) = page::verify(&buf, &[Kind::Leaf, Kind::Branch], r.page, file_id, Some(r.seq)).map_err(corrupt)?;
+    let kinds = [Kind::Leaf, Kind::Branch, Kind::Overflow];
+    let (header, _) = page::verify(&buf, &kinds, r.page, file_id, Some(r.seq)).map_err(corrupt)?;
     let kind = Kind::from_u8(header.kind).ok_or_else(|| corrupt(PageFault::WrongKind))?;
     Ok(Rc::new(PageNode::parse(kind, buf).map_err(corrupt)?))
 }
 
 impl<F: DiskFile> PageFetch<F> {
     /// Reads and verifies the pages, all at once, with the same checks as a
-    /// read by the tree. The missed page must read; a page read ahead that
-    /// fails is left out (the tree reads it again when it needs it, and
-    /// reports what is wrong with it then).
+    /// read by the tree; an overflow page brings the rest of its chain, read
+    /// one after another (each names the next). The missed page must read; a
+    /// page read ahead or further down a chain that fails is left out (the
+    /// tree reads it again when it needs it, and reports what is wrong with
+    /// it then).
     pub async fn read(self) -> Result<FetchedPages<F>, BTreeError> {
-        let reads = self.pages.iter().map(|&r| read_node(&*self.file, self.file_id, self.page_count, r));
+        let reads = self.pages.iter().map(|&r| self.read_chain(r));
         let mut nodes = Vec::with_capacity(self.pages.len());
-        for (i, (r, read)) in self.pages.iter().zip(futures_util::future::join_all(reads).await).enumerate() {
+        for (i, read) in futures_util::future::join_all(reads).await.into_iter().enumerate() {
             match read {
-                Ok(node) => nodes.push((r.page, node)),
+                Ok(pages) => nodes.extend(pages),
                 Err(e) if i == 0 => return Err(e),
                 Err(_) => {}
             }
         }
         Ok(FetchedPages { file: self.file, file_id: self.file_id, nodes })
+    }
+
+    /// Page `r`, and if it is an overflow page the pages after it in its
+    /// chain (as many as read; `r` itself must).
+    async fn read_chain(&self, r: PageRef) -> Result<Vec<(u64, Rc<PageNode>)>, BTreeError> {
+        let mut pages = vec![(r.page, read_node(&*self.file, self.file_id, self.page_count, r).await?)];
+        while let Some((next, _)) = pages.last().and_then(|(_, page)| page.overflow())
+            && next.page != 0
+            && pages.len() < OVERFLOW_CHAIN_MAX
+        {
+            match read_node(&*self.file, self.file_id, self.page_count, next).await {
+                Ok(page) => pages.push((next.page, page)),
+                Err(_) => break,
+            }
+        }
+        Ok(pages)
     }
 }
 
@@ -320,6 +350,8 @@ impl<F: DiskFile> BTree<F> {
             cache,
             dirty: FxHashMap::default(),
             flushing: FxHashMap::default(),
+            dirty_overflow: FxHashMap::default(),
+            flushing_overflow: FxHashMap::default(),
             checkpoint_in_flight: false,
             fresh: FxHashSet::default(),
             root: PageRef { page: FIRST_DATA_PAGE, seq: 0 },
@@ -371,6 +403,8 @@ impl<F: DiskFile> BTree<F> {
             cache,
             dirty: FxHashMap::default(),
             flushing: FxHashMap::default(),
+            dirty_overflow: FxHashMap::default(),
+            flushing_overflow: FxHashMap::default(),
             checkpoint_in_flight: false,
             fresh: FxHashSet::default(),
             root,
@@ -435,20 +469,57 @@ impl<F: DiskFile> BTree<F> {
         if let Some(node) = self.flushing.get(&r.page) {
             return Ok(Loaded::Dirty(Rc::clone(node)));
         }
+        let node = self.load_clean(r).await?;
+        if !node.is_node() {
+            return Err(self.corrupt(r.page, PageFault::WrongKind));
+        }
+        Ok(Loaded::Clean(node))
+    }
+
+    /// A clean page (node or overflow page), from the cache or else from
+    /// disk, verified; a miss is recorded instead while the cache defers
+    /// misses.
+    async fn load_clean(&self, r: PageRef) -> Result<Rc<PageNode>, BTreeError> {
         let key = (self.file_id, r.page);
         {
             let mut cache = self.cache.borrow_mut();
-            if let Some(node) = cache.get(key, r.seq) {
-                return Ok(Loaded::Clean(node));
+            if let Some(page) = cache.get(key, r.seq) {
+                return Ok(page);
             }
             if cache.defers_misses() {
                 cache.record_miss(self.file_id, r);
                 return Err(BTreeError::NotCached);
             }
         }
-        let node = read_node(&*self.file, self.file_id, self.page_count, r).await?;
-        self.cache.borrow_mut().insert(key, Rc::clone(&node));
-        Ok(Loaded::Clean(node))
+        let page = read_node(&*self.file, self.file_id, self.page_count, r).await?;
+        self.cache.borrow_mut().insert(key, Rc::clone(&page));
+        Ok(page)
+    }
+
+    /// An overflow page: written since the last checkpoint (in memory), or
+    /// clean (cache, then disk).
+    async fn load_overflow(&self, r: PageRef) -> Result<Rc<PageNode>, BTreeError> {
+        if let Some(page) = self.dirty_overflow.get(&r.page).or_else(|| self.flushing_overflow.get(&r.page)) {
+            if page.seq() != r.seq {
+                return Err(self.corrupt(r.page, PageFault::Stale { expected: r.seq, found: page.seq() }));
+            }
+            return Ok(Rc::clone(page));
+        }
+        let page = self.load_clean(r).await?;
+        if page.is_node() {
+            return Err(self.corrupt(r.page, PageFault::WrongKind));
+        }
+        Ok(page)
+    }
+
+    /// Whether page `page` is held in memory by this tree (changed since the
+    /// last checkpoint, or being checkpointed): a copy read from disk would
+    /// never be asked for.
+    fn in_memory(&self, page: u64) -> bool {
+        self.dirty.contains_key(&page)
+            || self.flushing.contains_key(&page)
+            || self.dirty_overflow.contains_key(&page)
+            || self.flushing_overflow.contains_key(&page)
     }
 
     /// What reads the node pages `pages` (verified) without the tree, so
@@ -470,7 +541,7 @@ impl<F: DiskFile> BTree<F> {
         }
         let mut cache = self.cache.borrow_mut();
         for (page, node) in fetched.nodes {
-            if !self.dirty.contains_key(&page) && !self.flushing.contains_key(&page) {
+            if !self.in_memory(page) {
                 cache.insert_newer((self.file_id, page), node);
             }
         }
@@ -538,7 +609,7 @@ impl<F: DiskFile> BTree<F> {
         let stored = if fits_inline(key.len(), value.len()) {
             Value::Inline(value.to_vec())
         } else {
-            self.write_overflow(value).await?
+            self.write_overflow(value)
         };
         let (mut path, leaf) = self.descend_mut(key).await?;
         let replaced = {
@@ -611,8 +682,7 @@ impl<F: DiskFile> BTree<F> {
                 Err(BTreeError::NotCached) => {
                     // The pages the scan would read next are fetched with
                     // the missed one.
-                    let next = stack.iter().rev().filter(|r| !self.dirty.contains_key(&r.page));
-                    let next = next.filter(|r| !self.flushing.contains_key(&r.page)).copied();
+                    let next = stack.iter().rev().filter(|r| !self.in_memory(r.page)).copied();
                     self.cache.borrow_mut().record_ahead(self.file_id, next);
                     return Err(BTreeError::NotCached);
                 }
@@ -635,15 +705,32 @@ impl<F: DiskFile> BTree<F> {
                 }
                 continue;
             }
-            let in_order: Box<dyn Iterator<Item = usize>> = match direction {
-                Direction::Forward => Box::new(0..count),
-                Direction::Reverse => Box::new((0..count).rev()),
+            let in_order = |from: usize| -> Box<dyn Iterator<Item = usize>> {
+                match direction {
+                    Direction::Forward => Box::new(from..count),
+                    Direction::Reverse => Box::new((0..count.min(from + 1)).rev()),
+                }
             };
-            for i in in_order {
+            let start = if direction == Direction::Forward { 0 } else { count.saturating_sub(1) };
+            for i in in_order(start) {
                 let key = node.key(i);
                 let (inside_lo, inside_hi) = (above_lo(key), below_hi(key));
                 if inside_lo && inside_hi {
-                    out.push((key.to_vec(), self.read_value(node.value(i)).await?));
+                    let value = match self.read_value(node.value(i)).await {
+                        Err(BTreeError::NotCached) => {
+                            // The large values the scan would read next in
+                            // this leaf are fetched with the missed one.
+                            let next = in_order(i).skip(1).filter(|&j| above_lo(node.key(j)) && below_hi(node.key(j)));
+                            let next = next.take(limit - out.len()).filter_map(|j| match node.value(j) {
+                                ValueRef::Overflow { first, .. } if !self.in_memory(first.page) => Some(first),
+                                ValueRef::Overflow { .. } | ValueRef::Inline(_) => None,
+                            });
+                            self.cache.borrow_mut().record_ahead(self.file_id, next);
+                            return Err(BTreeError::NotCached);
+                        }
+                        value => value?,
+                    };
+                    out.push((key.to_vec(), value));
                     if out.len() >= limit {
                         break;
                     }
@@ -749,12 +836,17 @@ impl<F: DiskFile> BTree<F> {
             nodes.push((p, seq, node));
         }
         assert!(self.dirty.is_empty(), "every dirty page is in the checkpoint");
+        let mut pages = Vec::with_capacity(self.dirty_overflow.len() + nodes.len());
+        for (p, page) in self.dirty_overflow.drain() {
+            self.flushing_overflow.insert(p, Rc::clone(&page));
+            pages.push((p, page));
+        }
         self.checkpoint_in_flight = true;
         Ok(CheckpointWrite {
             file: Rc::clone(&self.file),
             file_id: self.file_id,
             nodes,
-            pages: Vec::new(),
+            pages,
             freelist,
             meta_offset: slot * PAGE_BYTES as u64,
             meta_page,
@@ -818,6 +910,7 @@ impl<F: DiskFile> BTree<F> {
         if let Err(e) = written {
             self.poisoned = true;
             self.flushing.clear();
+            self.flushing_overflow.clear();
             return Err(e);
         }
         assert!(job.generation == self.generation + 1, "checkpoints finish in order");
@@ -832,9 +925,12 @@ impl<F: DiskFile> BTree<F> {
             if let Some(node) = self.flushing.remove(&p) {
                 retired.nodes.push(node);
                 cache.insert((self.file_id, p), page);
+            } else if self.flushing_overflow.remove(&p).is_some() {
+                cache.insert((self.file_id, p), page);
             }
         }
         assert!(self.flushing.is_empty(), "every node of the checkpoint was written");
+        assert!(self.flushing_overflow.is_empty(), "every overflow page of the checkpoint was written");
         Ok(retired)
     }
 
@@ -846,13 +942,6 @@ impl<F: DiskFile> BTree<F> {
     /// Whether `job` was begun by this tree.
     pub fn owns(&self, job: &CheckpointWrite<F>) -> bool {
         Rc::ptr_eq(&self.file, &job.file)
-    }
-
-    /// Writes pages, merging runs of adjacent pages into single requests and
-    /// keeping up to [`WRITES_IN_FLIGHT_MAX`] requests in flight.
-    async fn write_runs(&self, writes: &mut [(u64, Vec<u8>)]) -> Result<(), IoError> {
-        let mut slices: Vec<(u64, &[u8])> = writes.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-        write_runs(&*self.file, &mut slices, WRITES_IN_FLIGHT_MAX).await
     }
 
     fn alloc(&mut self) -> u64 {
@@ -869,6 +958,8 @@ impl<F: DiskFile> BTree<F> {
         self.cache.borrow_mut().remove((self.file_id, page));
         self.dirty.remove(&page);
         self.flushing.remove(&page);
+        self.dirty_overflow.remove(&page);
+        self.flushing_overflow.remove(&page);
         if self.fresh.remove(&page) {
             self.free.insert(page);
         } else {
@@ -1026,11 +1117,12 @@ impl<F: DiskFile> BTree<F> {
         }
     }
 
-    async fn write_overflow(&mut self, value: &[u8]) -> Result<Value, BTreeError> {
+    /// Stores a large value in a chain of overflow pages, sealed now and
+    /// written by the next checkpoint (`dirty_overflow`).
+    fn write_overflow(&mut self, value: &[u8]) -> Value {
         let chunks: Vec<&[u8]> = value.chunks(OVERFLOW_DATA_BYTES).collect();
         let pages: Vec<u64> = chunks.iter().map(|_| self.alloc()).collect();
         let mut next = PageRef { page: 0, seq: 0 };
-        let mut writes = Vec::with_capacity(pages.len());
         for (page, chunk) in pages.iter().zip(&chunks).rev() {
             let mut buf = Vec::with_capacity(PAGE_BYTES);
             buf.resize(PAGE_HEADER_BYTES, 0);
@@ -1042,11 +1134,11 @@ impl<F: DiskFile> BTree<F> {
             let seq = self.next_seq;
             self.next_seq += 1;
             page::seal(&mut buf, Kind::Overflow, *page, self.file_id, seq);
-            writes.push((*page, buf));
+            let sealed = PageNode::parse(Kind::Overflow, buf).expect("an overflow page we sealed parses");
+            self.dirty_overflow.insert(*page, Rc::new(sealed));
             next = PageRef { page: *page, seq };
         }
-        self.write_runs(&mut writes).await?;
-        Ok(Value::Overflow { len: u32::try_from(value.len()).expect("value limit"), first: next })
+        Value::Overflow { len: u32::try_from(value.len()).expect("value limit"), first: next }
     }
 
     /// Walks an overflow chain; returns its pages and, if `collect`, its data.
@@ -1061,16 +1153,8 @@ impl<F: DiskFile> BTree<F> {
             if pages.len() >= chain_max || next.page < FIRST_DATA_PAGE || next.page >= self.page_count {
                 return Err(self.corrupt(next.page, PageFault::Malformed));
             }
-            let buf = self.read_page(next.page).await?;
-            let (_, body) = page::verify(&buf, &[Kind::Overflow], next.page, self.file_id, Some(next.seq))
-                .map_err(|f| self.corrupt(next.page, f))?;
-            let mut r = Reader::new(body);
-            let parsed: Result<_, PageFault> = (|| {
-                let following = PageRef { page: r.u64()?, seq: r.u64()? };
-                let n = r.u32()? as usize;
-                Ok((following, r.bytes(n)?))
-            })();
-            let (following, chunk) = parsed.map_err(|f| self.corrupt(next.page, f))?;
+            let page = self.load_overflow(next).await?;
+            let (following, chunk) = page.overflow().ok_or_else(|| self.corrupt(next.page, PageFault::WrongKind))?;
             seen += chunk.len();
             if collect {
                 data.extend_from_slice(chunk);
@@ -1128,7 +1212,7 @@ impl<F: DiskFile> BTree<F> {
     /// Memory held by dirty pages (bounded by checkpointing).
     #[must_use]
     pub fn dirty_bytes(&self) -> usize {
-        self.dirty.len() * PAGE_BYTES
+        (self.dirty.len() + self.dirty_overflow.len()) * PAGE_BYTES
     }
 
     /// Pages in the file (in use or free).

@@ -6,6 +6,10 @@
 
 use super::page::{self, INLINE_ENTRY_MAX_BYTES, Kind, PAGE_BYTES, PAGE_HEADER_BYTES, PageFault, Reader};
 
+/// Where an overflow page's chunk starts: after the page header, the next
+/// page's reference (16 bytes) and the chunk's length (4).
+const OVERFLOW_CHUNK_AT: usize = PAGE_HEADER_BYTES + 20;
+
 /// A reference to a child page: its number and the write sequence it must
 /// carry. `seq == 0` marks a dirty child not yet written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +296,9 @@ impl Value {
     }
 }
 
-/// A clean node kept as its verified page bytes and searched in place.
+/// A clean page kept as its verified bytes: a node (leaf or branch),
+/// searched in place, or a page of an overflow chain (a large value's
+/// bytes, [`PageNode::overflow`]).
 ///
 /// Searching a decoded node chases one heap pointer per key compared; with
 /// the keys in one contiguous page the search touches far fewer cache lines,
@@ -302,7 +308,8 @@ impl Value {
 #[derive(Debug)]
 pub struct PageNode {
     bytes: Box<[u8]>,
-    leaf: bool,
+    /// Leaf, branch or overflow.
+    kind: Kind,
     /// Byte offset of each entry (leaf) or separator (branch) in `bytes`.
     offsets: Box<[u32]>,
     /// The first 8 bytes of each key, zero-padded, big-endian: comparing
@@ -310,8 +317,11 @@ pub struct PageNode {
     /// keys start with an 8-byte hash, so ties are rare and a search reads
     /// one small contiguous array instead of a cache line per probe.
     prefixes: Box<[u64]>,
-    /// Branch only: the leftmost child.
+    /// Branch: the leftmost child. Overflow: the next page of the chain
+    /// (page 0: none).
     child0: PageRef,
+    /// Overflow only: bytes of the value in this page.
+    chunk_len: u32,
 }
 
 /// The first 8 bytes of `key`, zero-padded, as a big-endian number: if
@@ -342,12 +352,14 @@ impl PageNode {
         &self.bytes
     }
 
-    /// Parses a verified page of kind `kind` (leaf or branch), checking
-    /// every length against the page and that keys strictly increase.
+    /// Parses a verified page of kind `kind` (leaf, branch or overflow),
+    /// checking every length against the page and that keys strictly
+    /// increase.
     pub fn parse(kind: Kind, page: Vec<u8>) -> Result<Self, PageFault> {
         let leaf = match kind {
             Kind::Leaf => true,
             Kind::Branch => false,
+            Kind::Overflow => return Self::parse_overflow(page),
             _ => return Err(PageFault::WrongKind),
         };
         let body = page.get(PAGE_HEADER_BYTES..).ok_or(PageFault::Malformed)?;
@@ -387,11 +399,41 @@ impl PageNode {
         }
         Ok(Self {
             bytes: page.into_boxed_slice(),
-            leaf,
+            kind,
             offsets: offsets.into_boxed_slice(),
             prefixes: prefixes.into_boxed_slice(),
             child0,
+            chunk_len: 0,
         })
+    }
+
+    /// An overflow page: the next page's reference, the chunk's length and
+    /// the chunk (`docs/format/btree.md`).
+    fn parse_overflow(page: Vec<u8>) -> Result<Self, PageFault> {
+        let body = page.get(PAGE_HEADER_BYTES..).ok_or(PageFault::Malformed)?;
+        let mut r = Reader::new(body);
+        let next = PageRef { page: r.u64()?, seq: r.u64()? };
+        let chunk_len = r.u32()?;
+        r.bytes(chunk_len as usize)?;
+        Ok(Self {
+            bytes: page.into_boxed_slice(),
+            kind: Kind::Overflow,
+            offsets: Box::default(),
+            prefixes: Box::default(),
+            child0: next,
+            chunk_len,
+        })
+    }
+
+    /// An overflow page's next page (page 0: the chain ends here) and its
+    /// part of the value; `None` for a node.
+    #[must_use]
+    pub fn overflow(&self) -> Option<(PageRef, &[u8])> {
+        if self.kind != Kind::Overflow {
+            return None;
+        }
+        let chunk = self.bytes.get(OVERFLOW_CHUNK_AT..OVERFLOW_CHUNK_AT + self.chunk_len as usize).unwrap_or(&[]);
+        Some((self.child0, chunk))
     }
 
     /// The write sequence in the page's header: with the page number it
@@ -405,7 +447,13 @@ impl PageNode {
     /// Whether this is a leaf.
     #[must_use]
     pub fn is_leaf(&self) -> bool {
-        self.leaf
+        self.kind == Kind::Leaf
+    }
+
+    /// Whether this is a node (leaf or branch), not an overflow page.
+    #[must_use]
+    pub fn is_node(&self) -> bool {
+        self.kind != Kind::Overflow
     }
 
     /// Number of entries (leaf) or separators (branch).
@@ -507,7 +555,8 @@ impl PageNode {
     /// Decodes into an owned, mutable node.
     #[must_use]
     pub fn to_node(&self) -> Node {
-        if self.leaf {
+        debug_assert!(self.is_node(), "only nodes decode");
+        if self.is_leaf() {
             Node::Leaf((0..self.len()).map(|i| (self.owned_key(i), self.value(i).to_value())).collect())
         } else {
             Node::Branch {
