@@ -378,3 +378,104 @@ fn btree_deferred_misses_are_fetched_without_the_tree_and_a_stale_fetch_is_never
         assert_eq!(get_fetching(&tree, &cache, k).0.as_ref(), Some(v));
     }
 }
+
+/// A large value's overflow pages are kept in memory until the next
+/// checkpoint writes them (storing one does no I/O), then cached like nodes;
+/// a read that misses one on a cold cache fetches its whole chain without
+/// the tree in one go, and a cold scan fetches the chains it would read next
+/// with the missed one. Values stay whole through all of it and a reopen.
+#[test]
+fn btree_large_values_are_written_by_checkpoints_cached_and_fetched_whole() {
+    const PAGES_PER_VALUE: usize = 7; // 100,000 bytes at 16,332 a page
+    let disk = SimDisk::new(83);
+    let cache = cache(4096);
+    let mut tree = block_on(async {
+        let file = disk.open(Path::new(FILE), true).await.expect("create file");
+        disk.sync_dir(Path::new("/data")).await.expect("sync dir");
+        BTree::create(file, 1, Rc::clone(&cache)).await.expect("create tree")
+    });
+    let mut model = BTreeMap::new();
+    let value =
+        |i: u32, round: u32| -> Vec<u8> { (0..100_000u32).map(|b| ((b * 7 + i + round) % 251) as u8).collect() };
+    let before = disk.stats();
+    for i in 0..40u32 {
+        let key = format!("big{i:03}").into_bytes();
+        block_on(tree.put(&key, &value(i, 0))).expect("put");
+        model.insert(key, value(i, 0));
+        let key = format!("small{i:03}").into_bytes();
+        block_on(tree.put(&key, b"v")).expect("put");
+        model.insert(key, b"v".to_vec());
+    }
+    let after = disk.stats();
+    assert_eq!((after.reads, after.writes), (before.reads, before.writes), "storing values did no I/O");
+    assert!(tree.dirty_bytes() >= 40 * PAGES_PER_VALUE * PAGE_BYTES, "the overflow pages count as dirty memory");
+    check_all(&tree, &model, 83);
+    block_on(tree.checkpoint(1)).expect("checkpoint");
+    assert!(disk.stats().writes > after.writes, "the checkpoint wrote them");
+    assert_eq!(tree.dirty_bytes(), 0);
+
+    // Cached by the checkpoint: reads do no I/O.
+    let before = disk.stats().reads;
+    check_all(&tree, &model, 83);
+    assert_eq!(disk.stats().reads, before, "the checkpoint cached the overflow pages it wrote");
+
+    // Cold: a point read misses root, leaf, then the value's first page; that
+    // fetch brings the whole chain and the read then succeeds.
+    cache.borrow_mut().remove_file(1);
+    let key = b"big017".to_vec();
+    let mut brought = Vec::new();
+    let read = loop {
+        cache.borrow_mut().set_defer_misses(true);
+        let read = block_on(tree.get(&key));
+        cache.borrow_mut().set_defer_misses(false);
+        match read {
+            Ok(v) => break v,
+            Err(BTreeError::NotCached) => {
+                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
+                let fetched = block_on(tree.page_fetch(pages).read()).expect("the pages read");
+                brought.push(fetched.len());
+                tree.cache_fetched(fetched);
+                assert!(brought.len() <= 8, "a point read misses at most depth + 1 times ({brought:?})");
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    };
+    assert_eq!(read.as_ref(), model.get(&key));
+    assert_eq!(brought.last(), Some(&PAGES_PER_VALUE), "the value's miss brought its whole chain ({brought:?})");
+
+    // A cold scan: each miss of a value brings the next values' chains too.
+    cache.borrow_mut().remove_file(1);
+    let mut brought = Vec::new();
+    let all = loop {
+        cache.borrow_mut().set_defer_misses(true);
+        let read = block_on(tree.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX));
+        cache.borrow_mut().set_defer_misses(false);
+        match read {
+            Ok(all) => break all,
+            Err(BTreeError::NotCached) => {
+                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
+                let fetched = block_on(tree.page_fetch(pages).read()).expect("the pages read");
+                brought.push(fetched.len());
+                tree.cache_fetched(fetched);
+            }
+            Err(e) => panic!("scan failed: {e}"),
+        }
+    };
+    assert!(all.iter().map(|(k, v)| (k, v)).eq(model.iter()), "the scan returns the tree");
+    let most = (1 + FETCH_AHEAD_MAX) * PAGES_PER_VALUE;
+    assert!(brought.contains(&most), "a value's miss brought 8 chains ({brought:?})");
+    assert!(brought.len() <= 12, "40 values came in a few fetches ({brought:?})");
+
+    // Replaced values: the new chains wait for the next checkpoint, the old
+    // ones are freed; a reopen sees the checkpointed state.
+    for i in (0..40u32).step_by(3) {
+        let key = format!("big{i:03}").into_bytes();
+        block_on(tree.put(&key, &value(i, 1))).expect("put");
+        model.insert(key, value(i, 1));
+    }
+    check_all(&tree, &model, 84);
+    block_on(tree.checkpoint(2)).expect("checkpoint");
+    drop(tree);
+    let tree = reopen(&disk, 64).expect("reopen");
+    check_all(&tree, &model, 85);
+}

@@ -339,6 +339,18 @@ impl<F: DiskFile> FetchedPages<F> {
     pub fn file_id(&self) -> u64 {
         self.file_id
     }
+
+    /// Pages read.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no page was read (never: the missed page must read).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
 }
 
 impl<F: DiskFile> BTree<F> {

@@ -109,6 +109,8 @@ struct State {
 /// What the simulated disk did, for assertions in tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SimStats {
+    /// Reads served.
+    pub reads: u64,
     /// Writes accepted.
     pub writes: u64,
     /// `sync_data` calls that succeeded.
@@ -461,6 +463,7 @@ impl DiskFile for SimFile {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
         assert!(is_aligned(offset) && is_aligned(len as u64), "unaligned read");
         self.check("read file", false)?;
+        self.state.borrow_mut().stats.reads += 1;
         let st = self.state.borrow();
         let inode = st.inodes.get(&self.inode).expect("open inode exists");
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(inode.volatile.len());
