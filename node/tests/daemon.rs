@@ -907,7 +907,7 @@ fn a_second_node_on_a_taken_port_refuses_to_start() {
 }
 
 /// A node whose page cache holds a fraction of its items (1 MiB per shard
-/// against about 4 MB), under concurrent reads and increments of random
+/// against about 10 MB, a tenth of the items large), under concurrent reads and increments of random
 /// items, while background checkpoints rewrite pages (1 MiB of dirty pages
 /// at most): reads that miss the cache fetch their pages without holding
 /// the shard's engine and run again, so every read must still see its own
@@ -931,7 +931,9 @@ fn reads_updates_and_scans_that_miss_the_page_cache_see_their_items_and_apply_on
     config.retries_max = 0; // an increment is sent once: exactly-once is the server's
     let client = BlockingClient::connect(config).expect("connect");
     let key = |i: usize| item::from_json(&json!({"id": {"S": format!("item{i}")}})).expect("key");
-    let pad = |i: usize| format!("{i:>1000}");
+    // Every tenth item is large: its value lies in a chain of two overflow
+    // pages, fetched whole on a miss and rewritten by each increment.
+    let pad = |i: usize| if i.is_multiple_of(10) { format!("{i:>20000}") } else { format!("{i:>1000}") };
     let increments: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; ITEMS]));
     let reads = client.run(async |c| {
         c.create_table("cold", ("id", KeyKind::S), None, 4).await.expect("create");

@@ -511,6 +511,9 @@ impl<F: DiskFile> BTree<F> {
     /// An overflow page: written since the last checkpoint (in memory), or
     /// clean (cache, then disk).
     async fn load_overflow(&self, r: PageRef) -> Result<Rc<PageNode>, BTreeError> {
+        if r.page < FIRST_DATA_PAGE || r.page >= self.page_count {
+            return Err(self.corrupt(r.page, PageFault::Malformed));
+        }
         if let Some(page) = self.dirty_overflow.get(&r.page).or_else(|| self.flushing_overflow.get(&r.page)) {
             if page.seq() != r.seq {
                 return Err(self.corrupt(r.page, PageFault::Stale { expected: r.seq, found: page.seq() }));
@@ -605,6 +608,14 @@ impl<F: DiskFile> BTree<F> {
     async fn with_value<R>(&self, value: ValueRef<'_>, f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, BTreeError> {
         match value {
             ValueRef::Inline(v) => Ok(f(Some(v))),
+            ValueRef::Overflow { len, first } if len as usize <= OVERFLOW_DATA_BYTES => {
+                // One page: borrowed from it, like an inline value.
+                let page = self.load_overflow(first).await?;
+                match page.overflow() {
+                    Some((next, chunk)) if next.page == 0 && chunk.len() == len as usize => Ok(f(Some(chunk))),
+                    _ => Err(self.corrupt(first.page, PageFault::Malformed)),
+                }
+            }
             ValueRef::Overflow { len, first } => Ok(f(Some(&self.walk_overflow(len, first, true).await?.1))),
         }
     }
@@ -1162,7 +1173,7 @@ impl<F: DiskFile> BTree<F> {
         let mut next = first;
         let chain_max = total.div_ceil(OVERFLOW_DATA_BYTES);
         while next.page != 0 {
-            if pages.len() >= chain_max || next.page < FIRST_DATA_PAGE || next.page >= self.page_count {
+            if pages.len() >= chain_max {
                 return Err(self.corrupt(next.page, PageFault::Malformed));
             }
             let page = self.load_overflow(next).await?;
