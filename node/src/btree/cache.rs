@@ -1,10 +1,11 @@
-//! The per-shard page cache: clean, verified, decoded nodes of every B-tree
-//! on the shard, bounded in bytes, evicted by CLOCK (second chance).
+//! The per-shard page cache: clean, verified pages (nodes and the overflow
+//! pages of large values) of every B-tree on the shard, bounded in bytes,
+//! evicted by CLOCK (second chance).
 //!
 //! O_DIRECT bypasses the kernel's page cache, so this is the only cache on
-//! the read path. Each entry is charged one page ([`PAGE_BYTES`]): a decoded
-//! node holds about as many bytes as its page. Dirty nodes are not here; each
-//! tree keeps its own until the next checkpoint writes them.
+//! the read path. Each entry is charged one page ([`PAGE_BYTES`]): it holds
+//! its page's bytes. Dirty pages are not here; each tree keeps its own until
+//! the next checkpoint writes them.
 //!
 //! CLOCK instead of strict LRU: a hit only sets a flag (no list or tree
 //! update on the read path), and eviction sweeps a hand over the slots,

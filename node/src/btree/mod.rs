@@ -252,7 +252,7 @@ impl From<u64> for Applied {
     }
 }
 
-/// Node pages to be read and verified without their tree: the server reads
+/// Pages to be read and verified without their tree: the server reads
 /// the pages a request missed while other requests use the engine, then
 /// hands the result to [`BTree::cache_fetched`] (`cache` module docs).
 #[derive(Debug)]
@@ -265,7 +265,7 @@ pub struct PageFetch<F: DiskFile> {
     page_count: u64,
 }
 
-/// Node pages read and verified by a [`PageFetch`].
+/// Pages read and verified by a [`PageFetch`].
 #[derive(Debug)]
 pub struct FetchedPages<F: DiskFile> {
     file: Rc<F>,
