@@ -481,30 +481,36 @@ impl<F: DiskFile> BTree<F> {
         if let Some(node) = self.flushing.get(&r.page) {
             return Ok(Loaded::Dirty(Rc::clone(node)));
         }
-        let node = self.load_clean(r).await?;
+        let node = match self.cached(r)? {
+            Some(node) => node,
+            None => self.read_clean(r).await?,
+        };
         if !node.is_node() {
             return Err(self.corrupt(r.page, PageFault::WrongKind));
         }
         Ok(Loaded::Clean(node))
     }
 
-    /// A clean page (node or overflow page), from the cache or else from
-    /// disk, verified; a miss is recorded instead while the cache defers
-    /// misses.
-    async fn load_clean(&self, r: PageRef) -> Result<Rc<PageNode>, BTreeError> {
-        let key = (self.file_id, r.page);
-        {
-            let mut cache = self.cache.borrow_mut();
-            if let Some(page) = cache.get(key, r.seq) {
-                return Ok(page);
-            }
-            if cache.defers_misses() {
-                cache.record_miss(self.file_id, r);
-                return Err(BTreeError::NotCached);
-            }
+    /// A clean page (node or overflow page) from the cache; `None` if it
+    /// must be read, unless the cache defers misses: then the miss is
+    /// recorded and the read fails with [`BTreeError::NotCached`]. (Kept out
+    /// of the async read, so that a hit builds no future for it.)
+    fn cached(&self, r: PageRef) -> Result<Option<Rc<PageNode>>, BTreeError> {
+        let mut cache = self.cache.borrow_mut();
+        if let Some(page) = cache.get((self.file_id, r.page), r.seq) {
+            return Ok(Some(page));
         }
+        if cache.defers_misses() {
+            cache.record_miss(self.file_id, r);
+            return Err(BTreeError::NotCached);
+        }
+        Ok(None)
+    }
+
+    /// Reads and verifies a clean page from disk, and caches it.
+    async fn read_clean(&self, r: PageRef) -> Result<Rc<PageNode>, BTreeError> {
         let page = read_node(&*self.file, self.file_id, self.page_count, r).await?;
-        self.cache.borrow_mut().insert(key, Rc::clone(&page));
+        self.cache.borrow_mut().insert((self.file_id, r.page), Rc::clone(&page));
         Ok(page)
     }
 
@@ -520,7 +526,10 @@ impl<F: DiskFile> BTree<F> {
             }
             return Ok(Rc::clone(page));
         }
-        let page = self.load_clean(r).await?;
+        let page = match self.cached(r)? {
+            Some(page) => page,
+            None => self.read_clean(r).await?,
+        };
         if page.is_node() {
             return Err(self.corrupt(r.page, PageFault::WrongKind));
         }
