@@ -763,6 +763,16 @@ impl ShardRaft {
                 let log = group.raw.mut_store();
                 log.restart_after(meta.index, meta.term);
                 log.set_conf_state(meta.get_conf_state().clone());
+                // The leader sends snapshots to its log replicas alone
+                // (`GroupLog::snapshot`), so this node is one. The metadata
+                // does not carry the list, and the entry that made this node
+                // one may be compacted away: without this, the node never
+                // knew it was a log replica and was never rebuilt.
+                if !log.log_replicas().contains(&self.node_id) {
+                    let mut log_replicas = log.log_replicas().to_vec();
+                    log_replicas.push(self.node_id);
+                    log.set_log_replicas(log_replicas);
+                }
                 state = Some(GroupState {
                     log_only: self.log_only.contains(&partition),
                     restart: Some((meta.index, meta.term)),
