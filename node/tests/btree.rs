@@ -297,6 +297,28 @@ fn get_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>, key: &[u8]) -
     }
 }
 
+/// Scans the whole tree with misses deferred, as the server does: each miss
+/// is fetched without the tree and cached, and the scan runs again. Returns
+/// the entries and the number of pages each fetch brought.
+fn scan_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<usize>) {
+    let mut brought = Vec::new();
+    loop {
+        cache.borrow_mut().set_defer_misses(true);
+        let read = block_on(tree.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX));
+        cache.borrow_mut().set_defer_misses(false);
+        match read {
+            Ok(all) => return (all, brought),
+            Err(BTreeError::NotCached) => {
+                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
+                let fetched = block_on(tree.page_fetch(pages).read()).expect("the pages read");
+                brought.push(fetched.len());
+                tree.cache_fetched(fetched);
+            }
+            Err(e) => panic!("scan failed: {e}"),
+        }
+    }
+}
+
 /// A read with misses deferred fails on each page it lacks and names it
 /// (a scan adds the pages it would read next); fetched without the tree and
 /// cached, the pages make it succeed. A page
@@ -335,21 +357,7 @@ fn btree_deferred_misses_are_fetched_without_the_tree_and_a_stale_fetch_is_never
     // A cold scan asks, with each miss, for the pages it would read next:
     // the leaves come 8 at a time, in 1 + FETCH_AHEAD_MAX pages.
     cache.borrow_mut().remove_file(1);
-    let mut sizes = Vec::new();
-    let all = loop {
-        cache.borrow_mut().set_defer_misses(true);
-        let read = block_on(tree.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX));
-        cache.borrow_mut().set_defer_misses(false);
-        match read {
-            Ok(all) => break all,
-            Err(BTreeError::NotCached) => {
-                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
-                sizes.push(pages.len());
-                tree.cache_fetched(block_on(tree.page_fetch(pages).read()).expect("the pages read"));
-            }
-            Err(e) => panic!("scan failed: {e}"),
-        }
-    };
+    let (all, sizes) = scan_fetching(&tree, &cache);
     assert!(all.iter().map(|(k, v)| (k, v)).eq(model.iter()), "the scan returns the tree");
     let eights = sizes.iter().filter(|&&n| n == 1 + FETCH_AHEAD_MAX).count();
     assert!(eights * 2 > sizes.len(), "most fetches read 8 pages ({sizes:?})");
@@ -445,22 +453,7 @@ fn btree_large_values_are_written_by_checkpoints_cached_and_fetched_whole() {
 
     // A cold scan: each miss of a value brings the next values' chains too.
     cache.borrow_mut().remove_file(1);
-    let mut brought = Vec::new();
-    let all = loop {
-        cache.borrow_mut().set_defer_misses(true);
-        let read = block_on(tree.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward, usize::MAX));
-        cache.borrow_mut().set_defer_misses(false);
-        match read {
-            Ok(all) => break all,
-            Err(BTreeError::NotCached) => {
-                let (_, pages) = cache.borrow_mut().take_missed().expect("missed");
-                let fetched = block_on(tree.page_fetch(pages).read()).expect("the pages read");
-                brought.push(fetched.len());
-                tree.cache_fetched(fetched);
-            }
-            Err(e) => panic!("scan failed: {e}"),
-        }
-    };
+    let (all, brought) = scan_fetching(&tree, &cache);
     assert!(all.iter().map(|(k, v)| (k, v)).eq(model.iter()), "the scan returns the tree");
     let most = (1 + FETCH_AHEAD_MAX) * PAGES_PER_VALUE;
     assert!(brought.contains(&most), "a value's miss brought 8 chains ({brought:?})");
