@@ -297,10 +297,13 @@ fn get_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>, key: &[u8]) -
     }
 }
 
+/// Key-value pairs as a scan returns them.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Scans the whole tree with misses deferred, as the server does: each miss
 /// is fetched without the tree and cached, and the scan runs again. Returns
 /// the entries and the number of pages each fetch brought.
-fn scan_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<usize>) {
+fn scan_fetching(tree: &BTree<SimFile>, cache: &RefCell<PageCache>) -> (Entries, Vec<usize>) {
     let mut brought = Vec::new();
     loop {
         cache.borrow_mut().set_defer_misses(true);
