@@ -14,7 +14,8 @@
 //! (`O_DSYNC` on a disk without FUA: a flush follows every write, issued
 //! from a worker on the CPU that took the write's interrupt). Where the
 //! load generator shared that CPU, the workers waited for it and Keel's
-//! WAL commits with them; docs/bench/README.md has the figures.
+//! WAL commits with them; docs/bench/history.md (2026-12-06, evening) has
+//! the figures.
 //!
 //! Only the servers' main threads are placed (keel-node `--cpus`, Redis
 //! `server_cpulist`): their helper threads and the kernel's io_uring

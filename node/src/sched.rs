@@ -22,7 +22,7 @@
 //! thread-per-core shard wants exactly that: the kernel work it gives way to
 //! is short and is, as often as not, its own commit. Measured: the
 //! worker's wake-up p99 fell to 0.19–0.22 ms with the shard on the
-//! interrupts' CPU (docs/bench/README.md, 2026-12-06, evening).
+//! interrupts' CPU (docs/bench/history.md, 2026-12-06, evening).
 //!
 //! Older kernels ignore `sched_runtime` for `SCHED_OTHER` threads; then this
 //! changes nothing. Threads under another policy (an operator's `SCHED_FIFO`,

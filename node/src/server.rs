@@ -207,7 +207,7 @@ pub const DIRTY_BYTES_DEFAULT_RANGE: (usize, usize) = (128 << 20, 1 << 30);
 /// by the shards, within [`DIRTY_BYTES_DEFAULT_RANGE`] (the least when the
 /// memory is unknown). With 128 MiB, YCSB A over 100k records checkpointed
 /// ~5 times a second and spent ~9 % of the shard in checkpoints; with 1 GiB,
-/// 21 % more throughput and a third lower p99 (docs/bench/README.md). The
+/// 21 % more throughput and a third lower p99 (commit 0d379d9). The
 /// WAL limit (`StoreConfig::wal_segments_max`) still bounds recovery.
 #[must_use]
 pub fn dirty_bytes_default(memory_bytes: Option<u64>, shards: usize) -> usize {
