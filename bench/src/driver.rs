@@ -40,6 +40,11 @@ pub trait Driver: Clone + Send + Sync + 'static {
     fn update(&self, key: &str, field: &str, value: &str) -> impl Future<Output = Result<(), OpError>> + Send;
     /// Reads up to `count` records starting at `start`; returns how many.
     fn scan(&self, start: &str, count: usize) -> impl Future<Output = Result<usize, OpError>> + Send;
+    /// A driver of the same target with connections of its own, made on
+    /// the calling thread's event loop: each thread of a generator with
+    /// `--generator-threads` drives its clients through its own, so that no
+    /// request or reply crosses threads.
+    fn fork(&self) -> impl Future<Output = anyhow::Result<Self>>;
 }
 
 /// Keel through `keel_wire::client`: table `usertable`, partition key
@@ -47,6 +52,8 @@ pub trait Driver: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct KeelDriver {
     client: Client,
+    endpoint: String,
+    connections: usize,
 }
 
 /// The table the Keel driver uses.
@@ -81,18 +88,23 @@ impl KeelDriver {
     /// `endpoint` may name several nodes of a cluster, comma-separated
     /// (requests follow the leaders' hints).
     pub async fn connect(endpoint: &str, connections: usize, partitions: u32) -> anyhow::Result<Self> {
+        let driver = Self::open(endpoint, connections).await?;
+        match driver.client.create_table(KEEL_TABLE, (KEEL_KEY, KeyKind::S), None, partitions).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(ErrorCode::ResourceInUseException) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(driver)
+    }
+
+    async fn open(endpoint: &str, connections: usize) -> anyhow::Result<Self> {
         let mut config = client_config(endpoint);
         config.connections = connections.max(1);
         if !endpoint.contains(',') {
             config.retries_max = 0; // errors are counted, not hidden
         }
         let client = Client::connect(config).await?;
-        match client.create_table(KEEL_TABLE, (KEEL_KEY, KeyKind::S), None, partitions).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some(ErrorCode::ResourceInUseException) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Self { client })
+        Ok(Self { client, endpoint: endpoint.to_owned(), connections })
     }
 }
 
@@ -145,6 +157,10 @@ impl Driver for KeelDriver {
         // driver): no maps are built.
         self.client.page_with(&request, |_| Ok(())).await.map(|page| page.count).map_err(client_error)
     }
+
+    async fn fork(&self) -> anyhow::Result<Self> {
+        Self::open(&self.endpoint, self.connections).await
+    }
 }
 
 /// Redis through RESP, as YCSB's Redis binding stores records: a hash per
@@ -154,6 +170,7 @@ impl Driver for KeelDriver {
 pub struct RedisDriver {
     connections: Arc<Vec<redis::aio::MultiplexedConnection>>,
     next: Arc<AtomicUsize>,
+    endpoint: String,
 }
 
 impl std::fmt::Debug for RedisDriver {
@@ -195,7 +212,7 @@ impl RedisDriver {
         for _ in 0..connections.max(1) {
             pool.push(client.get_multiplexed_tokio_connection().await?);
         }
-        Ok(Self { connections: Arc::new(pool), next: Arc::new(AtomicUsize::new(0)) })
+        Ok(Self { connections: Arc::new(pool), next: Arc::new(AtomicUsize::new(0)), endpoint: endpoint.to_owned() })
     }
 
     fn connection(&self) -> redis::aio::MultiplexedConnection {
@@ -262,6 +279,10 @@ impl Driver for RedisDriver {
         }
         Ok(records.len())
     }
+
+    async fn fork(&self) -> anyhow::Result<Self> {
+        Self::connect(&self.endpoint, self.connections.len()).await
+    }
 }
 
 /// An in-memory driver (for tests of the runner and the result files).
@@ -299,6 +320,11 @@ impl Driver for MemoryDriver {
     async fn scan(&self, start: &str, count: usize) -> Result<usize, OpError> {
         let records = self.records.lock().map_err(|e| OpError::new("Poisoned", e.to_string()))?;
         Ok(records.range(start.to_owned()..).take(count).count())
+    }
+
+    /// The same records: a fork is a second handle on them.
+    async fn fork(&self) -> anyhow::Result<Self> {
+        Ok(self.clone())
     }
 }
 

@@ -21,8 +21,8 @@ use keel_wire::protocol::{ErrorCode, KeyKind};
 use rand::{Rng, SeedableRng};
 
 /// The generator allocates for every operation (requests, decoded items,
-/// replies) on one thread, for both targets alike: with glibc malloc about
-/// an eighth of its time went to malloc and free under YCSB C.
+/// replies), for both targets alike: with glibc malloc about an eighth of
+/// its time went to malloc and free under YCSB C.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -84,9 +84,18 @@ struct WorkloadArgs {
     /// its pacer).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     tick_us: u64,
-    /// Connections per target.
+    /// Connections per target (per generator thread).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Threads of the load generator in run phases (the load phase uses
+    /// one), each with its own event loop and `--connections` connections
+    /// per target, the clients dealt out among them. One (the default)
+    /// keeps it off the servers' cores on a small machine; on a larger one
+    /// a single thread caps what it can offer (about 170,000 reads a second
+    /// on the 2-core VM), so give it more, and `compare` gives keel-node as
+    /// many fewer shards.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    generator_threads: u16,
     /// Fields per record.
     #[arg(long, default_value_t = 10)]
     fields: usize,
@@ -279,6 +288,7 @@ impl WorkloadArgs {
             open_loop: self.rate.map(|rate| OpenLoop { rate, tick: Duration::from_micros(self.tick_us) }),
             shape: RecordShape { fields: self.fields, field_bytes: self.field_bytes },
             seed: self.seed,
+            threads: self.generator_threads.into(),
         }
     }
 }
@@ -325,6 +335,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.targets.is_empty(), "no targets");
     let workloads = args.workload.workloads()?;
     servers::check_real_disk(&args.dir)?;
+    // Before the generator's other threads start: they keep off the
+    // servers' CPUs.
     let placement = args.server_cpus.as_deref().map(place_servers).transpose()?;
     let mut running = Vec::new();
     let mut drivers = Vec::new();
@@ -332,7 +344,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         let server = match target {
             Target::Keel => {
                 let shards = args.shards.or(placement.as_ref().map(|p| p.servers.len())).unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+                    let generator = usize::from(args.workload.generator_threads);
+                    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(generator).max(1))
                 });
                 servers::keel_node(
                     &servers::keel_node_binary()?,
@@ -384,6 +397,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     drop(running);
     let mut report = Report::new(args.workload.records, phases);
     report.server_cpus = placement.map(|p| p.servers);
+    report.generator_threads = args.workload.generator_threads.into();
     finish(&report, &args.workload.out, args.update_docs.as_ref())
 }
 
@@ -433,7 +447,9 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         phases.push(phase);
     }
     eprintln!("target: {}", driver.name());
-    finish(&Report::new(args.workload.records, phases), &args.workload.out, None)
+    let mut report = Report::new(args.workload.records, phases);
+    report.generator_threads = args.workload.generator_threads.into();
+    finish(&report, &args.workload.out, None)
 }
 
 fn disk_command(args: &DiskArgs) -> anyhow::Result<()> {
@@ -561,7 +577,8 @@ fn main() -> anyhow::Result<()> {
         return disk_command(args);
     }
     // One thread: on a small machine the load generator must not take the
-    // cores of the servers it measures.
+    // cores of the servers it measures. With `--generator-threads` a run
+    // phase starts the others, each with its own event loop.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Compare(args) => runtime.block_on(compare(args)),

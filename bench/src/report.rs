@@ -87,6 +87,8 @@ pub struct Report {
     pub server_cpus: Option<Vec<usize>>,
     /// The CPUs the load generator could run on.
     pub generator_cpus: Vec<usize>,
+    /// The load generator's threads (`--generator-threads`).
+    pub generator_threads: usize,
     /// Every phase, in the order run.
     pub phases: Vec<PhaseResult>,
 }
@@ -108,6 +110,7 @@ impl Report {
             records,
             server_cpus: None,
             generator_cpus: crate::host::allowed_cpus(),
+            generator_threads: 1,
             phases,
         }
     }
@@ -115,10 +118,11 @@ impl Report {
 
 impl Report {
     /// The machine in one line, with where the servers and the load
-    /// generator ran when the servers were placed.
+    /// generator ran when the servers were placed, and the generator's
+    /// threads when it had more than one.
     #[must_use]
     pub fn machine_line(&self) -> String {
-        match &self.server_cpus {
+        let mut line = match &self.server_cpus {
             Some(servers) => format!(
                 "{}; servers on CPUs {}, load generator on CPUs {}",
                 self.machine.line(),
@@ -126,7 +130,11 @@ impl Report {
                 crate::host::cpu_list(&self.generator_cpus)
             ),
             None => self.machine.line(),
+        };
+        if self.generator_threads > 1 {
+            line.push_str(&format!("; load generator on {} threads", self.generator_threads));
         }
+        line
     }
 }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::driver::{Driver, OpError};
 use crate::host;
-use crate::pacer::{OpenLoop, Pacer};
+use crate::pacer::{OpenLoop, Pacer, Releases};
 use crate::workload::{self, InsertSequence, KeyChooser, Op, Workload};
 
 /// Highest latency recorded (60 s), in µs.
@@ -58,6 +58,10 @@ pub struct RunConfig {
     pub shape: RecordShape,
     /// Seed of the clients' generators.
     pub seed: u64,
+    /// Threads of the load generator, each with its own event loop and
+    /// connections (a [`Driver::fork`]), the clients dealt out among them;
+    /// 1 (or 0): the caller's event loop alone.
+    pub threads: usize,
 }
 
 /// The workload name of the load phase.
@@ -181,8 +185,10 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant bounds are valid")
 }
 
-/// What a phase measured so far, shared by its clients. They run on one
-/// thread, so the lock is never contended. One set of histograms for the
+/// What a phase measured so far, shared by its clients. On the default
+/// single-threaded generator the lock is never contended; with
+/// `--generator-threads` each record holds it for three histogram updates
+/// (well under a microsecond). One set of histograms for the
 /// phase, not one per client: 256 clients' histograms (≈140 KB each, three
 /// per client) took the generator's thread for ~130 ms at the start of every
 /// open-loop run, and the operations it then sent late were charged for it.
@@ -196,9 +202,11 @@ struct Tally {
     timeline: Vec<Second>,
     /// The second being recorded (index into the timeline), and its
     /// latencies with two significant digits (enough for a second's p99).
-    /// Operations finish in time order on the one thread, so one histogram
-    /// serves every second in turn: a day-long phase keeps 86,400 summaries,
-    /// not 86,400 histograms (~19 KB each).
+    /// Operations are recorded in the order they finish (on several
+    /// generator threads, within the moment it takes to get the lock; one
+    /// that comes after a later one counts in that one's second), so one
+    /// histogram serves every second in turn: a day-long phase keeps 86,400
+    /// summaries, not 86,400 histograms (~19 KB each).
     second: usize,
     second_latencies: Histogram<u64>,
     /// Steal seen in each second so far, in ms (index: second).
@@ -409,7 +417,8 @@ impl StealSampler {
 
 /// Load phase: inserts records `0..records` with `clients` clients.
 pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
-    let config = RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed };
+    let config =
+        RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed, threads: 1 };
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
     let started = SystemTime::now();
@@ -482,10 +491,136 @@ async fn operate<D: Driver>(
     }
 }
 
+/// What every client of a run phase shares.
+#[derive(Debug, Clone)]
+struct Clients<D> {
+    driver: D,
+    workload: Workload,
+    inserts: Arc<InsertSequence>,
+    /// Operations left to start (`--operations`).
+    budget: Arc<AtomicU64>,
+    tally: SharedTally,
+    /// Operations done, for the progress line.
+    done: Arc<AtomicU64>,
+    shape: RecordShape,
+    deadline: Option<Instant>,
+}
+
+impl<D: Driver> Clients<D> {
+    /// One client: operations one after another until the deadline, the
+    /// budget or (open loop) the pacer ends.
+    async fn client(self, releases: Option<Releases>, mut chooser: KeyChooser, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        loop {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            if self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
+                return;
+            }
+            let start = match &releases {
+                // Open loop: from its release, however long it waited for a
+                // free client.
+                Some(releases) => match releases.next().await {
+                    Some(released) => released,
+                    None => return,
+                },
+                None => Instant::now(),
+            };
+            let op = self.workload.next_op(&mut rng);
+            let outcome =
+                operate(&self.driver, &self.workload, op, &mut chooser, &self.inserts, &mut rng, self.shape).await;
+            Tally::record(&self.tally, op, start, outcome);
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `clients` (each its key chooser and seed) on the calling
+    /// thread's event loop, paced by `open_loop` from `began` if given, and
+    /// returns when all have ended.
+    async fn run(self, clients: ClientList, open_loop: Option<OpenLoop>, began: Instant) -> std::io::Result<()> {
+        let (pacer, releases) =
+            open_loop.map(|schedule| Pacer::start(schedule, began, self.deadline)).transpose()?.unzip();
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .map(|(chooser, seed)| tokio::spawn(self.clone().client(releases.clone(), chooser, seed)))
+            .collect();
+        drop(releases);
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(pacer) = pacer {
+            pacer.join().await;
+        }
+        Ok(())
+    }
+}
+
+/// The clients a thread runs: each one's key chooser and seed.
+type ClientList = Vec<(KeyChooser, u64)>;
+
+/// A phase handed to a [`GeneratorThread`]: what its clients share, which
+/// clients are its own, its share of the open loop's rate, and when the
+/// phase began.
+struct Go<D> {
+    share: Clients<D>,
+    clients: ClientList,
+    open_loop: Option<OpenLoop>,
+    began: Instant,
+}
+
+/// A thread of the load generator beyond the first (`--generator-threads`):
+/// its own single-threaded event loop and its own connections (a
+/// [`Driver::fork`]), made before the phase's clock starts.
+struct GeneratorThread<D> {
+    /// The phase to run, with the instant it began.
+    go: std::sync::mpsc::Sender<Go<D>>,
+    /// Its clients' end.
+    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+}
+
+impl<D: Driver> GeneratorThread<D> {
+    /// Starts a thread with a fork of `driver`; returns once it is
+    /// connected.
+    async fn start(driver: &D, index: usize) -> std::io::Result<Self> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let (go, go_rx) = std::sync::mpsc::channel::<Go<D>>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let driver = driver.clone();
+        std::thread::Builder::new().name(format!("keel-bench-{index}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let forked = match runtime.block_on(driver.fork()) {
+                Ok(forked) => forked,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            // Gone when the phase was given up before its start.
+            let Ok(Go { share, clients, open_loop, began }) = go_rx.recv() else { return };
+            let share = Clients { driver: forked, ..share };
+            let _ = done_tx.send(runtime.block_on(share.run(clients, open_loop, began)));
+        })?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(Self { go, done }),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("generator thread {index}: {e:#}"))),
+            Err(_) => Err(std::io::Error::other(format!("generator thread {index} ended before it was ready"))),
+        }
+    }
+}
+
 /// Run phase of `workload` over the records `inserts` says exist.
 ///
 /// # Errors
-/// When the open loop's pacer cannot make its timer.
+/// When the open loop's pacer cannot make its timer, or a generator
+/// thread cannot be started or connected.
 pub async fn run<D: Driver>(
     driver: &D,
     workload: &Workload,
@@ -493,6 +628,7 @@ pub async fn run<D: Driver>(
     inserts: Arc<InsertSequence>,
 ) -> std::io::Result<PhaseResult> {
     let clients = config.clients.max(1);
+    let threads = config.threads.clamp(1, clients);
     let label = format!("{} {}", driver.name(), workload.name);
     let budget = Arc::new(AtomicU64::new(config.operations.unwrap_or(u64::MAX)));
     let expected_inserts = config.operations.map_or(1_000_000, |n| {
@@ -504,57 +640,53 @@ pub async fn run<D: Driver>(
     // constants over every record (milliseconds), and 64 clients doing it
     // at the start of the phase showed up as an 80 ms stall of the server.
     let chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
+    // The other threads connect before the clock starts too.
+    let mut others = Vec::new();
+    for index in 1..threads {
+        others.push(GeneratorThread::start(driver, index).await?);
+    }
     let progress = Progress::start(label, config.operations, config.duration);
     let started = SystemTime::now();
     let began = Instant::now();
     let tally = Tally::shared(began);
     let steal = StealSampler::start(&tally);
-    let deadline = config.duration.map(|d| began + d);
-    let (pacer, releases) =
-        config.open_loop.map(|schedule| Pacer::start(schedule, began, deadline)).transpose()?.unzip();
-    let mut tasks = Vec::new();
+    let share = Clients {
+        driver: driver.clone(),
+        workload: workload.clone(),
+        inserts,
+        budget,
+        tally: Arc::clone(&tally),
+        done: Arc::clone(&progress.done),
+        shape: config.shape,
+        deadline: config.duration.map(|d| began + d),
+    };
+    // Client c runs on thread c mod threads; each thread paces its share
+    // of the rate.
+    let mut per_thread: Vec<ClientList> = vec![Vec::new(); threads];
     for client in 0..clients {
-        let (driver, workload, inserts, budget) =
-            (driver.clone(), workload.clone(), Arc::clone(&inserts), Arc::clone(&budget));
-        let releases = releases.clone();
-        let tally = Arc::clone(&tally);
-        let done = Arc::clone(&progress.done);
-        let shape = config.shape;
         let seed = config.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut chooser = chooser.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return;
-                }
-                if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
-                    return;
-                }
-                let start = match &releases {
-                    // Open loop: from its release, however long it waited
-                    // for a free client.
-                    Some(releases) => match releases.next().await {
-                        Some(released) => released,
-                        None => return,
-                    },
-                    None => Instant::now(),
-                };
-                let op = workload.next_op(&mut rng);
-                let outcome = operate(&driver, &workload, op, &mut chooser, &inserts, &mut rng, shape).await;
-                Tally::record(&tally, op, start, outcome);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        if let Some(list) = per_thread.get_mut(client % threads) {
+            list.push((chooser.clone(), seed));
+        }
     }
-    drop(releases);
-    for task in tasks {
-        let _ = task.await;
+    #[allow(clippy::cast_precision_loss)]
+    let open_loop = config.open_loop.map(|schedule| OpenLoop { rate: schedule.rate / threads as f64, ..schedule });
+    let mut per_thread = per_thread.into_iter();
+    let mine = per_thread.next().unwrap_or_default();
+    let mut waiting = Vec::new();
+    for (thread, clients) in others.into_iter().zip(per_thread) {
+        // A thread that ended early has dropped its receiver: its error
+        // comes back through `done`.
+        let _ = thread.go.send(Go { share: share.clone(), clients, open_loop, began });
+        waiting.push(thread.done);
     }
-    if let Some(pacer) = pacer {
-        pacer.join().await;
+    let mut outcome = share.run(mine, open_loop, began).await;
+    for done in waiting {
+        let ended = done.await.unwrap_or_else(|_| Err(std::io::Error::other("a generator thread ended early")));
+        outcome = outcome.and(ended);
     }
     progress.finish();
     steal.finish();
+    outcome?;
     Ok(summarize(driver.name(), &workload.name, workload.distribution.name(), config, &tally, started))
 }

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs a short `compare` of Keel alone in a fresh directory, with
-/// `rust_log` as RUST_LOG (or none); returns its stderr and output directory.
-fn compare(rust_log: Option<&str>) -> (String, PathBuf, tempfile::TempDir) {
+/// `rust_log` as RUST_LOG (or none) and the load generator on `threads`
+/// threads; returns its stderr and output directory.
+fn compare(rust_log: Option<&str>, threads: u16) -> (String, PathBuf, tempfile::TempDir) {
     let bench = env!("CARGO_BIN_EXE_keel-bench");
     let node = Path::new(bench).with_file_name("keel-node");
     assert!(node.exists(), "{} is missing: run the tests with `cargo test --workspace`", node.display());
@@ -28,6 +29,7 @@ fn compare(rust_log: Option<&str>) -> (String, PathBuf, tempfile::TempDir) {
         .arg(tmp.path().join("run"))
         .arg("--out")
         .arg(&out_dir)
+        .args(["--generator-threads", &threads.to_string()])
         .env_remove("RUST_LOG");
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
@@ -41,8 +43,8 @@ fn compare(rust_log: Option<&str>) -> (String, PathBuf, tempfile::TempDir) {
 }
 
 #[test]
-fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slow() {
-    let (stderr, out_dir, _tmp) = compare(None);
+fn compare_runs_keel_end_to_end_from_a_generator_of_two_threads_and_every_phase_says_what_the_node_logged_as_slow() {
+    let (stderr, out_dir, _tmp) = compare(None, 2);
     // Without RUST_LOG only the node's warnings reach the terminal: not the
     // info lines it writes for compare to read, nor its plain lines (every
     // run prints one per shard), which the other test sees passed on.
@@ -51,6 +53,7 @@ fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slo
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
+    assert_eq!(json["generator_threads"], 2);
     let phases = json["phases"].as_array().expect("phases");
     let workloads: Vec<&str> = phases.iter().filter_map(|p| p["workload"].as_str()).collect();
     assert_eq!(workloads, ["load", "a"]);
@@ -75,7 +78,10 @@ fn compare_runs_keel_end_to_end_and_every_phase_says_what_the_node_logged_as_slo
 
 #[test]
 fn with_rust_log_set_compare_passes_the_nodes_whole_log_on_as_readable_lines() {
-    let (stderr, _, _tmp) = compare(Some("info"));
+    let (stderr, out_dir, _tmp) = compare(Some("info"), 1);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
+    assert_eq!(json["generator_threads"], 1);
     // keel-node's JSON entries, each as one line: level, target, message,
     // fields; from its first line (logged before it listens) to its last.
     assert!(stderr.contains("keel-node: INFO keel_node::server: keel-node serving entry=127.0.0.1:"), "{stderr}");

@@ -4,9 +4,12 @@
 
 #![allow(clippy::indexing_slicing)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use keel_bench::driver::MemoryDriver;
+use keel_bench::driver::{Driver, Fields, MemoryDriver, OpError};
 use keel_bench::pacer::OpenLoop;
 use keel_bench::report::{self, Report};
 use keel_bench::runner::{self, RecordShape, RunConfig};
@@ -27,6 +30,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
         open_loop: None,
         shape: RecordShape { fields: 3, field_bytes: 8 },
         seed: 9,
+        threads: 1,
     };
     let mut phases = Vec::new();
     for name in ["memory", "other"] {
@@ -92,6 +96,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     // only when `compare --server-cpus` placed them.
     assert!(json["server_cpus"].is_null());
     assert!(json["generator_cpus"].as_array().is_some_and(|c| !c.is_empty()));
+    assert_eq!(json["generator_threads"], 1);
 
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
     assert!(summary.contains("| workload | keel ops/s | memory ops/s |"), "{summary}");
@@ -128,6 +133,7 @@ fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
         open_loop: Some(OpenLoop::at(2000.0)),
         shape: RecordShape { fields: 2, field_bytes: 4 },
         seed: 3,
+        threads: 1,
     };
     let workload = Workload::core("c").expect("workload");
     let phase =
@@ -138,13 +144,94 @@ fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
     assert!(phase.seconds >= 0.19, "{}", phase.seconds);
 }
 
+/// The in-memory driver, noting the threads its operations ran on and the
+/// forks made of it.
+#[derive(Debug, Clone, Default)]
+struct ThreadsSeen {
+    inner: MemoryDriver,
+    threads: Arc<Mutex<HashSet<std::thread::ThreadId>>>,
+    forks: Arc<AtomicUsize>,
+}
+
+impl ThreadsSeen {
+    fn seen(&self) {
+        self.threads.lock().expect("lock").insert(std::thread::current().id());
+    }
+}
+
+impl Driver for ThreadsSeen {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    async fn insert(&self, key: &str, fields: &Fields) -> Result<(), OpError> {
+        self.seen();
+        self.inner.insert(key, fields).await
+    }
+    async fn read(&self, key: &str) -> Result<usize, OpError> {
+        self.seen();
+        self.inner.read(key).await
+    }
+    async fn update(&self, key: &str, field: &str, value: &str) -> Result<(), OpError> {
+        self.seen();
+        self.inner.update(key, field, value).await
+    }
+    async fn scan(&self, start: &str, count: usize) -> Result<usize, OpError> {
+        self.seen();
+        self.inner.scan(start, count).await
+    }
+    async fn fork(&self) -> anyhow::Result<Self> {
+        self.forks.fetch_add(1, Ordering::Relaxed);
+        Ok(self.clone())
+    }
+}
+
+#[test]
+fn on_several_generator_threads_every_operation_is_counted_once_in_both_loops() {
+    let runtime = rt();
+    let driver = ThreadsSeen::default();
+    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let loaded = runtime.block_on(runner::load(&driver, 300, 16, shape, 1));
+    assert_eq!(loaded.ops, 300);
+    assert_eq!(driver.threads.lock().expect("lock").len(), 1, "the load phase runs on the caller's thread");
+    let inserts = Arc::new(InsertSequence::new(300));
+    for (phases, (letter, open_loop)) in (1..).zip([("a", None), ("d", None), ("c", Some(OpenLoop::at(4000.0)))]) {
+        let config =
+            RunConfig { clients: 32, duration: None, operations: Some(3000), open_loop, shape, seed: 5, threads: 4 };
+        let workload = Workload::core(letter).expect("workload");
+        driver.threads.lock().expect("lock").clear();
+        let phase = runtime.block_on(runner::run(&driver, &workload, &config, Arc::clone(&inserts))).expect("run");
+        assert!(phase.errors.is_empty(), "workload {letter}: {:?}", phase.errors);
+        assert_eq!(phase.ops, 3000, "workload {letter}");
+        assert_eq!(phase.per_op.values().map(|l| l.count).sum::<u64>(), 3000, "workload {letter}");
+        // Threads record out of order by a moment: still every operation
+        // in exactly one second.
+        assert_eq!(phase.timeline.iter().map(|s| s.ops).sum::<u64>(), 3000, "workload {letter}");
+        // Three more threads each phase, each with a driver of its own.
+        assert_eq!(driver.forks.load(Ordering::Relaxed), 3 * phases, "workload {letter}");
+        let threads = driver.threads.lock().expect("lock").len();
+        if open_loop.is_some() {
+            // Each thread paces a quarter of the rate, so each ran
+            // operations all along (in closed loop the in-memory driver,
+            // which never waits, lets the first thread's clients take the
+            // whole budget before the others start).
+            assert_eq!(threads, 4, "workload {letter}");
+        } else {
+            assert!((1..=4).contains(&threads), "workload {letter}: {threads}");
+        }
+    }
+    // D's inserts were acknowledged from every thread: the next key
+    // follows them all.
+    assert!(inserts.acknowledged() > 300, "{}", inserts.acknowledged());
+}
+
 #[test]
 fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let runtime = rt();
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
     let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
-    let config = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
+    let config =
+        RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
     let workload = Workload::core("a").expect("workload");
     let mut phase =
         runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
@@ -176,7 +263,8 @@ fn the_summary_lists_the_slow_steps_the_server_logged_in_each_phase() {
     let runtime = rt();
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let config = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
+    let config =
+        RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
     let workload = Workload::core("a").expect("workload");
     let phase =
         runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
@@ -233,6 +321,8 @@ fn the_machine_line_says_where_placed_servers_and_the_generator_ran() {
     let line = report.machine_line();
     assert!(line.starts_with(&report.machine.line()), "{line}");
     assert!(line.ends_with("; servers on CPUs 1, load generator on CPUs 0,2,3"), "{line}");
+    report.generator_threads = 2;
+    assert!(report.machine_line().ends_with("load generator on CPUs 0,2,3; load generator on 2 threads"));
     let json = serde_json::to_value(&report).expect("JSON");
     assert_eq!(json["server_cpus"], serde_json::json!([1]));
     assert_eq!(json["generator_cpus"], serde_json::json!([0, 2, 3]));
@@ -250,7 +340,15 @@ fn tail_phases_run_at_a_fraction_of_each_targets_own_peak_and_get_their_own_tabl
         loaded.target = target.to_owned();
         loaded.ops_per_s = 1e9; // the load phase is no workload's peak
         phases.push(loaded);
-        let closed = RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5 };
+        let closed = RunConfig {
+            clients: 2,
+            duration: None,
+            operations: Some(200),
+            open_loop: None,
+            shape,
+            seed: 5,
+            threads: 1,
+        };
         let inserts = Arc::new(InsertSequence::new(100));
         // Three closed rounds, at (made-up) 100, 300 and 200 ops/s: the peak
         // is their median.
