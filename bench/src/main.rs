@@ -127,8 +127,9 @@ struct CompareArgs {
     /// reports it.
     #[arg(long, conflicts_with = "rate", value_parser = parse_fraction)]
     tail_at: Option<f64>,
-    /// keel-node shards. Default: every CPU but one, which the load
-    /// generator needs (Redis, single-threaded, uses one core either way).
+    /// keel-node shards. Default: every CPU but one per thread of the load
+    /// generator, which needs them (Redis, single-threaded, uses one core
+    /// either way).
     #[arg(long)]
     shards: Option<usize>,
     /// Where the servers keep their data (a real disk, not tmpfs).
