@@ -87,13 +87,12 @@ struct WorkloadArgs {
     /// Connections per target (per generator thread).
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Threads of the load generator in run phases (the load phase uses
-    /// one), each with its own event loop and `--connections` connections
-    /// per target, the clients dealt out among them. One (the default)
-    /// keeps it off the servers' cores on a small machine; on a larger one
-    /// a single thread caps what it can offer (about 170,000 reads a second
-    /// on the 2-core VM), so give it more, and `compare` gives keel-node as
-    /// many fewer shards.
+    /// Threads of the load generator, each with its own event loop and
+    /// `--connections` connections per target, every phase's clients dealt
+    /// out among them. One (the default) keeps it off the servers' cores on
+    /// a small machine; on a larger one a single thread caps what it can
+    /// offer (about 170,000 reads a second on the 2-core VM), so give it
+    /// more, and `compare` gives keel-node as many fewer shards.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     generator_threads: u16,
     /// Fields per record.
@@ -238,10 +237,17 @@ impl AnyDriver {
         })
     }
 
-    async fn load(&self, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
+    async fn load(
+        &self,
+        records: u64,
+        clients: usize,
+        shape: RecordShape,
+        seed: u64,
+        threads: usize,
+    ) -> std::io::Result<PhaseResult> {
         match self {
-            Self::Keel(d) => runner::load(d, records, clients, shape, seed).await,
-            Self::Redis(d) => runner::load(d, records, clients, shape, seed).await,
+            Self::Keel(d) => runner::load(d, records, clients, shape, seed, threads).await,
+            Self::Redis(d) => runner::load(d, records, clients, shape, seed, threads).await,
         }
     }
 
@@ -364,7 +370,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     let mut inserts = Vec::new();
     for (driver, server) in drivers.iter().zip(&running) {
-        let mut loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+        let w = &args.workload;
+        let mut loaded = driver.load(w.records, w.clients, shape, w.seed, w.generator_threads.into()).await?;
         loaded.server_events = server.events_during(&loaded);
         print_phase(&loaded);
         phases.push(loaded);
@@ -436,7 +443,8 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     if !args.no_load {
         let shape = args.workload.config().shape;
-        let loaded = driver.load(args.workload.records, args.workload.clients, shape, args.workload.seed).await;
+        let w = &args.workload;
+        let loaded = driver.load(w.records, w.clients, shape, w.seed, w.generator_threads.into()).await?;
         print_phase(&loaded);
         phases.push(loaded);
     }
@@ -578,7 +586,7 @@ fn main() -> anyhow::Result<()> {
         return disk_command(args);
     }
     // One thread: on a small machine the load generator must not take the
-    // cores of the servers it measures. With `--generator-threads` a run
+    // cores of the servers it measures. With `--generator-threads` each
     // phase starts the others, each with its own event loop.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {

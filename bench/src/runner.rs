@@ -8,7 +8,9 @@
 //! lateness is not charged; see [`crate::pacer`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -415,41 +417,90 @@ impl StealSampler {
     }
 }
 
-/// Load phase: inserts records `0..records` with `clients` clients.
-pub async fn load<D: Driver>(driver: &D, records: u64, clients: usize, shape: RecordShape, seed: u64) -> PhaseResult {
+/// Load phase: inserts records `0..records` with `clients` clients, on
+/// `threads` generator threads (as a run phase deals them out).
+///
+/// # Errors
+/// When a generator thread cannot be started or connected.
+pub async fn load<D: Driver>(
+    driver: &D,
+    records: u64,
+    clients: usize,
+    shape: RecordShape,
+    seed: u64,
+    threads: usize,
+) -> std::io::Result<PhaseResult> {
+    let clients = clients.max(1);
+    let threads = threads.clamp(1, clients);
     let config =
-        RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed, threads: 1 };
+        RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed, threads };
+    let others = GeneratorThread::start_all(driver, threads).await?;
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{} load", driver.name()), Some(records), None);
     let started = SystemTime::now();
     let began = Instant::now();
     let tally = Tally::shared(began);
     let steal = StealSampler::start(&tally);
-    let mut tasks = Vec::new();
-    for client in 0..clients.max(1) {
-        let (driver, next, done) = (driver.clone(), Arc::clone(&next), Arc::clone(&progress.done));
-        let tally = Arc::clone(&tally);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
-            loop {
-                let keynum = next.fetch_add(1, Ordering::Relaxed);
-                if keynum >= records {
-                    return;
-                }
-                let fields = workload::record(&mut rng, shape.fields, shape.field_bytes);
-                let start = Instant::now();
-                let outcome = driver.insert(&workload::key_name(keynum), &fields).await;
-                Tally::record(&tally, Op::Insert, start, outcome);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
+    // Client c runs on thread c mod threads.
+    let loader = Loader { next, records, tally: Arc::clone(&tally), done: Arc::clone(&progress.done), shape };
+    let seeds = |thread: usize| -> Vec<u64> {
+        (thread..clients).step_by(threads).map(|client| seed ^ (client as u64).wrapping_mul(0x9E37_79B9)).collect()
+    };
+    let jobs: Vec<Job<D>> = (1..threads)
+        .map(|thread| {
+            let (loader, seeds) = (loader.clone(), seeds(thread));
+            Box::new(move |driver| {
+                Box::pin(loader.run(driver, seeds)) as Pin<Box<dyn Future<Output = std::io::Result<()>>>>
+            }) as Job<D>
+        })
+        .collect();
+    let outcome = GeneratorThread::run_all(others, jobs, loader.run(driver.clone(), seeds(0))).await;
     progress.finish();
     steal.finish();
-    summarize(driver.name(), LOAD_PHASE, "sequential", &config, &tally, started)
+    outcome?;
+    Ok(summarize(driver.name(), LOAD_PHASE, "sequential", &config, &tally, started))
+}
+
+/// What the clients of a load phase share.
+#[derive(Debug, Clone)]
+struct Loader {
+    /// The next record to insert.
+    next: Arc<AtomicU64>,
+    records: u64,
+    tally: SharedTally,
+    done: Arc<AtomicU64>,
+    shape: RecordShape,
+}
+
+impl Loader {
+    /// One client per seed on the calling thread's event loop, inserting
+    /// the next record until all are; returns when all have ended.
+    async fn run<D: Driver>(self, driver: D, seeds: Vec<u64>) -> std::io::Result<()> {
+        let tasks: Vec<_> = seeds
+            .into_iter()
+            .map(|seed| {
+                let (loader, driver) = (self.clone(), driver.clone());
+                tokio::spawn(async move {
+                    let mut rng = SmallRng::seed_from_u64(seed);
+                    loop {
+                        let keynum = loader.next.fetch_add(1, Ordering::Relaxed);
+                        if keynum >= loader.records {
+                            return;
+                        }
+                        let fields = workload::record(&mut rng, loader.shape.fields, loader.shape.field_bytes);
+                        let start = Instant::now();
+                        let outcome = driver.insert(&workload::key_name(keynum), &fields).await;
+                        Tally::record(&loader.tally, Op::Insert, start, outcome);
+                        loader.done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    }
 }
 
 /// One operation of a workload; the error, if any.
@@ -559,32 +610,34 @@ impl<D: Driver> Clients<D> {
 /// The clients a thread runs: each one's key chooser and seed.
 type ClientList = Vec<(KeyChooser, u64)>;
 
-/// A phase handed to a [`GeneratorThread`]: what its clients share, which
-/// clients are its own, its share of the open loop's rate, and when the
-/// phase began.
-struct Go<D> {
-    share: Clients<D>,
-    clients: ClientList,
-    open_loop: Option<OpenLoop>,
-    began: Instant,
-}
+/// What a [`GeneratorThread`] runs once the phase's clock has started:
+/// given the thread's own driver, its clients on its event loop.
+type Job<D> = Box<dyn FnOnce(D) -> Pin<Box<dyn Future<Output = std::io::Result<()>>>> + Send>;
 
 /// A thread of the load generator beyond the first (`--generator-threads`):
 /// its own single-threaded event loop and its own connections (a
 /// [`Driver::fork`]), made before the phase's clock starts.
 struct GeneratorThread<D> {
-    /// The phase to run, with the instant it began.
-    go: std::sync::mpsc::Sender<Go<D>>,
+    /// Its share of the phase.
+    go: std::sync::mpsc::Sender<Job<D>>,
     /// Its clients' end.
     done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
 }
 
 impl<D: Driver> GeneratorThread<D> {
-    /// Starts a thread with a fork of `driver`; returns once it is
-    /// connected.
+    /// Starts `threads - 1` threads, each with a fork of `driver`; returns
+    /// once all are connected.
+    async fn start_all(driver: &D, threads: usize) -> std::io::Result<Vec<Self>> {
+        let mut started = Vec::new();
+        for index in 1..threads {
+            started.push(Self::start(driver, index).await?);
+        }
+        Ok(started)
+    }
+
     async fn start(driver: &D, index: usize) -> std::io::Result<Self> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-        let (go, go_rx) = std::sync::mpsc::channel::<Go<D>>();
+        let (go, go_rx) = std::sync::mpsc::channel::<Job<D>>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let driver = driver.clone();
         std::thread::Builder::new().name(format!("keel-bench-{index}")).spawn(move || {
@@ -604,15 +657,37 @@ impl<D: Driver> GeneratorThread<D> {
             };
             let _ = ready_tx.send(Ok(()));
             // Gone when the phase was given up before its start.
-            let Ok(Go { share, clients, open_loop, began }) = go_rx.recv() else { return };
-            let share = Clients { driver: forked, ..share };
-            let _ = done_tx.send(runtime.block_on(share.run(clients, open_loop, began)));
+            let Ok(job) = go_rx.recv() else { return };
+            let _ = done_tx.send(runtime.block_on(job(forked)));
         })?;
         match ready_rx.await {
             Ok(Ok(())) => Ok(Self { go, done }),
             Ok(Err(e)) => Err(std::io::Error::other(format!("generator thread {index}: {e:#}"))),
             Err(_) => Err(std::io::Error::other(format!("generator thread {index} ended before it was ready"))),
         }
+    }
+
+    /// Hands each thread its job, runs `mine` on the calling thread, and
+    /// returns once every thread's clients have ended: the first error, if
+    /// any.
+    async fn run_all(
+        threads: Vec<Self>,
+        jobs: impl IntoIterator<Item = Job<D>>,
+        mine: impl Future<Output = std::io::Result<()>>,
+    ) -> std::io::Result<()> {
+        let mut waiting = Vec::new();
+        for (thread, job) in threads.into_iter().zip(jobs) {
+            // A thread that ended early has dropped its receiver: its error
+            // comes back through `done`.
+            let _ = thread.go.send(job);
+            waiting.push(thread.done);
+        }
+        let mut outcome = mine.await;
+        for done in waiting {
+            let ended = done.await.unwrap_or_else(|_| Err(std::io::Error::other("a generator thread ended early")));
+            outcome = outcome.and(ended);
+        }
+        outcome
     }
 }
 
@@ -641,10 +716,7 @@ pub async fn run<D: Driver>(
     // at the start of the phase showed up as an 80 ms stall of the server.
     let chooser = KeyChooser::new(workload.distribution, inserts.acknowledged(), expected_inserts);
     // The other threads connect before the clock starts too.
-    let mut others = Vec::new();
-    for index in 1..threads {
-        others.push(GeneratorThread::start(driver, index).await?);
-    }
+    let others = GeneratorThread::start_all(driver, threads).await?;
     let progress = Progress::start(label, config.operations, config.duration);
     let started = SystemTime::now();
     let began = Instant::now();
@@ -673,18 +745,16 @@ pub async fn run<D: Driver>(
     let open_loop = config.open_loop.map(|schedule| OpenLoop { rate: schedule.rate / threads as f64, ..schedule });
     let mut per_thread = per_thread.into_iter();
     let mine = per_thread.next().unwrap_or_default();
-    let mut waiting = Vec::new();
-    for (thread, clients) in others.into_iter().zip(per_thread) {
-        // A thread that ended early has dropped its receiver: its error
-        // comes back through `done`.
-        let _ = thread.go.send(Go { share: share.clone(), clients, open_loop, began });
-        waiting.push(thread.done);
-    }
-    let mut outcome = share.run(mine, open_loop, began).await;
-    for done in waiting {
-        let ended = done.await.unwrap_or_else(|_| Err(std::io::Error::other("a generator thread ended early")));
-        outcome = outcome.and(ended);
-    }
+    let jobs: Vec<Job<D>> = per_thread
+        .map(|clients| {
+            let share = share.clone();
+            Box::new(move |driver| {
+                Box::pin(Clients { driver, ..share }.run(clients, open_loop, began))
+                    as Pin<Box<dyn Future<Output = std::io::Result<()>>>>
+            }) as Job<D>
+        })
+        .collect();
+    let outcome = GeneratorThread::run_all(others, jobs, share.run(mine, open_loop, began)).await;
     progress.finish();
     steal.finish();
     outcome?;

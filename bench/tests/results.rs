@@ -35,7 +35,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     let mut phases = Vec::new();
     for name in ["memory", "other"] {
         let driver = MemoryDriver::default();
-        let loaded = runtime.block_on(runner::load(&driver, records, 4, config.shape, 1));
+        let loaded = runtime.block_on(runner::load(&driver, records, 4, config.shape, 1, 1)).expect("load");
         assert_eq!(loaded.ops, records);
         assert!(loaded.errors.is_empty());
         let inserts = Arc::new(InsertSequence::new(records));
@@ -125,7 +125,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
 fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    runtime.block_on(runner::load(&driver, 100, 2, RecordShape { fields: 2, field_bytes: 4 }, 1));
+    runtime.block_on(runner::load(&driver, 100, 2, RecordShape { fields: 2, field_bytes: 4 }, 1, 1)).expect("load");
     let config = RunConfig {
         clients: 4,
         duration: None,
@@ -186,13 +186,17 @@ impl Driver for ThreadsSeen {
 }
 
 #[test]
-fn on_several_generator_threads_every_operation_is_counted_once_in_both_loops() {
+fn on_several_generator_threads_every_operation_is_counted_once_in_the_load_and_both_loops() {
     let runtime = rt();
     let driver = ThreadsSeen::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 300, 16, shape, 1));
+    let loaded = runtime.block_on(runner::load(&driver, 300, 16, shape, 1, 4)).expect("load");
     assert_eq!(loaded.ops, 300);
-    assert_eq!(driver.threads.lock().expect("lock").len(), 1, "the load phase runs on the caller's thread");
+    assert_eq!(driver.forks.load(Ordering::Relaxed), 3, "a driver of its own for each other thread");
+    for keynum in 0..300 {
+        let key = keel_bench::workload::key_name(keynum);
+        assert_eq!(runtime.block_on(driver.inner.read(&key)), Ok(2), "{key} loaded once, whole");
+    }
     let inserts = Arc::new(InsertSequence::new(300));
     for (phases, (letter, open_loop)) in (1..).zip([("a", None), ("d", None), ("c", Some(OpenLoop::at(4000.0)))]) {
         let config =
@@ -207,7 +211,7 @@ fn on_several_generator_threads_every_operation_is_counted_once_in_both_loops() 
         // in exactly one second.
         assert_eq!(phase.timeline.iter().map(|s| s.ops).sum::<u64>(), 3000, "workload {letter}");
         // Three more threads each phase, each with a driver of its own.
-        assert_eq!(driver.forks.load(Ordering::Relaxed), 3 * phases, "workload {letter}");
+        assert_eq!(driver.forks.load(Ordering::Relaxed), 3 + 3 * phases, "workload {letter}");
         let threads = driver.threads.lock().expect("lock").len();
         if open_loop.is_some() {
             // Each thread paces a quarter of the rate, so each ran
@@ -229,7 +233,7 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let runtime = rt();
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
+    let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1, 1)).expect("load");
     let config =
         RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
     let workload = Workload::core("a").expect("workload");
@@ -336,7 +340,7 @@ fn tail_phases_run_at_a_fraction_of_each_targets_own_peak_and_get_their_own_tabl
     let mut phases = Vec::new();
     for target in ["keel", "memory"] {
         let driver = MemoryDriver::default();
-        let mut loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1));
+        let mut loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1, 1)).expect("load");
         loaded.target = target.to_owned();
         loaded.ops_per_s = 1e9; // the load phase is no workload's peak
         phases.push(loaded);
