@@ -165,8 +165,15 @@ async fn every_operation(c: &Client) -> keel_wire::protocol::TableInfo {
     assert_eq!(names, ["music"]);
     let mut item = key("Arvo", "Fratres");
     item.insert("year".into(), AttributeValue::N("1977".into()));
+    // Right after CreateTable, whichever node the router picks (MemDS may
+    // not know the table yet, nor that node's catalog): the router asks
+    // again until one has it.
     c.put_item("music", item.clone()).send().await.expect("put");
     assert_eq!(get(c, key("Arvo", "Fratres")).await.expect("get"), Some(item.clone()));
+    // A table that does not exist is still reported as such (after the
+    // router's wait for a just-created one).
+    let missing = c.put_item("no-such-table", item.clone()).send().await;
+    assert_eq!(missing.err().and_then(|e| e.code()), Some(ErrorCode::ResourceNotFoundException));
     let updated = c
         .update_item("music", key("Arvo", "Fratres"), "SET plays = :one")
         .value(":one", AttributeValue::N("1".into()))

@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_wire::expr::{self, Placeholders};
 use keel_wire::item::{self, AttributeValue, Item};
@@ -68,6 +68,12 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(20);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// How long a MemDS lookup batch may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a keyed request for a table MemDS does not know keeps being
+/// asked again while the nodes answer that the table does not exist: one
+/// just created is in the catalog of the nodes that applied its entry, not
+/// yet in the others', and reaches MemDS with the control plane's next poll
+/// (every 250 ms). A table that does not exist is reported after it.
+pub const UNKNOWN_TABLE_WAIT: Duration = Duration::from_secs(1);
 /// How often the router asks its MemDS servers (and control plane) for
 /// their status (which also lists the storage nodes).
 pub const STATUS_POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -438,7 +444,7 @@ impl Router {
                 Some(partition) => self.forward(body, client_id, Some(partition), leader, idempotent, timeout).await,
                 // Unknown to MemDS (just created?) or an invalid key: a
                 // node's entry port knows or says why.
-                None => self.forward(body, client_id, None, false, idempotent, timeout).await,
+                None => self.forward_unlocated(body, client_id, (&table, &key), leader, idempotent, timeout).await,
             },
         };
         match answer {
@@ -631,6 +637,39 @@ impl Router {
 
     /// Sends a request on and brings back the answer under the client's id
     /// (module docs: hints, retries, unknown outcomes).
+    /// A keyed request whose partition MemDS could not name: sent to any
+    /// node's entry port, and while the answer is that the table does not
+    /// exist, sent again (to the partition's replicas once MemDS knows the
+    /// table) for up to [`UNKNOWN_TABLE_WAIT`]. A just-created table is not
+    /// yet in the catalog of every node; a node that answers so has not run
+    /// the request, so sending it again is safe whatever it is.
+    async fn forward_unlocated(
+        &self,
+        body: Vec<u8>,
+        client_id: u64,
+        (table, key): (&str, &KeySource),
+        leader: bool,
+        idempotent: bool,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Response<'static>> {
+        let deadline = Instant::now() + UNKNOWN_TABLE_WAIT.min(timeout);
+        let mut wait = BACKOFF_BASE;
+        loop {
+            let answer = self.forward(body.clone(), client_id, None, false, idempotent, timeout).await?;
+            let missing =
+                matches!(protocol::response_error(&answer), Ok(Some((ErrorCode::ResourceNotFoundException, _))));
+            if !missing || Instant::now() + wait > deadline {
+                return Ok(answer);
+            }
+            bump(&self.counters.retries);
+            tokio::time::sleep(wait).await;
+            wait = wait.saturating_mul(2).min(BACKOFF_MAX);
+            if let Some(partition) = self.locate(table, key).await {
+                return self.forward(body, client_id, Some(partition), leader, idempotent, timeout).await;
+            }
+        }
+    }
+
     async fn forward(
         &self,
         mut body: Vec<u8>,
