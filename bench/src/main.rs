@@ -237,17 +237,10 @@ impl AnyDriver {
         })
     }
 
-    async fn load(
-        &self,
-        records: u64,
-        clients: usize,
-        shape: RecordShape,
-        seed: u64,
-        threads: usize,
-    ) -> std::io::Result<PhaseResult> {
+    async fn load(&self, records: u64, config: &RunConfig) -> std::io::Result<PhaseResult> {
         match self {
-            Self::Keel(d) => runner::load(d, records, clients, shape, seed, threads).await,
-            Self::Redis(d) => runner::load(d, records, clients, shape, seed, threads).await,
+            Self::Keel(d) => runner::load(d, records, config).await,
+            Self::Redis(d) => runner::load(d, records, config).await,
         }
     }
 
@@ -366,18 +359,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         drivers.push(AnyDriver::connect(*target, &server.endpoint, args.workload.connections).await?);
         running.push(server);
     }
-    let shape = args.workload.config().shape;
+    let config = args.workload.config();
     let mut phases = Vec::new();
     let mut inserts = Vec::new();
     for (driver, server) in drivers.iter().zip(&running) {
-        let w = &args.workload;
-        let mut loaded = driver.load(w.records, w.clients, shape, w.seed, w.generator_threads.into()).await?;
+        let mut loaded = driver.load(args.workload.records, &config).await?;
         loaded.server_events = server.events_during(&loaded);
         print_phase(&loaded);
         phases.push(loaded);
         inserts.push(Arc::new(InsertSequence::new(args.workload.records)));
     }
-    let config = args.workload.config();
     // The closed-loop rounds (each target's peak), then, with `--tail-at`,
     // the same rounds in open loop at that fraction of each peak.
     for of_peak in std::iter::once(None).chain(args.tail_at.map(Some)) {
@@ -442,9 +433,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let driver = AnyDriver::connect(args.target, &args.endpoint, args.workload.connections).await?;
     let mut phases = Vec::new();
     if !args.no_load {
-        let shape = args.workload.config().shape;
-        let w = &args.workload;
-        let loaded = driver.load(w.records, w.clients, shape, w.seed, w.generator_threads.into()).await?;
+        let loaded = driver.load(args.workload.records, &args.workload.config()).await?;
         print_phase(&loaded);
         phases.push(loaded);
     }

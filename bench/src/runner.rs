@@ -417,21 +417,16 @@ impl StealSampler {
     }
 }
 
-/// Load phase: inserts records `0..records` with `clients` clients, on
-/// `threads` generator threads (as a run phase deals them out).
+/// Load phase: inserts records `0..records` with `run`'s clients, record
+/// shape, seed and generator threads (dealt out as a run phase deals them);
+/// its duration, operations and open loop do not apply.
 ///
 /// # Errors
 /// When a generator thread cannot be started or connected.
-pub async fn load<D: Driver>(
-    driver: &D,
-    records: u64,
-    clients: usize,
-    shape: RecordShape,
-    seed: u64,
-    threads: usize,
-) -> std::io::Result<PhaseResult> {
-    let clients = clients.max(1);
-    let threads = threads.clamp(1, clients);
+pub async fn load<D: Driver>(driver: &D, records: u64, run: &RunConfig) -> std::io::Result<PhaseResult> {
+    let clients = run.clients.max(1);
+    let threads = run.threads.clamp(1, clients);
+    let (shape, seed) = (run.shape, run.seed);
     let config =
         RunConfig { clients, duration: None, operations: Some(records), open_loop: None, shape, seed, threads };
     let others = GeneratorThread::start_all(driver, threads).await?;

@@ -19,6 +19,11 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
+/// A load phase's settings: `clients` clients on `threads` threads, seed 1.
+fn loading(clients: usize, shape: RecordShape, threads: usize) -> RunConfig {
+    RunConfig { clients, duration: None, operations: None, open_loop: None, shape, seed: 1, threads }
+}
+
 #[test]
 fn phases_count_every_operation_and_the_files_have_their_shape() {
     let runtime = rt();
@@ -35,7 +40,7 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
     let mut phases = Vec::new();
     for name in ["memory", "other"] {
         let driver = MemoryDriver::default();
-        let loaded = runtime.block_on(runner::load(&driver, records, 4, config.shape, 1, 1)).expect("load");
+        let loaded = runtime.block_on(runner::load(&driver, records, &loading(4, config.shape, 1))).expect("load");
         assert_eq!(loaded.ops, records);
         assert!(loaded.errors.is_empty());
         let inserts = Arc::new(InsertSequence::new(records));
@@ -125,7 +130,9 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
 fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    runtime.block_on(runner::load(&driver, 100, 2, RecordShape { fields: 2, field_bytes: 4 }, 1, 1)).expect("load");
+    runtime
+        .block_on(runner::load(&driver, 100, &loading(2, RecordShape { fields: 2, field_bytes: 4 }, 1)))
+        .expect("load");
     let config = RunConfig {
         clients: 4,
         duration: None,
@@ -190,7 +197,7 @@ fn on_several_generator_threads_every_operation_is_counted_once_in_the_load_and_
     let runtime = rt();
     let driver = ThreadsSeen::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 300, 16, shape, 1, 4)).expect("load");
+    let loaded = runtime.block_on(runner::load(&driver, 300, &loading(16, shape, 4))).expect("load");
     assert_eq!(loaded.ops, 300);
     assert_eq!(driver.forks.load(Ordering::Relaxed), 3, "a driver of its own for each other thread");
     for keynum in 0..300 {
@@ -233,7 +240,7 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let runtime = rt();
     let driver = MemoryDriver::default();
     let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1, 1)).expect("load");
+    let loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, shape, 1))).expect("load");
     let config =
         RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
     let workload = Workload::core("a").expect("workload");
@@ -340,7 +347,7 @@ fn tail_phases_run_at_a_fraction_of_each_targets_own_peak_and_get_their_own_tabl
     let mut phases = Vec::new();
     for target in ["keel", "memory"] {
         let driver = MemoryDriver::default();
-        let mut loaded = runtime.block_on(runner::load(&driver, 100, 2, shape, 1, 1)).expect("load");
+        let mut loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, shape, 1))).expect("load");
         loaded.target = target.to_owned();
         loaded.ops_per_s = 1e9; // the load phase is no workload's peak
         phases.push(loaded);
