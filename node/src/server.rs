@@ -64,6 +64,8 @@ use cluster::{ReplShell, WriteOutcome};
 
 /// How often the stop flag (set by a signal handler) is checked.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often `run` says which shards are still starting, and at what step.
+const START_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Requests one connection may have in flight; reading pauses beyond.
@@ -448,6 +450,7 @@ pub fn run(
     let (entry_txs, mut entry_rxs): (Vec<_>, Vec<_>) =
         (1..shards).map(|_| std::sync::mpsc::channel::<SocketAddr>()).unzip();
     let drained = Arc::new(AtomicUsize::new(0));
+    let mut progress: Vec<Arc<StartProgress>> = Vec::with_capacity(shards);
     let mut entry_txs = Some(entry_txs);
     let mut handles = Vec::new();
     for index in 0..shards {
@@ -467,7 +470,9 @@ pub fn run(
             ready: ready_tx.clone(),
             entry_out: if index == 0 { entry_txs.take().unwrap_or_default() } else { Vec::new() },
             entry_in: if index == 0 { None } else { Some(entry_rxs.remove(0)) },
+            progress: Arc::new(StartProgress::new()),
         };
+        progress.push(Arc::clone(&context.progress));
         let handle = shard_executor(placement)
             .name(&format!("keel-shard-{index}"))
             .spawn(move || async move {
@@ -486,9 +491,11 @@ pub fn run(
     let mut entry = None;
     let mut addresses = vec![None; shards];
     let mut failure = None;
-    for _ in 0..shards {
-        match ready_rx.recv() {
+    let mut started = 0;
+    while started < shards {
+        match ready_rx.recv_timeout(START_REPORT_EVERY) {
             Ok(Ok((index, entry_address, own))) => {
+                started += 1;
                 entry = Some(entry_address);
                 if let Some(slot) = addresses.get_mut(index) {
                     *slot = Some(own);
@@ -498,7 +505,16 @@ pub fn run(
                 failure = Some(e);
                 break;
             }
-            Err(_) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                for (index, progress) in progress.iter().enumerate() {
+                    if addresses.get(index).is_some_and(Option::is_none) {
+                        let (step, lasted, done) = progress.get();
+                        tracing::warn!(shard = index, step, lasted = ?lasted, done, "shard still starting");
+                    }
+                }
+                tracing::warn!(threads = %thread_states(), "threads of this process (id name state wait)");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     let ready = match (failure, entry, addresses.iter().copied().collect::<Option<Vec<_>>>()) {
@@ -527,6 +543,25 @@ pub fn run(
     result
 }
 
+/// One line per thread of this process: its name, scheduler state and the
+/// kernel function it waits in (`/proc/self/task`), so that a start that
+/// never ends says whether its shards sleep in io_uring, on a lock, or in
+/// uninterruptible I/O. Empty where /proc is not readable.
+fn thread_states() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return String::new() };
+    let mut lines = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let stat = read("stat");
+        // `pid (comm) state ...`: the state follows the last ')'.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
+        lines.push(format!("{} {} {} {}", task.file_name().to_string_lossy(), read("comm").trim(), state, read("wchan")));
+    }
+    lines.sort();
+    lines.join("; ")
+}
+
 struct ShardStart {
     index: usize,
     config: NodeConfig,
@@ -538,6 +573,42 @@ struct ShardStart {
     entry_out: Vec<std::sync::mpsc::Sender<SocketAddr>>,
     /// Other shards: where shard 0 tells the entry port.
     entry_in: Option<std::sync::mpsc::Receiver<SocketAddr>>,
+    /// Where this shard's start-up has got to (read by `run`).
+    progress: Arc<StartProgress>,
+}
+
+/// The step a shard's start-up has reached, so that a start that takes long
+/// (a long replay, or a wait that never ends) says where it is instead of
+/// only going quiet: `run` logs the shards still starting every
+/// `START_REPORT_EVERY`.
+#[derive(Debug)]
+pub(crate) struct StartProgress {
+    step: std::sync::Mutex<(&'static str, Instant, u64)>,
+}
+
+impl StartProgress {
+    fn new() -> Self {
+        Self { step: std::sync::Mutex::new(("starting", Instant::now(), 0)) }
+    }
+
+    /// Enters `step`.
+    fn enter(&self, step: &'static str) {
+        if let Ok(mut guard) = self.step.lock() {
+            *guard = (step, Instant::now(), 0);
+        }
+    }
+
+    /// Counts one more unit of work (a replayed Raft batch) in this step.
+    fn advance(&self) {
+        if let Ok(mut guard) = self.step.lock() {
+            guard.2 += 1;
+        }
+    }
+
+    /// The step, how long it has lasted, and the work counted in it.
+    fn get(&self) -> (&'static str, Duration, u64) {
+        self.step.lock().map_or(("unknown", Duration::ZERO, 0), |g| (g.0, g.1.elapsed(), g.2))
+    }
 }
 
 /// A message between shards.
@@ -616,7 +687,7 @@ impl std::fmt::Debug for Shard {
 }
 
 async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
-    let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in } = start;
+    let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in, progress } = start;
     // Kernel workers that finish this shard's disk writes (and any other
     // short task) run at once when they wake on its CPU: crate::sched says
     // why and what it measured.
@@ -645,20 +716,24 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     store_config.page_cache_bytes = config.page_cache_bytes;
     store_config.dirty_bytes_max = config.dirty_bytes_max.unwrap_or(DIRTY_BYTES_DEFAULT_RANGE.0);
     store_config.background_checkpoints = true;
+    progress.enter("opening the shard store (WAL replay)");
     let store = ShardStore::open(GlommioDisk::with_durable_writes(config.durable_writes), store_config)
         .await
         .with_context(|| format!("open the shard store in {}", dir.display()))?;
     let placement = Placement { shard: u32::try_from(index)?, shards: u32::try_from(config.shards)? };
+    progress.enter("opening the table catalog");
     let mut engine = Engine::open_placed(store, placement).await.context("open the table catalog")?;
     engine.set_deferred(true);
     engine.set_default_partitions(config.partitions_default);
     let repl = match &config.cluster {
         Some(cluster) => {
+            progress.enter("starting the Raft groups");
             engine.enable_replication(cluster::replication(cluster)?).context("start the Raft groups")?;
             Some(ReplShell::new(cluster.member()?.id, cluster.tick, cluster.heal_after))
         }
         None => None,
     };
+    progress.enter("joining the other shards");
     let (senders, mut receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("join the shard mesh: {e}"))?;
     let shard = Rc::new(Shard {
         index: placement.shard,
@@ -677,7 +752,10 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
     if shard.repl.is_some() {
         // Committed entries the trees do not hold yet (applied after the
         // last checkpoint) are applied before the shard serves.
-        while cluster::drive_once(&shard, false).await.map_err(|e| anyhow::anyhow!("replay Raft entries: {e}"))? {}
+        progress.enter("applying committed Raft entries (batches counted)");
+        while cluster::drive_once(&shard, false).await.map_err(|e| anyhow::anyhow!("replay Raft entries: {e}"))? {
+            progress.advance();
+        }
     }
     let background =
         glommio::executor().create_task_queue(Shares::Static(BACKGROUND_SHARES), Latency::NotImportant, "background");
@@ -688,6 +766,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
 
     // The entry port: shard 0 binds it first (resolving port 0), then the
     // others bind the same port.
+    progress.enter("binding the entry port (shard 0 first)");
     let entry_address = match entry_in {
         None => config.listen,
         Some(rx) => rx.recv_timeout(Duration::from_secs(30)).context("shard 0 never bound the entry port")?,
@@ -718,6 +797,7 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
         }
     }
 
+    progress.enter("making every shard's catalog equal shard 0's");
     if shard.index == 0 {
         // Every shard's catalog must equal the authority's before serving.
         let tables = shard.engine.read().await.map_err(|e| anyhow::anyhow!("engine lock: {e}"))?.tables();
@@ -1497,9 +1577,39 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        CHECKPOINT_PAUSE_MAX, DIRTY_BYTES_DEFAULT_RANGE, checkpoint_pause_for, dirty_bytes_default, parse_cpu_list,
-        shard_cpus,
+        CHECKPOINT_PAUSE_MAX, DIRTY_BYTES_DEFAULT_RANGE, StartProgress, checkpoint_pause_for, dirty_bytes_default,
+        parse_cpu_list, shard_cpus, thread_states,
     };
+
+    #[test]
+    fn a_starting_shard_says_its_step_and_the_work_counted_in_it() {
+        let progress = StartProgress::new();
+        assert_eq!(progress.get().0, "starting");
+        progress.enter("applying committed Raft entries");
+        progress.advance();
+        progress.advance();
+        let (step, lasted, done) = progress.get();
+        assert_eq!((step, done), ("applying committed Raft entries", 2));
+        assert!(lasted < Duration::from_secs(60));
+        // A new step counts from zero again.
+        progress.enter("binding the entry port");
+        assert_eq!(progress.get().2, 0);
+    }
+
+    #[test]
+    fn the_thread_report_names_each_thread_with_its_state() {
+        let states = std::thread::Builder::new()
+            .name("keel-probe".into())
+            .spawn(thread_states)
+            .expect("spawn")
+            .join()
+            .expect("join");
+        // The asking thread is running ("R"); this test's own thread waits
+        // for it to end.
+        let probe = states.split("; ").find(|t| t.contains(" keel-probe ")).unwrap_or_else(|| panic!("{states}"));
+        assert!(probe.contains(" keel-probe R"), "{probe}");
+        assert!(states.split("; ").count() >= 2, "{states}");
+    }
 
     #[test]
     fn cpu_lists_are_read_as_taskset_writes_them() {

@@ -174,8 +174,9 @@ fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
     Ok(processes)
 }
 
-/// Waits until the router reports every node up.
-fn wait_ready(router: &str, nodes: u16, timeout: Duration, stop: &AtomicBool) -> anyhow::Result<()> {
+/// Waits until the router reports every node up. `nodes` are the storage
+/// nodes' names and endpoints, to name those not up when it gives up.
+fn wait_ready(router: &str, nodes: &[(&str, &str)], timeout: Duration, stop: &AtomicBool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
@@ -185,11 +186,20 @@ fn wait_ready(router: &str, nodes: u16, timeout: Duration, stop: &AtomicBool) ->
         config.request_timeout = Duration::from_secs(3);
         match BlockingClient::connect(config).and_then(|c| c.run(async |c| c.cluster_status().await)) {
             Ok(status) => {
-                let up = status.services.iter().filter(|s| s.role == "node" && s.healthy).count();
-                if up >= usize::from(nodes) {
+                let healthy = |endpoint: &str| {
+                    status.services.iter().any(|s| s.role == "node" && s.healthy && s.endpoint == endpoint)
+                };
+                let down: Vec<&str> =
+                    nodes.iter().filter(|(_, endpoint)| !healthy(endpoint)).map(|(name, _)| *name).collect();
+                if down.is_empty() {
                     return Ok(());
                 }
-                last = format!("{up} of {nodes} storage nodes up");
+                last = format!(
+                    "{} of {} storage nodes up; not up: {} (its log says which start-up step it is at)",
+                    nodes.len() - down.len(),
+                    nodes.len(),
+                    down.join(", ")
+                );
             }
             Err(e) => last = e.to_string(),
         }
@@ -258,8 +268,13 @@ pub fn run(args: &DevArgs) -> ExitCode {
         }
     };
     let router = processes.last().map(|p| p.endpoint.clone()).unwrap_or_default();
+    let nodes: Vec<(&str, &str)> = processes
+        .iter()
+        .filter(|p| p.binary.ends_with("keel-node"))
+        .map(|p| (p.name.as_str(), p.endpoint.as_str()))
+        .collect();
     let ready = write_manifest(args, &processes)
-        .and_then(|()| wait_ready(&router, args.nodes, Duration::from_secs(args.ready_timeout_s), &stop));
+        .and_then(|()| wait_ready(&router, &nodes, Duration::from_secs(args.ready_timeout_s), &stop));
     if let Err(e) = ready {
         eprintln!("keel dev: {e:#}");
         stop_all(&mut processes);
