@@ -556,7 +556,13 @@ fn thread_states() -> String {
         let stat = read("stat");
         // `pid (comm) state ...`: the state follows the last ')'.
         let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
-        lines.push(format!("{} {} {} {}", task.file_name().to_string_lossy(), read("comm").trim(), state, read("wchan")));
+        lines.push(format!(
+            "{} {} {} {}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan")
+        ));
     }
     lines.sort();
     lines.join("; ")
