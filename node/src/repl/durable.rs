@@ -276,7 +276,7 @@ pub fn rebuild(records: &[Record], logs: &mut BTreeMap<u64, GroupLog>) -> Result
             KIND_RAFT_GROUP_STATE => {
                 let state = decode_group_state(&record.payload).ok_or_else(|| error("unreadable group state"))?;
                 if let Some((index, term)) = state.restart {
-                    log.restart_after(index, term);
+                    log.replay_restart(index, term);
                 }
                 log.set_conf_state(state.conf_state);
                 log.set_log_replicas(state.log_replicas);
@@ -402,6 +402,61 @@ mod tests {
         assert_eq!((log.first_index(), log.last_index()), (41, 41));
         assert_eq!(log.conf_state().voters, vec![1, 3, 4]);
         assert_eq!(log.log_replicas(), &[4]);
+    }
+
+    #[test]
+    fn a_log_restart_from_before_the_checkpoint_does_not_move_the_log_back() {
+        // As found on a node (2026-12-07): a snapshot install restarted the
+        // log at 10; entries 11-13 followed and were applied; the B-tree was
+        // then checkpointed at 13, so the log now starts after 13. The old
+        // restart record must not move it back below its commit index.
+        let state = GroupState {
+            log_only: false,
+            restart: Some((10, 2)),
+            conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+            log_replicas: Vec::new(),
+        };
+        let record = |kind, index, payload: Vec<u8>| Record {
+            lsn: Lsn::new(1, 4096),
+            meta: RecordMeta { partition: 2, term: 2, index, kind },
+            payload,
+        };
+        let hard_state = |commit: u64| [2_u64, 0, commit].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+        let records = [
+            record(KIND_RAFT_ENTRY, 1, vec![0]),
+            record(KIND_RAFT_GROUP_STATE, 10, encode_group_state(&state)),
+            record(KIND_RAFT_HARD_STATE, 10, hard_state(10)),
+            record(KIND_RAFT_ENTRY, 11, vec![0]),
+            record(KIND_RAFT_ENTRY, 12, vec![0]),
+            record(KIND_RAFT_ENTRY, 13, vec![0]),
+            record(KIND_RAFT_HARD_STATE, 13, hard_state(13)),
+            record(KIND_RAFT_ENTRY, 14, vec![0]),
+        ];
+        let mut logs: BTreeMap<u64, GroupLog> =
+            [(2, GroupLog::with_learners(&[1, 2, 3], &[], 13, 2))].into_iter().collect();
+        rebuild(&records, &mut logs).expect("the WAL is a legal one");
+        let log = logs.get(&2).expect("group 2");
+        assert_eq!((log.first_index(), log.last_index(), log.hard_state().commit), (14, 14, 13));
+        // A restart at or after the log's start still restarts it there,
+        // dropping the entries read before it.
+        let later = GroupState { restart: Some((14, 3)), ..state };
+        let mut logs: BTreeMap<u64, GroupLog> =
+            [(2, GroupLog::with_learners(&[1, 2, 3], &[], 13, 2))].into_iter().collect();
+        let records =
+            [record(KIND_RAFT_ENTRY, 14, vec![0]), record(KIND_RAFT_GROUP_STATE, 14, encode_group_state(&later))];
+        rebuild(&records, &mut logs).expect("rebuild");
+        let log = logs.get(&2).expect("group 2");
+        assert_eq!((log.first_index(), log.last_index(), log.hard_state().commit), (15, 14, 14));
+        // A stale restart read after entries past the log's start drops them
+        // too (they came before the snapshot that restarted the log).
+        let mut logs: BTreeMap<u64, GroupLog> =
+            [(2, GroupLog::with_learners(&[1, 2, 3], &[], 13, 2))].into_iter().collect();
+        let stale = GroupState { restart: Some((10, 2)), ..later };
+        let records =
+            [record(KIND_RAFT_ENTRY, 14, vec![0]), record(KIND_RAFT_GROUP_STATE, 10, encode_group_state(&stale))];
+        rebuild(&records, &mut logs).expect("rebuild");
+        let log = logs.get(&2).expect("group 2");
+        assert_eq!((log.first_index(), log.last_index(), log.hard_state().commit), (14, 13, 13));
     }
 
     #[test]

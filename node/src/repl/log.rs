@@ -109,6 +109,19 @@ impl GroupLog {
         }
     }
 
+    /// A log restart read back from the WAL. One at or below where the log
+    /// already starts (its B-tree was checkpointed past it later) drops the
+    /// entries read so far but does not move the log back: that would put
+    /// the log's start below its commit index.
+    pub fn replay_restart(&mut self, index: u64, term: u64) {
+        if index < self.offset {
+            let (offset, offset_term) = (self.offset, self.offset_term);
+            self.restart_after(offset, offset_term);
+        } else {
+            self.restart_after(index, term);
+        }
+    }
+
     /// Restarts the log after a snapshot at `index` (`term`): every entry is
     /// dropped; the entries that follow come after it.
     pub fn restart_after(&mut self, index: u64, term: u64) {
