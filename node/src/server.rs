@@ -58,6 +58,7 @@ use crate::replica::{ShardStore, StoreConfig};
 use crate::wal::Notify;
 
 mod cluster;
+mod wake;
 
 pub use cluster::{ClusterConfig, LOG_RETAIN_ENTRIES_MAX, READ_WAIT_MAX, WRITE_WAIT_MAX};
 use cluster::{ReplShell, WriteOutcome};
@@ -451,6 +452,7 @@ pub fn run(
         (1..shards).map(|_| std::sync::mpsc::channel::<SocketAddr>()).unzip();
     let drained = Arc::new(AtomicUsize::new(0));
     let mut progress: Vec<Arc<StartProgress>> = Vec::with_capacity(shards);
+    let mut hearts: Vec<Arc<wake::Heartbeat>> = Vec::with_capacity(shards);
     let mut entry_txs = Some(entry_txs);
     let mut handles = Vec::new();
     for index in 0..shards {
@@ -471,8 +473,10 @@ pub fn run(
             entry_out: if index == 0 { entry_txs.take().unwrap_or_default() } else { Vec::new() },
             entry_in: if index == 0 { None } else { Some(entry_rxs.remove(0)) },
             progress: Arc::new(StartProgress::new()),
+            heartbeat: Arc::new(wake::Heartbeat::default()),
         };
         progress.push(Arc::clone(&context.progress));
+        hearts.push(Arc::clone(&context.heartbeat));
         let handle = shard_executor(placement)
             .name(&format!("keel-shard-{index}"))
             .spawn(move || async move {
@@ -488,6 +492,16 @@ pub fn run(
         handles.push(handle);
     }
     drop(ready_tx);
+    // Wakes shards that glommio leaves asleep (the module docs say why); it
+    // stops when `watching` is dropped, after every shard has returned.
+    let (watching, watch_done) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::Builder::new()
+        .name("keel-wake-watch".into())
+        .spawn({
+            let hearts = hearts.clone();
+            move || wake::watch(&hearts, &watch_done)
+        })
+        .map_err(|e| anyhow::anyhow!("start the wake-up watchdog: {e}"))?;
     let mut entry = None;
     let mut addresses = vec![None; shards];
     let mut failure = None;
@@ -506,10 +520,15 @@ pub fn run(
                 break;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                for (index, progress) in progress.iter().enumerate() {
+                for (index, (progress, heart)) in progress.iter().zip(&hearts).enumerate() {
                     if addresses.get(index).is_some_and(Option::is_none) {
                         let (step, lasted, done) = progress.get();
-                        tracing::warn!(shard = index, step, lasted = ?lasted, done, "shard still starting");
+                        // Beats that go on while the step does not move: the
+                        // shard runs, and a task waits for a wake-up nobody
+                        // sends; beats that stop: the shard sleeps through
+                        // its timers (the watchdog wakes it).
+                        let beats = heart.beats();
+                        tracing::warn!(shard = index, step, lasted = ?lasted, done, beats, "shard still starting");
                     }
                 }
                 tracing::warn!(threads = %thread_states(), "threads of this process (id name state wait)");
@@ -543,6 +562,12 @@ pub fn run(
                 result = Err(e);
             }
         }
+    }
+    drop(watching);
+    match watchdog.join() {
+        Ok(0) => {}
+        Ok(woken) => tracing::info!(woken, "the wake-up watchdog woke shards that slept through their timers"),
+        Err(_) => tracing::warn!("the wake-up watchdog panicked"),
     }
     tracing::info!("stopped");
     result
@@ -600,6 +625,8 @@ struct ShardStart {
     entry_in: Option<std::sync::mpsc::Receiver<SocketAddr>>,
     /// Where this shard's start-up has got to (read by `run`).
     progress: Arc<StartProgress>,
+    /// Beaten by the shard's timer task, watched by `wake::watch`.
+    heartbeat: Arc<wake::Heartbeat>,
 }
 
 /// The step a shard's start-up has reached, so that a start that takes long
@@ -712,7 +739,8 @@ impl std::fmt::Debug for Shard {
 }
 
 async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
-    let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in, progress } = start;
+    let ShardStart { index, config, mesh, stop, drained, ready, entry_out, entry_in, progress, heartbeat } = start;
+    heartbeat.register_current_thread();
     // Kernel workers that finish this shard's disk writes (and any other
     // short task) run at once when they wake on its CPU: crate::sched says
     // why and what it measured.
@@ -723,16 +751,16 @@ async fn shard_main(start: ShardStart) -> anyhow::Result<()> {
             tracing::warn!(shard = index, error = %e, "could not ask for a long slice; kernel workers may wait for the shard")
         }
     }
-    // For the shard's whole life a timer is always pending: glommio 0.9 now
-    // and then leaves a shard asleep in io_uring_enter although what it
-    // waits for (another shard's message, a completion) has arrived, and
-    // only the next timer or signal wakes it. Without one, about one
-    // `keel dev` start in 15 hung until a debugger attached (which
-    // interrupts the wait); with it, such a miss costs one poll interval.
-    // While serving the stop-flag poll below does the same; start-up and
-    // the shutdown after it (draining, the last checkpoint) have only this.
-    let _waker = glommio::spawn_local(async {
+    // For the shard's whole life a timer is always pending, and each time
+    // it fires the shard beats its heartbeat: glommio 0.9 now and then
+    // leaves a shard asleep in io_uring_enter although what it waits for
+    // (another shard's message, a completion) has arrived. The timer wakes
+    // most such sleeps (without it, about one `keel dev` start in 15 hung);
+    // when glommio misses the timer too, the beats stop and the watchdog
+    // thread wakes the shard with a signal (`wake`'s module docs).
+    let _waker = glommio::spawn_local(async move {
         loop {
+            heartbeat.beat();
             glommio::timer::sleep(STOP_POLL).await;
         }
     });

@@ -1,0 +1,291 @@
+//! Waking a shard that glommio left asleep.
+//!
+//! glommio 0.9 now and then leaves a shard asleep in `io_uring_enter` (the
+//! kernel's `io_cqring_wait`) although its timer has expired: the timer, the
+//! eventfd that other threads write to wake it, and network receives all
+//! complete on glommio's "latency" ring, and the shard sleeps on its "main"
+//! ring, linked to the latency ring by a poll on that ring's descriptor.
+//! When the link misses, nothing on the latency ring wakes the shard. Only a
+//! completion on the main ring (a disk request) or a signal does: a signal
+//! makes `io_uring_enter` return EINTR, glommio's loop runs again, finds the
+//! expired timers by the clock and the mesh messages by polling, and goes on.
+//! (ARCHITECTURE.md, "Lost wake-ups", has what was measured: one shard stuck
+//! for as long as it was watched, its 20 ms timer pending, nothing in flight
+//! on the disk, and a debugger attach, which interrupts the wait, freeing it.)
+//!
+//! So every shard beats a [`Heartbeat`] from a task that sleeps
+//! `STOP_POLL` (20 ms) in a loop, and a watchdog thread
+//! ([`watch`]) checks the beats every [`CHECK_EVERY`]. A shard whose beat has
+//! not moved for [`STALL_CHECKS`] checks is sent `SIGURG`, whose handler does
+//! nothing (installed with `SA_RESTART`, so other system calls the shard may
+//! be in restart; `io_uring_enter` returns EINTR regardless). A shard that is
+//! busy on the CPU is not asleep and is left alone. The decision is a plain
+//! struct, [`Stalls`], so it is tested without threads or clocks.
+//!
+//! `SIGURG` is the signal Go's runtime uses for the same purpose (preempting
+//! a thread): its default action is to ignore it, and nothing else in a
+//! storage node sends it (it is raised only for sockets that asked for
+//! out-of-band data with `F_SETOWN`).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// How often the watchdog reads the beats.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Checks in a row without a beat after which a sleeping shard is woken: a
+/// shard beats every 20 ms, so 4 checks (≥ 150 ms) is at least seven missed
+/// timers, never a timer merely late on a busy machine's run queue (a
+/// runnable shard is not woken at all).
+pub(crate) const STALL_CHECKS: u32 = 4;
+/// At most one warning per shard per this long; the count in between is in it.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+const _: () = assert!(STALL_CHECKS >= 2, "one check without a beat can be the beat's own jitter");
+
+/// One shard's sign of life, written by the shard and read by the watchdog.
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    beats: AtomicU64,
+    /// The shard's kernel thread id (0 until the shard registers).
+    tid: AtomicI32,
+    /// The shard's `pthread_t`, for `pthread_kill` (0 until it registers).
+    pthread: AtomicU64,
+}
+
+impl Heartbeat {
+    /// Records the calling thread as the one to wake. Called once, from the
+    /// shard's executor thread.
+    pub(crate) fn register_current_thread(&self) {
+        self.tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
+        self.pthread.store(nix::sys::pthread::pthread_self(), Ordering::Release);
+    }
+
+    /// One more sign of life.
+    pub(crate) fn beat(&self) {
+        self.beats.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the shard has beaten.
+    pub(crate) fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Acquire)
+    }
+}
+
+/// What a check decided for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It beat since the last check (or has not been silent long enough).
+    Alive,
+    /// Silent for `checks` checks: wake it if it sleeps.
+    Stalled { checks: u32 },
+}
+
+/// The watchdog's memory: each shard's last beat count and for how many
+/// checks in a row it has not moved. No clock, no threads.
+#[derive(Debug)]
+pub(crate) struct Stalls {
+    last: Vec<(u64, u32)>,
+}
+
+impl Stalls {
+    pub(crate) fn new(shards: usize) -> Self {
+        Self { last: vec![(0, 0); shards] }
+    }
+
+    /// Takes this check's beat counts (one per shard, in shard order) and
+    /// says which shards have been silent for `STALL_CHECKS` checks. A shard
+    /// found stalled starts counting again, so a shard that stays silent is
+    /// woken once every `STALL_CHECKS` checks, not at every check.
+    pub(crate) fn check(&mut self, beats: &[u64]) -> Vec<Verdict> {
+        assert_eq!(beats.len(), self.last.len(), "one beat count per shard");
+        self.last
+            .iter_mut()
+            .zip(beats)
+            .map(|((last, silent), &now)| {
+                if now == *last {
+                    *silent += 1;
+                } else {
+                    *last = now;
+                    *silent = 0;
+                }
+                if *silent >= STALL_CHECKS {
+                    let checks = *silent;
+                    *silent = 0;
+                    Verdict::Stalled { checks }
+                } else {
+                    Verdict::Alive
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether a thread's `/proc` state says it is asleep (interruptibly, as in
+/// `io_uring_enter`) rather than running or waiting for the disk.
+fn is_asleep(state: &str) -> bool {
+    state == "S"
+}
+
+/// The scheduler state and kernel wait channel of thread `tid` of this
+/// process; `None` where /proc does not say.
+fn thread_wait(tid: i32) -> Option<(String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ")?.1.split_whitespace().next()?.to_owned();
+    let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default();
+    Some((state, wchan))
+}
+
+/// Installs the do-nothing `SIGURG` handler (once per process). A handler,
+/// not `SIG_IGN`: an ignored signal is discarded without waking anyone.
+fn install_handler() -> std::io::Result<()> {
+    static INSTALLED: Once = Once::new();
+    static RESULT: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
+    INSTALLED.call_once(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let (Err(e), Ok(mut slot)) = (signal_hook::flag::register(signal_hook::consts::SIGURG, flag), RESULT.lock())
+        {
+            *slot = Some(e.kind());
+        }
+    });
+    match RESULT.lock().map(|slot| *slot) {
+        Ok(Some(kind)) => Err(std::io::Error::new(kind, "install the SIGURG handler")),
+        _ => Ok(()),
+    }
+}
+
+/// Sends the wake-up signal to the thread `heartbeat` registered.
+fn wake(heartbeat: &Heartbeat) -> nix::Result<()> {
+    let pthread = heartbeat.pthread.load(Ordering::Acquire);
+    nix::sys::pthread::pthread_kill(pthread, nix::sys::signal::Signal::SIGURG)
+}
+
+/// Watches `hearts` (one per shard, in shard order) until `done` is
+/// disconnected, waking any shard that sleeps through its timers. Runs on
+/// its own thread; returns how many times it woke a shard.
+pub(crate) fn watch(hearts: &[Arc<Heartbeat>], done: &std::sync::mpsc::Receiver<()>) -> u64 {
+    if let Err(e) = install_handler() {
+        tracing::warn!(error = %e, "no wake-up signal handler: a shard glommio leaves asleep stays asleep");
+        let _ = done.recv();
+        return 0;
+    }
+    let mut stalls = Stalls::new(hearts.len());
+    let mut woken_total = 0_u64;
+    // Per shard: wake-ups since the last warning, and when that was.
+    let mut warned: Vec<(u64, Option<Instant>)> = vec![(0, None); hearts.len()];
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(CHECK_EVERY) {
+        let beats: Vec<u64> = hearts.iter().map(|h| h.beats()).collect();
+        for ((shard, verdict), (heart, warn)) in
+            stalls.check(&beats).into_iter().enumerate().zip(hearts.iter().zip(warned.iter_mut()))
+        {
+            let Verdict::Stalled { checks } = verdict else { continue };
+            let tid = heart.tid.load(Ordering::Acquire);
+            if tid == 0 {
+                continue;
+            }
+            let Some((state, wchan)) = thread_wait(tid) else { continue };
+            if !is_asleep(&state) {
+                continue;
+            }
+            if let Err(e) = wake(heart) {
+                tracing::warn!(shard, error = %e, "could not signal a shard that sleeps through its timers");
+                continue;
+            }
+            woken_total += 1;
+            warn.0 += 1;
+            if warn.1.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                tracing::warn!(
+                    shard,
+                    silent = ?CHECK_EVERY * checks,
+                    wait = %wchan,
+                    woken = warn.0,
+                    "shard slept through its timers (a glommio lost wake-up); woke it with SIGURG"
+                );
+                *warn = (0, Some(Instant::now()));
+            }
+        }
+    }
+    woken_total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_that_beats_is_never_stalled() {
+        let mut stalls = Stalls::new(2);
+        for beat in 1..=20 {
+            assert_eq!(stalls.check(&[beat, beat * 3]), vec![Verdict::Alive, Verdict::Alive]);
+        }
+    }
+
+    #[test]
+    fn a_silent_shard_is_stalled_after_stall_checks_and_then_every_stall_checks() {
+        let mut stalls = Stalls::new(2);
+        let mut stalled_at = Vec::new();
+        for check in 1..=3 * STALL_CHECKS {
+            // Shard 0 beats every check; shard 1 never moves from 7.
+            let verdicts = stalls.check(&[u64::from(check), 7]);
+            assert_eq!(verdicts.first(), Some(&Verdict::Alive));
+            if let Some(Verdict::Stalled { checks }) = verdicts.get(1) {
+                assert_eq!(*checks, STALL_CHECKS);
+                stalled_at.push(check);
+            }
+        }
+        // The first check only learns the count (7 is new), so silence
+        // starts at the second.
+        assert_eq!(stalled_at, vec![STALL_CHECKS + 1, 2 * STALL_CHECKS + 1]);
+    }
+
+    #[test]
+    fn one_beat_resets_the_silence() {
+        let mut stalls = Stalls::new(1);
+        stalls.check(&[1]);
+        for _ in 1..STALL_CHECKS {
+            assert_eq!(stalls.check(&[1]), vec![Verdict::Alive]);
+        }
+        assert_eq!(stalls.check(&[2]), vec![Verdict::Alive], "a beat on the last check before the stall");
+        for _ in 1..STALL_CHECKS {
+            assert_eq!(stalls.check(&[2]), vec![Verdict::Alive]);
+        }
+        assert_eq!(stalls.check(&[2]), vec![Verdict::Stalled { checks: STALL_CHECKS }]);
+    }
+
+    #[test]
+    fn the_wake_up_signal_interrupts_a_thread_asleep_in_the_kernel() {
+        // pause(2), like io_uring_enter, is never restarted after a handler:
+        // it returns once a signal with a handler arrives, and only then.
+        install_handler().expect("install the handler");
+        let heart = Arc::new(Heartbeat::default());
+        let (registered_tx, registered_rx) = std::sync::mpsc::channel();
+        let sleeper = {
+            let heart = Arc::clone(&heart);
+            std::thread::spawn(move || {
+                heart.register_current_thread();
+                registered_tx.send(()).expect("the test waits for this");
+                nix::unistd::pause();
+            })
+        };
+        registered_rx.recv().expect("the sleeper registers");
+        // A signal that lands before the thread sleeps is handled and
+        // forgotten, so wake it whenever the kernel reports it asleep, until
+        // it returns. The bound only turns a broken wake-up into a failure
+        // instead of a hung test.
+        let tid = heart.tid.load(Ordering::Acquire);
+        let mut signals = 0_u32;
+        for _ in 0..200_000 {
+            if sleeper.is_finished() {
+                break;
+            }
+            if thread_wait(tid).is_some_and(|(state, _)| is_asleep(&state)) {
+                wake(&heart).expect("signal the sleeper");
+                signals += 1;
+            }
+            std::thread::yield_now();
+        }
+        assert!(sleeper.is_finished(), "the sleeper never returned from pause() ({signals} signals sent)");
+        assert!(signals >= 1);
+        sleeper.join().expect("the sleeper thread");
+    }
+}
