@@ -121,10 +121,15 @@ impl Stalls {
     }
 }
 
-/// Whether a thread's `/proc` state says it is asleep (interruptibly, as in
-/// `io_uring_enter`) rather than running or waiting for the disk.
-fn is_asleep(state: &str) -> bool {
-    state == "S"
+/// Whether a thread's `/proc` state and wait channel say it is asleep in
+/// io_uring's wait (the kernel's `io_cqring_wait`), where a lost wake-up
+/// leaves a shard. A shard that runs, waits for the disk (state D) or
+/// sleeps elsewhere (a futex, say) is not woken. Where the kernel hides the
+/// wait channel (empty, or "0") a sleeping shard is woken all the same: the
+/// signal costs it nothing.
+fn sleeps_in_io_uring(state: &str, wchan: &str) -> bool {
+    let wchan = wchan.trim();
+    state == "S" && (wchan.is_empty() || wchan == "0" || wchan.contains("io_cqring") || wchan.contains("io_uring"))
 }
 
 /// The scheduler state and kernel wait channel of thread `tid` of this
@@ -184,7 +189,7 @@ pub(crate) fn watch(hearts: &[Arc<Heartbeat>], done: &std::sync::mpsc::Receiver<
                 continue;
             }
             let Some((state, wchan)) = thread_wait(tid) else { continue };
-            if !is_asleep(&state) {
+            if !sleeps_in_io_uring(&state, &wchan) {
                 continue;
             }
             if let Err(e) = wake(heart) {
@@ -253,6 +258,16 @@ mod tests {
     }
 
     #[test]
+    fn only_a_thread_asleep_in_io_uring_is_woken() {
+        assert!(sleeps_in_io_uring("S", "io_cqring_wait"));
+        assert!(sleeps_in_io_uring("S", "0"), "a hidden wait channel");
+        assert!(sleeps_in_io_uring("S", ""), "no wait channel");
+        assert!(!sleeps_in_io_uring("R", "0"), "running");
+        assert!(!sleeps_in_io_uring("D", "io_cqring_wait"), "uninterruptible");
+        assert!(!sleeps_in_io_uring("S", "futex_wait_queue"), "asleep on a futex");
+    }
+
+    #[test]
     fn the_wake_up_signal_interrupts_a_thread_asleep_in_the_kernel() {
         // pause(2), like io_uring_enter, is never restarted after a handler:
         // it returns once a signal with a handler arrives, and only then.
@@ -278,7 +293,7 @@ mod tests {
             if sleeper.is_finished() {
                 break;
             }
-            if thread_wait(tid).is_some_and(|(state, _)| is_asleep(&state)) {
+            if thread_wait(tid).is_some_and(|(state, _)| state == "S") {
                 wake(&heart).expect("signal the sleeper");
                 signals += 1;
             }
