@@ -179,6 +179,15 @@ fn entry_type_of(byte: u8) -> Option<EntryType> {
     }
 }
 
+/// A hard-state record's payload: term, vote and commit, each a u64 LE.
+fn encode_hard_state(term: u64, vote: u64, commit: u64) -> [u8; HARD_STATE_BYTES] {
+    let mut bytes = [0_u8; HARD_STATE_BYTES];
+    for (slot, value) in bytes.chunks_exact_mut(8).zip([term, vote, commit]) {
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
+    bytes
+}
+
 /// Submits the batch's writes to the WAL (entries, then the hard state, of
 /// each group), telling `logged` where each entry went (partition, index,
 /// LSN). Returns the LSN to wait for with [`Wal::wait_durable`], or `None`
@@ -207,13 +216,9 @@ pub fn submit<D: Disk>(
             last = Some(lsn);
         }
         if let Some(hs) = &write.hard_state {
-            let mut bytes = [0_u8; HARD_STATE_BYTES];
-            for (slot, value) in bytes.chunks_exact_mut(8).zip([hs.term, hs.vote, hs.commit]) {
-                slot.copy_from_slice(&value.to_le_bytes());
-            }
             let meta =
                 RecordMeta { partition: write.partition, term: hs.term, index: hs.commit, kind: KIND_RAFT_HARD_STATE };
-            last = Some(wal.submit(meta, &bytes)?);
+            last = Some(wal.submit(meta, &encode_hard_state(hs.term, hs.vote, hs.commit))?);
         }
     }
     Ok(last)
@@ -421,7 +426,7 @@ mod tests {
             meta: RecordMeta { partition: 2, term: 2, index, kind },
             payload,
         };
-        let hard_state = |commit: u64| [2_u64, 0, commit].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+        let hard_state = |commit: u64| encode_hard_state(2, 0, commit).to_vec();
         let records = [
             record(KIND_RAFT_ENTRY, 1, vec![0]),
             record(KIND_RAFT_GROUP_STATE, 10, encode_group_state(&state)),
@@ -474,10 +479,8 @@ mod tests {
         assert_eq!(check(&[record(KIND_RAFT_ENTRY, 1, 1, &[])]), Err("empty entry record"));
         assert_eq!(check(&[record(KIND_RAFT_ENTRY, 1, 1, &[9])]), Err("unknown entry type"));
         assert_eq!(check(&[record(KIND_RAFT_HARD_STATE, 0, 1, &[0; 23])]), Err("hard state record is not 24 bytes"));
-        let mut commits_two = [0_u8; 24];
-        commits_two[16] = 2;
         assert_eq!(
-            check(&[record(KIND_RAFT_HARD_STATE, 2, 0, &commits_two)]),
+            check(&[record(KIND_RAFT_HARD_STATE, 2, 0, &encode_hard_state(0, 0, 2))]),
             Err("hard state commits beyond the log")
         );
     }
