@@ -20,7 +20,10 @@
 //! nothing (installed with `SA_RESTART`, so other system calls the shard may
 //! be in restart; `io_uring_enter` returns EINTR regardless). A shard that is
 //! busy on the CPU is not asleep and is left alone. The decision is a plain
-//! struct, [`Stalls`], so it is tested without threads or clocks.
+//! struct, [`Stalls`], so it is tested without threads or clocks. Each
+//! warning carries the process's io_uring queues as the kernel reports them
+//! (`io_uring_rings`), taken just before the signal, so that the wake-ups
+//! the watchdog makes also say where the missed event sat.
 //!
 //! `SIGURG` is the signal Go's runtime uses for the same purpose (preempting
 //! a thread): its default action is to ignore it, and nothing else in a
@@ -141,6 +144,62 @@ fn thread_wait(tid: i32) -> Option<(String, String)> {
     Some((state, wchan))
 }
 
+/// One line per io_uring instance of this process, from its `/proc` fdinfo:
+/// the descriptor, submission and completion queue heads and tails, and the
+/// pending polls by opcode (`op6` is a poll, `op22` a read). Taken before a
+/// shard is woken, so each wake-up says where the missed event sat: a
+/// latency ring with a completion not yet consumed (its tail past its head)
+/// while a main ring still holds its poll on it points at the link between
+/// the rings. Empty where /proc does not say.
+fn io_uring_rings() -> String {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return String::new() };
+    let mut rings = Vec::new();
+    for fd in fds.flatten() {
+        let is_ring = std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().into_owned();
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else { continue };
+        rings.push((name.parse::<u32>().unwrap_or(u32::MAX), summarize_fdinfo(&name, &info)));
+    }
+    rings.sort();
+    rings.into_iter().map(|(_, line)| line).collect::<Vec<_>>().join("; ")
+}
+
+/// `fd 11: sq 29925/29925 cq 29920/29920 polls op6x3` from an io_uring fdinfo.
+fn summarize_fdinfo(fd: &str, info: &str) -> String {
+    let field = |key: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')))
+            .map_or("?", str::trim)
+    };
+    let mut polls: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut in_polls = false;
+    for line in info.lines() {
+        if line.starts_with("PollList:") {
+            in_polls = true;
+        } else if in_polls {
+            match line.trim().strip_prefix("op=").and_then(|rest| rest.split(',').next()) {
+                Some(op) if line.starts_with(char::is_whitespace) => *polls.entry(op).or_default() += 1,
+                _ => in_polls = false,
+            }
+        }
+    }
+    let polls = if polls.is_empty() {
+        "none".to_owned()
+    } else {
+        polls.iter().map(|(op, n)| format!("op{op}x{n}")).collect::<Vec<_>>().join(",")
+    };
+    format!(
+        "fd {fd}: sq {}/{} cq {}/{} polls {polls}",
+        field("SqHead"),
+        field("SqTail"),
+        field("CqHead"),
+        field("CqTail")
+    )
+}
+
 /// Installs the do-nothing `SIGURG` handler (once per process). A handler,
 /// not `SIG_IGN`: an ignored signal is discarded without waking anyone.
 fn install_handler() -> std::io::Result<()> {
@@ -192,18 +251,21 @@ pub(crate) fn watch(hearts: &[Arc<Heartbeat>], done: &std::sync::mpsc::Receiver<
             if !sleeps_in_io_uring(&state, &wchan) {
                 continue;
             }
+            let warn_now = warn.1.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+            let rings = if warn_now { io_uring_rings() } else { String::new() };
             if let Err(e) = wake(heart) {
                 tracing::warn!(shard, error = %e, "could not signal a shard that sleeps through its timers");
                 continue;
             }
             woken_total += 1;
             warn.0 += 1;
-            if warn.1.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            if warn_now {
                 tracing::warn!(
                     shard,
                     silent = ?CHECK_EVERY * checks,
-                    wait = %wchan,
+                    wait = %wchan.trim(),
                     woken = warn.0,
+                    rings = %rings,
                     "shard slept through its timers (a glommio lost wake-up); woke it with SIGURG"
                 );
                 *warn = (0, Some(Instant::now()));
@@ -255,6 +317,29 @@ mod tests {
             assert_eq!(stalls.check(&[2]), vec![Verdict::Alive]);
         }
         assert_eq!(stalls.check(&[2]), vec![Verdict::Stalled { checks: STALL_CHECKS }]);
+    }
+
+    #[test]
+    fn an_io_uring_fdinfo_is_summarized_with_its_queues_and_pending_polls() {
+        let info = "pos:\t0\nSqMask:\t0x7f\nSqHead:\t29925\nSqTail:\t29926\nCqMask:\t0xff\nCqHead:\t29920\n\
+                    CqTail:\t29921\nSQEs:\t1\nUserBufs:\t1\n    0: 0x4268cc00000/10485760\nPollList:\n  \
+                    op=6, task_works=0\n  op=22, task_works=0\n  op=6, task_works=0\nCqOverflowList:\nNAPI:\tdisabled\n";
+        assert_eq!(summarize_fdinfo("11", info), "fd 11: sq 29925/29926 cq 29920/29921 polls op22x1,op6x2");
+        let idle = "SqHead:\t1\nSqTail:\t1\nCqHead:\t1\nCqTail:\t1\nPollList:\nCqOverflowList:\n";
+        assert_eq!(summarize_fdinfo("12", idle), "fd 12: sq 1/1 cq 1/1 polls none");
+        assert_eq!(summarize_fdinfo("3", "garbage"), "fd 3: sq ?/? cq ?/? polls none");
+    }
+
+    #[test]
+    fn the_rings_of_a_glommio_executor_are_listed() {
+        let rings = glommio::LocalExecutorBuilder::default()
+            .spawn(|| async { io_uring_rings() })
+            .expect("start an executor")
+            .join()
+            .expect("executor thread");
+        // glommio 0.9 makes three rings per executor (main, latency, poll).
+        assert!(rings.matches("fd ").count() >= 3, "{rings}");
+        assert!(rings.contains(" cq "), "{rings}");
     }
 
     #[test]
