@@ -481,7 +481,9 @@ pub fn run(
             .name(&format!("keel-shard-{index}"))
             .spawn(move || async move {
                 let ready = context.ready.clone();
+                let heartbeat = Arc::clone(&context.heartbeat);
                 let result = shard_main(context).await;
+                heartbeat.retire();
                 if let Err(e) = &result {
                     // Unblocks `run` when a shard fails before it is ready.
                     let _ = ready.send(Err(anyhow::anyhow!("shard {index}: {e:#}")));

@@ -30,7 +30,7 @@
 //! storage node sends it (it is raised only for sockets that asked for
 //! out-of-band data with `F_SETOWN`).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -50,18 +50,42 @@ const _: () = assert!(STALL_CHECKS >= 2, "one check without a beat can be the be
 #[derive(Debug, Default)]
 pub(crate) struct Heartbeat {
     beats: AtomicU64,
-    /// The shard's kernel thread id (0 until the shard registers).
-    tid: AtomicI32,
-    /// The shard's `pthread_t`, for `pthread_kill` (0 until it registers).
-    pthread: AtomicU64,
+    /// The shard's kernel thread id and `pthread_t`, from registration until
+    /// the shard retires. A signal is sent only under this lock, so never to
+    /// a thread that has retired (a `pthread_t` is not valid once the thread
+    /// is joined).
+    thread: Mutex<Option<(i32, nix::sys::pthread::Pthread)>>,
 }
 
 impl Heartbeat {
     /// Records the calling thread as the one to wake. Called once, from the
     /// shard's executor thread.
     pub(crate) fn register_current_thread(&self) {
-        self.tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
-        self.pthread.store(nix::sys::pthread::pthread_self(), Ordering::Release);
+        if let Ok(mut thread) = self.thread.lock() {
+            *thread = Some((nix::unistd::gettid().as_raw(), nix::sys::pthread::pthread_self()));
+        }
+    }
+
+    /// The shard is done: it is never signalled again. Called from the
+    /// shard's thread before it exits.
+    pub(crate) fn retire(&self) {
+        if let Ok(mut thread) = self.thread.lock() {
+            *thread = None;
+        }
+    }
+
+    /// Signals the shard's thread if it sleeps in io_uring's wait; returns
+    /// its wait channel and what `before` saw just before the signal, or
+    /// `None` where it was not asleep there (or not registered).
+    fn wake_if_asleep<T>(&self, before: impl FnOnce() -> T) -> Option<nix::Result<(String, T)>> {
+        let thread = self.thread.lock().ok()?;
+        let (tid, pthread) = (*thread)?;
+        let (state, wchan) = thread_wait(tid)?;
+        if !sleeps_in_io_uring(&state, &wchan) {
+            return None;
+        }
+        let seen = before();
+        Some(nix::sys::pthread::pthread_kill(pthread, nix::sys::signal::Signal::SIGURG).map(|()| (wchan, seen)))
     }
 
     /// One more sign of life.
@@ -218,12 +242,6 @@ fn install_handler() -> std::io::Result<()> {
     }
 }
 
-/// Sends the wake-up signal to the thread `heartbeat` registered.
-fn wake(heartbeat: &Heartbeat) -> nix::Result<()> {
-    let pthread = heartbeat.pthread.load(Ordering::Acquire);
-    nix::sys::pthread::pthread_kill(pthread, nix::sys::signal::Signal::SIGURG)
-}
-
 /// Watches `hearts` (one per shard, in shard order) until `done` is
 /// disconnected, waking any shard that sleeps through its timers. Runs on
 /// its own thread; returns how many times it woke a shard.
@@ -243,20 +261,16 @@ pub(crate) fn watch(hearts: &[Arc<Heartbeat>], done: &std::sync::mpsc::Receiver<
             stalls.check(&beats).into_iter().enumerate().zip(hearts.iter().zip(warned.iter_mut()))
         {
             let Verdict::Stalled { checks } = verdict else { continue };
-            let tid = heart.tid.load(Ordering::Acquire);
-            if tid == 0 {
-                continue;
-            }
-            let Some((state, wchan)) = thread_wait(tid) else { continue };
-            if !sleeps_in_io_uring(&state, &wchan) {
-                continue;
-            }
             let warn_now = warn.1.is_none_or(|at| at.elapsed() >= WARN_EVERY);
-            let rings = if warn_now { io_uring_rings() } else { String::new() };
-            if let Err(e) = wake(heart) {
-                tracing::warn!(shard, error = %e, "could not signal a shard that sleeps through its timers");
-                continue;
-            }
+            let rings = || if warn_now { io_uring_rings() } else { String::new() };
+            let (wchan, rings) = match heart.wake_if_asleep(rings) {
+                None => continue,
+                Some(Ok(woken)) => woken,
+                Some(Err(e)) => {
+                    tracing::warn!(shard, error = %e, "could not signal a shard that sleeps through its timers");
+                    continue;
+                }
+            };
             woken_total += 1;
             warn.0 += 1;
             if warn_now {
@@ -343,6 +357,17 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_not_registered_retired_or_awake_is_not_signalled() {
+        let heart = Heartbeat::default();
+        assert!(heart.wake_if_asleep(|| ()).is_none(), "not registered");
+        // This thread is running while it asks.
+        heart.register_current_thread();
+        assert!(heart.wake_if_asleep(|| ()).is_none(), "running");
+        heart.retire();
+        assert!(heart.wake_if_asleep(|| ()).is_none(), "retired");
+    }
+
+    #[test]
     fn only_a_thread_asleep_in_io_uring_is_woken() {
         assert!(sleeps_in_io_uring("S", "io_cqring_wait"));
         assert!(sleeps_in_io_uring("S", "0"), "a hidden wait channel");
@@ -372,14 +397,14 @@ mod tests {
         // forgotten, so wake it whenever the kernel reports it asleep, until
         // it returns. The bound only turns a broken wake-up into a failure
         // instead of a hung test.
-        let tid = heart.tid.load(Ordering::Acquire);
+        let (tid, pthread) = heart.thread.lock().expect("lock").expect("registered");
         let mut signals = 0_u32;
         for _ in 0..200_000 {
             if sleeper.is_finished() {
                 break;
             }
             if thread_wait(tid).is_some_and(|(state, _)| state == "S") {
-                wake(&heart).expect("signal the sleeper");
+                nix::sys::pthread::pthread_kill(pthread, nix::sys::signal::Signal::SIGURG).expect("signal the sleeper");
                 signals += 1;
             }
             std::thread::yield_now();
