@@ -71,6 +71,10 @@ for i in $(seq 1 "$runs"); do
   kill -TERM "$keel"
   wait "$keel" 2>/dev/null
   pkill -9 -f "$dir" 2>/dev/null
+  # A killed process keeps its ports until it is gone: wait for that, or
+  # the next start finds its own port taken.
+  while pgrep -f "$dir" >/dev/null; do sleep 0.1; done
+  echo "run $i: up=$up" >>"$base/progress.txt"
   if grep -q "woke it with SIGURG" "$dir"/logs/n*.log 2>/dev/null; then
     woken=$((woken + 1))
     echo "run $i: the watchdog woke a shard"

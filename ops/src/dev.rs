@@ -176,10 +176,27 @@ fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
 
 /// Waits until the router reports every node up. `nodes` are the storage
 /// nodes' names and endpoints, to name those not up when it gives up.
-fn wait_ready(router: &str, nodes: &[(&str, &str)], timeout: Duration, stop: &AtomicBool) -> anyhow::Result<()> {
+fn wait_ready(
+    router: &str,
+    processes: &mut [Process],
+    logs: &Path,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let nodes: Vec<(String, String)> = processes
+        .iter()
+        .filter(|p| p.binary.ends_with("keel-node"))
+        .map(|p| (p.name.clone(), p.endpoint.clone()))
+        .collect();
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        // A process that exits while the cluster starts (a port taken, a
+        // data directory it refuses) will not come up: say so at once
+        // instead of waiting out the timeout.
+        if let Some(exited) = exited_during_start(processes, logs) {
+            bail!("{exited}");
+        }
         let mut config = ClientConfig::new(router);
         config.retries_max = 0;
         config.connections = 1;
@@ -190,7 +207,7 @@ fn wait_ready(router: &str, nodes: &[(&str, &str)], timeout: Duration, stop: &At
                     status.services.iter().any(|s| s.role == "node" && s.healthy && s.endpoint == endpoint)
                 };
                 let down: Vec<&str> =
-                    nodes.iter().filter(|(_, endpoint)| !healthy(endpoint)).map(|(name, _)| *name).collect();
+                    nodes.iter().filter(|(_, endpoint)| !healthy(endpoint)).map(|(name, _)| name.as_str()).collect();
                 if down.is_empty() {
                     return Ok(());
                 }
@@ -206,6 +223,28 @@ fn wait_ready(router: &str, nodes: &[(&str, &str)], timeout: Duration, stop: &At
         std::thread::sleep(Duration::from_millis(200));
     }
     bail!("the cluster did not come up within {timeout:?} ({last}); see the logs")
+}
+
+/// The first process found to have exited, with its exit status and what
+/// its log says of the error.
+fn exited_during_start(processes: &mut [Process], logs: &Path) -> Option<String> {
+    processes.iter_mut().find_map(|p| {
+        let status = p.child.try_wait().ok().flatten()?;
+        let log = logs.join(format!("{}.log", p.name));
+        let said =
+            std::fs::read_to_string(&log).ok().and_then(|text| error_line(&text).map(|line| format!(": {line}")));
+        Some(format!(
+            "{} exited while the cluster was starting ({status}){}; its log: {}",
+            p.name,
+            said.unwrap_or_default(),
+            log.display()
+        ))
+    })
+}
+
+/// The error a Keel binary's `main` reported in its log (`Error: ...`).
+fn error_line(log: &str) -> Option<&str> {
+    log.lines().find_map(|line| line.strip_prefix("Error: ")).map(str::trim)
 }
 
 fn write_manifest(args: &DevArgs, processes: &[Process]) -> anyhow::Result<()> {
@@ -232,7 +271,8 @@ fn stop_all(processes: &mut [Process]) {
         for p in &group {
             // std's Child::kill sends SIGKILL; SIGTERM lets each process stop
             // cleanly, and kill(1) sends it without unsafe code here.
-            let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+            // (A process that already exited makes kill(1) complain: quiet.)
+            let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).stderr(Stdio::null()).status();
         }
         for p in group {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -268,13 +308,9 @@ pub fn run(args: &DevArgs) -> ExitCode {
         }
     };
     let router = processes.last().map(|p| p.endpoint.clone()).unwrap_or_default();
-    let nodes: Vec<(&str, &str)> = processes
-        .iter()
-        .filter(|p| p.binary.ends_with("keel-node"))
-        .map(|p| (p.name.as_str(), p.endpoint.as_str()))
-        .collect();
+    let logs = args.data_dir.join("logs");
     let ready = write_manifest(args, &processes)
-        .and_then(|()| wait_ready(&router, &nodes, Duration::from_secs(args.ready_timeout_s), &stop));
+        .and_then(|()| wait_ready(&router, &mut processes, &logs, Duration::from_secs(args.ready_timeout_s), &stop));
     if let Err(e) = ready {
         eprintln!("keel dev: {e:#}");
         stop_all(&mut processes);
@@ -304,4 +340,17 @@ pub fn run(args: &DevArgs) -> ExitCode {
     eprintln!("keel dev: stopping");
     stop_all(&mut processes);
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn the_error_a_process_logged_is_found_among_its_log_lines() {
+        let log = "2026-12-07T11:00:01Z  INFO keel_node: starting\nError: listen on 127.0.0.1:29540: another \
+                   process listens there already\n\nStack backtrace:\n   0: anyhow::Error::msg\n";
+        assert_eq!(error_line(log), Some("listen on 127.0.0.1:29540: another process listens there already"));
+        assert_eq!(error_line("2026-12-07T11:00:01Z  INFO keel_node: serving\n"), None);
+    }
 }
