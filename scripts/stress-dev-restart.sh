@@ -26,6 +26,16 @@ export KEEL_ENDPOINT=127.0.0.1:$port
 pid_of() {
   python3 -c "import json; d = json.load(open('$dir/dev.json')); print([p['pid'] for p in d['processes'] if p['name'] == '$1'][0])" 2>/dev/null
 }
+# Every process of the cluster names one of its ports (295xx) on its command
+# line; the nodes also name the data directory. A killed process keeps its
+# ports until it is gone: wait for that, or the next start finds them taken.
+cluster="127\.0\.0\.1:${port%??}[0-9][0-9]"
+cleanup() {
+  pkill -9 -f "$dir" 2>/dev/null
+  pkill -9 -f "$cluster" 2>/dev/null
+  while pgrep -f "$dir" >/dev/null || pgrep -f "$cluster" >/dev/null; do sleep 0.1; done
+}
+cleanup
 hung=0
 woken=0
 for i in $(seq 1 "$runs"); do
@@ -68,12 +78,9 @@ for i in $(seq 1 "$runs"); do
       [ -n "$pid" ] && kill -9 "$pid"
     fi
   fi
-  kill -TERM "$keel"
+  kill -TERM "$keel" 2>/dev/null
   wait "$keel" 2>/dev/null
-  pkill -9 -f "$dir" 2>/dev/null
-  # A killed process keeps its ports until it is gone: wait for that, or
-  # the next start finds its own port taken.
-  while pgrep -f "$dir" >/dev/null; do sleep 0.1; done
+  cleanup
   echo "run $i: up=$up" >>"$base/progress.txt"
   if grep -q "woke it with SIGURG" "$dir"/logs/n*.log 2>/dev/null; then
     woken=$((woken + 1))
