@@ -174,8 +174,9 @@ fn start(args: &DevArgs) -> anyhow::Result<Vec<Process>> {
     Ok(processes)
 }
 
-/// Waits until the router reports every node up. `nodes` are the storage
-/// nodes' names and endpoints, to name those not up when it gives up.
+/// Waits until the router reports every storage node up; gives up at once
+/// when one of `processes` exits (naming it, with its log's error), and at
+/// `timeout` naming the nodes not up.
 fn wait_ready(
     router: &str,
     processes: &mut [Process],
