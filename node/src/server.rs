@@ -583,18 +583,11 @@ fn thread_states() -> String {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return String::new() };
     let mut lines = Vec::new();
     for task in tasks.flatten() {
-        let path = task.path();
-        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
-        let stat = read("stat");
-        // `pid (comm) state ...`: the state follows the last ')'.
-        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
-        lines.push(format!(
-            "{} {} {} {}",
-            task.file_name().to_string_lossy(),
-            read("comm").trim(),
-            state,
-            read("wchan")
-        ));
+        let name = task.file_name().to_string_lossy().into_owned();
+        let Ok(tid) = name.parse::<i32>() else { continue };
+        let (state, wchan) = wake::thread_wait(tid).unwrap_or_else(|| ("?".into(), String::new()));
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        lines.push(format!("{name} {} {state} {wchan}", comm.trim()));
     }
     lines.sort();
     lines.join("; ")

@@ -161,7 +161,7 @@ fn sleeps_in_io_uring(state: &str, wchan: &str) -> bool {
 
 /// The scheduler state and kernel wait channel of thread `tid` of this
 /// process; `None` where /proc does not say.
-fn thread_wait(tid: i32) -> Option<(String, String)> {
+pub(super) fn thread_wait(tid: i32) -> Option<(String, String)> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     let state = stat.rsplit_once(") ")?.1.split_whitespace().next()?.to_owned();
     let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default();
