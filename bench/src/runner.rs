@@ -701,11 +701,7 @@ pub async fn run<D: Driver>(
     let threads = config.threads.clamp(1, clients);
     let label = format!("{} {}", driver.name(), workload.name);
     let budget = Arc::new(AtomicU64::new(config.operations.unwrap_or(u64::MAX)));
-    let expected_inserts = config.operations.map_or(1_000_000, |n| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-        let inserts = (n as f64 * workload.inserts()) as u64;
-        inserts
-    });
+    let expected_inserts = workload.expected_inserts(config.operations);
     // Built once, before the clock starts: a chooser computes zipfian
     // constants over every record (milliseconds), and 64 clients doing it
     // at the start of the phase showed up as an 80 ms stall of the server.

@@ -133,7 +133,25 @@ impl Workload {
     pub fn inserts(&self) -> f64 {
         self.mix.iter().filter(|(op, _)| *op == Op::Insert).map(|(_, share)| share).sum()
     }
+
+    /// The inserts a run phase of `operations` (or, for a phase bounded by
+    /// time, [`OPERATIONS_ASSUMED`]) is expected to make, as YCSB reckons
+    /// them (`operationcount × insertproportion`): the key chooser's space
+    /// is the records plus twice this, and a draw above the keys inserted so
+    /// far is drawn again. A workload without inserts expects none, so its
+    /// keys are drawn once each.
+    #[must_use]
+    pub fn expected_inserts(&self, operations: Option<u64>) -> u64 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let inserts = (operations.unwrap_or(OPERATIONS_ASSUMED) as f64 * self.inserts()) as u64;
+        inserts
+    }
 }
+
+/// The operations a run phase bounded by time, not by `--operations`, is
+/// assumed to make, to size its key chooser (YCSB sizes it from
+/// `operationcount`).
+pub const OPERATIONS_ASSUMED: u64 = 1_000_000;
 
 /// YCSB's `Utils.fnvhash64`: FNV-1a over the 8 bytes of `value`, made non-negative.
 #[must_use]

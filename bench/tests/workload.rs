@@ -155,3 +155,56 @@ fn records_have_ycsbs_shape_and_keys_are_hashed() {
     sorted.sort();
     assert_ne!(ordered, sorted);
 }
+
+/// A generator that counts the random words drawn from it.
+struct Counting {
+    inner: SmallRng,
+    words: usize,
+}
+
+impl rand::RngCore for Counting {
+    fn next_u32(&mut self) -> u32 {
+        self.words += 1;
+        self.inner.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.words += 1;
+        self.inner.next_u64()
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.words += 1;
+        self.inner.fill_bytes(dst);
+    }
+}
+
+#[test]
+fn a_run_without_inserts_draws_each_zipfian_key_once_and_one_with_inserts_leaves_room_for_them() {
+    let records = 100_000u64;
+    let read_only = Workload::core("c").expect("c");
+    // However long the phase, a workload that never inserts expects no
+    // new keys, so no draw falls above the loaded ones and is redrawn.
+    assert_eq!(read_only.expected_inserts(None), 0);
+    assert_eq!(read_only.expected_inserts(Some(5_000_000)), 0);
+    let mut chooser = KeyChooser::new(Distribution::Zipfian, records, read_only.expected_inserts(None));
+    let mut rng = Counting { inner: SmallRng::seed_from_u64(5), words: 0 };
+    for _ in 0..DRAWS {
+        assert!(chooser.next(&mut rng, records) < records);
+    }
+    assert_eq!(rng.words, DRAWS, "one random word per key");
+    // YCSB's operationcount × insertproportion, with an assumed count for
+    // a phase bounded by time.
+    let d = Workload::core("d").expect("d");
+    assert_eq!(d.expected_inserts(Some(1_000)), 50);
+    let e = Workload::core("e").expect("e");
+    assert_eq!(e.expected_inserts(None), keel_bench::workload::OPERATIONS_ASSUMED / 20);
+    // Room for them: a million operations of E expect 50,000 inserts, so
+    // the key space is twice the records, and before any insert about half
+    // of the draws fall on keys not inserted yet and are drawn again.
+    let mut chooser = KeyChooser::new(Distribution::Zipfian, records, e.expected_inserts(Some(1_000_000)));
+    let mut rng = Counting { inner: SmallRng::seed_from_u64(6), words: 0 };
+    for _ in 0..DRAWS {
+        assert!(chooser.next(&mut rng, records) < records);
+    }
+    let per_key = rng.words as f64 / DRAWS as f64;
+    assert!((1.5..2.5).contains(&per_key), "{per_key} words per key");
+}
