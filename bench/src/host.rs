@@ -49,6 +49,28 @@ pub fn read_steal_ms() -> Option<u64> {
     steal_ms(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
+/// The CPU time (user and system) of a process, all its threads together,
+/// in milliseconds, from the text of its `/proc/PID/stat`; `None` when the
+/// text is not such a line.
+#[must_use]
+pub fn process_cpu_ms(proc_pid_stat: &str) -> Option<u64> {
+    // `pid (comm) state …`: the name may hold spaces and parentheses, so
+    // the fields are counted from the last ") ". After it, the state is
+    // field 3 of proc(5); utime and stime are fields 14 and 15.
+    let (_, rest) = proc_pid_stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user.saturating_add(system).saturating_mul(1000 / USER_HZ))
+}
+
+/// The CPU time process `pid` has spent so far, in ms; `None` once it has
+/// gone, or where there is no `/proc`.
+#[must_use]
+pub fn read_process_cpu_ms(pid: u32) -> Option<u64> {
+    process_cpu_ms(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// The CPUs the calling thread may run on, as keel-node reads them.
 pub use keel_node::server::allowed_cpus;
 

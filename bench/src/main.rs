@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use keel_bench::driver::{Driver, KeelDriver, RedisDriver};
 use keel_bench::pacer::OpenLoop;
 use keel_bench::report::{self, Report};
-use keel_bench::runner::{self, PhaseResult, RecordShape, RunConfig};
+use keel_bench::runner::{self, PhaseCpu, PhaseResult, RecordShape, RunConfig};
 use keel_bench::workload::{Distribution, InsertSequence, Workload};
 use keel_bench::{disk, host, servers};
 use keel_wire::client::Client;
@@ -313,7 +313,7 @@ fn print_phase(phase: &PhaseResult) {
 
 fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     report::write(report, out)?;
-    let table = report::summary_table(report) + &report::tail_table(report);
+    let table = report::summary_table(report) + &report::tail_table(report) + &report::cpu_table(report);
     let steal = report::steal_lines(report) + &report::server_event_lines(report);
     println!("{table}{steal}");
     println!("results in {}", out.display());
@@ -362,8 +362,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let config = args.workload.config();
     let mut phases = Vec::new();
     let mut inserts = Vec::new();
-    for (driver, server) in drivers.iter().zip(&running) {
+    for (driver, server) in drivers.iter().zip(&mut running) {
+        let before = cpu_now(server);
         let mut loaded = driver.load(args.workload.records, &config).await?;
+        loaded.cpu = cpu_since(server, before);
         loaded.server_events = server.events_during(&loaded);
         print_phase(&loaded);
         phases.push(loaded);
@@ -374,7 +376,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for of_peak in std::iter::once(None).chain(args.tail_at.map(Some)) {
         for _round in 0..args.rounds.max(1) {
             for workload in &workloads {
-                for ((driver, inserts), server) in drivers.iter().zip(&inserts).zip(&running) {
+                for ((driver, inserts), server) in drivers.iter().zip(&inserts).zip(&mut running) {
                     let config = match of_peak {
                         None => config,
                         Some(fraction) => {
@@ -384,7 +386,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                             RunConfig { open_loop: Some(OpenLoop { rate: (peak * fraction).max(1.0), tick }), ..config }
                         }
                     };
+                    let before = cpu_now(server);
                     let mut phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
+                    phase.cpu = cpu_since(server, before);
                     phase.of_peak = of_peak;
                     phase.server_events = server.events_during(&phase);
                     print_phase(&phase);
@@ -398,6 +402,21 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     report.server_cpus = placement.map(|p| p.servers);
     report.generator_threads = args.workload.generator_threads.into();
     finish(&report, &args.workload.out, args.update_docs.as_ref())
+}
+
+/// The CPU time `server` and this process (the load generator) have spent
+/// so far, in ms; `None` where `/proc` does not say.
+fn cpu_now(server: &mut servers::Server) -> Option<(u64, u64)> {
+    Some((server.cpu_ms()?, host::read_process_cpu_ms(std::process::id())?))
+}
+
+/// The CPU time each spent since `before` (from [`cpu_now`]).
+fn cpu_since(server: &mut servers::Server, before: Option<(u64, u64)>) -> Option<PhaseCpu> {
+    let ((server_before, generator_before), (server_after, generator_after)) = before.zip(cpu_now(server))?;
+    Some(PhaseCpu {
+        server_ms: server_after.saturating_sub(server_before),
+        generator_ms: generator_after.saturating_sub(generator_before),
+    })
 }
 
 /// A fraction of a peak: above 0, at most 1.

@@ -290,6 +290,61 @@ pub fn tail_table(report: &Report) -> String {
     out
 }
 
+/// CPU per operation in the summary table's phases: µs of the server's
+/// process and of keel-bench (user and system time, all threads) per
+/// successful operation, medians over rounds, one row per workload with
+/// Keel and its peer side by side. Empty when no phase measured its CPU
+/// (outside `compare`).
+#[must_use]
+pub fn cpu_table(report: &Report) -> String {
+    // workload → target → (server µs/op, generator µs/op) of each round.
+    type Rounds = (Vec<f64>, Vec<f64>);
+    let mut grouped: BTreeMap<&str, BTreeMap<&str, Rounds>> = BTreeMap::new();
+    for phase in report.phases.iter().filter(|p| !in_tail_table(p)) {
+        let Some(cpu) = phase.cpu else { continue };
+        let (Some(server), Some(generator)) = (cpu.server_us_per_op(phase.ops), cpu.generator_us_per_op(phase.ops))
+        else {
+            continue;
+        };
+        let rounds = grouped.entry(&phase.workload).or_default().entry(&phase.target).or_default();
+        rounds.0.push(server);
+        rounds.1.push(generator);
+    }
+    if grouped.is_empty() {
+        return String::new();
+    }
+    let subject = "keel";
+    let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nCPU per operation, µs: user and system time of the server's process and of keel-bench (all their \
+         threads) while each phase of the first table ran, over its successful operations. On a host that lends \
+         its CPUs out, ops/s rise and fall with the host; CPU per operation much less.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | {subject} server | {peer} server | {subject}/{peer} server | keel-bench on {subject} | \
+         keel-bench on {peer} |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for (workload, targets) in &grouped {
+        let of = |target: &str| targets.get(target).map(|(s, g)| (median(s.clone()), median(g.clone())));
+        let (k, p) = (of(subject), of(&peer));
+        let num = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            out,
+            "| {workload} | {} | {} | {} | {} | {} |",
+            num(k.map(|k| k.0)),
+            num(p.map(|p| p.0)),
+            k.zip(p).map_or("–".into(), |(k, p)| ratio(k.0, p.0)),
+            num(k.map(|k| k.1)),
+            num(p.map(|p| p.1)),
+        );
+    }
+    out
+}
+
 /// The whole `summary.md`.
 #[must_use]
 pub fn summary_markdown(report: &Report) -> String {
@@ -301,6 +356,7 @@ pub fn summary_markdown(report: &Report) -> String {
     let _ = writeln!(out, "- command: `{}`\n", report.command);
     out.push_str(&summary_table(report));
     out.push_str(&tail_table(report));
+    out.push_str(&cpu_table(report));
     let _ =
         writeln!(out, "\nMedians over rounds. Latencies in µs, from HDR histograms; every phase is in results.json.");
     out.push_str(&steal_lines(report));

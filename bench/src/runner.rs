@@ -152,6 +152,41 @@ pub struct PhaseResult {
     /// commits and checkpoints that took 20 ms or more), by timeline second;
     /// empty for a server that does not say (Redis) and outside `compare`.
     pub server_events: Vec<ServerEvent>,
+    /// The CPU time the server's process and this load generator's process
+    /// spent while the phase ran; `None` outside `compare` (which starts
+    /// the server, so knows its process) or where `/proc` does not say.
+    pub cpu: Option<PhaseCpu>,
+}
+
+/// CPU time (user and system, all threads) spent during one phase, in
+/// milliseconds, in 10 ms steps (`/proc`'s clock ticks). On a host that
+/// lends its CPUs to others, throughput rises and falls with the host;
+/// CPU time per operation much less, as the kernel counts stolen time
+/// apart. So it is the figure to compare two builds by on such a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseCpu {
+    /// The server's process (keel-node: its shards, their io_uring workers
+    /// and its other threads; Redis: its main and helper threads).
+    pub server_ms: u64,
+    /// This process: the load generator's threads (the clients, their
+    /// connections, the pacer, the steal sampler).
+    pub generator_ms: u64,
+}
+
+impl PhaseCpu {
+    /// µs of the server's CPU per successful operation of `phase`.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn server_us_per_op(&self, ops: u64) -> Option<f64> {
+        (ops > 0).then(|| self.server_ms as f64 * 1000.0 / ops as f64)
+    }
+
+    /// µs of the load generator's CPU per successful operation.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn generator_us_per_op(&self, ops: u64) -> Option<f64> {
+        (ops > 0).then(|| self.generator_ms as f64 * 1000.0 / ops as f64)
+    }
 }
 
 /// A slow step a server logged during a phase.
@@ -374,6 +409,7 @@ fn summarize(
         timeline: tally.timeline.clone(),
         steal_ms: steal.iter().sum(),
         server_events: Vec::new(),
+        cpu: None,
     }
 }
 

@@ -65,6 +65,16 @@ impl Server {
         events_in(&events, phase.started_unix_ms, phase.timeline.len().max(1))
     }
 
+    /// The CPU time the server's process has spent so far, in ms; `None`
+    /// once it has exited, or where `/proc` does not say.
+    #[must_use]
+    pub fn cpu_ms(&mut self) -> Option<u64> {
+        if self.exited() {
+            return None;
+        }
+        host::read_process_cpu_ms(self.child.id())
+    }
+
     /// Whether the process has exited and been reaped (after a `wait`,
     /// `try_wait` answers from the status it kept, without a system call),
     /// so that its pid, perhaps reused already, is never signalled.

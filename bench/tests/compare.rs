@@ -61,6 +61,13 @@ fn compare_runs_keel_end_to_end_from_a_generator_of_two_threads_and_every_phase_
         assert_eq!(phase["target"], "keel");
         assert!(phase["ops"].as_u64().is_some_and(|ops| ops > 0), "{phase}");
         assert_eq!(phase["errors"], serde_json::json!({}), "{phase}");
+        // The node's process and the generator's, over each phase: two
+        // seconds of workload A keep both busy for more than a tick.
+        let cpu = &phase["cpu"];
+        assert!(cpu["server_ms"].is_u64() && cpu["generator_ms"].is_u64(), "{phase}");
+        if phase["workload"] == "a" {
+            assert!(cpu["server_ms"].as_u64() > Some(0) && cpu["generator_ms"].as_u64() > Some(0), "{cpu}");
+        }
         // Whatever this machine's disk did, the node's slow steps are there
         // to read, each within the phase's timeline.
         let seconds = phase["timeline"].as_array().expect("timeline").len();
@@ -73,6 +80,7 @@ fn compare_runs_keel_end_to_end_from_a_generator_of_two_threads_and_every_phase_
     }
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
     assert!(summary.contains("| a |"), "{summary}");
+    assert!(summary.contains("CPU per operation"), "{summary}");
     assert!(out_dir.join("latency-a.svg").exists());
 }
 

@@ -45,3 +45,34 @@ fn a_thread_moved_onto_cpus_runs_only_there_and_can_move_back() {
     assert_eq!(moved, vec![last]);
     assert_eq!(host::allowed_cpus(), mine);
 }
+
+#[test]
+fn a_process_cpu_time_is_its_user_and_system_ticks_in_milliseconds() {
+    // proc(5): pid (comm) state ppid … utime (14) stime (15) …; a name may
+    // hold spaces and parentheses.
+    let stat = "4242 (keel (shard 0)) S 1 4242 4242 0 -1 4194560 2960 0 0 0 1234 56 0 0 20 0 5 0 100 1000 200";
+    assert_eq!(host::process_cpu_ms(stat), Some((1234 + 56) * 10));
+    assert_eq!(host::process_cpu_ms("4242 (short) S 1 2 3"), None, "too few fields");
+    assert_eq!(host::process_cpu_ms("no parenthesis here"), None);
+}
+
+#[test]
+fn this_process_cpu_time_advances_while_it_computes() {
+    let me = std::process::id();
+    let before = host::read_process_cpu_ms(me).expect("/proc/self/stat");
+    // Compute until the kernel has counted at least one more tick (10 ms),
+    // for at most 30 s of wall time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut x = 0u64;
+    let after = loop {
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i * i));
+        }
+        let now = host::read_process_cpu_ms(me).expect("/proc/self/stat");
+        if now > before || std::time::Instant::now() > deadline {
+            break now;
+        }
+    };
+    assert!(after > before, "{before} ms, then {after} ms after computing for 30 s");
+    assert_eq!(host::read_process_cpu_ms(u32::MAX), None, "no such process");
+}

@@ -435,3 +435,35 @@ fn compare_refuses_a_tail_fraction_outside_zero_to_one_and_beside_a_rate() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_cpu_table_gives_each_targets_cpu_per_operation_side_by_side_and_only_where_measured() {
+    let runtime = rt();
+    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let config =
+        RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
+    let workload = Workload::core("c").expect("workload");
+    let phase = runtime
+        .block_on(runner::run(&MemoryDriver::default(), &workload, &config, Arc::new(InsertSequence::new(100))))
+        .expect("run");
+    assert_eq!(phase.cpu, None, "a run alone measures no server's CPU");
+    assert_eq!(report::cpu_table(&Report::new(100, vec![phase.clone()])), "");
+    assert!(!report::summary_markdown(&Report::new(100, vec![phase.clone()])).contains("CPU per operation"));
+
+    // Two rounds of Keel (1 and 3 ms of server CPU over 200 operations:
+    // 5 and 15 µs, median 10) and one of Redis (1 ms: 5 µs).
+    let with = |target: &str, server_ms, generator_ms| {
+        let mut p = phase.clone();
+        p.target = target.into();
+        p.ops = 200;
+        p.cpu = Some(runner::PhaseCpu { server_ms, generator_ms });
+        p
+    };
+    let report = Report::new(100, vec![with("keel", 1, 2), with("redis", 1, 1), with("keel", 3, 2)]);
+    let table = report::cpu_table(&report);
+    assert!(table.contains("| workload | keel server | redis server | keel/redis server |"), "{table}");
+    assert!(table.contains("| c | 10.0 | 5.0 | 2.00 | 10.0 | 5.0 |"), "{table}");
+    assert!(report::summary_markdown(&report).contains(&table));
+    let json = serde_json::to_value(&report).expect("JSON");
+    assert_eq!(json["phases"][0]["cpu"], serde_json::json!({"server_ms": 1, "generator_ms": 2}));
+}
