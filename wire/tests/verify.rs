@@ -210,3 +210,29 @@ fn rewriting_the_id_of_garbage_never_panics() {
         let _ = keel_wire::protocol::set_envelope_id(&mut ones, 9);
     }
 }
+
+#[test]
+fn responses_encoded_one_after_another_on_one_thread_each_carry_only_their_own_bytes() {
+    use keel_wire::item::{self, AttributeValue, Item};
+    use keel_wire::protocol::{self, ItemOp, Reply, Response};
+    let item_of = |bytes: usize| -> Vec<u8> {
+        let mut item = Item::new();
+        item.insert("pk".into(), AttributeValue::S("user1".into()));
+        item.insert("field0".into(), AttributeValue::S("x".repeat(bytes)));
+        item::encode(&item)
+    };
+    // Small, then larger than the thread's builder keeps (so it is
+    // replaced), then small again, then none: each decodes to what was
+    // encoded, with nothing left over from the one before.
+    for (id, bytes) in [(1u64, Some(100usize)), (2, Some(200_000)), (3, Some(10)), (4, None), (5, Some(1_000))] {
+        let stored = bytes.map(item_of);
+        let body = protocol::encode_response(id, &Response::Item(ItemOp::Get, stored.as_deref()));
+        let (got_id, reply) = protocol::decode_response(&body).expect("valid response");
+        assert_eq!(got_id, id);
+        assert!(matches!(&reply, Reply::Item(got) if *got == stored), "response {id}: {reply:?}");
+        // Encoding the same response again gives the same bytes.
+        let error = Response::Error { code: protocol::ErrorCode::NotLeader, message: "m".into(), leader_hint: None };
+        let first = protocol::encode_response(id, &error);
+        assert_eq!(protocol::encode_response(id, &error), first);
+    }
+}
