@@ -230,6 +230,11 @@ fn responses_encoded_one_after_another_on_one_thread_each_carry_only_their_own_b
         let (got_id, reply) = protocol::decode_response(&body).expect("valid response");
         assert_eq!(got_id, id);
         assert!(matches!(&reply, Reply::Item(got) if *got == stored), "response {id}: {reply:?}");
+        // A request encoded between them (with the same builder) too.
+        let request = protocol::Request::DescribeTable { table: format!("table{id}") };
+        let request_body = protocol::encode_request(id, 9, &request);
+        let envelope = protocol::decode_request(&request_body).expect("valid request");
+        assert_eq!((envelope.request_id, envelope.request), (id, request));
         // Encoding the same response again gives the same bytes.
         let error = Response::Error { code: protocol::ErrorCode::NotLeader, message: "m".into(), leader_hint: None };
         let first = protocol::encode_response(id, &error);
