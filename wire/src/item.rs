@@ -200,11 +200,16 @@ fn validate_value(value: &AttributeValue, path: &str, depth: usize) -> Result<us
 /// Encodes an item as a standalone `Item` FlatBuffer (attributes by name).
 #[must_use]
 pub fn encode(item: &Item) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let root = build_item(&mut b, item);
-    b.finish(root, None);
-    b.finished_data().to_vec()
+    crate::protocol::with_thread_builder(ENCODE_FRESH_BYTES, |b| {
+        let root = build_item(b, item);
+        b.finish(root, None);
+        b.finished_data().to_vec()
+    })
 }
+
+/// The buffer [`encode`] gives a builder of its own (only where the
+/// thread's is taken): a YCSB record fits.
+const ENCODE_FRESH_BYTES: usize = 2048;
 
 /// Builds an `Item` table inside a larger buffer.
 pub fn build_item<'a>(b: &mut FlatBufferBuilder<'a>, item: &Item) -> WIPOffset<fb::Item<'a>> {

@@ -725,7 +725,10 @@ thread_local! {
 /// Runs `build` on this thread's message builder, reset, and returns the
 /// bytes it finished. `fresh_bytes` sizes a builder of its own, used only if
 /// the thread's is taken (an encoding inside an encoding: none does so).
-fn with_thread_builder(fresh_bytes: usize, build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> Vec<u8>) -> Vec<u8> {
+pub(crate) fn with_thread_builder(
+    fresh_bytes: usize,
+    build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> Vec<u8>,
+) -> Vec<u8> {
     THREAD_BUILDER.with(|cell| {
         let Ok(mut b) = cell.try_borrow_mut() else {
             return build(&mut FlatBufferBuilder::with_capacity(fresh_bytes));
