@@ -320,7 +320,7 @@ pub fn cpu_table(report: &Report) -> String {
         out,
         "\nCPU per operation, µs: user and system time of the server's process and of keel-bench (all their \
          threads) while each phase of the first table ran, over its successful operations. On a host that lends \
-         its CPUs out, ops/s rise and fall with the host; CPU per operation much less.\n"
+         its CPUs out, ops/s rise and fall with the host; CPU per operation less.\n"
     );
     let _ = writeln!(
         out,
