@@ -162,6 +162,11 @@ struct RunArgs {
     /// The records are loaded already.
     #[arg(long)]
     no_load: bool,
+    /// The server's process id (on this machine): its CPU time over each
+    /// phase goes into results.json and the CPU-per-operation table, as in
+    /// `compare`.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -363,9 +368,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     let mut inserts = Vec::new();
     for (driver, server) in drivers.iter().zip(&mut running) {
-        let before = cpu_now(server);
+        let before = cpu_now(server.cpu_ms());
         let mut loaded = driver.load(args.workload.records, &config).await?;
-        loaded.cpu = cpu_since(server, before);
+        loaded.cpu = cpu_since(before, cpu_now(server.cpu_ms()));
         loaded.server_events = server.events_during(&loaded);
         print_phase(&loaded);
         phases.push(loaded);
@@ -386,9 +391,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                             RunConfig { open_loop: Some(OpenLoop { rate: (peak * fraction).max(1.0), tick }), ..config }
                         }
                     };
-                    let before = cpu_now(server);
+                    let before = cpu_now(server.cpu_ms());
                     let mut phase = driver.run(workload, &config, Arc::clone(inserts)).await?;
-                    phase.cpu = cpu_since(server, before);
+                    phase.cpu = cpu_since(before, cpu_now(server.cpu_ms()));
                     phase.of_peak = of_peak;
                     phase.server_events = server.events_during(&phase);
                     print_phase(&phase);
@@ -404,15 +409,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     finish(&report, &args.workload.out, args.update_docs.as_ref())
 }
 
-/// The CPU time `server` and this process (the load generator) have spent
-/// so far, in ms; `None` where `/proc` does not say.
-fn cpu_now(server: &mut servers::Server) -> Option<(u64, u64)> {
-    Some((server.cpu_ms()?, host::read_process_cpu_ms(std::process::id())?))
+/// The CPU time the server (`server_ms`, read by the caller) and this
+/// process (the load generator) have spent so far, in ms; `None` where
+/// `/proc` does not say.
+fn cpu_now(server_ms: Option<u64>) -> Option<(u64, u64)> {
+    Some((server_ms?, host::read_process_cpu_ms(std::process::id())?))
 }
 
-/// The CPU time each spent since `before` (from [`cpu_now`]).
-fn cpu_since(server: &mut servers::Server, before: Option<(u64, u64)>) -> Option<PhaseCpu> {
-    let ((server_before, generator_before), (server_after, generator_after)) = before.zip(cpu_now(server))?;
+/// The CPU time each spent between two readings of [`cpu_now`].
+fn cpu_since(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<PhaseCpu> {
+    let ((server_before, generator_before), (server_after, generator_after)) = before.zip(after)?;
     Some(PhaseCpu {
         server_ms: server_after.saturating_sub(server_before),
         generator_ms: generator_after.saturating_sub(generator_before),
@@ -450,16 +456,24 @@ fn place_servers(list: &str) -> anyhow::Result<servers::Placement> {
 async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let workloads = args.workload.workloads()?;
     let driver = AnyDriver::connect(args.target, &args.endpoint, args.workload.connections).await?;
+    if let Some(pid) = args.server_pid {
+        anyhow::ensure!(host::read_process_cpu_ms(pid).is_some(), "--server-pid {pid}: no such process here");
+    }
+    let server_cpu = || args.server_pid.and_then(host::read_process_cpu_ms);
     let mut phases = Vec::new();
     if !args.no_load {
-        let loaded = driver.load(args.workload.records, &args.workload.config()).await?;
+        let before = cpu_now(server_cpu());
+        let mut loaded = driver.load(args.workload.records, &args.workload.config()).await?;
+        loaded.cpu = cpu_since(before, cpu_now(server_cpu()));
         print_phase(&loaded);
         phases.push(loaded);
     }
     let inserts = Arc::new(InsertSequence::new(args.workload.records));
     let config = args.workload.config();
     for workload in &workloads {
-        let phase = driver.run(workload, &config, Arc::clone(&inserts)).await?;
+        let before = cpu_now(server_cpu());
+        let mut phase = driver.run(workload, &config, Arc::clone(&inserts)).await?;
+        phase.cpu = cpu_since(before, cpu_now(server_cpu()));
         print_phase(&phase);
         phases.push(phase);
     }

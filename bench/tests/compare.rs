@@ -101,3 +101,68 @@ fn with_rust_log_set_compare_passes_the_nodes_whole_log_on_as_readable_lines() {
     // Its plain lines too (written before it listens).
     assert!(stderr.contains("keel-node: keel-node shard 0 listening on 127.0.0.1:"), "{stderr}");
 }
+
+/// A keel-node this test started; killed when dropped, so a failing test
+/// leaves no server behind.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_against_a_server_already_up_records_its_cpu_given_its_pid_and_refuses_a_pid_that_is_not_there() {
+    use std::io::BufRead as _;
+    let bench = env!("CARGO_BIN_EXE_keel-bench");
+    let node_binary = Path::new(bench).with_file_name("keel-node");
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir");
+    let mut node = Node(
+        Command::new(&node_binary)
+            .args(["--standalone", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start keel-node"),
+    );
+    let stdout = node.0.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let endpoint = loop {
+        let line = lines.next().expect("keel-node exited before listening").expect("a line");
+        if let Some(address) = line.strip_prefix("keel-node listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    let run = |pid: u32, out: &Path| {
+        Command::new(bench)
+            .args(["run", "--target", "keel", "--endpoint", &endpoint, "--workloads", "c", "--records", "500"])
+            .args(["--duration-s", "2", "--clients", "4", "--server-pid", &pid.to_string(), "--out"])
+            .arg(out)
+            .output()
+            .expect("run keel-bench run")
+    };
+    let out_dir = tmp.path().join("out");
+    let output = run(node.0.id(), &out_dir);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
+    let phases = json["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2, "the load and C");
+    for phase in phases {
+        assert!(phase["cpu"]["server_ms"].is_u64() && phase["cpu"]["generator_ms"].is_u64(), "{phase}");
+    }
+    // Two seconds of reads keep the node busy for more than a tick.
+    assert!(phases[1]["cpu"]["server_ms"].as_u64() > Some(0), "{}", phases[1]);
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
+    assert!(summary.contains("CPU per operation"), "{summary}");
+
+    let refused = run(u32::MAX, &tmp.path().join("refused"));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no such process here"), "{stderr}");
+}
