@@ -211,12 +211,19 @@ fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() }
 }
 
+/// Keel, and the other target of the report's phases ("peer" if none), as
+/// the tables set them side by side.
+fn subject_and_peer(report: &Report) -> (&'static str, String) {
+    let subject = "keel";
+    let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
+    (subject, peer)
+}
+
 /// The summary table: one row per workload, Keel and its peer side by side.
 #[must_use]
 pub fn summary_table(report: &Report) -> String {
     let rows = rows(report, false);
-    let subject = "keel";
-    let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
+    let (subject, peer) = subject_and_peer(report);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -313,8 +320,7 @@ pub fn cpu_table(report: &Report) -> String {
     if grouped.is_empty() {
         return String::new();
     }
-    let subject = "keel";
-    let peer = report.phases.iter().map(|p| p.target.as_str()).find(|t| *t != subject).unwrap_or("peer").to_owned();
+    let (subject, peer) = subject_and_peer(report);
     let mut out = String::new();
     let _ = writeln!(
         out,

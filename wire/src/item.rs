@@ -207,8 +207,8 @@ pub fn encode(item: &Item) -> Vec<u8> {
     })
 }
 
-/// The buffer [`encode`] gives a builder of its own (only where the
-/// thread's is taken): a YCSB record fits.
+/// The size [`encode`] expects of an item (a YCSB record fits); a larger
+/// one grows the thread's builder, which is then replaced.
 const ENCODE_FRESH_BYTES: usize = 2048;
 
 /// Builds an `Item` table inside a larger buffer.

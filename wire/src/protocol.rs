@@ -685,8 +685,8 @@ fn build_key<'b>(
     fb::KeySchemaElement::create(b, &fb::KeySchemaElementArgs { name: Some(name), type_ })
 }
 
-/// Builder bytes room for a response: its item bytes and some room for the
-/// rest (tables, vtables, offsets, the envelope).
+/// The bytes a response is expected to take: its item bytes and some room
+/// for the rest (tables, vtables, offsets, the envelope).
 fn response_capacity(response: &Response<'_>) -> usize {
     const ROOM: usize = 256;
     const PER_ITEM: usize = 16;
@@ -723,19 +723,27 @@ thread_local! {
 }
 
 /// Runs `build` on this thread's message builder, reset, and returns the
-/// bytes it finished. `fresh_bytes` sizes a builder of its own, used only if
+/// bytes it finished. A message expected to be large (`size_hint` bytes,
+/// more than the thread's builder keeps) gets a builder of its own sized up
+/// front instead: the thread's would grow to it by doubling, copying and
+/// zeroing as it goes, only to be replaced after. So does one built while
 /// the thread's is taken (an encoding inside an encoding: none does so).
 pub(crate) fn with_thread_builder(
-    fresh_bytes: usize,
+    size_hint: usize,
     build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> Vec<u8>,
 ) -> Vec<u8> {
+    let own = || FlatBufferBuilder::with_capacity(size_hint);
+    if size_hint > THREAD_BUILDER_KEPT_MAX_BYTES / 2 {
+        return build(&mut own());
+    }
     THREAD_BUILDER.with(|cell| {
         let Ok(mut b) = cell.try_borrow_mut() else {
-            return build(&mut FlatBufferBuilder::with_capacity(fresh_bytes));
+            return build(&mut own());
         };
         b.reset();
         let message = build(&mut b);
-        // The builder's buffer is at least as large as what it built.
+        // The hint fell short: the builder's buffer is at least as large as
+        // what it built, too large to keep.
         if message.len() > THREAD_BUILDER_KEPT_MAX_BYTES / 2 {
             *b = FlatBufferBuilder::with_capacity(THREAD_BUILDER_BYTES);
         }
@@ -998,8 +1006,7 @@ fn opt_string<'b>(b: &mut FlatBufferBuilder<'b>, s: &Option<String>) -> Option<W
 #[must_use]
 #[allow(clippy::too_many_lines)]
 pub fn encode_request(request_id: u64, timeout_ms: u32, request: &Request<'_>) -> Vec<u8> {
-    // A builder of its own is sized up front, like a response's (see
-    // `response_capacity`).
+    // Its expected size, like a response's (see `response_capacity`).
     let room = 512 + if let Request::PutItem { item, .. } = request { item.len() } else { 0 };
     with_thread_builder(room, |b| build_request(b, request_id, timeout_ms, request))
 }
