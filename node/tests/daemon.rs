@@ -178,6 +178,70 @@ fn the_daemon_serves_stops_cleanly_and_keeps_acknowledged_writes() {
     node.stop();
 }
 
+/// Bytes of every partition's B-tree file under a node's data directory.
+fn btree_file_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("list data directory")
+        .flatten()
+        .filter_map(|shard| std::fs::read_dir(shard.path().join("partitions")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|file| file.metadata().ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[test]
+fn a_partition_that_stops_taking_writes_is_checkpointed_and_keeps_them_through_kill_9() {
+    const ITEMS: u32 = 60;
+    const PAD_BYTES: usize = 3000;
+    let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
+    let dir = tmp.path().join("data");
+    // The dirty and WAL limits are far off (hundreds of MiB): only a quiet
+    // checkpoint writes these pages.
+    let mut node = Node::start_with(&dir, None, &["--quiet-checkpoint-ms", "100"]);
+    let create = Request::CreateTable {
+        table: "users".into(),
+        partition_key: ("id".into(), KeyKind::S),
+        sort_key: None,
+        partitions: 1,
+        placement: Vec::new(),
+    };
+    assert!(matches!(node.call(&create), Reply::Table(_)));
+    let pad = "p".repeat(PAD_BYTES);
+    for i in 0..ITEMS {
+        let it = item::from_json(&json!({"id": {"S": format!("u{i}")}, "n": {"N": i.to_string()}, "pad": {"S": pad}}))
+            .expect("item");
+        let bytes = item::encode(&it);
+        let put = Request::PutItem {
+            table: "users".into(),
+            item: &bytes,
+            condition: None,
+            args: ExpressionArgs::default(),
+            return_values: ReturnValues::None,
+        };
+        assert_eq!(node.call(&put), Reply::Item(None));
+    }
+    // Polled every 20 ms: the checkpoint comes 100–200 ms after the last
+    // write, later on a loaded machine.
+    let written = u64::from(ITEMS) * PAD_BYTES as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while btree_file_bytes(&dir) < written {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint wrote the quiet partition: its B-tree files hold {} bytes",
+            btree_file_bytes(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    node.kill_9();
+    let mut node = Node::start(&dir);
+    for i in [0, ITEMS / 2, ITEMS - 1] {
+        assert_eq!(get_n(&mut node, &format!("u{i}")), Some(i.to_string()), "u{i} survives kill -9");
+    }
+    node.stop();
+}
+
 #[test]
 fn the_client_pipelines_requests_and_reports_typed_errors() {
     use keel_wire::client::{BlockingClient, ClientConfig, ClientError};
@@ -717,15 +781,7 @@ fn write_load_interrupted_by(interrupt: fn(Node), args: &[&str]) {
     load.join().expect("the load thread ends once the node is gone");
     // Checkpoints ran during the load: the B-tree files hold pages beyond
     // their initial few (9 MB of items against 1 MiB of dirty pages).
-    let btree_bytes: u64 = std::fs::read_dir(&dir)
-        .expect("list data directory")
-        .flatten()
-        .filter_map(|shard| std::fs::read_dir(shard.path().join("partitions")).ok())
-        .flatten()
-        .flatten()
-        .filter_map(|file| file.metadata().ok())
-        .map(|meta| meta.len())
-        .sum();
+    let btree_bytes = btree_file_bytes(&dir);
     assert!(btree_bytes > 2 << 20, "B-tree files hold {btree_bytes} bytes: no checkpoint ran during the load");
 
     let mut node = Node::start(&dir);
