@@ -455,10 +455,12 @@ fn place_servers(list: &str) -> anyhow::Result<servers::Placement> {
 
 async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let workloads = args.workload.workloads()?;
-    let driver = AnyDriver::connect(args.target, &args.endpoint, args.workload.connections).await?;
+    // Checked before connecting: a wrong pid is refused whether or not the
+    // endpoint answers.
     if let Some(pid) = args.server_pid {
         anyhow::ensure!(host::read_process_cpu_ms(pid).is_some(), "--server-pid {pid}: no such process here");
     }
+    let driver = AnyDriver::connect(args.target, &args.endpoint, args.workload.connections).await?;
     let server_cpu = || args.server_pid.and_then(host::read_process_cpu_ms);
     let mut phases = Vec::new();
     if !args.no_load {

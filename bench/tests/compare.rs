@@ -138,14 +138,15 @@ fn run_against_a_server_already_up_records_its_cpu_given_its_pid_and_refuses_a_p
     };
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    let run = |pid: u32, out: &Path| {
+    let run_at = |endpoint: &str, pid: u32, out: &Path| {
         Command::new(bench)
-            .args(["run", "--target", "keel", "--endpoint", &endpoint, "--workloads", "c", "--records", "500"])
+            .args(["run", "--target", "keel", "--endpoint", endpoint, "--workloads", "c", "--records", "500"])
             .args(["--duration-s", "2", "--clients", "4", "--server-pid", &pid.to_string(), "--out"])
             .arg(out)
             .output()
             .expect("run keel-bench run")
     };
+    let run = |pid: u32, out: &Path| run_at(&endpoint, pid, out);
     let out_dir = tmp.path().join("out");
     let output = run(node.0.id(), &out_dir);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -162,6 +163,12 @@ fn run_against_a_server_already_up_records_its_cpu_given_its_pid_and_refuses_a_p
     assert!(summary.contains("CPU per operation"), "{summary}");
 
     let refused = run(u32::MAX, &tmp.path().join("refused"));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no such process here"), "{stderr}");
+    // The pid is checked before connecting: refused for it even where
+    // nothing listens (port 9 of loopback: discard, not served here).
+    let refused = run_at("127.0.0.1:9", u32::MAX, &tmp.path().join("refused-unserved"));
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("no such process here"), "{stderr}");
