@@ -164,11 +164,11 @@ pub struct NodeConfig {
     pub dirty_bytes_max: Option<usize>,
     /// How long stopping waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// A partition that applied no write for this long (to twice this) is
-    /// checkpointed, whatever its dirty pages: reads then search clean
-    /// pages in place (faster than decoded dirty nodes), and the WAL behind
-    /// it is reclaimed. None: only the dirty and WAL limits checkpoint.
-    /// [`QUIET_CHECKPOINT_AFTER`] by default.
+    /// A shard that applied no write for this long (to twice this)
+    /// checkpoints its partitions, whatever their dirty pages: reads then
+    /// search clean pages in place (faster than decoded dirty nodes), and
+    /// the WAL behind them is reclaimed. None: only the dirty and WAL
+    /// limits checkpoint. [`QUIET_CHECKPOINT_AFTER`] by default.
     pub quiet_checkpoint_after: Option<Duration>,
     /// How a shard makes its WAL commits durable: through io_uring (the
     /// shard serves meanwhile) or inline (a blocking write on the shard's
@@ -210,10 +210,10 @@ impl NodeConfig {
     }
 }
 
-/// How long a partition applies no write before it is checkpointed by
-/// default ([`NodeConfig::quiet_checkpoint_after`]). Long enough that a
-/// partition written to at all steadily is left to the dirty and WAL limits
-/// (a page absorbs many updates between writes); short beside a read-heavy
+/// How long a shard applies no write before it checkpoints its partitions
+/// by default ([`NodeConfig::quiet_checkpoint_after`]). Long enough that a
+/// shard written to at all steadily is left to the dirty and WAL limits (a
+/// page absorbs many updates between writes); short beside a read-heavy
 /// phase, whose reads are a quarter cheaper from clean pages
 /// ([`ShardStore::quiet_checkpoint_due`]).
 pub const QUIET_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
@@ -1428,11 +1428,11 @@ async fn background_work(shard: Rc<Shard>) {
     }
 }
 
-/// The background task's looks for quiet partitions: every `every`, it
-/// notes where writes stand ([`ShardStore::quiet_watch`]); a partition with
-/// dirty pages that applied nothing since the previous look is checkpointed
-/// ([`ShardStore::quiet_checkpoint_due`]), so between one and two `every`
-/// after its last write.
+/// The background task's looks for a quiet shard: every `every`, it notes
+/// where writes stand ([`ShardStore::quiet_watch`]); once a look finds that
+/// no partition applied a write since the previous one, the partitions with
+/// dirty pages are checkpointed in turn ([`ShardStore::quiet_checkpoint_due`]),
+/// so between one and two `every` after the shard's last write.
 #[derive(Debug)]
 struct QuietLooks {
     every: Duration,
@@ -1445,9 +1445,10 @@ impl QuietLooks {
         Self { every, looked_at: Instant::now(), seen: QuietWatch::default() }
     }
 
-    /// A quiet partition to checkpoint, if it is time to look and there is
-    /// one. The watch is taken again only once no partition it saw is
-    /// quiet, so that every quiet partition is checkpointed in turn.
+    /// A partition to checkpoint, if it is time to look and the shard has
+    /// been quiet since the previous look. The watch is taken again only
+    /// once nothing is due, so that every dirty partition of a quiet shard
+    /// is checkpointed in turn.
     fn due<D: crate::io::Disk>(&mut self, store: &ShardStore<D>) -> Option<u64> {
         if self.looked_at.elapsed() < self.every {
             return None;
@@ -1767,7 +1768,7 @@ mod tests {
     }
 
     #[test]
-    fn quiet_partitions_are_checkpointed_in_turn_once_a_look_finds_them_unchanged() {
+    fn a_quiet_shard_s_partitions_are_checkpointed_in_turn_once_a_look_finds_no_write_since_the_last() {
         use crate::io::sim::SimDisk;
         futures_lite::future::block_on(async {
             let mut store = ShardStore::open(SimDisk::new(4), StoreConfig::new("/s")).await.expect("open");
@@ -1782,14 +1783,13 @@ mod tests {
             let mut looks = QuietLooks::new(Duration::ZERO);
             assert_eq!(looks.due(&store), None);
             store.put(1, b"k", &[2; 10]).await.expect("put");
-            assert_eq!(looks.due(&store), Some(2), "1 applied a write since the look");
-            store.checkpoint(2).await.expect("checkpoint");
-            // Nothing quiet left in that watch: it is taken again, and 1 is
-            // quiet at the next look, 2 clean.
-            assert_eq!(looks.due(&store), None);
-            assert_eq!(looks.due(&store), Some(1));
-            store.checkpoint(1).await.expect("checkpoint");
-            assert_eq!(looks.due(&store), None);
+            assert_eq!(looks.due(&store), None, "1 applied a write since the look: the watch is taken again");
+            let first = looks.due(&store).expect("quiet since the last look");
+            store.checkpoint(first).await.expect("checkpoint");
+            // The same watch names the other one at once.
+            let second = looks.due(&store).expect("the other partition, in turn");
+            assert_ne!(first, second);
+            store.checkpoint(second).await.expect("checkpoint");
             assert_eq!(looks.due(&store), None, "nothing is dirty");
         });
     }

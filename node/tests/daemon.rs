@@ -192,7 +192,7 @@ fn btree_file_bytes(dir: &Path) -> u64 {
 }
 
 #[test]
-fn a_partition_that_stops_taking_writes_is_checkpointed_and_keeps_them_through_kill_9() {
+fn a_node_that_stops_taking_writes_checkpoints_them_and_keeps_them_through_kill_9() {
     const ITEMS: u32 = 60;
     const PAD_BYTES: usize = 3000;
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
@@ -229,7 +229,7 @@ fn a_partition_that_stops_taking_writes_is_checkpointed_and_keeps_them_through_k
     while btree_file_bytes(&dir) < written {
         assert!(
             std::time::Instant::now() < deadline,
-            "no checkpoint wrote the quiet partition: its B-tree files hold {} bytes",
+            "no checkpoint wrote the quiet node's partitions: their B-tree files hold {} bytes",
             btree_file_bytes(&dir)
         );
         std::thread::sleep(std::time::Duration::from_millis(20));

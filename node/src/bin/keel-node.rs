@@ -92,9 +92,9 @@ struct Args {
     /// shared by the shards, 128 to 1024.
     #[arg(long)]
     dirty_mb: Option<usize>,
-    /// Milliseconds without a write after which a partition is checkpointed
-    /// whatever its dirty pages (reads are cheaper from clean pages, and the
-    /// WAL behind it is reclaimed); 0: never. Default: 1000.
+    /// Milliseconds without a write after which a shard checkpoints its
+    /// partitions whatever their dirty pages (reads are cheaper from clean
+    /// pages, and the WAL behind them is reclaimed); 0: never. Default: 1000.
     #[arg(long)]
     quiet_checkpoint_ms: Option<u64>,
     /// Partitions of a table whose CreateTable does not say. Default: 4.
