@@ -1493,11 +1493,24 @@ fn checkpoint_pause_for(took: Duration, backlogged: bool) -> Duration {
 
 /// One background checkpoint if one is due; whether there was one.
 async fn checkpoint_once(shard: &Shard, quiet: Option<&mut QuietLooks>) -> Result<bool, String> {
+    // Decided under the read lock: the write lock waits for the requests
+    // holding the engine and holds back every new one, and the quiet looks
+    // ask once a second, on nodes that may be serving nothing but reads
+    // (which never take it otherwise).
+    let partition = {
+        let engine = shard.engine.read().await.map_err(|e| e.to_string())?;
+        let store = engine.store();
+        let due = store.checkpoint_due().or_else(|| quiet.and_then(|looks| looks.due(store)));
+        let Some(partition) = due else { return Ok(false) };
+        partition
+    };
     let mut job = {
         let mut engine = shard.engine.write().await.map_err(|e| e.to_string())?;
         let store = engine.store_mut();
-        let due = store.checkpoint_due().or_else(|| quiet.and_then(|looks| looks.due(store)));
-        let Some(partition) = due else { return Ok(false) };
+        // Dropped meanwhile (DeleteTable): the next pass decides again.
+        if store.applied(partition).is_none() || store.checkpoint_in_flight() {
+            return Ok(false);
+        }
         store.begin_checkpoint(partition).map_err(|e| e.to_string())?
     };
     // Encoding takes a few µs a page; requests get the core, and the WAL
