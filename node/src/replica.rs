@@ -337,7 +337,7 @@ pub struct CheckpointDone {
 
 /// The applied index of each replica of a shard when it was taken
 /// ([`ShardStore::quiet_watch`]), in partition order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct QuietWatch {
     seen: Vec<(u64, u64)>,
 }

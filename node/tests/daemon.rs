@@ -113,8 +113,25 @@ impl Drop for Node {
     }
 }
 
+/// Creates the table `users` (key `id`, a string) with `partitions`.
+fn create_users(node: &mut Node, partitions: u32) {
+    let create = Request::CreateTable {
+        table: "users".into(),
+        partition_key: ("id".into(), KeyKind::S),
+        sort_key: None,
+        partitions,
+        placement: Vec::new(),
+    };
+    assert!(matches!(node.call(&create), Reply::Table(_)));
+}
+
 fn put(node: &mut Node, id: &str, n: u32) -> Reply {
-    let bytes = item::encode(&item::from_json(&json!({"id": {"S": id}, "n": {"N": n.to_string()}})).expect("item"));
+    put_item(node, &json!({"id": {"S": id}, "n": {"N": n.to_string()}}))
+}
+
+/// Puts the item `item` (DynamoDB JSON) into `users`.
+fn put_item(node: &mut Node, item: &serde_json::Value) -> Reply {
+    let bytes = item::encode(&item::from_json(item).expect("item"));
     node.call(&Request::PutItem {
         table: "users".into(),
         item: &bytes,
@@ -148,14 +165,7 @@ fn the_daemon_serves_stops_cleanly_and_keeps_acknowledged_writes() {
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let dir = tmp.path().join("data");
     let mut node = Node::start(&dir);
-    let create = Request::CreateTable {
-        table: "users".into(),
-        partition_key: ("id".into(), KeyKind::S),
-        sort_key: None,
-        partitions: 4,
-        placement: Vec::new(),
-    };
-    assert!(matches!(node.call(&create), Reply::Table(_)));
+    create_users(&mut node, 4);
     for i in 0..50 {
         assert_eq!(put(&mut node, &format!("u{i}"), i), Reply::Item(None));
     }
@@ -200,27 +210,11 @@ fn a_node_that_stops_taking_writes_checkpoints_them_and_keeps_them_through_kill_
     // The dirty and WAL limits are far off (hundreds of MiB): only a quiet
     // checkpoint writes these pages.
     let mut node = Node::start_with(&dir, None, &["--quiet-checkpoint-ms", "100"]);
-    let create = Request::CreateTable {
-        table: "users".into(),
-        partition_key: ("id".into(), KeyKind::S),
-        sort_key: None,
-        partitions: 1,
-        placement: Vec::new(),
-    };
-    assert!(matches!(node.call(&create), Reply::Table(_)));
+    create_users(&mut node, 1);
     let pad = "p".repeat(PAD_BYTES);
     for i in 0..ITEMS {
-        let it = item::from_json(&json!({"id": {"S": format!("u{i}")}, "n": {"N": i.to_string()}, "pad": {"S": pad}}))
-            .expect("item");
-        let bytes = item::encode(&it);
-        let put = Request::PutItem {
-            table: "users".into(),
-            item: &bytes,
-            condition: None,
-            args: ExpressionArgs::default(),
-            return_values: ReturnValues::None,
-        };
-        assert_eq!(node.call(&put), Reply::Item(None));
+        let it = json!({"id": {"S": format!("u{i}")}, "n": {"N": i.to_string()}, "pad": {"S": pad}});
+        assert_eq!(put_item(&mut node, &it), Reply::Item(None));
     }
     // Polled every 20 ms: the checkpoint comes 100–200 ms after the last
     // write, later on a loaded machine.
@@ -583,14 +577,7 @@ fn bad_input_gets_a_typed_error_or_a_clean_close_and_the_server_keeps_serving() 
     use rand::{Rng, SeedableRng};
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let mut node = Node::start(&tmp.path().join("data"));
-    let create = Request::CreateTable {
-        table: "users".into(),
-        partition_key: ("id".into(), KeyKind::S),
-        sort_key: None,
-        partitions: 4,
-        placement: Vec::new(),
-    };
-    assert!(matches!(node.call(&create), Reply::Table(_)));
+    create_users(&mut node, 4);
     let address = node.address.clone();
     let frame_of = |body: &[u8]| {
         let mut frame = Vec::new();
@@ -848,14 +835,7 @@ fn the_wal_and_btree_files_are_open_with_o_direct() {
     const O_DIRECT: u32 = 0o40000;
     let tmp = tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("temp dir on ext4");
     let mut node = Node::start(&tmp.path().join("data"));
-    let create = Request::CreateTable {
-        table: "users".into(),
-        partition_key: ("id".into(), KeyKind::S),
-        sort_key: None,
-        partitions: 4,
-        placement: Vec::new(),
-    };
-    assert!(matches!(node.call(&create), Reply::Table(_)));
+    create_users(&mut node, 4);
     for i in 0..20 {
         assert_eq!(put(&mut node, &format!("u{i}"), i), Reply::Item(None));
     }
