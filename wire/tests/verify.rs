@@ -142,6 +142,19 @@ fn a_rejected_item_names_the_path_to_the_field_that_broke() {
 }
 
 #[test]
+fn an_item_cut_short_at_any_length_is_rejected() {
+    // Every read the verifier makes near the end of the buffer (an offset,
+    // a vtable entry, a string's terminator) must find the buffer too short.
+    // Only the builder's padding after the last string's terminator (less
+    // than the 4-byte alignment) may go.
+    let whole = item_bytes("x", 2);
+    let verifies = |len: usize| verify::item(whole.get(..len).expect("a prefix")).is_ok();
+    let shortest = (0..=whole.len()).find(|&len| verifies(len)).expect("the whole item verifies");
+    assert!(shortest + 3 >= whole.len(), "{shortest} of {} bytes verified", whole.len());
+    assert!((shortest..=whole.len()).all(verifies));
+}
+
+#[test]
 fn garbage_and_bit_flips_never_panic() {
     let mut rng = SmallRng::seed_from_u64(5);
     let valid = put_request(1, &item_bytes("x", 2));

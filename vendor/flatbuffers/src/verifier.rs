@@ -333,6 +333,15 @@ impl<'opts, 'buf> Verifier<'opts, 'buf> {
         self.is_aligned::<T>(pos)?;
         self.range_in_buffer(pos, core::mem::size_of::<T>())
     }
+    /// The `N` bytes at `pos`, read as one load. The caller has checked
+    /// that they are in the buffer (`in_buffer`); were they not, zeros.
+    #[inline(always)]
+    fn read_array<const N: usize>(&self, pos: usize) -> [u8; N] {
+        match self.buffer.get(pos..pos.wrapping_add(N)) {
+            Some(bytes) => core::convert::TryInto::try_into(bytes).unwrap_or([0; N]),
+            None => [0; N],
+        }
+    }
     #[inline]
     pub fn get_u8(&mut self, pos: usize) -> Result<u8> {
         self.in_buffer::<u8>(pos)?;
@@ -341,27 +350,17 @@ impl<'opts, 'buf> Verifier<'opts, 'buf> {
     #[inline]
     fn get_u16(&mut self, pos: usize) -> Result<u16> {
         self.in_buffer::<u16>(pos)?;
-        Ok(u16::from_le_bytes([self.buffer[pos], self.buffer[pos + 1]]))
+        Ok(u16::from_le_bytes(self.read_array(pos)))
     }
     #[inline]
     pub fn get_uoffset(&mut self, pos: usize) -> Result<UOffsetT> {
         self.in_buffer::<u32>(pos)?;
-        Ok(u32::from_le_bytes([
-            self.buffer[pos],
-            self.buffer[pos + 1],
-            self.buffer[pos + 2],
-            self.buffer[pos + 3],
-        ]))
+        Ok(u32::from_le_bytes(self.read_array(pos)))
     }
     #[inline]
     fn deref_soffset(&mut self, pos: usize) -> Result<usize> {
         self.in_buffer::<SOffsetT>(pos)?;
-        let offset = SOffsetT::from_le_bytes([
-            self.buffer[pos],
-            self.buffer[pos + 1],
-            self.buffer[pos + 2],
-            self.buffer[pos + 3],
-        ]);
+        let offset = SOffsetT::from_le_bytes(self.read_array(pos));
 
         // signed offsets are subtracted.
         let derefed = if offset > 0 {
