@@ -73,6 +73,23 @@ fn frames(c: &mut Criterion) {
             protocol::encode_request(8, 1_000, &request).len()
         });
     });
+    // What a shard decodes for every read.
+    let mut key = Item::new();
+    key.insert("ycsb_key".into(), AttributeValue::S("user6284781860667377211".into()));
+    let get = Request::GetItem {
+        table: "usertable".into(),
+        key,
+        projection: None,
+        args: ExpressionArgs::default(),
+        consistent_read: false,
+    };
+    let get = protocol::encode_request(8, 1_000, &get);
+    group.bench_function("verify_and_decode_get_item_request", |b| {
+        b.iter(|| match protocol::decode_request(&get).unwrap().request {
+            Request::GetItem { key, .. } => key.len(),
+            _ => 0,
+        });
+    });
     group.finish();
 }
 
