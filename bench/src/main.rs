@@ -43,6 +43,11 @@ enum Command {
     Disk(DiskArgs),
     /// Closed-loop PutItem/GetItem load against a running keel-node.
     Load(LoadArgs),
+    /// From a saved results.json (of `compare` or `run`): its tables
+    /// printed, its summary.md and plots written beside it again, and with
+    /// `--update-docs` the docs' results section rewritten, as the run
+    /// itself would have.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +182,17 @@ struct DiskArgs {
     #[arg(long, default_value = "target/keel-bench")]
     dir: PathBuf,
     /// Rewrite the disk section of this Markdown file (docs/bench/README.md).
+    #[arg(long)]
+    update_docs: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// The results.json a run wrote (its directory gets summary.md and the
+    /// plots).
+    #[arg(long, default_value = "target/keel-bench/results/results.json")]
+    results: PathBuf,
+    /// Rewrite the results section of this Markdown file (docs/bench/README.md).
     #[arg(long)]
     update_docs: Option<PathBuf>,
 }
@@ -318,6 +334,20 @@ fn print_phase(phase: &PhaseResult) {
 
 fn finish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     report::write(report, out)?;
+    publish(report, out, update_docs)
+}
+
+/// `keel-bench report`: a saved run's files and docs section made again
+/// (the results file itself is left as it is).
+fn report_command(args: &ReportArgs) -> anyhow::Result<()> {
+    let report = report::read(&args.results)?;
+    let dir = args.results.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    report::write_summary(&report, dir)?;
+    publish(&report, dir, args.update_docs.as_ref())
+}
+
+/// Prints a run's tables and rewrites the docs section from them.
+fn publish(report: &Report, out: &std::path::Path, update_docs: Option<&PathBuf>) -> anyhow::Result<()> {
     let table = report::summary_table(report) + &report::tail_table(report) + &report::cpu_table(report);
     let steal = report::steal_lines(report) + &report::server_event_lines(report);
     println!("{table}{steal}");
@@ -609,6 +639,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Disk(args) = &cli.command {
         return disk_command(args);
     }
+    if let Command::Report(args) = &cli.command {
+        return report_command(args);
+    }
     // One thread: on a small machine the load generator must not take the
     // cores of the servers it measures. With `--generator-threads` each
     // phase starts the others, each with its own event loop.
@@ -617,6 +650,6 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => runtime.block_on(compare(args)),
         Command::Run(args) => runtime.block_on(run_one(args)),
         Command::Load(args) => runtime.block_on(load(args)),
-        Command::Disk(_) => Ok(()),
+        Command::Disk(_) | Command::Report(_) => Ok(()),
     }
 }

@@ -11,12 +11,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runner::{PhaseResult, ServerEvent};
 
 /// The machine a run was measured on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model.
     pub cpu: String,
@@ -70,7 +70,7 @@ impl Machine {
 }
 
 /// A whole run: where, when, how, and every phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The machine.
     pub machine: Machine,
@@ -549,9 +549,21 @@ pub fn plot(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
 pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(report)?)?;
+    write_summary(report, dir)
+}
+
+/// Writes `summary.md` and the plots of `report` into `dir` (which exists).
+pub fn write_summary(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("summary.md"), summary_markdown(report))?;
     plot(report, dir)?;
     Ok(())
+}
+
+/// Reads a `results.json` written by [`write`] (`keel-bench report`
+/// regenerates the summary, the plots and the docs section from it).
+pub fn read(path: &Path) -> anyhow::Result<Report> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a keel-bench results.json", path.display()))
 }
 
 /// Replaces the generated section `name` of a Markdown file (between

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::driver::{Driver, OpError};
 use crate::host;
@@ -70,7 +70,7 @@ pub struct RunConfig {
 pub const LOAD_PHASE: &str = "load";
 
 /// Latency summary in µs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
     /// Operations measured.
     pub count: u64,
@@ -108,7 +108,7 @@ impl Latency {
 }
 
 /// What one phase measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseResult {
     /// Target (driver) name.
     pub target: String,
@@ -163,7 +163,7 @@ pub struct PhaseResult {
 /// lends its CPUs to others, throughput rises and falls with the host;
 /// CPU time per operation much less, as the kernel counts stolen time
 /// apart. So it is the figure to compare two builds by on such a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseCpu {
     /// The server's process (keel-node: its shards, their io_uring workers
     /// and its other threads; Redis: its main and helper threads).
@@ -190,7 +190,7 @@ impl PhaseCpu {
 }
 
 /// A slow step a server logged during a phase.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServerEvent {
     /// The timeline second it ended in (when the server logged it).
     pub second: usize,
@@ -201,7 +201,7 @@ pub struct ServerEvent {
 }
 
 /// One second of a phase.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Second {
     /// Successful operations that finished in this second.
     pub ops: u64,
