@@ -24,6 +24,31 @@ fn loading(clients: usize, shape: RecordShape, threads: usize) -> RunConfig {
     RunConfig { clients, duration: None, operations: None, open_loop: None, shape, seed: 1, threads }
 }
 
+/// The small records of the summary tests: 2 fields of 4 bytes.
+const SMALL: RecordShape = RecordShape { fields: 2, field_bytes: 4 };
+
+/// A closed-loop phase of workload `letter` on `driver` (loaded with 100
+/// `SMALL` records): 2 clients, `operations` operations.
+fn small_phase(
+    runtime: &tokio::runtime::Runtime,
+    driver: &MemoryDriver,
+    letter: &str,
+    operations: u64,
+    seed: u64,
+) -> runner::PhaseResult {
+    let config = RunConfig {
+        clients: 2,
+        duration: None,
+        operations: Some(operations),
+        open_loop: None,
+        shape: SMALL,
+        seed,
+        threads: 1,
+    };
+    let workload = Workload::core(letter).expect("workload");
+    runtime.block_on(runner::run(driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run")
+}
+
 #[test]
 fn phases_count_every_operation_and_the_files_have_their_shape() {
     let runtime = rt();
@@ -130,15 +155,13 @@ fn phases_count_every_operation_and_the_files_have_their_shape() {
 fn open_loop_runs_at_the_requested_rate_and_charges_queueing() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    runtime
-        .block_on(runner::load(&driver, 100, &loading(2, RecordShape { fields: 2, field_bytes: 4 }, 1)))
-        .expect("load");
+    runtime.block_on(runner::load(&driver, 100, &loading(2, SMALL, 1))).expect("load");
     let config = RunConfig {
         clients: 4,
         duration: None,
         operations: Some(400),
         open_loop: Some(OpenLoop::at(2000.0)),
-        shape: RecordShape { fields: 2, field_bytes: 4 },
+        shape: SMALL,
         seed: 3,
         threads: 1,
     };
@@ -196,7 +219,7 @@ impl Driver for ThreadsSeen {
 fn on_several_generator_threads_every_operation_is_counted_once_in_the_load_and_both_loops() {
     let runtime = rt();
     let driver = ThreadsSeen::default();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let shape = SMALL;
     let loaded = runtime.block_on(runner::load(&driver, 300, &loading(16, shape, 4))).expect("load");
     assert_eq!(loaded.ops, 300);
     assert_eq!(driver.forks.load(Ordering::Relaxed), 3, "a driver of its own for each other thread");
@@ -239,13 +262,8 @@ fn on_several_generator_threads_every_operation_is_counted_once_in_the_load_and_
 fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, shape, 1))).expect("load");
-    let config =
-        RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
-    let workload = Workload::core("a").expect("workload");
-    let mut phase =
-        runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
+    let loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, SMALL, 1))).expect("load");
+    let mut phase = small_phase(&runtime, &driver, "a", 200, 5);
     // Whatever this machine's host did during the test, start from none.
     let mut quiet = vec![loaded, phase.clone()];
     for p in &mut quiet {
@@ -273,12 +291,7 @@ fn the_summary_names_the_seconds_the_host_stole_and_only_those() {
 fn the_summary_lists_the_slow_steps_the_server_logged_in_each_phase() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let config =
-        RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
-    let workload = Workload::core("a").expect("workload");
-    let phase =
-        runtime.block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100)))).expect("run");
+    let phase = small_phase(&runtime, &driver, "a", 200, 5);
     assert!(phase.server_events.is_empty(), "a run alone gathers no server events");
     let quiet = vec![phase.clone(), phase.clone()];
     assert_eq!(report::server_event_lines(&Report::new(100, quiet.clone())), "");
@@ -342,7 +355,7 @@ fn the_machine_line_says_where_placed_servers_and_the_generator_ran() {
 #[test]
 fn tail_phases_run_at_a_fraction_of_each_targets_own_peak_and_get_their_own_table() {
     let runtime = rt();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let shape = SMALL;
     let workload = Workload::core("c").expect("workload");
     let mut phases = Vec::new();
     for target in ["keel", "memory"] {
@@ -439,7 +452,7 @@ fn compare_refuses_a_tail_fraction_outside_zero_to_one_and_beside_a_rate() {
 #[test]
 fn the_cpu_table_gives_each_targets_cpu_per_operation_side_by_side_and_only_where_measured() {
     let runtime = rt();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
+    let shape = SMALL;
     let config =
         RunConfig { clients: 2, duration: None, operations: Some(200), open_loop: None, shape, seed: 5, threads: 1 };
     let workload = Workload::core("c").expect("workload");
@@ -472,16 +485,10 @@ fn the_cpu_table_gives_each_targets_cpu_per_operation_side_by_side_and_only_wher
 fn a_saved_run_is_read_back_whole_and_keel_bench_report_rebuilds_its_files_and_docs_from_it() {
     let runtime = rt();
     let driver = MemoryDriver::default();
-    let shape = RecordShape { fields: 2, field_bytes: 4 };
-    let loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, shape, 1))).expect("load");
-    let config =
-        RunConfig { clients: 2, duration: None, operations: Some(300), open_loop: None, shape, seed: 3, threads: 1 };
+    let loaded = runtime.block_on(runner::load(&driver, 100, &loading(2, SMALL, 1))).expect("load");
     let mut phases = vec![loaded];
     for letter in ["a", "c"] {
-        let workload = Workload::core(letter).expect("workload");
-        let mut phase = runtime
-            .block_on(runner::run(&driver, &workload, &config, Arc::new(InsertSequence::new(100))))
-            .expect("run");
+        let mut phase = small_phase(&runtime, &driver, letter, 300, 3);
         phase.server_events.push(runner::ServerEvent { second: 0, what: "checkpoint".into(), ms: 25 });
         phases.push(phase);
     }
