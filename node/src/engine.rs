@@ -242,6 +242,15 @@ impl Placement {
     }
 }
 
+/// What an update does after reading the stored item.
+enum Updating {
+    /// The item's new bytes, rewritten in place.
+    Written(Vec<u8>),
+    /// The update applies to this item (the stored one decoded, or the key
+    /// alone for a new item), which is then encoded.
+    Apply(Item),
+}
+
 /// Writes logged in deferred mode, and the WAL position a read that saw one
 /// of them must wait for. See the module docs.
 #[derive(Debug, Default)]
@@ -515,7 +524,9 @@ pub struct Page {
 pub struct Engine<D: Disk> {
     store: ShardStore<D>,
     placement: Placement,
-    tables: BTreeMap<String, TableDef>,
+    /// Shared with the requests that use one (an update keeps its table's
+    /// definition while it reads and writes the engine).
+    tables: BTreeMap<String, Rc<TableDef>>,
     next_table_id: u32,
     deferred_mode: bool,
     /// When set, a range read that would wait for the WAL under the engine
@@ -526,14 +537,17 @@ pub struct Engine<D: Disk> {
     /// See [`Engine::set_fetch_elsewhere`].
     fetch_elsewhere: bool,
     default_partitions: u32,
-    /// Logged, not yet applied writes by (partition, storage key).
-    overlay: FxHashMap<(u64, Vec<u8>), Pending>,
+    /// Logged, not yet applied writes by partition, then storage key (looked
+    /// up by a borrowed key). A partition's map stays when it empties (its
+    /// capacity serves the next commit's writes) and goes with its leader
+    /// or its replica.
+    overlay: FxHashMap<u64, FxHashMap<Vec<u8>, Pending>>,
     deferred: Commit,
     repl: Option<Replication>,
 }
 
 /// The catalog as partition 0 holds it: tables by name, and the next id.
-async fn read_catalog<D: Disk>(store: &ShardStore<D>) -> Result<(BTreeMap<String, TableDef>, u32), EngineError> {
+async fn read_catalog<D: Disk>(store: &ShardStore<D>) -> Result<(BTreeMap<String, Rc<TableDef>>, u32), EngineError> {
     let mut tables = BTreeMap::new();
     let end = key::prefix_successor(TABLE_KEY_PREFIX).unwrap_or_default();
     let records = store
@@ -550,7 +564,7 @@ async fn read_catalog<D: Disk>(store: &ShardStore<D>) -> Result<(BTreeMap<String
             .ok()
             .and_then(|v| TableDef::from_json(&v))
             .ok_or_else(|| EngineError::Internal(format!("unreadable catalog record {key:?}")))?;
-        tables.insert(def.name.clone(), def);
+        tables.insert(def.name.clone(), Rc::new(def));
     }
     let next_table_id = match store.get(CATALOG_PARTITION, NEXT_TABLE_ID_KEY).await? {
         Some(bytes) => u32::from_le_bytes(
@@ -787,7 +801,7 @@ impl<D: Disk> Engine<D> {
     /// A group's leadership changed: the proposals in its overlay may never
     /// commit, and a new leader's writes are evaluated afresh.
     pub fn leadership_changed(&mut self, partition: u64) {
-        self.overlay.retain(|(p, _), _| *p != partition);
+        self.overlay.remove(&partition);
     }
 
     /// Applies committed entries of a group, in order, to its tree, and
@@ -871,7 +885,8 @@ impl<D: Disk> Engine<D> {
     async fn reload_catalog(&mut self) -> Result<bool, EngineError> {
         let (tables, next_table_id) = read_catalog(&self.store).await?;
         let changed = tables != self.tables;
-        let stale: Vec<TableDef> = self.tables.values().filter(|d| tables.get(&d.name) != Some(d)).cloned().collect();
+        let stale: Vec<Rc<TableDef>> =
+            self.tables.values().filter(|d| tables.get(&d.name) != Some(d)).cloned().collect();
         for def in stale {
             for partition in self.hosted(&def) {
                 self.drop_hosted(partition).await?;
@@ -943,7 +958,7 @@ impl<D: Disk> Engine<D> {
 
     /// Drops a hosted partition's replica (and Raft group).
     async fn drop_hosted(&mut self, partition: u64) -> Result<(), EngineError> {
-        self.overlay.retain(|(p, _), _| *p != partition);
+        self.overlay.remove(&partition);
         if let Some(raft) = self.raft_mut() {
             raft.remove_group(partition);
         }
@@ -1104,7 +1119,9 @@ impl<D: Disk> Engine<D> {
 
     fn forget_applied(&mut self, partition: u64) {
         let applied = self.store.applied_index(partition).unwrap_or(u64::MAX);
-        self.overlay.retain(|(p, _), pending| *p != partition || pending.index > applied);
+        if let Some(pending) = self.overlay.get_mut(&partition) {
+            pending.retain(|_, write| write.index > applied);
+        }
     }
 
     /// Logs a write of an item (None: a delete). In deferred mode it is
@@ -1128,14 +1145,14 @@ impl<D: Disk> Engine<D> {
             let proposed = raft.writable(partition).and_then(|()| raft.propose(partition, data));
             let proposal = proposed.map_err(|e| self.propose_error(e))?;
             let pending = Pending { index: proposal.index, lsn: None, value: value.map(<[u8]>::to_vec) };
-            self.overlay.insert((partition, storage_key.to_vec()), pending);
+            self.overlay.entry(partition).or_default().insert(storage_key.to_vec(), pending);
             self.deferred.proposals.push((partition, proposal));
             return Ok(());
         }
         let index = self.store.last_index(partition)? + 1;
         let ticket = self.store.submit(partition, 0, index, mutation)?;
         let pending = Pending { index, lsn: Some(ticket.lsn), value: value.map(<[u8]>::to_vec) };
-        self.overlay.insert((partition, storage_key.to_vec()), pending);
+        self.overlay.entry(partition).or_default().insert(storage_key.to_vec(), pending);
         if self.deferred_mode {
             self.deferred.tickets.push(ticket);
             return Ok(());
@@ -1164,7 +1181,7 @@ impl<D: Disk> Engine<D> {
     /// Every table in the catalog.
     #[must_use]
     pub fn tables(&self) -> Vec<TableDef> {
-        self.tables.values().cloned().collect()
+        self.tables.values().map(|def| TableDef::clone(def)).collect()
     }
 
     fn hosted(&self, def: &TableDef) -> Vec<u64> {
@@ -1176,7 +1193,7 @@ impl<D: Disk> Engine<D> {
     /// partitions this shard hosts and records the table. Idempotent.
     pub async fn adopt_table(&mut self, def: &TableDef) -> Result<(), EngineError> {
         if let Some(existing) = self.tables.get(&def.name) {
-            if existing == def {
+            if **existing == *def {
                 return Ok(());
             }
             self.forget_table(&def.name).await?;
@@ -1190,7 +1207,7 @@ impl<D: Disk> Engine<D> {
         let record = def.to_json().to_string();
         self.store.put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, def.name.as_bytes()].concat(), record.as_bytes()).await?;
         self.next_table_id = self.next_table_id.max(def.id + 1);
-        self.tables.insert(def.name.clone(), def.clone());
+        self.tables.insert(def.name.clone(), Rc::new(def.clone()));
         Ok(())
     }
 
@@ -1204,7 +1221,8 @@ impl<D: Disk> Engine<D> {
 
     /// Makes this shard's catalog equal to the authority's `tables`.
     pub async fn reconcile(&mut self, tables: &[TableDef]) -> Result<(), EngineError> {
-        let stale: Vec<String> = self.tables.values().filter(|d| !tables.contains(d)).map(|d| d.name.clone()).collect();
+        let stale: Vec<String> =
+            self.tables.values().filter(|d| !tables.contains(d.as_ref())).map(|d| d.name.clone()).collect();
         for name in stale {
             self.forget_table(&name).await?;
         }
@@ -1214,7 +1232,7 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
-    fn table(&self, name: &str) -> Result<&TableDef, EngineError> {
+    fn table(&self, name: &str) -> Result<&Rc<TableDef>, EngineError> {
         self.tables.get(name).ok_or_else(|| {
             EngineError::ResourceNotFound(format!("Requested resource not found: Table: {name} not found"))
         })
@@ -1295,14 +1313,14 @@ impl<D: Disk> Engine<D> {
         }
         let record = def.to_json().to_string();
         self.store.put(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat(), record.as_bytes()).await?;
-        self.tables.insert(name.to_owned(), def.clone());
+        self.tables.insert(name.to_owned(), Rc::new(def.clone()));
         Ok(def)
     }
 
     /// DeleteTable.
     pub async fn delete_table(&mut self, name: &str) -> Result<TableDef, EngineError> {
         if self.is_replicated(CATALOG_PARTITION) {
-            let def = self.table(name)?.clone();
+            let def = TableDef::clone(self.table(name)?);
             let key = [TABLE_KEY_PREFIX, name.as_bytes()].concat();
             if self.current(CATALOG_PARTITION, &key).await?.is_none() {
                 return Err(EngineError::ResourceNotFound(format!(
@@ -1317,7 +1335,7 @@ impl<D: Disk> Engine<D> {
 
     /// Drops a table from this shard's catalog copy and its partitions here.
     async fn drop_table_here(&mut self, name: &str) -> Result<TableDef, EngineError> {
-        let def = self.table(name)?.clone();
+        let def = TableDef::clone(self.table(name)?);
         self.store.delete(CATALOG_PARTITION, &[TABLE_KEY_PREFIX, name.as_bytes()].concat()).await?;
         self.tables.remove(name);
         for partition in self.hosted(&def) {
@@ -1331,7 +1349,7 @@ impl<D: Disk> Engine<D> {
 
     /// DescribeTable.
     pub fn describe_table(&self, name: &str) -> Result<&TableDef, EngineError> {
-        self.table(name)
+        self.table(name).map(AsRef::as_ref)
     }
 
     /// ListTables: names after `start_after`, at most `limit` (≤ 100).
@@ -1383,11 +1401,22 @@ impl<D: Disk> Engine<D> {
     /// The item under a key: a logged, unapplied write if there is one (a
     /// reader of it then waits for its durability), else the tree's.
     async fn current(&mut self, partition: u64, storage_key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.current_with(partition, storage_key, |current| current.map(<[u8]>::to_vec)).await
+    }
+
+    /// [`Self::current`], calling `f` with the item's bytes where they lie
+    /// (the overlay, or the tree's page) instead of copying them.
+    async fn current_with<R>(
+        &mut self,
+        partition: u64,
+        storage_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, EngineError> {
         if let Some(pending) = self.pending(partition, storage_key) {
-            return Ok(pending.map(<[u8]>::to_vec));
+            return Ok(f(pending));
         }
         self.store.set_defer_misses(self.may_defer_misses());
-        let read = self.store.get(partition, storage_key).await;
+        let read = self.store.get_with(partition, storage_key, f).await;
         self.store.set_defer_misses(false);
         Ok(read?)
     }
@@ -1481,10 +1510,7 @@ impl<D: Disk> Engine<D> {
     /// A logged-but-unapplied write of the key, if any (the outer `None`);
     /// a read that sees it answers only once it is durable.
     fn pending(&mut self, partition: u64, storage_key: &[u8]) -> Option<Option<&[u8]>> {
-        if self.overlay.is_empty() {
-            return None; // no allocation for the lookup key on the common path
-        }
-        let pending = self.overlay.get(&(partition, storage_key.to_vec()))?;
+        let pending = self.overlay.get(&partition)?.get(storage_key)?;
         self.deferred.wait_lsn = self.deferred.wait_lsn.max(pending.lsn);
         Some(pending.value.as_deref())
     }
@@ -1515,26 +1541,46 @@ impl<D: Disk> Engine<D> {
         update: &Update,
         condition: Option<&Condition>,
     ) -> Result<(Option<Vec<u8>>, Vec<u8>), EngineError> {
-        let def = self.table(table)?.clone();
+        self.update_item_keeping(table, key, update, condition, true).await
+    }
+
+    /// UpdateItem: returns the item after, and the item before when
+    /// `keep_old` asks for it (for ReturnValues; otherwise the stored item
+    /// is read where it lies, not copied).
+    pub async fn update_item_keeping(
+        &mut self,
+        table: &str,
+        key: &Item,
+        update: &Update,
+        condition: Option<&Condition>,
+        keep_old: bool,
+    ) -> Result<(Option<Vec<u8>>, Vec<u8>), EngineError> {
+        let def = Rc::clone(self.table(table)?);
         let (partition, storage_key) = Self::locate_key(&def, key)?;
         self.held(partition)?;
-        let old = self.current(partition, &storage_key).await?;
-        Self::check_condition(condition, old.as_deref())?;
+        let (first, second) = (def.partition_key.name.as_str(), def.sort_key.as_ref().map(|k| k.name.as_str()));
+        let key_names = [first, second.unwrap_or(first)];
         // Same-length SETs of scalars rewrite the stored bytes in a copy,
         // without decoding and encoding the item (expr::apply_update_in_place).
-        if let Some(stored) = old.as_deref() {
-            let key_names: Vec<&str> =
-                std::iter::once(&def.partition_key).chain(def.sort_key.as_ref()).map(|k| k.name.as_str()).collect();
-            let in_place = expr::apply_update_in_place(update, stored, &key_names)
-                .map_err(|e| EngineError::Internal(format!("stored item unreadable: {e}")))?;
-            if let Some(bytes) = in_place {
+        let (old, next) = self
+            .current_with(partition, &storage_key, |stored| -> Result<_, EngineError> {
+                Self::check_condition(condition, stored)?;
+                let old = stored.filter(|_| keep_old).map(<[u8]>::to_vec);
+                let Some(stored) = stored else { return Ok((old, Updating::Apply(key.clone()))) };
+                let in_place = expr::apply_update_in_place(update, stored, &key_names)
+                    .map_err(|e| EngineError::Internal(format!("stored item unreadable: {e}")))?;
+                Ok(match in_place {
+                    Some(bytes) => (old, Updating::Written(bytes)),
+                    None => (old, Updating::Apply(Self::decode_stored(stored)?)),
+                })
+            })
+            .await??;
+        let base = match next {
+            Updating::Written(bytes) => {
                 self.write(partition, &storage_key, Some(&bytes)).await?;
                 return Ok((old, bytes));
             }
-        }
-        let base = match &old {
-            Some(bytes) => Self::decode_stored(bytes)?,
-            None => key.clone(),
+            Updating::Apply(base) => base,
         };
         let updated = expr::apply_update(update, &base)?;
         for k in std::iter::once(&def.partition_key).chain(def.sort_key.as_ref()) {
@@ -1751,7 +1797,7 @@ impl<D: Disk> Engine<D> {
         filter: Option<&Condition>,
         page: &mut Page,
     ) -> Result<bool, EngineError> {
-        let def = self.table(table)?.clone();
+        let def = Rc::clone(self.table(table)?);
         if !def.partition_ids().any(|p| p == partition) {
             return Err(EngineError::Internal(format!("partition {partition} is not part of table {table}")));
         }

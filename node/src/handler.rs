@@ -267,8 +267,11 @@ async fn execute<D: Disk>(
                 .map_err(|e| error(ErrorCode::ValidationException, e.to_string()))?;
             let condition = parse_condition(condition.as_deref(), &mut p)?;
             all_used(&p)?;
-            let (old, new) =
-                engine.update_item(&table, &key, &parsed, condition.as_ref()).await.map_err(engine_error)?;
+            let keep_old = matches!(return_values, ReturnValues::AllOld | ReturnValues::UpdatedOld);
+            let (old, new) = engine
+                .update_item_keeping(&table, &key, &parsed, condition.as_ref(), keep_old)
+                .await
+                .map_err(engine_error)?;
             let answer = match return_values {
                 // Only the attributes the update named, before or after.
                 ReturnValues::UpdatedOld | ReturnValues::UpdatedNew => {

@@ -110,6 +110,22 @@ fn requests_round_trip_through_the_protocol_edge() {
     assert_eq!(item::to_json(&item::decode(&old).expect("valid")), json!({"n": {"N": "2"}}), "only n, before");
     assert_eq!(error_code(&server.call(&update)), Some(ErrorCode::ConditionalCheckFailedException));
 
+    // A same-length SET is rewritten in place: ALL_OLD still answers with
+    // the item as it was, NONE with nothing, and the item reads as written.
+    let set_x = |value: &str, return_values| Request::UpdateItem {
+        table: "users".into(),
+        key: key.clone(),
+        update: "SET x = :x".into(),
+        condition: None,
+        args: args(&[(":x", AttributeValue::S(value.into()))]),
+        return_values,
+    };
+    let Reply::Item(Some(old)) = server.call(&set_x("z", ReturnValues::AllOld)) else { panic!("the old item") };
+    assert_eq!(item::decode(&old).expect("valid").get("x"), Some(&AttributeValue::S("y".into())));
+    assert_eq!(server.call(&set_x("w", ReturnValues::None)), Reply::Item(None));
+    let Reply::Item(Some(now)) = server.call(&get(None)) else { panic!("the item") };
+    assert_eq!(item::decode(&now).expect("valid").get("x"), Some(&AttributeValue::S("w".into())));
+
     let query = Request::Query {
         table: "users".into(),
         key_condition: "id = :id".into(),
