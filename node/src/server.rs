@@ -393,6 +393,31 @@ pub fn shard_executor(placement: CpuPlacement) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(placement).preempt_timer(SHARD_PREEMPT_TIMER)
 }
 
+/// mimalloc's number for its purge delay (`mi_option_purge_delay` in
+/// mimalloc.h; the Rust bindings do not name it). A test checks that the
+/// option under this number has the purge delay's default.
+pub const MIMALLOC_PURGE_DELAY_OPTION: i32 = 15;
+
+/// Makes mimalloc keep the memory this process frees instead of returning it
+/// to the kernel ("purging") later. It purges lazily, on the thread that
+/// freed, at that thread's next allocations after a delay (1 s by
+/// default): after a
+/// checkpoint freed a partition's decoded nodes (tens of MB), the shard's
+/// first requests after a quiet spell paid for the whole purge at once. In
+/// `keel-bench compare` the first second of every Keel C phase (which
+/// follows Redis's turn, while Keel's quiet checkpoint runs) had one
+/// request of 15–26 ms, against at most 5 ms in every later second; with
+/// purging off, none (docs/bench/history.md, 2026-12-07, late night). A
+/// node's memory is bounded by its own limits (page cache, dirty bytes),
+/// and what a checkpoint frees is what the next writes' nodes reuse. Call
+/// it before the shards start.
+#[allow(unsafe_code)]
+pub fn keep_freed_memory() {
+    // SAFETY: mi_option_set only records an option's value (mimalloc reads
+    // it when it considers a purge); the number is checked by a test.
+    unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_PURGE_DELAY_OPTION, -1) };
+}
+
 /// Turns transparent huge pages off for this process (and what it starts),
 /// as Redis does at start-up (`disable-thp`). mimalloc asks for huge pages
 /// on its arenas (`madvise(MADV_HUGEPAGE)`), and the first touch of each 2 MiB
@@ -1519,7 +1544,13 @@ async fn checkpoint_once(shard: &Shard, quiet: Option<&mut QuietLooks>) -> Resul
     let written = job.write(CHECKPOINT_WRITES_IN_FLIGHT_MAX).await;
     let partition = job.partition();
     let (mut finished, wal) = match shard.engine.write().await {
-        Ok(mut engine) => (engine.store_mut().finish_checkpoint(job, written).map_err(|e| e.to_string()), engine.wal()),
+        Ok(mut engine) => {
+            let held = Instant::now();
+            let finished = engine.store_mut().finish_checkpoint(job, written).map_err(|e| e.to_string());
+            let finish_us = u64::try_from(held.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(partition, finish_us, "checkpoint step 3 (engine held)");
+            (finished, engine.wal())
+        }
         Err(e) => return Err(e.to_string()),
     };
     shard.checkpointed.notify_all();

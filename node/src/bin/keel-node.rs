@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         report(info);
         std::process::abort();
     }));
+    keel_node::server::keep_freed_memory();
     let thp = keel_node::server::disable_transparent_huge_pages();
     let args = Args::parse();
     let file = match &args.config {
