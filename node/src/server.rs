@@ -400,17 +400,17 @@ pub const MIMALLOC_PURGE_DELAY_OPTION: i32 = 15;
 
 /// Makes mimalloc keep the memory this process frees instead of returning it
 /// to the kernel ("purging") later. It purges lazily, on the thread that
-/// freed, at that thread's next allocations after a delay (1 s by
-/// default): after a
-/// checkpoint freed a partition's decoded nodes (tens of MB), the shard's
-/// first requests after a quiet spell paid for the whole purge at once. In
-/// `keel-bench compare` the first second of every Keel C phase (which
-/// follows Redis's turn, while Keel's quiet checkpoint runs) had one
-/// request of 15–26 ms, against at most 5 ms in every later second; with
-/// purging off, none (docs/bench/history.md, 2026-12-07, late night). A
-/// node's memory is bounded by its own limits (page cache, dirty bytes),
-/// and what a checkpoint frees is what the next writes' nodes reuse. Call
-/// it before the shards start.
+/// freed, at that thread's allocations a delay (1 s by default) after the
+/// free: after a checkpoint freed a partition's decoded nodes (tens of MB),
+/// the shard's first requests after a quiet spell paid for the purge and
+/// the page faults after it. In `keel-bench compare`, whose Keel C phases
+/// follow Redis's turn (during which Keel's quiet checkpoint runs), the
+/// first second of every Keel C phase had one request of 15–31 ms, against
+/// at most ~8 ms in every later second; with purging off, none
+/// (docs/bench/history.md, 2026-12-07, late night). A node's memory is
+/// bounded by its own limits (page cache, dirty bytes), and what a
+/// checkpoint frees is what the next writes' nodes reuse. Call it before
+/// the shards start.
 #[allow(unsafe_code)]
 pub fn keep_freed_memory() {
     // SAFETY: mi_option_set only records an option's value (mimalloc reads
