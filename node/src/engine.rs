@@ -1415,6 +1415,17 @@ impl<D: Disk> Engine<D> {
         if let Some(pending) = self.pending(partition, storage_key) {
             return Ok(f(pending));
         }
+        self.tree_with(partition, storage_key, f).await
+    }
+
+    /// Calls `f` with the tree's bytes under a key, borrowed from the page
+    /// cache; a page miss is deferred where the engine may defer it.
+    async fn tree_with<R>(
+        &mut self,
+        partition: u64,
+        storage_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, EngineError> {
         self.store.set_defer_misses(self.may_defer_misses());
         let read = self.store.get_with(partition, storage_key, f).await;
         self.store.set_defer_misses(false);
@@ -1501,10 +1512,7 @@ impl<D: Disk> Engine<D> {
         {
             return Ok(f(pending));
         }
-        self.store.set_defer_misses(self.may_defer_misses());
-        let read = self.store.get_with(partition, &storage_key, f).await;
-        self.store.set_defer_misses(false);
-        Ok(read?)
+        self.tree_with(partition, &storage_key, f).await
     }
 
     /// A logged-but-unapplied write of the key, if any (the outer `None`);
